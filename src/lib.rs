@@ -1,0 +1,7 @@
+//! rgemma: an inference engine for Google's RecurrentGemma (Griffin) models.
+
+pub mod error;
+pub mod gguf;
+
+pub use error::{Error, Result};
+pub use rgemma_quant as quant;
