@@ -1,0 +1,459 @@
+//! Token sampling: repetition penalty, top-k, top-p, min-p, temperature, and a seeded draw.
+//!
+//! The chain and its defaults follow llama.cpp's `common` sampler:
+//! penalties -> top-k -> top-p -> min-p -> temperature -> draw. Top-p and min-p therefore look at
+//! the distribution at temperature 1; the temperature only reshapes the tokens they kept.
+//! `temp <= 0` selects greedy decoding: the argmax of the (penalised) logits, ties to the lowest id.
+//!
+//! The sampler never modifies the caller's logits. It copies them into scratch buffers that are
+//! allocated on the first call and reused afterwards, so sampling allocates nothing per token.
+//! Randomness comes from our own xoshiro256** generator seeded through splitmix64, so the same seed
+//! and the same logits always give the same tokens, on every platform.
+
+use std::cmp::Ordering;
+use std::collections::VecDeque;
+
+use crate::error::{Error, Result};
+
+/// Sampler settings. `Default` gives llama.cpp's defaults with a random seed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplerParams {
+    /// Temperature; `<= 0` means greedy (argmax).
+    pub temp: f32,
+    /// Keep the `top_k` most likely tokens; `<= 0` disables the filter.
+    pub top_k: i32,
+    /// Nucleus: keep the smallest set of most likely tokens whose probability sum reaches
+    /// `top_p`; `>= 1` disables the filter.
+    pub top_p: f32,
+    /// Drop tokens whose probability is below `min_p` times the top token's; `<= 0` disables it.
+    pub min_p: f32,
+    /// Repetition penalty over the last `repeat_last_n` accepted tokens; `1.0` disables it.
+    pub repeat_penalty: f32,
+    /// How many accepted tokens the penalty looks back on; `0` disables the penalty.
+    pub repeat_last_n: usize,
+    /// PRNG seed; `None` draws a random seed (see [`Sampler::seed`] to recover it).
+    pub seed: Option<u64>,
+}
+
+impl Default for SamplerParams {
+    fn default() -> Self {
+        SamplerParams {
+            temp: 0.8,
+            top_k: 40,
+            top_p: 0.95,
+            min_p: 0.05,
+            repeat_penalty: 1.0,
+            repeat_last_n: 64,
+            seed: None,
+        }
+    }
+}
+
+impl SamplerParams {
+    /// Greedy decoding (argmax), everything else at its default.
+    pub fn greedy() -> Self {
+        SamplerParams {
+            temp: 0.0,
+            ..Default::default()
+        }
+    }
+
+    /// Checks the ranges; the CLI turns the error into its `error: ...` line.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::InvalidArgument(m));
+        if !self.temp.is_finite() {
+            return bad(format!(
+                "temperature must be a finite number, got {}",
+                self.temp
+            ));
+        }
+        if !(self.top_p.is_finite() && (0.0..=1.0).contains(&self.top_p)) {
+            return bad(format!("top-p must be in [0, 1], got {}", self.top_p));
+        }
+        if !(self.min_p.is_finite() && (0.0..=1.0).contains(&self.min_p)) {
+            return bad(format!("min-p must be in [0, 1], got {}", self.min_p));
+        }
+        if !(self.repeat_penalty.is_finite() && self.repeat_penalty > 0.0) {
+            return bad(format!(
+                "repeat penalty must be > 0, got {}",
+                self.repeat_penalty
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One candidate token: its id and its current logit (or, after [`Sampler::distribution`], its
+/// probability in `p`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TokenProb {
+    pub id: u32,
+    pub logit: f32,
+    pub p: f32,
+}
+
+/// A stateful sampler: the parameters, the PRNG, the penalty history and the scratch buffers.
+#[derive(Debug, Clone)]
+pub struct Sampler {
+    params: SamplerParams,
+    seed: u64,
+    rng: Xoshiro256StarStar,
+    /// The last `repeat_last_n` accepted tokens, oldest first.
+    history: VecDeque<u32>,
+    /// Scratch: the candidates of the current call (allocated once, reused).
+    candidates: Vec<TokenProb>,
+    /// Scratch: the distinct ids of `history`, for applying the penalty once per token.
+    penalised: Vec<u32>,
+}
+
+impl Sampler {
+    /// A sampler with `params`; a `None` seed is replaced by a random one.
+    ///
+    /// The parameters are not validated here (the CLI calls [`SamplerParams::validate`]); out-of-range
+    /// values behave like the nearest valid setting.
+    pub fn new(params: SamplerParams) -> Sampler {
+        let seed = params.seed.unwrap_or_else(random_seed);
+        let history = VecDeque::with_capacity(params.repeat_last_n);
+        Sampler {
+            rng: Xoshiro256StarStar::from_seed(seed),
+            seed,
+            history,
+            candidates: Vec::new(),
+            penalised: Vec::new(),
+            params,
+        }
+    }
+
+    pub fn params(&self) -> &SamplerParams {
+        &self.params
+    }
+
+    /// The seed in use (the drawn one when the params had none), so a run can be repeated.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// Forgets the penalty history and restarts the PRNG from the seed.
+    pub fn reset(&mut self) {
+        self.history.clear();
+        self.rng = Xoshiro256StarStar::from_seed(self.seed);
+    }
+
+    /// Records a token that is now part of the sequence (prompt or generated), for the penalty.
+    pub fn accept(&mut self, id: u32) {
+        let n = self.params.repeat_last_n;
+        if n == 0 {
+            return;
+        }
+        if self.history.len() == n {
+            self.history.pop_front();
+        }
+        self.history.push_back(id);
+    }
+
+    /// The tokens the penalty currently looks at, oldest first.
+    pub fn history(&self) -> impl Iterator<Item = u32> + '_ {
+        self.history.iter().copied()
+    }
+
+    /// Picks the next token from one row of logits (one entry per vocabulary id).
+    ///
+    /// Does not record the token: call [`Sampler::accept`] with it (the caller may decide not to,
+    /// e.g. for a stop token). Panics only on an empty `logits` slice.
+    pub fn sample(&mut self, logits: &[f32]) -> u32 {
+        assert!(!logits.is_empty(), "Sampler::sample: empty logits");
+        if self.params.temp <= 0.0 {
+            return self.greedy(logits);
+        }
+        self.filter(logits);
+        let u = self.rng.next_f64();
+        draw(&self.candidates, u)
+    }
+
+    /// The distribution [`Sampler::sample`] draws from, for inspection and tests: the candidates
+    /// that survive the filters, most likely first, with `p` = their probability (summing to 1).
+    /// In greedy mode this is the single argmax token with `p = 1`. Uses no randomness.
+    pub fn distribution(&mut self, logits: &[f32]) -> &[TokenProb] {
+        assert!(!logits.is_empty(), "Sampler::distribution: empty logits");
+        if self.params.temp <= 0.0 {
+            let id = self.greedy(logits);
+            self.candidates.clear();
+            self.candidates.push(TokenProb {
+                id,
+                logit: logits[id as usize],
+                p: 1.0,
+            });
+        } else {
+            self.filter(logits);
+        }
+        &self.candidates
+    }
+
+    /// Argmax of the penalised logits, ties to the lowest id; NaN never wins.
+    fn greedy(&mut self, logits: &[f32]) -> u32 {
+        let penalty_active = self.penalty_active();
+        if penalty_active {
+            self.load_penalised_ids();
+        }
+        let mut best_id = 0u32;
+        let mut best = f32::NEG_INFINITY;
+        let mut found = false;
+        for (i, &raw) in logits.iter().enumerate() {
+            let mut l = sanitize(raw);
+            if penalty_active && self.penalised.binary_search(&(i as u32)).is_ok() {
+                l = penalise(l, self.params.repeat_penalty);
+            }
+            // Strict `>` keeps the lowest id among equal maxima.
+            if !found || l > best {
+                best = l;
+                best_id = i as u32;
+                found = true;
+            }
+        }
+        best_id
+    }
+
+    fn penalty_active(&self) -> bool {
+        self.params.repeat_penalty != 1.0
+            && self.params.repeat_last_n > 0
+            && !self.history.is_empty()
+    }
+
+    /// Fills `penalised` with the sorted distinct ids of the history (no allocation once grown).
+    fn load_penalised_ids(&mut self) {
+        self.penalised.clear();
+        self.penalised.extend(self.history.iter().copied());
+        self.penalised.sort_unstable();
+        self.penalised.dedup();
+    }
+
+    /// Runs penalties -> top-k -> top-p -> min-p -> temperature and leaves the survivors in
+    /// `candidates`, sorted most likely first, with normalised probabilities in `p`.
+    fn filter(&mut self, logits: &[f32]) {
+        let penalty_active = self.penalty_active();
+        if penalty_active {
+            self.load_penalised_ids();
+        }
+        let params = &self.params;
+        let cand = &mut self.candidates;
+        cand.clear();
+        cand.extend(logits.iter().enumerate().map(|(i, &l)| TokenProb {
+            id: i as u32,
+            logit: sanitize(l),
+            p: 0.0,
+        }));
+
+        // 1. Repetition penalty (llama.cpp: a positive logit is divided, a negative one
+        //    multiplied, once per distinct token of the window). `cand` is still indexed by id.
+        if penalty_active {
+            for &id in &self.penalised {
+                if let Some(c) = cand.get_mut(id as usize) {
+                    c.logit = penalise(c.logit, params.repeat_penalty);
+                }
+            }
+        }
+
+        // 2. Top-k: partial selection of the k best, then sort only those.
+        let n = cand.len();
+        let k = if params.top_k > 0 {
+            (params.top_k as usize).min(n)
+        } else {
+            n
+        };
+        if k < n {
+            cand.select_nth_unstable_by(k - 1, by_logit_desc);
+            cand.truncate(k);
+        }
+        cand.sort_unstable_by(by_logit_desc);
+
+        // 3. Top-p on the softmax at temperature 1: keep the shortest prefix whose mass reaches p.
+        if params.top_p < 1.0 {
+            softmax_into_p(cand, 1.0);
+            let mut cum = 0.0f64;
+            let mut keep = cand.len();
+            for (i, c) in cand.iter().enumerate() {
+                cum += c.p as f64;
+                if cum >= params.top_p as f64 {
+                    keep = i + 1;
+                    break;
+                }
+            }
+            cand.truncate(keep.max(1));
+        }
+
+        // 4. Min-p: keep tokens with p >= min_p * p_max, i.e. logit >= max_logit + ln(min_p).
+        if params.min_p > 0.0 && cand.len() > 1 {
+            let threshold = cand[0].logit + params.min_p.ln();
+            let keep = cand.iter().take_while(|c| c.logit >= threshold).count();
+            cand.truncate(keep.max(1));
+        }
+
+        // 5. Temperature, then the final probabilities.
+        softmax_into_p(cand, params.temp);
+    }
+}
+
+/// Descending logit, then ascending id: a total order, so selection and sorting are
+/// deterministic even with equal logits.
+fn by_logit_desc(a: &TokenProb, b: &TokenProb) -> Ordering {
+    b.logit.total_cmp(&a.logit).then(a.id.cmp(&b.id))
+}
+
+/// NaN logits (a broken model) become -inf so they are never chosen and never poison a sum.
+#[inline]
+fn sanitize(l: f32) -> f32 {
+    if l.is_nan() {
+        f32::NEG_INFINITY
+    } else {
+        l
+    }
+}
+
+/// llama.cpp's repetition penalty on one logit.
+#[inline]
+fn penalise(logit: f32, penalty: f32) -> f32 {
+    if logit > 0.0 {
+        logit / penalty
+    } else {
+        logit * penalty
+    }
+}
+
+/// `p = softmax(logit / temp)` over `cand`, which is sorted so `cand[0]` has the largest logit.
+/// If every logit is -inf the first candidate gets all the mass.
+fn softmax_into_p(cand: &mut [TokenProb], temp: f32) {
+    let Some(first) = cand.first() else { return };
+    let max = first.logit;
+    if max == f32::NEG_INFINITY {
+        for (i, c) in cand.iter_mut().enumerate() {
+            c.p = if i == 0 { 1.0 } else { 0.0 };
+        }
+        return;
+    }
+    let inv_t = 1.0 / temp as f64;
+    let mut sum = 0.0f64;
+    for c in cand.iter_mut() {
+        let e = (((c.logit - max) as f64) * inv_t).exp();
+        c.p = e as f32;
+        sum += e;
+    }
+    let inv_sum = 1.0 / sum;
+    for c in cand.iter_mut() {
+        c.p = (c.p as f64 * inv_sum) as f32;
+    }
+}
+
+/// Inverse-CDF draw with `u` uniform in [0, 1). Falls back to the last candidate with mass when
+/// rounding leaves the cumulative sum just under `u`.
+fn draw(cand: &[TokenProb], u: f64) -> u32 {
+    let mut cum = 0.0f64;
+    let mut last_with_mass = cand[0].id;
+    for c in cand {
+        if c.p > 0.0 {
+            last_with_mass = c.id;
+        }
+        cum += c.p as f64;
+        if u < cum {
+            return c.id;
+        }
+    }
+    last_with_mass
+}
+
+/// A seed from the OS-seeded hasher keys of the standard library plus the clock.
+fn random_seed() -> u64 {
+    use std::collections::hash_map::RandomState;
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = RandomState::new().build_hasher();
+    if let Ok(d) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        h.write_u128(d.as_nanos());
+    }
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+/// splitmix64: expands one 64-bit seed into well-mixed words (used to seed xoshiro).
+fn splitmix64(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// xoshiro256** (Blackman and Vigna): small, fast, and good enough for sampling.
+#[derive(Debug, Clone)]
+pub struct Xoshiro256StarStar {
+    s: [u64; 4],
+}
+
+impl Xoshiro256StarStar {
+    pub fn from_seed(seed: u64) -> Self {
+        let mut sm = seed;
+        let s = [
+            splitmix64(&mut sm),
+            splitmix64(&mut sm),
+            splitmix64(&mut sm),
+            splitmix64(&mut sm),
+        ];
+        // splitmix64 never yields four zero words from one stream, so the state is valid.
+        Xoshiro256StarStar { s }
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        let s = &mut self.s;
+        let result = s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
+        let t = s[1] << 17;
+        s[2] ^= s[0];
+        s[3] ^= s[1];
+        s[1] ^= s[2];
+        s[0] ^= s[3];
+        s[2] ^= t;
+        s[3] = s[3].rotate_left(45);
+        result
+    }
+
+    /// Uniform in [0, 1) with 53 random bits.
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xoshiro_matches_reference_vector() {
+        // Reference: the C implementation seeded with s = {1, 2, 3, 4}.
+        let mut r = Xoshiro256StarStar { s: [1, 2, 3, 4] };
+        let got: Vec<u64> = (0..4).map(|_| r.next_u64()).collect();
+        assert_eq!(got, vec![11520, 0, 1509978240, 1215971899390074240]);
+    }
+
+    #[test]
+    fn splitmix_matches_reference_vector() {
+        // Reference values of splitmix64 starting from state 0.
+        let mut s = 0u64;
+        assert_eq!(splitmix64(&mut s), 0xE220_A839_7B1D_CDAF);
+        assert_eq!(splitmix64(&mut s), 0x6E78_9E6A_A1B9_65F4);
+    }
+
+    #[test]
+    fn draw_falls_back_on_rounding() {
+        let cand = [
+            TokenProb {
+                id: 5,
+                logit: 0.0,
+                p: 0.5,
+            },
+            TokenProb {
+                id: 9,
+                logit: 0.0,
+                p: 0.4999,
+            },
+        ];
+        assert_eq!(draw(&cand, 0.99999), 9);
+        assert_eq!(draw(&cand, 0.1), 5);
+    }
+}
