@@ -2,6 +2,7 @@
 
 pub mod error;
 pub mod gguf;
+pub mod sampling;
 
 pub use error::{Error, Result};
 pub use rgemma_quant as quant;
