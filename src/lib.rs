@@ -2,6 +2,7 @@
 
 pub mod error;
 pub mod gguf;
+pub mod model;
 pub mod sampling;
 
 pub use error::{Error, Result};

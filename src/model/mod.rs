@@ -1,0 +1,72 @@
+//! The RecurrentGemma (Griffin) forward pass on CPU, over a GGUF file in the rgemma schema.
+//!
+//! - [`Model`]: the memory-mapped file, its hyperparameters and typed weight views
+//!   (immutable, shareable across threads).
+//! - [`Context`]: one decoding sequence: fixed-size state (conv tails, RG-LRU states, K/V
+//!   ring buffers), scratch buffers, logits. `eval` takes any number of tokens and runs them
+//!   in chunks of `batch_size` through one code path (a chunk is a `[T, hidden]` matrix).
+//!
+//! Computation is f32; weights are decoded row by row from their stored type.
+
+mod attention;
+mod context;
+mod dequant;
+mod hparams;
+mod matmul;
+mod ops;
+mod recurrent;
+mod weights;
+
+use std::path::Path;
+
+use crate::gguf::GgufFile;
+use crate::Result;
+
+pub use context::{Context, ContextParams};
+pub use hparams::{default_embed_scale, HParams, LayerKind};
+pub use weights::{
+    AttentionWeights, LayerWeights, Matrix, RecurrentWeights, TemporalWeights, Weights,
+};
+
+/// A loaded model: the GGUF file (its tensor data stays in the memory map) plus validated
+/// hyperparameters and weight views.
+pub struct Model {
+    gguf: GgufFile,
+    hparams: HParams,
+    weights: Weights,
+}
+
+impl Model {
+    /// Opens, memory-maps and validates a GGUF file.
+    pub fn load(path: impl AsRef<Path>) -> Result<Model> {
+        let file = GgufFile::open(path.as_ref())?;
+        Model::from_gguf(file)
+    }
+
+    /// Validates the hyperparameters and every tensor's presence, shape and type.
+    pub fn from_gguf(file: GgufFile) -> Result<Model> {
+        let hparams = HParams::from_gguf(&file)?;
+        let weights = Weights::load(&file, &hparams)?;
+        Ok(Model {
+            gguf: file,
+            hparams,
+            weights,
+        })
+    }
+
+    pub fn hparams(&self) -> &HParams {
+        &self.hparams
+    }
+
+    pub fn weights(&self) -> &Weights {
+        &self.weights
+    }
+
+    pub fn gguf(&self) -> &GgufFile {
+        &self.gguf
+    }
+
+    pub fn n_vocab(&self) -> usize {
+        self.hparams.n_vocab
+    }
+}

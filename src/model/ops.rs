@@ -1,0 +1,130 @@
+//! Elementwise and per-row operations of the forward pass (scalar f32).
+
+/// `out = x / sqrt(mean(x^2) + eps) * weight` for each row of width `weight.len()`.
+/// `weight` is the multiplier itself (the `1 + w` of the checkpoint).
+pub fn rmsnorm_rows(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let width = weight.len();
+    for (row, dst) in x.chunks_exact(width).zip(out.chunks_exact_mut(width)) {
+        let mean_sq = row.iter().map(|v| v * v).sum::<f32>() / width as f32;
+        let inv = 1.0 / (mean_sq + eps).sqrt();
+        for ((d, &v), &w) in dst.iter_mut().zip(row).zip(weight) {
+            *d = v * inv * w;
+        }
+    }
+}
+
+/// GeLU, tanh approximation: `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`.
+pub fn gelu_tanh(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)).tanh())
+}
+
+pub fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// `cap * tanh(x / cap)`; `cap == 0` leaves the values unchanged.
+pub fn softcap(values: &mut [f32], cap: f32) {
+    if cap > 0.0 {
+        for v in values {
+            *v = cap * (*v / cap).tanh();
+        }
+    }
+}
+
+/// `acc += x` elementwise.
+pub fn add_in_place(acc: &mut [f32], x: &[f32]) {
+    for (a, v) in acc.iter_mut().zip(x) {
+        *a += v;
+    }
+}
+
+/// Rotary tables for one run of positions: for each position, `rotary_dim/2` cosines and
+/// sines of `pos * inv_freq_j`, `inv_freq_j = theta^(-2j/rotary_dim)`, with the angle
+/// formed in f32 as the references do.
+pub fn rope_tables(
+    first_pos: usize,
+    n_pos: usize,
+    rotary_dim: usize,
+    theta: f32,
+    cos: &mut [f32],
+    sin: &mut [f32],
+) {
+    let half = rotary_dim / 2;
+    for t in 0..n_pos {
+        let pos = (first_pos + t) as f32;
+        for j in 0..half {
+            let exponent = (2 * j) as f32 / rotary_dim as f32;
+            let inv_freq = 1.0 / theta.powf(exponent);
+            let angle = (pos * inv_freq) as f64;
+            cos[t * half + j] = angle.cos() as f32;
+            sin[t * half + j] = angle.sin() as f32;
+        }
+    }
+}
+
+/// NeoX rotation of the first `2 * cos.len()` dims of one head: pairs `(j, j + half)`.
+pub fn rope_apply(head: &mut [f32], cos: &[f32], sin: &[f32]) {
+    let half = cos.len();
+    for j in 0..half {
+        let (a, b) = (head[j], head[j + half]);
+        head[j] = a * cos[j] - b * sin[j];
+        head[j + half] = b * cos[j] + a * sin[j];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rmsnorm_matches_formula() {
+        let x = [1.0f32, -2.0, 3.0, 0.5, 4.0, -1.0, 0.0, 2.0];
+        let w = [1.5f32, 0.5, 1.0, 2.0];
+        let mut out = [0.0f32; 8];
+        rmsnorm_rows(&x, &w, 1e-6, &mut out);
+        for r in 0..2 {
+            let row = &x[r * 4..r * 4 + 4];
+            let ms: f64 = row.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / 4.0;
+            for j in 0..4 {
+                let want = row[j] as f64 / (ms + 1e-6).sqrt() * w[j] as f64;
+                assert!((out[r * 4 + j] as f64 - want).abs() < 1e-6, "{r} {j}");
+            }
+        }
+    }
+
+    #[test]
+    fn gelu_and_softcap() {
+        for &x in &[-3.0f32, -0.5, 0.0, 0.7, 2.5] {
+            let xd = x as f64;
+            let want = 0.5
+                * xd
+                * (1.0
+                    + ((2.0 / std::f64::consts::PI).sqrt() * (xd + 0.044715 * xd.powi(3))).tanh());
+            assert!((gelu_tanh(x) as f64 - want).abs() < 1e-6);
+        }
+        let mut v = [0.0f32, 30.0, -100.0];
+        softcap(&mut v, 30.0);
+        assert_eq!(v[0], 0.0);
+        assert!((v[1] - 30.0 * 1f32.tanh()).abs() < 1e-5);
+        assert!(v[2] > -30.0 && v[2] < -29.0);
+    }
+
+    #[test]
+    fn rope_rotates_pairs_half_apart() {
+        let (rd, theta, pos) = (8usize, 10000.0f32, 5usize);
+        let mut cos = vec![0.0; rd / 2];
+        let mut sin = vec![0.0; rd / 2];
+        rope_tables(pos, 1, rd, theta, &mut cos, &mut sin);
+        let orig: Vec<f32> = (0..12).map(|i| i as f32 * 0.3 - 1.0).collect();
+        let mut head = orig.clone();
+        rope_apply(&mut head, &cos, &sin);
+        for j in 0..rd / 2 {
+            let ang = pos as f64 * (theta as f64).powf(-(2.0 * j as f64) / rd as f64);
+            let (a, b) = (orig[j] as f64, orig[j + rd / 2] as f64);
+            assert!((head[j] as f64 - (a * ang.cos() - b * ang.sin())).abs() < 1e-5);
+            assert!((head[j + rd / 2] as f64 - (b * ang.cos() + a * ang.sin())).abs() < 1e-5);
+        }
+        assert_eq!(head[rd..], orig[rd..], "dims past rotary_dim are untouched");
+    }
+}
