@@ -8,11 +8,18 @@ pub enum GgufError {
     /// A metadata key is missing.
     MissingKey(String),
     /// A metadata key has another type than the caller asked for.
-    WrongType { key: String, expected: String, found: String },
+    WrongType {
+        key: String,
+        expected: String,
+        found: String,
+    },
     /// A tensor is missing.
     MissingTensor(String),
     /// An I/O failure (open, mmap, write, fsync, rename).
-    Io { path: std::path::PathBuf, source: std::io::Error },
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     /// Writer misuse or an unwritable request (wrong byte count, name too long, ...).
     Write(String),
 }
@@ -22,7 +29,11 @@ impl fmt::Display for GgufError {
         match self {
             GgufError::Malformed { offset, what } => write!(f, "at byte {offset}: {what}"),
             GgufError::MissingKey(k) => write!(f, "missing metadata key {k}"),
-            GgufError::WrongType { key, expected, found } => {
+            GgufError::WrongType {
+                key,
+                expected,
+                found,
+            } => {
                 write!(f, "key {key}: expected {expected}, found {found}")
             }
             GgufError::MissingTensor(n) => write!(f, "missing tensor {n}"),

@@ -12,11 +12,12 @@
 
 mod error;
 mod reader;
+pub mod render;
 mod value;
 mod writer;
 
 pub use error::GgufError;
-pub use reader::{GgufFile, TensorInfo};
+pub use reader::{tensor_size, GgufFile, TensorInfo, MAX_DIMS, MAX_TENSOR_NAME_LEN};
 pub use value::{MetaArray, MetaType, MetaValue};
 pub use writer::{GgufWriter, TensorSpec};
 
