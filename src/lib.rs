@@ -4,6 +4,7 @@ pub mod error;
 pub mod gguf;
 pub mod model;
 pub mod sampling;
+pub mod tokenizer;
 
 pub use error::{Error, Result};
 pub use rgemma_quant as quant;

@@ -1,0 +1,84 @@
+//! Streaming detokenization. A character outside the vocabulary is encoded as several
+//! byte-fallback tokens, so a token's bytes may end in the middle of a UTF-8 sequence; the
+//! decoder keeps such an incomplete tail until the next token completes it.
+
+use super::Tokenizer;
+
+/// Turns tokens into text one at a time. The concatenation of everything [`push`] and
+/// [`flush`] return equals `decode(ids, false)` for the same ids; every chunk is whole
+/// characters, and a byte sequence that can no longer become valid UTF-8 turns into U+FFFD.
+///
+/// [`push`]: StreamDecoder::push
+/// [`flush`]: StreamDecoder::flush
+#[derive(Debug, Default)]
+pub struct StreamDecoder {
+    /// Bytes of an incomplete UTF-8 sequence waiting for the next token.
+    pending: Vec<u8>,
+    /// No text has come out yet (for vocabularies that add a space prefix, whose first
+    /// space is not part of the text).
+    emitted_text: bool,
+}
+
+impl StreamDecoder {
+    pub fn new() -> Self {
+        StreamDecoder::default()
+    }
+
+    /// The text that token `id` completes (possibly empty). An id outside the vocabulary
+    /// gives U+FFFD.
+    pub fn push(&mut self, tok: &Tokenizer, id: u32) -> String {
+        match tok.token_bytes(id) {
+            Some(bytes) => {
+                let bytes = tok.strip_prefix_space(&bytes, id, !self.emitted_text);
+                if !bytes.is_empty() && !tok.is_control(id) {
+                    self.emitted_text = true;
+                }
+                self.pending.extend_from_slice(bytes);
+            }
+            None => self.pending.extend_from_slice("\u{FFFD}".as_bytes()),
+        }
+        self.take_complete()
+    }
+
+    /// The end of the stream: whatever is still buffered (an incomplete sequence becomes
+    /// U+FFFD). The decoder is then ready for a new stream.
+    pub fn flush(&mut self) -> String {
+        let text = String::from_utf8_lossy(&self.pending).into_owned();
+        self.pending.clear();
+        self.emitted_text = false;
+        text
+    }
+
+    /// Emits the longest prefix of `pending` that will not change with more bytes: valid
+    /// characters, and U+FFFD for each invalid sequence (the same substitution as
+    /// `String::from_utf8_lossy`); keeps an incomplete final sequence.
+    fn take_complete(&mut self) -> String {
+        let mut text = String::new();
+        let mut consumed = 0;
+        while consumed < self.pending.len() {
+            match std::str::from_utf8(&self.pending[consumed..]) {
+                Ok(valid) => {
+                    text.push_str(valid);
+                    consumed = self.pending.len();
+                }
+                Err(e) => {
+                    let valid_end = consumed + e.valid_up_to();
+                    // from_utf8 has just checked this prefix, so this never falls back.
+                    text.push_str(
+                        std::str::from_utf8(&self.pending[consumed..valid_end]).unwrap_or_default(),
+                    );
+                    consumed = valid_end;
+                    match e.error_len() {
+                        Some(invalid) => {
+                            text.push('\u{FFFD}');
+                            consumed += invalid;
+                        }
+                        None => break, // an incomplete sequence at the end: wait for more
+                    }
+                }
+            }
+        }
+        self.pending.drain(..consumed);
+        text
+    }
+}
