@@ -347,3 +347,26 @@ fn assert_send_sync() {
     is::<Tokenizer>();
     is::<StreamDecoder>();
 }
+
+#[cfg(test)]
+impl Tokenizer {
+    /// A SentencePiece tokenizer over `(piece, score, kind)` entries, for unit tests; BOS and
+    /// EOS are ids 0 and 1.
+    pub(crate) fn spm_for_tests(
+        entries: &[(&str, f32, TokenKind)],
+        add_space_prefix: bool,
+    ) -> Tokenizer {
+        let pieces = entries.iter().map(|e| e.0.to_owned()).collect();
+        let kinds = entries.iter().map(|e| e.2).collect();
+        let scores = entries.iter().map(|e| e.1).collect();
+        let vocab = Vocab::new(pieces, kinds);
+        let encoder = SpmEncoder::new(&vocab, scores, None, add_space_prefix);
+        Tokenizer {
+            vocab,
+            bos: 0,
+            eos: 1,
+            add_bos_by_default: true,
+            encoder: Encoder::Spm(Box::new(encoder)),
+        }
+    }
+}

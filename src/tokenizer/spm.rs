@@ -304,3 +304,87 @@ impl SpmEncoder {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::Tokenizer;
+    use super::TokenKind::{self, *};
+
+    fn base() -> Vec<(&'static str, f32, TokenKind)> {
+        let mut v = vec![
+            ("<bos>", 0.0, Control),
+            ("<eos>", 0.0, Control),
+            ("<t>", 0.0, Control),
+        ];
+        v.extend([
+            ("\u{2581}", -1.0, Normal),
+            ("a", -2.0, Normal),
+            ("b", -3.0, Normal),
+        ]);
+        v
+    }
+
+    fn ids(tok: &Tokenizer, text: &str) -> Vec<u32> {
+        tok.encode(text, false, true).unwrap()
+    }
+
+    #[test]
+    fn equal_scores_merge_leftmost_first() {
+        let mut v = base();
+        v.extend([("ab", -5.0, Normal), ("ba", -5.0, Normal)]); // ids 6, 7
+        let tok = Tokenizer::spm_for_tests(&v, false);
+        assert_eq!(ids(&tok, "aba"), [6, 4]);
+        assert_eq!(ids(&tok, "bab"), [7, 5]);
+    }
+
+    #[test]
+    fn higher_score_merges_first() {
+        let mut v = base();
+        v.extend([
+            ("ab", -6.0, Normal),
+            ("ba", -5.0, Normal),
+            ("aba", -7.0, Normal),
+        ]);
+        let tok = Tokenizer::spm_for_tests(&v, false);
+        // "ba" (the best pair) first, then "a"+"ba" = "aba": any adjacent pair whose
+        // concatenation is a normal piece may merge, not only a fixed merge list.
+        assert_eq!(ids(&tok, "aba"), [8]);
+        assert_eq!(ids(&tok, "abab"), [8, 5]);
+        assert_eq!(ids(&tok, "bab"), [7, 5]);
+    }
+
+    #[test]
+    fn only_normal_pieces_are_merged_into() {
+        let mut v = base();
+        v.push(("ab", -1.0, Control)); // id 6: matched as text only when parsing specials
+        let tok = Tokenizer::spm_for_tests(&v, false);
+        assert_eq!(tok.encode("ab", false, false).unwrap(), [4, 5]);
+        assert_eq!(ids(&tok, "ab"), [6]);
+    }
+
+    #[test]
+    fn unknown_characters_without_byte_pieces_are_an_error() {
+        let tok = Tokenizer::spm_for_tests(&base(), false);
+        assert!(tok.encode("c", false, true).is_err());
+    }
+
+    #[test]
+    fn control_pieces_only_with_parse_special() {
+        let tok = Tokenizer::spm_for_tests(&base(), false);
+        assert_eq!(ids(&tok, "a<t>b"), [4, 2, 5]);
+        assert!(tok.encode("a<t>b", false, false).is_err()); // '<' has no piece, no byte pieces
+    }
+
+    #[test]
+    fn space_prefix_is_added_and_removed() {
+        let mut v = base();
+        v.push(("\u{2581}a", -0.5, Normal)); // id 6
+        let tok = Tokenizer::spm_for_tests(&v, true);
+        assert_eq!(ids(&tok, "a"), [6]);
+        assert_eq!(ids(&tok, "a<t>a"), [6, 2, 6]);
+        assert_eq!(tok.decode(&[0, 6, 3, 4], false).unwrap(), "<bos>a a");
+        assert_eq!(tok.decode(&[0, 6, 3, 4], true).unwrap(), "a a");
+        let plain = Tokenizer::spm_for_tests(&v, false);
+        assert_eq!(ids(&plain, "a"), [4]);
+    }
+}

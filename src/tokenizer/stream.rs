@@ -82,3 +82,84 @@ impl StreamDecoder {
         text
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::vocab::TokenKind;
+    use super::*;
+
+    /// Pieces: <bos>, <eos>, "a", then the 256 byte pieces from id 3.
+    fn byte_tokenizer() -> Tokenizer {
+        let names: Vec<String> = (0..=255u8).map(|b| format!("<0x{b:02X}>")).collect();
+        let mut entries = vec![
+            ("<bos>", 0.0, TokenKind::Control),
+            ("<eos>", 0.0, TokenKind::Control),
+            ("a", 0.0, TokenKind::Normal),
+        ];
+        for (b, name) in names.iter().enumerate() {
+            entries.push((name.as_str(), 0.0, TokenKind::Byte(b as u8)));
+        }
+        Tokenizer::spm_for_tests(&entries, false)
+    }
+
+    fn byte(b: u8) -> u32 {
+        3 + b as u32
+    }
+
+    /// Pushes `ids`, returns the chunks (flush last) and checks they add up to `decode`.
+    fn stream(tok: &Tokenizer, ids: &[u32]) -> Vec<String> {
+        let mut decoder = StreamDecoder::new();
+        let mut chunks: Vec<String> = ids.iter().map(|&id| decoder.push(tok, id)).collect();
+        chunks.push(decoder.flush());
+        assert_eq!(chunks.concat(), tok.decode(ids, false).unwrap(), "{ids:?}");
+        chunks
+    }
+
+    #[test]
+    fn split_characters_come_out_whole() {
+        let tok = byte_tokenizer();
+        // "€" = E2 82 AC, "😀" = F0 9F 98 80
+        let ids = [
+            0,
+            byte(0xE2),
+            byte(0x82),
+            byte(0xAC),
+            2,
+            byte(0xF0),
+            byte(0x9F),
+            byte(0x98),
+            byte(0x80),
+        ];
+        assert_eq!(
+            stream(&tok, &ids),
+            ["<bos>", "", "", "€", "a", "", "", "", "😀", ""]
+        );
+    }
+
+    #[test]
+    fn invalid_sequences_become_replacement_characters() {
+        let tok = byte_tokenizer();
+        // A lead byte followed by a non-continuation: U+FFFD as soon as it is clear.
+        assert_eq!(stream(&tok, &[byte(0xE2), 2]), ["", "\u{FFFD}a", ""]);
+        // A stray continuation byte.
+        assert_eq!(stream(&tok, &[byte(0x80), 2]), ["\u{FFFD}", "a", ""]);
+        // Truncated at the end of the stream: flush gives U+FFFD.
+        assert_eq!(
+            stream(&tok, &[2, byte(0xF0), byte(0x9F)]),
+            ["a", "", "", "\u{FFFD}"]
+        );
+        // Bytes that can never start UTF-8.
+        assert_eq!(
+            stream(&tok, &[byte(0xFF), byte(0xC0)]),
+            ["\u{FFFD}", "\u{FFFD}", ""]
+        );
+    }
+
+    #[test]
+    fn unknown_ids_give_replacement_character() {
+        let tok = byte_tokenizer();
+        let mut decoder = StreamDecoder::new();
+        assert_eq!(decoder.push(&tok, 100_000), "\u{FFFD}");
+        assert_eq!(decoder.flush(), "");
+    }
+}
