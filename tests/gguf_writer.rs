@@ -172,7 +172,7 @@ fn round_trip_every_metadata_type_and_tensor_type() {
             info.name
         );
         assert_eq!(f.tensor_data(info), &bytes[..], "{}", info.name);
-        expected_offset += (info.size + 63) / 64 * 64;
+        expected_offset += info.size.div_ceil(64) * 64;
     }
     assert_eq!(f.data_start() % 64, 0);
     assert_eq!(
@@ -264,7 +264,8 @@ fn create_refuses_bad_requests_without_leaving_files() {
     let out = dir.join("m.gguf");
     let dup = [one_tensor("a", 4), one_tensor("a", 4)];
     let long_name = "x".repeat(64);
-    let cases: Vec<(Vec<(String, MetaValue)>, Vec<TensorSpec>, &str)> = vec![
+    type Case<'a> = (Vec<(String, MetaValue)>, Vec<TensorSpec>, &'a str);
+    let cases: Vec<Case> = vec![
         (vec![], dup.to_vec(), "duplicate tensor name a"),
         (
             vec![],

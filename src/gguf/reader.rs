@@ -52,12 +52,15 @@ pub fn tensor_size(ty: GgmlType, dims: &[u64]) -> Result<u64, String> {
             .ok_or_else(|| format!("dims {dims:?}: element count overflows"))?;
     }
     let ne0 = dims.first().copied().unwrap_or(1);
-    let row = ty.row_size(ne0).ok_or_else(|| {
-        format!(
-            "ne[0] = {ne0} is not a multiple of the {ty} block size {}",
-            ty.block_size()
-        )
-    })?;
+    let block = ty.block_size() as u64;
+    if ne0 % block != 0 {
+        return Err(format!(
+            "ne[0] = {ne0} is not a multiple of the {ty} block size {block}"
+        ));
+    }
+    let row = ty
+        .row_size(ne0)
+        .ok_or_else(|| format!("dims {dims:?}: byte size overflows"))?;
     let rows: u64 = dims.iter().skip(1).product(); // no overflow: bounded by n_elements
     row.checked_mul(rows)
         .filter(|&n| n <= i64::MAX as u64)
@@ -372,6 +375,8 @@ impl<'a> Parser<'a> {
     }
 
     fn value(&mut self, ty: MetaType, key: &str) -> Result<MetaValue, GgufError> {
+        let what = format!("key {key}");
+        let key = what.as_str();
         Ok(match ty {
             MetaType::U8 => MetaValue::U8(self.u8(key)?),
             MetaType::I8 => MetaValue::I8(self.u8(key)? as i8),
@@ -395,12 +400,12 @@ impl<'a> Parser<'a> {
         if elem == MetaType::Array {
             return Err(malformed(
                 type_at,
-                format!("key {key}: nested arrays are not supported"),
+                format!("{key}: nested arrays are not supported"),
             ));
         }
         // Strings take at least their 8-byte length.
         let min = elem.fixed_size().unwrap_or(8) as u64;
-        let n = self.count(&format!("key {key}: array length"), min)?;
+        let n = self.count(&format!("{key}: array length"), min)?;
         let what = format!("element of {key}");
         macro_rules! fixed {
             ($variant:ident, $read:ident, $conv:expr) => {{
