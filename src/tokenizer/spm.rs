@@ -17,44 +17,72 @@ use std::collections::BinaryHeap;
 
 use super::vocab::{TokenKind, Vocab, SPACE_MARKER};
 
-/// Special pieces, escaped (`' '` -> `▁`), grouped by their first byte, longest first, for
-/// leftmost-longest matching against the escaped text. Escaping both sides makes a
-/// whitespace piece match whether the vocabulary spells it with spaces (llama.cpp's Gemma 3
+/// The special pieces, escaped (`' '` -> `▁`), in a byte trie for leftmost-longest matching
+/// against the escaped text in time proportional to the match length. Escaping both sides makes
+/// a whitespace piece match whether the vocabulary spells it with spaces (llama.cpp's Gemma 3
 /// files) or with `▁` (sentencepiece's own convention).
 struct SpecialMatcher {
-    by_first_byte: Vec<Vec<SpecialPiece>>,
+    /// Node 0 is the root.
+    nodes: Vec<TrieNode>,
 }
 
+#[derive(Default)]
+struct TrieNode {
+    /// (next byte, node index), sorted by byte.
+    children: Vec<(u8, u32)>,
+    /// The piece that ends here.
+    piece: Option<SpecialPiece>,
+}
+
+#[derive(Clone, Copy)]
 struct SpecialPiece {
-    escaped: Box<[u8]>,
     id: u32,
     /// Control or unknown: matched only when parsing special tokens.
     control: bool,
 }
 
+impl TrieNode {
+    fn child(&self, byte: u8) -> Option<usize> {
+        let i = self
+            .children
+            .binary_search_by_key(&byte, |&(b, _)| b)
+            .ok()?;
+        Some(self.children[i].1 as usize)
+    }
+}
+
 impl SpecialMatcher {
     fn new(vocab: &Vocab) -> SpecialMatcher {
-        let mut by_first_byte: Vec<Vec<SpecialPiece>> = (0..256).map(|_| Vec::new()).collect();
+        let mut nodes = vec![TrieNode::default()];
         for (id, piece, kind) in vocab.iter() {
             let matched_in_text = matches!(
                 kind,
                 TokenKind::Control | TokenKind::Unknown | TokenKind::UserDefined
             );
-            if matched_in_text && !piece.is_empty() {
-                let escaped = escape_spaces(piece).into_bytes().into_boxed_slice();
-                let control = kind.is_special();
-                by_first_byte[escaped[0] as usize].push(SpecialPiece {
-                    escaped,
-                    id,
-                    control,
-                });
+            if !matched_in_text || piece.is_empty() {
+                continue;
             }
+            let mut node = 0;
+            for &byte in escape_spaces(piece).as_bytes() {
+                node = match nodes[node].child(byte) {
+                    Some(child) => child,
+                    None => {
+                        let child = nodes.len();
+                        nodes.push(TrieNode::default());
+                        let children = &mut nodes[node].children;
+                        let at = children.partition_point(|&(b, _)| b < byte);
+                        children.insert(at, (byte, child as u32));
+                        child
+                    }
+                };
+            }
+            // The same escaped string twice (e.g. "  " and "▁▁"): the lower id wins.
+            let control = kind.is_special();
+            nodes[node]
+                .piece
+                .get_or_insert(SpecialPiece { id, control });
         }
-        for bucket in &mut by_first_byte {
-            // Longest first; among equal lengths the lower id (the sort is stable).
-            bucket.sort_by_key(|p| std::cmp::Reverse(p.escaped.len()));
-        }
-        SpecialMatcher { by_first_byte }
+        SpecialMatcher { nodes }
     }
 
     /// The first special piece in `text[from..]` as `(start, end, id)`; at one start the longest
@@ -63,11 +91,21 @@ impl SpecialMatcher {
         let bytes = text.as_bytes();
         // A piece is valid UTF-8, so it can only match where a character starts.
         for start in from..bytes.len() {
-            let rest = &bytes[start..];
-            for piece in &self.by_first_byte[rest[0] as usize] {
-                if (parse_special || !piece.control) && rest.starts_with(&piece.escaped) {
-                    return Some((start, start + piece.escaped.len(), piece.id));
+            let mut node = 0;
+            let mut longest = None;
+            for (end, &byte) in bytes.iter().enumerate().skip(start) {
+                match self.nodes[node].child(byte) {
+                    Some(child) => node = child,
+                    None => break,
                 }
+                if let Some(piece) = self.nodes[node].piece {
+                    if parse_special || !piece.control {
+                        longest = Some((start, end + 1, piece.id));
+                    }
+                }
+            }
+            if longest.is_some() {
+                return longest;
             }
         }
         None
@@ -373,6 +411,24 @@ mod tests {
         let tok = Tokenizer::spm_for_tests(&base(), false);
         assert_eq!(ids(&tok, "a<t>b"), [4, 2, 5]);
         assert!(tok.encode("a<t>b", false, false).is_err()); // '<' has no piece, no byte pieces
+    }
+
+    #[test]
+    fn special_pieces_match_leftmost_longest() {
+        let mut v = base();
+        // ids 6, 7, 8; the control piece is the longest but only counts when parsing specials.
+        v.extend([
+            ("\n", 0.0, UserDefined),
+            ("\n\n", 0.0, UserDefined),
+            ("\n\n\n", 0.0, Control),
+        ]);
+        v.push(("  ", 0.0, UserDefined)); // 9: matches spaces, also written as ▁▁
+        let tok = Tokenizer::spm_for_tests(&v, false);
+        assert_eq!(ids(&tok, "\n\n\n\n"), [8, 6]);
+        assert_eq!(tok.encode("\n\n\n\n", false, false).unwrap(), [7, 7]);
+        assert_eq!(tok.encode("a\n\n\nb", false, false).unwrap(), [4, 7, 6, 5]);
+        assert_eq!(ids(&tok, "a   b"), [4, 9, 3, 5]);
+        assert_eq!(ids(&tok, "a\u{2581}\u{2581}b"), [4, 9, 5]);
     }
 
     #[test]
