@@ -1,8 +1,16 @@
-//! The GGUF SentencePiece tokenizer against the Hugging Face reference ids in
+//! The GGUF tokenizer against the Hugging Face reference ids in
 //! tests/fixtures/tokenizer/tokenizer_reference.json (40 texts, Gemma 3 vocabulary; see the
-//! README there). Needs the real Gemma 3 270M GGUF, whose path comes from RG_GEMMA3_GGUF.
+//! README there). Needs the real Gemma 3 270M GGUF, whose path comes from RG_GEMMA3_GGUF; its
+//! `tokenizer.ggml.*` arrays exercise the SentencePiece path.
+//!
+//! Optional: RG_GEMMA3_HF_JSON names a tokenizer.json for the same vocabulary (regenerated as
+//! the fixture README says, or built by tools/gemma3_hf_tokenizer_json.py); the same checks
+//! then also run on a GGUF carrying it as `tokenizer.huggingface.json` (the HF path).
 
-use rgemma::gguf::GgufFile;
+use std::io::Write;
+use std::sync::OnceLock;
+
+use rgemma::gguf::{GgufFile, GgufWriter, MetaValue};
 use rgemma::tokenizer::{StreamDecoder, Tokenizer};
 use serde_json::Value;
 
@@ -11,16 +19,62 @@ const FIXTURE: &str = concat!(
     "/tests/fixtures/tokenizer/tokenizer_reference.json"
 );
 
-fn load_tokenizer() -> Option<Tokenizer> {
-    let Some(path) = std::env::var_os("RG_GEMMA3_GGUF") else {
-        println!("skipped: RG_GEMMA3_GGUF not set");
-        return None;
-    };
-    let file = GgufFile::open(&path).expect("open RG_GEMMA3_GGUF");
-    let tokenizer = Tokenizer::from_gguf(&file)
-        .expect("load tokenizer")
-        .expect("the file has a tokenizer");
-    Some(tokenizer)
+/// The tokenizers under test, labelled, loaded once for all tests of this file.
+fn tokenizers() -> &'static [(String, Tokenizer)] {
+    static TOKENIZERS: OnceLock<Vec<(String, Tokenizer)>> = OnceLock::new();
+    TOKENIZERS.get_or_init(|| {
+        let Some(path) = std::env::var_os("RG_GEMMA3_GGUF") else {
+            // Straight to stderr: the test harness would swallow println!/eprintln!.
+            let _ = writeln!(std::io::stderr(), "skipped: RG_GEMMA3_GGUF not set");
+            return Vec::new();
+        };
+        let file = GgufFile::open(&path).expect("open RG_GEMMA3_GGUF");
+        let load = |file: &GgufFile| {
+            Tokenizer::from_gguf(file)
+                .expect("load tokenizer")
+                .expect("the file has a tokenizer")
+        };
+        let mut all = vec![("tokenizer.ggml arrays".to_owned(), load(&file))];
+        match std::env::var_os("RG_GEMMA3_HF_JSON") {
+            Some(json_path) => {
+                let json = std::fs::read_to_string(&json_path).expect("read RG_GEMMA3_HF_JSON");
+                // As rgemma's converter writes it: the json next to the ggml arrays.
+                let mut metadata: Vec<(String, MetaValue)> = file
+                    .metadata()
+                    .iter()
+                    .filter(|(key, _)| {
+                        key.starts_with("tokenizer.") || key == "general.architecture"
+                    })
+                    .cloned()
+                    .collect();
+                metadata.push((
+                    "tokenizer.huggingface.json".to_owned(),
+                    MetaValue::String(json),
+                ));
+                let out = std::env::temp_dir()
+                    .join(format!("rgemma-gemma3-hf-{}.gguf", std::process::id()));
+                GgufWriter::create(&out, &metadata, &[])
+                    .unwrap()
+                    .finish()
+                    .unwrap();
+                let hf_file = GgufFile::open(&out).expect("open the HF GGUF");
+                let _ = std::fs::remove_file(&out);
+                let tokenizer = load(&hf_file);
+                assert!(
+                    format!("{tokenizer:?}").contains("huggingface"),
+                    "{tokenizer:?}"
+                );
+                all.push(("tokenizer.huggingface.json".to_owned(), tokenizer));
+            }
+            None => {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "HF path at full scale skipped: RG_GEMMA3_HF_JSON not set"
+                );
+            }
+        }
+        all
+    })
 }
 
 struct Case {
@@ -61,23 +115,21 @@ fn cases() -> Vec<Case> {
         .collect()
 }
 
-/// Runs `check` on every case, prints each failure and the pass count, fails if any failed.
+/// Runs `check` on every case with every tokenizer, prints each failure and the pass counts,
+/// fails if any failed.
 fn check_all(mode: &str, check: impl Fn(&Tokenizer, &Case) -> Result<(), String>) {
-    let Some(tokenizer) = load_tokenizer() else {
-        return;
-    };
     let cases = cases();
     let mut failures = Vec::new();
-    for case in &cases {
-        if let Err(why) = check(&tokenizer, case) {
-            failures.push(format!("{:?}: {why}", case.text));
+    for (label, tokenizer) in tokenizers() {
+        let before = failures.len();
+        for case in &cases {
+            if let Err(why) = check(tokenizer, case) {
+                failures.push(format!("{label}: {:?}: {why}", case.text));
+            }
         }
+        let passed = cases.len() - (failures.len() - before);
+        println!("{label}: {mode}: {passed}/{} texts pass", cases.len());
     }
-    println!(
-        "{mode}: {}/{} texts pass",
-        cases.len() - failures.len(),
-        cases.len()
-    );
     assert!(
         failures.is_empty(),
         "{mode}: {} failures:\n{}",
@@ -96,24 +148,24 @@ fn compare(got: &[u32], want: &[u32]) -> Result<(), String> {
 
 #[test]
 fn metadata_matches_the_fixture() {
-    let Some(tok) = load_tokenizer() else { return };
-    assert_eq!(tok.n_vocab(), 262144);
-    assert_eq!((tok.bos(), tok.eos()), (2, 1));
-    assert_eq!(tok.token_id("<start_of_turn>"), Some(105));
-    assert_eq!(tok.token_id("<end_of_turn>"), Some(106));
-    assert!(
-        tok.is_control(105) && tok.is_control(2) && !tok.is_control(107) && !tok.is_control(9259)
-    );
-    assert_eq!(tok.piece(236743), Some("\u{2581}"));
-    assert_eq!(tok.token_bytes(236743).as_deref(), Some(&b" "[..]));
-    assert_eq!(tok.token_bytes(138).as_deref(), Some(&b"  "[..]));
-    assert_eq!(
-        tok.token_id("<0x0A>")
-            .and_then(|id| tok.token_bytes(id))
-            .as_deref(),
-        Some(&b"\n"[..])
-    );
-    assert!(tok.add_bos_by_default());
+    for (label, tok) in tokenizers() {
+        assert_eq!(tok.n_vocab(), 262144, "{label}");
+        assert_eq!((tok.bos(), tok.eos()), (2, 1), "{label}");
+        assert_eq!(tok.token_id("<start_of_turn>"), Some(105), "{label}");
+        assert_eq!(tok.token_id("<end_of_turn>"), Some(106), "{label}");
+        assert!(tok.is_control(105) && tok.is_control(2), "{label}");
+        assert!(!tok.is_control(107) && !tok.is_control(9259), "{label}");
+        assert_eq!(tok.piece(236743), Some("\u{2581}"), "{label}");
+        assert_eq!(
+            tok.token_bytes(236743).as_deref(),
+            Some(&b" "[..]),
+            "{label}"
+        );
+        assert_eq!(tok.token_bytes(138).as_deref(), Some(&b"  "[..]), "{label}");
+        let newline_byte = tok.token_id("<0x0A>").and_then(|id| tok.token_bytes(id));
+        assert_eq!(newline_byte.as_deref(), Some(&b"\n"[..]), "{label}");
+        assert!(tok.add_bos_by_default(), "{label}");
+    }
 }
 
 #[test]
@@ -191,9 +243,10 @@ fn stream_decoder_matches_decode() {
 
 #[test]
 fn bad_ids_are_errors() {
-    let Some(tok) = load_tokenizer() else { return };
-    assert!(tok.decode(&[9259, 262144], false).is_err());
-    assert!(tok.token_bytes(262144).is_none() && tok.piece(u32::MAX).is_none());
-    let mut stream = StreamDecoder::new();
-    assert_eq!(stream.push(&tok, u32::MAX), "\u{FFFD}");
+    for (label, tok) in tokenizers() {
+        assert!(tok.decode(&[9259, 262144], false).is_err(), "{label}");
+        assert!(tok.token_bytes(262144).is_none() && tok.piece(u32::MAX).is_none());
+        let mut stream = StreamDecoder::new();
+        assert_eq!(stream.push(tok, u32::MAX), "\u{FFFD}", "{label}");
+    }
 }
