@@ -294,7 +294,7 @@ impl Tokenizer {
     /// The raw bytes token `id` stands for: a byte piece is one byte, `▁` is a space, a
     /// control token is its piece text. `None` for an id outside the vocabulary.
     pub fn token_bytes(&self, id: u32) -> Option<Cow<'_, [u8]>> {
-        self.vocab.token_bytes(id)
+        self.vocab.token_bytes(id).map(Cow::Borrowed)
     }
 
     /// The vocabulary string of `id` (`▁world`, `<0x0A>`, `<start_of_turn>`).

@@ -1,6 +1,5 @@
 //! The vocabulary: one piece string and one kind per token id, and the reverse map.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 
 /// SentencePiece's word-boundary marker; stands for a space in piece strings.
@@ -58,6 +57,10 @@ pub(crate) struct Vocab {
     pieces: Vec<String>,
     kinds: Vec<TokenKind>,
     by_piece: HashMap<String, u32>,
+    /// The bytes of every token back to back (see [`Vocab::token_bytes`]), computed once so
+    /// that per-token decoding never allocates; token `i` is `bytes[offsets[i]..offsets[i + 1]]`.
+    bytes: Vec<u8>,
+    offsets: Vec<usize>,
 }
 
 impl Vocab {
@@ -66,13 +69,28 @@ impl Vocab {
     pub(crate) fn new(pieces: Vec<String>, kinds: Vec<TokenKind>) -> Vocab {
         debug_assert_eq!(pieces.len(), kinds.len());
         let mut by_piece = HashMap::with_capacity(pieces.len());
-        for (id, piece) in pieces.iter().enumerate() {
+        let mut bytes = Vec::new();
+        let mut offsets = Vec::with_capacity(pieces.len() + 1);
+        offsets.push(0);
+        for (id, (piece, kind)) in pieces.iter().zip(&kinds).enumerate() {
             by_piece.entry(piece.clone()).or_insert(id as u32);
+            match kind {
+                TokenKind::Byte(b) => bytes.push(*b),
+                _ => {
+                    for c in piece.chars() {
+                        let c = if c == SPACE_MARKER { ' ' } else { c };
+                        bytes.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
+                    }
+                }
+            }
+            offsets.push(bytes.len());
         }
         Vocab {
             pieces,
             kinds,
             by_piece,
+            bytes,
+            offsets,
         }
     }
 
@@ -102,15 +120,10 @@ impl Vocab {
 
     /// The bytes a token stands for: a byte piece is its byte, `▁` is a space, anything else
     /// (control tokens included) is its piece text.
-    pub(crate) fn token_bytes(&self, id: u32) -> Option<Cow<'_, [u8]>> {
-        let piece = self.pieces.get(id as usize)?;
-        Some(match self.kinds[id as usize] {
-            TokenKind::Byte(b) => Cow::Owned(vec![b]),
-            _ if piece.contains(SPACE_MARKER) => {
-                Cow::Owned(piece.replace(SPACE_MARKER, " ").into_bytes())
-            }
-            _ => Cow::Borrowed(piece.as_bytes()),
-        })
+    pub(crate) fn token_bytes(&self, id: u32) -> Option<&[u8]> {
+        let id = id as usize;
+        let (start, end) = (*self.offsets.get(id)?, *self.offsets.get(id + 1)?);
+        Some(&self.bytes[start..end])
     }
 }
 
@@ -140,10 +153,10 @@ mod tests {
             TokenKind::UserDefined,
         ];
         let v = Vocab::new(pieces, kinds);
-        assert_eq!(&*v.token_bytes(0).unwrap(), b"<bos>");
-        assert_eq!(&*v.token_bytes(1).unwrap(), b" hi");
-        assert_eq!(&*v.token_bytes(2).unwrap(), &[0xE2]);
-        assert_eq!(&*v.token_bytes(3).unwrap(), b"  ");
+        assert_eq!(v.token_bytes(0).unwrap(), b"<bos>");
+        assert_eq!(v.token_bytes(1).unwrap(), b" hi");
+        assert_eq!(v.token_bytes(2).unwrap(), &[0xE2]);
+        assert_eq!(v.token_bytes(3).unwrap(), b"  ");
         assert!(v.token_bytes(4).is_none());
         assert_eq!(v.id("\u{2581}hi"), Some(1));
     }
