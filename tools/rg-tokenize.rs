@@ -75,10 +75,12 @@ fn run(args: &Args) -> Result<(), String> {
     } else {
         for &id in &ids {
             let bytes = tokenizer.token_bytes(id).unwrap_or_default();
-            out.push_str(&format!(
-                "{id:6} -> '{}'\n",
-                String::from_utf8_lossy(&bytes)
-            ));
+            // A byte-fallback token may hold part of a character: show its piece (`<0xE2>`).
+            let text = match std::str::from_utf8(&bytes) {
+                Ok(text) => text,
+                Err(_) => tokenizer.piece(id).unwrap_or_default(),
+            };
+            out.push_str(&format!("{id:6} -> '{text}'\n"));
         }
     }
     std::io::stdout()
