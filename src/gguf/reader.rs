@@ -35,9 +35,10 @@ impl TensorInfo {
         self.dims.iter().rev().copied().collect()
     }
 
-    /// Total number of elements.
+    /// Total number of elements (validated to fit in i64 for infos read from a file;
+    /// saturates for hand-made ones).
     pub fn n_elements(&self) -> u64 {
-        self.dims.iter().product()
+        self.dims.iter().fold(1u64, |n, &d| n.saturating_mul(d))
     }
 }
 
