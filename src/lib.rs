@@ -3,6 +3,7 @@
 pub mod error;
 pub mod gguf;
 pub mod model;
+pub mod perplexity;
 pub mod sampling;
 pub mod tokenizer;
 
