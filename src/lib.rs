@@ -1,9 +1,9 @@
 //! rgemma: an inference engine for Google's RecurrentGemma (Griffin) models.
 
 pub mod error;
+pub mod generate;
 pub mod gguf;
 pub mod model;
-pub mod perplexity;
 pub mod sampling;
 pub mod tokenizer;
 

@@ -1,0 +1,679 @@
+//! `rg-run`: generate text (or token ids) with a RecurrentGemma GGUF model, llama.cpp style.
+//!
+//! ```text
+//! rg-run -m model.gguf -p "Why is the sky blue?" -n 64
+//! rg-run -m model.gguf -cnv                       # chat with the Gemma turn template
+//! rg-run -m tiny.gguf --prompt-ids 2,17,300 -n 16 --temp 0 --ids-out ids.json --logits-out l.npy
+//! ```
+//!
+//! Generated text streams to stdout; timings and diagnostics go to stderr. Every error is one
+//! `error: ...` line and a non-zero exit status.
+
+use std::fs::File;
+use std::io::{self, BufRead, BufWriter, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use rgemma::generate::{generate, GenerateOptions, GenerateSink, Generation, StopReason};
+use rgemma::model::{Context, ContextParams, Model};
+use rgemma::sampling::{Sampler, SamplerParams};
+use rgemma::tokenizer::Tokenizer;
+
+/// Gemma's `<eos>` id, used when the model carries no tokenizer to ask.
+const GEMMA_EOS: u32 = 1;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "rg-run",
+    version,
+    about = "Generate text with a RecurrentGemma GGUF model",
+    after_help = "As in llama.cpp, -cnv means --conversation and -sp means --special.",
+    args_override_self = true
+)]
+struct Args {
+    /// Model file (GGUF).
+    #[arg(short = 'm', long = "model", value_name = "FILE")]
+    model: PathBuf,
+
+    /// Prompt text (a BOS token is prepended unless --no-bos).
+    #[arg(short = 'p', long = "prompt", value_name = "TEXT", conflicts_with_all = ["file", "prompt_ids"])]
+    prompt: Option<String>,
+
+    /// Read the prompt from a file (one trailing newline is dropped).
+    #[arg(
+        short = 'f',
+        long = "file",
+        value_name = "FILE",
+        conflicts_with = "prompt_ids"
+    )]
+    file: Option<PathBuf>,
+
+    /// The prompt as comma-separated token ids, used verbatim (no BOS added); needs no tokenizer.
+    #[arg(long = "prompt-ids", value_name = "IDS")]
+    prompt_ids: Option<String>,
+
+    /// Number of tokens to generate; -1 = until a stop token.
+    #[arg(
+        short = 'n',
+        long = "n-predict",
+        default_value_t = 128,
+        allow_negative_numbers = true
+    )]
+    n_predict: i64,
+
+    /// Threads for evaluation (default: all available cores).
+    #[arg(short = 't', long = "threads", value_parser = clap::value_parser!(u32).range(1..))]
+    threads: Option<u32>,
+
+    /// Prompt tokens evaluated per batch.
+    #[arg(short = 'b', long = "batch-size", default_value_t = 512,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    batch_size: u32,
+
+    /// Temperature; 0 or less = greedy (argmax).
+    #[arg(long = "temp", default_value_t = 0.8, allow_negative_numbers = true)]
+    temp: f32,
+
+    /// Top-k sampling; 0 or less = off.
+    #[arg(long = "top-k", default_value_t = 40, allow_negative_numbers = true)]
+    top_k: i32,
+
+    /// Top-p (nucleus) sampling, in [0, 1]; 1 = off.
+    #[arg(long = "top-p", default_value_t = 0.95, allow_negative_numbers = true)]
+    top_p: f32,
+
+    /// Min-p sampling, in [0, 1]; 0 = off.
+    #[arg(long = "min-p", default_value_t = 0.05, allow_negative_numbers = true)]
+    min_p: f32,
+
+    /// Repetition penalty (> 0); 1 = off.
+    #[arg(
+        long = "repeat-penalty",
+        default_value_t = 1.0,
+        allow_negative_numbers = true
+    )]
+    repeat_penalty: f32,
+
+    /// How many recent tokens the repetition penalty looks at; 0 = off.
+    #[arg(long = "repeat-last-n", default_value_t = 64)]
+    repeat_last_n: u32,
+
+    /// Sampler seed; -1 = random (the seed used is printed with the timings).
+    #[arg(long = "seed", default_value_t = -1, allow_negative_numbers = true)]
+    seed: i64,
+
+    /// Interactive chat: read user turns from stdin, answer with the Gemma turn template.
+    #[arg(long = "conversation")]
+    conversation: bool,
+
+    /// Stop when this string is generated (repeatable); the text before it is printed.
+    #[arg(long = "stop", value_name = "STR")]
+    stop: Vec<String>,
+
+    /// Do not prepend BOS to a text prompt.
+    #[arg(long = "no-bos")]
+    no_bos: bool,
+
+    /// Keep generating after EOS / <end_of_turn>.
+    #[arg(long = "ignore-eos")]
+    ignore_eos: bool,
+
+    /// Print control tokens (<start_of_turn>, <bos>, ...) of the output as text.
+    #[arg(long = "special")]
+    special: bool,
+
+    /// Do not echo a text prompt before the generated text.
+    #[arg(long = "no-display-prompt")]
+    no_display_prompt: bool,
+
+    /// Write the logits as a float32 .npy [rows, vocab]: one row per prompt position, then
+    /// one per generated token fed back (T + n - 1 rows for n generated tokens).
+    #[arg(long = "logits-out", value_name = "FILE.npy")]
+    logits_out: Option<PathBuf>,
+
+    /// Write {"prompt_ids": [...], "generated_ids": [...], "stop_reason": ...} as JSON
+    /// (with --conversation: {"turns": [one such object per turn]}).
+    #[arg(long = "ids-out", value_name = "FILE.json")]
+    ids_out: Option<PathBuf>,
+
+    /// Print model details and the prompt's token ids to stderr.
+    #[arg(long = "verbose")]
+    verbose: bool,
+}
+
+/// A CLI failure: the message of the `error: ...` line.
+struct CliError(String);
+
+impl From<rgemma::Error> for CliError {
+    fn from(e: rgemma::Error) -> Self {
+        CliError(e.to_string())
+    }
+}
+
+type CliResult<T> = Result<T, CliError>;
+
+fn fail<T>(msg: impl Into<String>) -> CliResult<T> {
+    Err(CliError(msg.into()))
+}
+
+fn io_err(path: &Path, e: io::Error) -> CliError {
+    CliError(format!("{}: {e}", path.display()))
+}
+
+fn main() -> ExitCode {
+    // A bug must still end in one line, not a backtrace.
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown".into());
+        let at = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()));
+        eprintln!("error: internal error{}: {msg}", at.unwrap_or_default());
+    }));
+
+    // llama.cpp spells these flags with one dash.
+    let argv = std::env::args_os().map(|a| match a.to_str() {
+        Some("-cnv") => "--conversation".into(),
+        Some("-sp") => "--special".into(),
+        _ => a,
+    });
+    let args = Args::parse_from(argv);
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(CliError(msg)) => {
+            eprintln!("error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn sampler_params(args: &Args) -> CliResult<SamplerParams> {
+    let seed = match args.seed {
+        -1 => None,
+        s if s >= 0 => Some(s as u64),
+        s => return fail(format!("--seed must be >= 0 or -1 (random), got {s}")),
+    };
+    let params = SamplerParams {
+        temp: args.temp,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        min_p: args.min_p,
+        repeat_penalty: args.repeat_penalty,
+        repeat_last_n: args.repeat_last_n as usize,
+        seed,
+    };
+    params.validate()?;
+    Ok(params)
+}
+
+fn parse_ids(text: &str) -> CliResult<Vec<u32>> {
+    let mut ids = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match part.parse::<u32>() {
+            Ok(id) => ids.push(id),
+            Err(_) => return fail(format!("--prompt-ids: '{part}' is not a token id")),
+        }
+    }
+    Ok(ids)
+}
+
+fn run(args: &Args) -> CliResult<()> {
+    // Check everything that needs no model first, so a bad flag fails fast.
+    let sampler_params = sampler_params(args)?;
+    let max_tokens = match args.n_predict {
+        -1 => None,
+        n if n >= 0 => Some(n as usize),
+        n => {
+            return fail(format!(
+                "--n-predict must be >= 0 or -1 (no limit), got {n}"
+            ))
+        }
+    };
+    if args.conversation && args.logits_out.is_some() {
+        return fail("--logits-out is not available with --conversation");
+    }
+    if args.conversation && args.prompt_ids.is_some() {
+        return fail("--prompt-ids cannot be used with --conversation");
+    }
+    let prompt_ids_arg = args.prompt_ids.as_deref().map(parse_ids).transpose()?;
+    let prompt_text = match (&args.prompt, &args.file) {
+        (Some(p), _) => Some(p.clone()),
+        (None, Some(path)) => {
+            let mut text = std::fs::read_to_string(path).map_err(|e| io_err(path, e))?;
+            if text.ends_with('\n') {
+                text.pop();
+            }
+            Some(text)
+        }
+        (None, None) => None,
+    };
+    if !args.conversation && prompt_text.is_none() && prompt_ids_arg.is_none() {
+        return fail("no prompt: give -p TEXT, -f FILE or --prompt-ids IDS (or -cnv to chat)");
+    }
+    if matches!(&prompt_ids_arg, Some(ids) if ids.is_empty()) {
+        return fail("empty prompt: --prompt-ids has no token ids");
+    }
+    if !args.conversation && matches!(&prompt_text, Some(t) if t.is_empty()) {
+        return fail("empty prompt");
+    }
+
+    // Load.
+    let t_load = Instant::now();
+    let model = Arc::new(Model::load(&args.model)?);
+    let n_threads = args
+        .threads
+        .map(|t| t as usize)
+        .unwrap_or_else(default_threads);
+    let mut ctx = Context::new(
+        Arc::clone(&model),
+        ContextParams {
+            batch_size: args.batch_size as usize,
+            n_threads,
+        },
+    )?;
+    let load_time = t_load.elapsed();
+    let tokenizer_owned = Tokenizer::from_gguf(model.gguf())?;
+    let tokenizer = tokenizer_owned.as_ref();
+    if args.verbose {
+        print_model_info(&model, tokenizer, &args.model, n_threads);
+    }
+
+    let needs_tokenizer = |what: &str| -> CliResult<&Tokenizer> {
+        tokenizer.ok_or_else(|| {
+            CliError(format!(
+                "{what} needs a tokenizer, and this model file has none (use --prompt-ids)"
+            ))
+        })
+    };
+    if !args.stop.is_empty() && tokenizer.is_none() {
+        needs_tokenizer("--stop")?;
+    }
+
+    let mut stop_tokens = Vec::new();
+    if !args.ignore_eos {
+        match tokenizer {
+            Some(tok) => {
+                stop_tokens.push(tok.eos());
+                stop_tokens.extend(tok.token_id("<end_of_turn>"));
+            }
+            None => stop_tokens.push(GEMMA_EOS),
+        }
+    }
+    let opts = GenerateOptions {
+        max_tokens,
+        stop_tokens,
+        stop_strings: args.stop.clone(),
+        all_logits: args.logits_out.is_some(),
+        batch_size: args.batch_size as usize,
+        show_special: args.special,
+    };
+    let mut sampler = Sampler::new(sampler_params);
+    let mut out = StdoutSink::new(args.logits_out.as_deref(), model.n_vocab())?;
+    let mut stats = Stats::default();
+
+    if args.conversation {
+        let tok = needs_tokenizer("--conversation")?;
+        let turns = chat(
+            &mut ctx,
+            &mut sampler,
+            tok,
+            &opts,
+            &mut out,
+            &mut stats,
+            prompt_text,
+            args,
+        )?;
+        if let Some(path) = &args.ids_out {
+            let turns: Vec<serde_json::Value> = turns
+                .iter()
+                .map(|(prompt, gen)| ids_json(prompt, gen))
+                .collect();
+            write_json(path, &serde_json::json!({ "turns": turns }))?;
+        }
+    } else {
+        let prompt = match (&prompt_ids_arg, &prompt_text) {
+            (Some(ids), _) => ids.clone(),
+            (None, Some(text)) => {
+                let tok = needs_tokenizer("a text prompt")?;
+                let ids = tok.encode(text, !args.no_bos, true)?;
+                if ids.is_empty() {
+                    return fail("empty prompt: the text encodes to no tokens");
+                }
+                if !args.no_display_prompt {
+                    out.print(text)?;
+                }
+                ids
+            }
+            (None, None) => unreachable!("checked above"),
+        };
+        if args.verbose {
+            eprintln!("prompt ids ({}): {prompt:?}", prompt.len());
+        }
+        let gen = generate(&mut ctx, &mut sampler, tokenizer, &prompt, &opts, &mut out)?;
+        out.end_of_output()?;
+        stats.add(&gen);
+        if args.verbose {
+            eprintln!("stop reason: {}", describe_stop(&gen.stop));
+        }
+        if let Some(path) = &args.ids_out {
+            write_json(path, &ids_json(&prompt, &gen))?;
+        }
+    }
+    out.finish_logits()?;
+    print_timings(load_time, &stats, &sampler, &ctx);
+    Ok(())
+}
+
+fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// The interactive loop: one Gemma turn per stdin line, the state kept across turns. Returns
+/// each turn's new prompt tokens and generation; the whole sequence is the concatenation of
+/// `prompt + generated` over the turns (a reply's stop token is not part of it: the next turn
+/// starts with `<end_of_turn>`).
+#[allow(clippy::too_many_arguments)]
+fn chat(
+    ctx: &mut Context,
+    sampler: &mut Sampler,
+    tok: &Tokenizer,
+    opts: &GenerateOptions,
+    out: &mut StdoutSink,
+    stats: &mut Stats,
+    first_message: Option<String>,
+    args: &Args,
+) -> CliResult<Vec<(Vec<u32>, Generation)>> {
+    let mut turns = Vec::new();
+    let stdin = io::stdin();
+    let mut stdin = stdin.lock();
+    let mut first_turn = true;
+    // The token the previous reply ended on when it was not fed (token limit, stop string).
+    let mut unfed: Option<u32> = None;
+    let mut pending_first = first_message.filter(|m| !m.trim().is_empty());
+    loop {
+        let message = match pending_first.take() {
+            Some(m) => {
+                out.print(&format!("> {m}\n"))?;
+                m
+            }
+            None => {
+                out.print("> ")?;
+                let mut line = String::new();
+                let n = stdin
+                    .read_line(&mut line)
+                    .map_err(|e| CliError(format!("stdin: {e}")))?;
+                if n == 0 {
+                    out.print("\n")?;
+                    return Ok(turns); // EOF: the user is done
+                }
+                let line = line.trim();
+                if line.is_empty() {
+                    continue;
+                }
+                line.to_string()
+            }
+        };
+        // Close the previous model turn (its <end_of_turn> was sampled but not fed), then
+        // open the user turn and ask for a model turn.
+        let mut text = String::new();
+        if !first_turn {
+            text.push_str("<end_of_turn>\n");
+        }
+        text.push_str("<start_of_turn>user\n");
+        text.push_str(&message);
+        text.push_str("<end_of_turn>\n<start_of_turn>model\n");
+        let new_ids = tok.encode(&text, first_turn && !args.no_bos, true)?;
+        let mut ids = Vec::with_capacity(new_ids.len() + 1);
+        ids.extend(unfed.take());
+        ids.extend_from_slice(&new_ids);
+        if args.verbose {
+            eprintln!("turn ids ({}): {ids:?}", ids.len());
+        }
+        let gen = generate(ctx, sampler, Some(tok), &ids, opts, out)?;
+        out.print("\n")?;
+        stats.add(&gen);
+        unfed = gen.unfed;
+        first_turn = false;
+        turns.push((new_ids, gen));
+    }
+}
+
+fn describe_stop(stop: &StopReason) -> String {
+    match stop {
+        StopReason::StopToken(id) => format!("stop token {id}"),
+        other => other.as_str().to_string(),
+    }
+}
+
+/// Streams text to stdout (flushed per piece) and logit rows to the .npy file.
+struct StdoutSink {
+    stdout: io::Stdout,
+    wrote_text: bool,
+    ended_with_newline: bool,
+    logits: Option<NpyF32Writer>,
+}
+
+impl StdoutSink {
+    fn new(logits_path: Option<&Path>, n_vocab: usize) -> CliResult<Self> {
+        let logits = logits_path
+            .map(|p| NpyF32Writer::create(p, n_vocab))
+            .transpose()?;
+        Ok(StdoutSink {
+            stdout: io::stdout(),
+            wrote_text: false,
+            ended_with_newline: false,
+            logits,
+        })
+    }
+
+    fn print(&mut self, text: &str) -> CliResult<()> {
+        self.write(text)
+            .map_err(|e| CliError(format!("stdout: {e}")))
+    }
+
+    fn write(&mut self, text: &str) -> io::Result<()> {
+        if text.is_empty() {
+            return Ok(());
+        }
+        let mut lock = self.stdout.lock();
+        lock.write_all(text.as_bytes())?;
+        lock.flush()?;
+        self.wrote_text = true;
+        self.ended_with_newline = text.ends_with('\n');
+        Ok(())
+    }
+
+    /// Ends the output with a newline, as llama.cpp does.
+    fn end_of_output(&mut self) -> CliResult<()> {
+        if self.wrote_text && !self.ended_with_newline {
+            self.print("\n")?;
+        }
+        Ok(())
+    }
+
+    fn finish_logits(&mut self) -> CliResult<()> {
+        match self.logits.take() {
+            Some(w) => w.finish(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl GenerateSink for StdoutSink {
+    fn text(&mut self, text: &str) -> rgemma::Result<()> {
+        self.write(text)
+            .map_err(|e| rgemma::Error::io("<stdout>", e))
+    }
+
+    fn logits_row(&mut self, row: &[f32]) -> rgemma::Result<()> {
+        match &mut self.logits {
+            Some(w) => w.write_row(row),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Writes a float32 C-order `.npy` file of `[rows, cols]` whose row count is known only at the
+/// end: a fixed-size header is written first and rewritten with the final shape.
+struct NpyF32Writer {
+    path: PathBuf,
+    file: BufWriter<File>,
+    cols: usize,
+    rows: usize,
+    bytes: Vec<u8>,
+}
+
+/// Magic (6) + version (2) + header length (2) + header text: 128 bytes in all, a multiple of
+/// 64 as the format asks, with room for any u64 shape.
+const NPY_HEADER_LEN: usize = 128;
+
+impl NpyF32Writer {
+    fn create(path: &Path, cols: usize) -> CliResult<Self> {
+        let file = File::create(path).map_err(|e| io_err(path, e))?;
+        let mut w = NpyF32Writer {
+            path: path.to_path_buf(),
+            file: BufWriter::new(file),
+            cols,
+            rows: 0,
+            bytes: Vec::with_capacity(cols * 4),
+        };
+        let header = npy_header(0, cols);
+        w.file.write_all(&header).map_err(|e| io_err(path, e))?;
+        Ok(w)
+    }
+
+    fn write_row(&mut self, row: &[f32]) -> rgemma::Result<()> {
+        if row.len() != self.cols {
+            return Err(rgemma::Error::InvalidArgument(format!(
+                "logits row of {} values, expected {}",
+                row.len(),
+                self.cols
+            )));
+        }
+        self.bytes.clear();
+        for v in row {
+            self.bytes.extend_from_slice(&v.to_le_bytes());
+        }
+        self.file
+            .write_all(&self.bytes)
+            .map_err(|e| rgemma::Error::io(&self.path, e))?;
+        self.rows += 1;
+        Ok(())
+    }
+
+    fn finish(mut self) -> CliResult<()> {
+        let header = npy_header(self.rows, self.cols);
+        let path = self.path.clone();
+        let res = (|| {
+            self.file.seek(SeekFrom::Start(0))?;
+            self.file.write_all(&header)?;
+            self.file.flush()
+        })();
+        res.map_err(|e| io_err(&path, e))
+    }
+}
+
+fn npy_header(rows: usize, cols: usize) -> Vec<u8> {
+    let dict = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
+    let text_len = NPY_HEADER_LEN - 10;
+    let mut text = dict.into_bytes();
+    text.resize(text_len - 1, b' ');
+    text.push(b'\n');
+    let mut h = Vec::with_capacity(NPY_HEADER_LEN);
+    h.extend_from_slice(b"\x93NUMPY\x01\x00");
+    h.extend_from_slice(&(text_len as u16).to_le_bytes());
+    h.extend_from_slice(&text);
+    h
+}
+
+fn ids_json(prompt: &[u32], gen: &Generation) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "prompt_ids": prompt,
+        "generated_ids": gen.generated,
+        "stop_reason": gen.stop.as_str(),
+    });
+    if let StopReason::StopToken(id) = gen.stop {
+        v["stop_token"] = id.into();
+    }
+    v
+}
+
+fn write_json(path: &Path, v: &serde_json::Value) -> CliResult<()> {
+    let text = serde_json::to_string(v).map_err(|e| CliError(e.to_string()))?;
+    std::fs::write(path, text + "\n").map_err(|e| io_err(path, e))
+}
+
+#[derive(Default)]
+struct Stats {
+    prompt_tokens: usize,
+    prompt_time: Duration,
+    gen_tokens: usize,
+    gen_time: Duration,
+}
+
+impl Stats {
+    fn add(&mut self, g: &Generation) {
+        self.prompt_tokens += g.prompt_tokens;
+        self.prompt_time += g.prompt_time;
+        self.gen_tokens += g.generated.len();
+        self.gen_time += g.gen_time;
+    }
+}
+
+fn rate_line(what: &str, n: usize, t: Duration) -> String {
+    let ms = t.as_secs_f64() * 1e3;
+    if n == 0 || ms == 0.0 {
+        return format!("rg-run: {what:<13} = {ms:10.2} ms / {n:5} tokens");
+    }
+    format!(
+        "rg-run: {what:<13} = {ms:10.2} ms / {n:5} tokens ({:8.2} ms per token, {:9.2} tokens per second)",
+        ms / n as f64,
+        n as f64 / t.as_secs_f64()
+    )
+}
+
+fn print_timings(load: Duration, s: &Stats, sampler: &Sampler, ctx: &Context) {
+    eprintln!();
+    eprintln!(
+        "rg-run: {:<13} = {:10.2} ms",
+        "load time",
+        load.as_secs_f64() * 1e3
+    );
+    eprintln!(
+        "{}",
+        rate_line("prompt eval", s.prompt_tokens, s.prompt_time)
+    );
+    eprintln!("{}", rate_line("generation", s.gen_tokens, s.gen_time));
+    eprintln!(
+        "rg-run: {:<13} = {:10.2} MiB",
+        "state memory",
+        ctx.state_size_bytes() as f64 / (1024.0 * 1024.0)
+    );
+    eprintln!("rg-run: {:<13} = {}", "seed", sampler.seed());
+}
+
+fn print_model_info(model: &Model, tok: Option<&Tokenizer>, path: &Path, n_threads: usize) {
+    let hp = model.hparams();
+    eprintln!("model: {}", path.display());
+    eprintln!(
+        "  vocab {} | hidden {} | layers {} | heads {} (kv {}) | window {} | lru width {}",
+        hp.n_vocab, hp.hidden, hp.n_layers, hp.n_heads, hp.n_kv_heads, hp.window, hp.lru_width
+    );
+    eprintln!(
+        "  tokenizer: {} | threads: {n_threads}",
+        if tok.is_some() {
+            "yes"
+        } else {
+            "none (ids only)"
+        }
+    );
+}
