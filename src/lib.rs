@@ -4,6 +4,7 @@ pub mod error;
 pub mod generate;
 pub mod gguf;
 pub mod model;
+pub mod perplexity;
 pub mod sampling;
 pub mod tokenizer;
 
