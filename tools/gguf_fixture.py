@@ -101,9 +101,23 @@ def write_big_endian(path: Path) -> None:
     w.close()
 
 
+# Types rgemma_quant can dequantize; tests/gguf_cli.rs checks `rg-gguf dump` against these.
+DEQUANT_TYPES = {Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_K, Q.Q6_K}
+
+
+def write_dequantized(gguf_path: Path, out: Path) -> None:
+    """gguf-py's dequantization of each tensor of DEQUANT_TYPES, in file order, as raw
+    little-endian float32, one file."""
+    r = gguf.GGUFReader(str(gguf_path))
+    parts = [gguf.quants.dequantize(t.data, t.tensor_type).astype("<f4").ravel()
+             for t in r.tensors if t.tensor_type in DEQUANT_TYPES]
+    np.concatenate(parts).tofile(out)
+
+
 def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     write_main(OUT / "gguf_py_small.gguf")
+    write_dequantized(OUT / "gguf_py_small.gguf", OUT / "gguf_py_small.dequant.f32")
     write_big_endian(OUT / "gguf_py_big_endian.gguf")
     for p in sorted(OUT.glob("*.gguf")):
         print(p, p.stat().st_size, "bytes")
