@@ -332,3 +332,22 @@ fn decode_rejects_out_of_range_ids() {
         Err(Error::InvalidArgument(_))
     ));
 }
+
+#[test]
+fn truncation_and_padding_in_the_json_are_ignored() {
+    let expected = expected();
+    let mut json: Value = serde_json::from_str(&hf_json()).unwrap();
+    json["truncation"] = serde_json::json!({
+        "direction": "Right", "max_length": 2, "strategy": "LongestFirst", "stride": 0
+    });
+    json["padding"] = serde_json::json!({
+        "strategy": {"Fixed": 64}, "direction": "Right", "pad_to_multiple_of": null,
+        "pad_id": 0, "pad_type_id": 0, "pad_token": "<pad>"
+    });
+    let metadata = vec![key(
+        "tokenizer.huggingface.json",
+        MetaValue::String(json.to_string()),
+    )];
+    let tok = load(&gguf_with("truncating", metadata));
+    check_cases("hf json with truncation/padding", &tok, &expected);
+}

@@ -19,9 +19,14 @@ fn tokenizer_error(what: &str, e: impl std::fmt::Display) -> crate::Error {
 
 impl HfEncoder {
     pub(crate) fn from_json(json: &str) -> crate::Result<HfEncoder> {
-        let tokenizer: tokenizers::Tokenizer = json.parse().map_err(|e| {
+        let mut tokenizer: tokenizers::Tokenizer = json.parse().map_err(|e| {
             tokenizer_error("tokenizer.huggingface.json is not a valid tokenizer", e)
         })?;
+        // A json saved with truncation or padding on would silently cut or pad prompts.
+        tokenizer
+            .with_truncation(None)
+            .map_err(|e| tokenizer_error("tokenizer.huggingface.json", e))?;
+        tokenizer.with_padding(None);
         Ok(HfEncoder {
             parsing_special: tokenizer,
             splitting_special: OnceLock::new(),
