@@ -138,7 +138,7 @@ fn check_dequantize(ty: GgmlType) -> usize {
 }
 
 /// The input cases every quantized type must have been checked on.
-const ALL_CASES: [&str; 12] = [
+const ALL_CASES: [&str; 14] = [
     "normal",
     "weights",
     "uniform",
@@ -151,6 +151,8 @@ const ALL_CASES: [&str; 12] = [
     "ties",
     "tiny",
     "large",
+    "huge",
+    "nonfinite",
 ];
 
 fn check_type(ty: GgmlType) {
