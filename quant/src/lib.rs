@@ -11,6 +11,7 @@
 //! This crate has no dependency on the rest of the engine.
 
 pub mod block;
+pub mod dot;
 pub mod float;
 pub mod kquants;
 pub mod legacy;

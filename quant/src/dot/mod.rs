@@ -1,0 +1,331 @@
+//! Dot-product kernels: one quantized (or float) weight row against activation rows.
+//!
+//! How a matmul uses this module (the same scheme as ggml-cpu):
+//! 1. [`activation_type`] names the format the activations must be in for a weight type
+//!    (Q8_0 for Q4_0/Q5_0/Q8_0, Q8_1 for Q4_1/Q5_1, Q8_K for the K-quants, F32 for the float
+//!    types).
+//! 2. Each activation row is converted once per matmul with [`quantize_activation`] into a
+//!    reused byte buffer.
+//! 3. [`gemm`] dots every weight row with every activation row. Its micro-kernel takes one
+//!    weight row and up to [`TILE_COLS`] activation rows per call, so each weight block is
+//!    loaded and unpacked once for several tokens (prompt processing) while decode (one
+//!    token) streams the weights exactly once.
+//!
+//! Integer formats are multiplied in int8/int16/int32 arithmetic per block and scaled into
+//! f32 accumulators once per block (legacy) or super-block (K-quants).
+//!
+//! [`Backend`] is the instruction set the kernels use. [`Backend::detect`] checks the CPU
+//! once at run time (AVX2+FMA+F16C on x86-64, NEON on aarch64) and caches the answer, so one
+//! x86-64 binary runs on any x86-64 CPU; [`Backend::Scalar`] is the portable fallback and
+//! the reference the SIMD kernels are tested against. Setting the environment variable
+//! `RGEMMA_SIMD=0` before the first call forces the scalar kernels.
+
+mod act;
+pub mod membw;
+#[cfg(target_arch = "aarch64")]
+mod neon;
+mod scalar;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+use std::sync::OnceLock;
+
+use crate::{GgmlType, QuantError};
+
+/// Activation rows handled by one micro-kernel call.
+pub const TILE_COLS: usize = 4;
+
+/// The instruction set used by the kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// Portable Rust; the reference for the SIMD kernels.
+    Scalar,
+    /// x86-64 with AVX2, FMA and F16C (every x86-64 CPU since Haswell / Zen 1).
+    Avx2,
+    /// aarch64 Advanced SIMD (always present on aarch64).
+    Neon,
+}
+
+impl Backend {
+    /// The best backend this CPU supports, detected on the first call and cached.
+    /// `RGEMMA_SIMD=0` in the environment selects [`Backend::Scalar`].
+    pub fn detect() -> Backend {
+        static DETECTED: OnceLock<Backend> = OnceLock::new();
+        *DETECTED.get_or_init(|| {
+            if std::env::var("RGEMMA_SIMD").is_ok_and(|v| v == "0") {
+                return Backend::Scalar;
+            }
+            Backend::best_available()
+        })
+    }
+
+    /// The best backend the CPU supports, ignoring `RGEMMA_SIMD`.
+    pub fn best_available() -> Backend {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c")
+            {
+                return Backend::Avx2;
+            }
+        }
+        #[cfg(target_arch = "aarch64")]
+        {
+            if std::arch::is_aarch64_feature_detected!("neon") {
+                return Backend::Neon;
+            }
+        }
+        Backend::Scalar
+    }
+
+    /// Every backend that can run on this CPU (the scalar one first); tests iterate this.
+    pub fn all_available() -> Vec<Backend> {
+        let mut v = vec![Backend::Scalar];
+        let best = Backend::best_available();
+        if best != Backend::Scalar {
+            v.push(best);
+        }
+        v
+    }
+
+    /// A short name for logs and benchmark tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Scalar => "scalar",
+            Backend::Avx2 => "avx2",
+            Backend::Neon => "neon",
+        }
+    }
+
+    /// Whether this backend can run on this CPU.
+    fn is_usable(self) -> bool {
+        self == Backend::Scalar || self == Backend::best_available()
+    }
+}
+
+/// The activation format [`gemm`] expects for weights of type `weight`, or `None` if there
+/// is no kernel for that weight type.
+pub fn activation_type(weight: GgmlType) -> Option<GgmlType> {
+    use GgmlType::*;
+    match weight {
+        F32 | F16 | BF16 => Some(F32),
+        Q4_0 | Q5_0 | Q8_0 => Some(Q8_0),
+        Q4_1 | Q5_1 => Some(Q8_1),
+        Q4K | Q5K | Q6K => Some(Q8K),
+        _ => None,
+    }
+}
+
+/// Bytes one activation row of `n` values takes in the format `weight` needs.
+pub fn activation_row_bytes(weight: GgmlType, n: usize) -> Result<usize, QuantError> {
+    let act = activation_type(weight).ok_or(QuantError::Unsupported(weight))?;
+    if n % act.block_size() != 0 || n % weight.block_size() != 0 {
+        return Err(QuantError::NotBlockAligned { ty: weight, n });
+    }
+    Ok(n / act.block_size() * act.type_size())
+}
+
+/// Converts one or more activation rows `x` (a whole number of `act` blocks) into `act`
+/// (F32, Q8_0, Q8_1 or Q8_K). The codes are those of [`crate::quantize_row`] except that a
+/// SIMD backend may round Q8_K ties differently (at most one code apart).
+pub fn quantize_activation(
+    backend: Backend,
+    act: GgmlType,
+    x: &[f32],
+    dst: &mut [u8],
+) -> Result<(), QuantError> {
+    use GgmlType::*;
+    if !matches!(act, F32 | Q8_0 | Q8_1 | Q8K) {
+        return Err(QuantError::Unsupported(act));
+    }
+    if x.len() % act.block_size() != 0 {
+        return Err(QuantError::NotBlockAligned {
+            ty: act,
+            n: x.len(),
+        });
+    }
+    let expected = x.len() / act.block_size() * act.type_size();
+    if dst.len() != expected {
+        return Err(QuantError::LengthMismatch {
+            expected,
+            found: dst.len(),
+        });
+    }
+    act::quantize(usable(backend), act, x, dst);
+    Ok(())
+}
+
+/// `out[c * out_stride + r] = W[r] · A[c]` for `r < nrows`, `c < ncols`.
+///
+/// `w` holds `nrows` weight rows of `n` values of type `ty`, `w_stride` bytes apart; `act`
+/// holds `ncols` activation rows in [`activation_type`]`(ty)`, `act_stride` bytes apart
+/// (see [`activation_row_bytes`]). Lengths are checked; a backend the CPU lacks falls back
+/// to the scalar kernels.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm(
+    backend: Backend,
+    ty: GgmlType,
+    n: usize,
+    w: &[u8],
+    w_stride: usize,
+    nrows: usize,
+    act: &[u8],
+    act_stride: usize,
+    ncols: usize,
+    out: &mut [f32],
+    out_stride: usize,
+) -> Result<(), QuantError> {
+    let act_bytes = activation_row_bytes(ty, n)?;
+    let w_bytes = n / ty.block_size() * ty.type_size();
+    let short = |need: usize, have: usize| {
+        if have < need {
+            Err(QuantError::LengthMismatch {
+                expected: need,
+                found: have,
+            })
+        } else {
+            Ok(())
+        }
+    };
+    if nrows == 0 || ncols == 0 {
+        return Ok(());
+    }
+    if w_stride < w_bytes || act_stride < act_bytes || out_stride < nrows {
+        return Err(QuantError::LengthMismatch {
+            expected: w_bytes.max(act_bytes),
+            found: 0,
+        });
+    }
+    short((nrows - 1) * w_stride + w_bytes, w.len())?;
+    short((ncols - 1) * act_stride + act_bytes, act.len())?;
+    short((ncols - 1) * out_stride + nrows, out.len())?;
+    let tile = tile_fn(usable(backend), ty).ok_or(QuantError::Unsupported(ty))?;
+    let mut c0 = 0;
+    while c0 < ncols {
+        let nc = (ncols - c0).min(TILE_COLS);
+        for r in 0..nrows {
+            // SAFETY: the bounds above cover rows r < nrows and columns c0 + nc <= ncols of
+            // the weights, activations and output; the tile reads `n` values of one weight
+            // row and of `nc` activation rows and writes `nc` outputs `out_stride` apart.
+            unsafe {
+                tile(
+                    n,
+                    w.as_ptr().add(r * w_stride),
+                    act.as_ptr().add(c0 * act_stride),
+                    act_stride,
+                    nc,
+                    out.as_mut_ptr().add(c0 * out_stride + r),
+                    out_stride,
+                );
+            }
+        }
+        c0 += nc;
+    }
+    Ok(())
+}
+
+/// One weight row (`n` values of `ty`) dotted with one activation row in
+/// [`activation_type`]`(ty)`.
+pub fn dot(
+    backend: Backend,
+    ty: GgmlType,
+    n: usize,
+    w: &[u8],
+    act: &[u8],
+) -> Result<f32, QuantError> {
+    let mut out = [0.0f32];
+    gemm(
+        backend,
+        ty,
+        n,
+        w,
+        w.len(),
+        1,
+        act,
+        act.len(),
+        1,
+        &mut out,
+        1,
+    )?;
+    Ok(out[0])
+}
+
+/// The backend itself if the CPU has it, else the scalar one.
+fn usable(backend: Backend) -> Backend {
+    if backend.is_usable() {
+        backend
+    } else {
+        Backend::Scalar
+    }
+}
+
+/// A micro-kernel: `n` values of one weight row at `w` against `ncols` (1..=TILE_COLS)
+/// activation rows starting at `act`, `act_stride` bytes apart; writes `ncols` results to
+/// `out`, `out_stride` floats apart.
+///
+/// Safety: the caller guarantees that all those bytes and floats are in bounds and that
+/// `n` is a whole number of weight and activation blocks.
+pub(crate) type TileFn = unsafe fn(
+    n: usize,
+    w: *const u8,
+    act: *const u8,
+    act_stride: usize,
+    ncols: usize,
+    out: *mut f32,
+    out_stride: usize,
+);
+
+fn tile_fn(backend: Backend, ty: GgmlType) -> Option<TileFn> {
+    match backend {
+        Backend::Scalar => scalar::tile_fn(ty),
+        #[cfg(target_arch = "x86_64")]
+        Backend::Avx2 => x86::tile_fn(ty),
+        #[cfg(target_arch = "aarch64")]
+        Backend::Neon => neon::tile_fn(ty),
+        #[allow(unreachable_patterns)]
+        _ => scalar::tile_fn(ty),
+    }
+}
+
+/// Expands a const-generic kernel `$k::<C>(n, w, act, act_stride) -> [f32; C]` into a
+/// [`TileFn`] that picks `C` from `ncols` and stores the results.
+macro_rules! tile_dispatch {
+    ($name:ident, $k:ident) => {
+        unsafe fn $name(
+            n: usize,
+            w: *const u8,
+            act: *const u8,
+            act_stride: usize,
+            ncols: usize,
+            out: *mut f32,
+            out_stride: usize,
+        ) {
+            // SAFETY (whole body): forwarded from the TileFn contract.
+            unsafe {
+                match ncols {
+                    1 => *out = $k::<1>(n, w, act, act_stride)[0],
+                    2 => {
+                        let r = $k::<2>(n, w, act, act_stride);
+                        for (c, v) in r.iter().enumerate() {
+                            *out.add(c * out_stride) = *v;
+                        }
+                    }
+                    3 => {
+                        let r = $k::<3>(n, w, act, act_stride);
+                        for (c, v) in r.iter().enumerate() {
+                            *out.add(c * out_stride) = *v;
+                        }
+                    }
+                    _ => {
+                        let r = $k::<4>(n, w, act, act_stride);
+                        for (c, v) in r.iter().enumerate() {
+                            *out.add(c * out_stride) = *v;
+                        }
+                    }
+                }
+            }
+        }
+    };
+}
+pub(crate) use tile_dispatch;

@@ -1,0 +1,448 @@
+//! aarch64 Advanced SIMD (NEON) kernels, mirroring `x86.rs`: one weight row against `C`
+//! (1..=4) activation rows per call, the weight block unpacked once per call.
+//!
+//! Integer products use `vmull_s8` (i8 × i8 → i16, exact: |q·a| ≤ 127·127) and
+//! `vpadalq_s16` (pairwise add into i32 lanes) — the portable form of `SDOT`, whose Rust
+//! intrinsic is not stable yet. NEON is part of the aarch64 baseline, so these functions
+//! need no runtime check; `Backend::Neon` is still only selected after
+//! `is_aarch64_feature_detected!("neon")`.
+
+// The kernels index several per-column arrays with the same column index.
+#![allow(clippy::needless_range_loop)]
+
+use std::arch::aarch64::*;
+
+use super::{tile_dispatch, TileFn};
+use crate::GgmlType;
+
+pub(super) fn tile_fn(ty: GgmlType) -> Option<TileFn> {
+    use GgmlType::*;
+    Some(match ty {
+        F32 => tile_f32,
+        F16 => tile_f16,
+        BF16 => tile_bf16,
+        Q4_0 => tile_q4_0,
+        Q4_1 => tile_q4_1,
+        Q5_0 => tile_q5_0,
+        Q5_1 => tile_q5_1,
+        Q8_0 => tile_q8_0,
+        Q4K => tile_q4k,
+        Q5K => tile_q5k,
+        Q6K => tile_q6k,
+        _ => return None,
+    })
+}
+
+// ------------------------------------------------------------------ helpers
+
+/// 32 codes as two 16-lane halves (elements 0..16, 16..32).
+type Codes = [int8x16_t; 2];
+
+#[inline]
+unsafe fn f16_at(p: *const u8) -> f32 {
+    // SAFETY: the caller guarantees 2 readable bytes.
+    crate::f16_to_f32(unsafe { (p as *const u16).read_unaligned() })
+}
+
+#[inline]
+unsafe fn f32_at(p: *const u8) -> f32 {
+    // SAFETY: the caller guarantees 4 readable bytes.
+    unsafe { (p as *const f32).read_unaligned() }
+}
+
+#[inline]
+unsafe fn load_i8x32(p: *const u8) -> Codes {
+    // SAFETY: the caller guarantees 32 readable bytes.
+    unsafe { [vld1q_s8(p as *const i8), vld1q_s8(p.add(16) as *const i8)] }
+}
+
+/// Σ w·a over 32 lanes, as 4 i32 lanes.
+#[inline]
+unsafe fn dot32(w: &Codes, a: &Codes) -> int32x4_t {
+    // SAFETY: register-only NEON arithmetic.
+    unsafe {
+        let mut acc = vdupq_n_s32(0);
+        for k in 0..2 {
+            acc = vpadalq_s16(acc, vmull_s8(vget_low_s8(w[k]), vget_low_s8(a[k])));
+            acc = vpadalq_s16(acc, vmull_high_s8(w[k], a[k]));
+        }
+        acc
+    }
+}
+
+/// Σ w·a over 16 lanes as one i32.
+#[inline]
+unsafe fn dot16(w: int8x16_t, a: int8x16_t) -> i32 {
+    // SAFETY: register-only NEON arithmetic.
+    unsafe {
+        let acc = vpaddlq_s16(vmull_s8(vget_low_s8(w), vget_low_s8(a)));
+        vaddvq_s32(vpadalq_s16(acc, vmull_high_s8(w, a)))
+    }
+}
+
+/// 16 bytes of packed nibbles -> codes 0..15: low nibbles (elements 0..16), high nibbles
+/// (elements 16..32).
+#[inline]
+unsafe fn nibbles_32(p: *const u8) -> [uint8x16_t; 2] {
+    // SAFETY: 16 readable bytes.
+    unsafe {
+        let x = vld1q_u8(p);
+        [vandq_u8(x, vdupq_n_u8(0x0F)), vshrq_n_u8::<4>(x)]
+    }
+}
+
+/// 0x10 in byte j where bit j of the little-endian u32 at `p` is set (Q5 high bits).
+#[inline]
+unsafe fn high_bits_32(p: *const u8) -> [uint8x16_t; 2] {
+    // SAFETY: 4 readable bytes.
+    unsafe {
+        let b: [u8; 4] = *(p as *const [u8; 4]);
+        let mask = vreinterpretq_u8_u64(vdupq_n_u64(0x8040_2010_0804_0201));
+        let sel = |lo: u8, hi: u8| {
+            let bytes = vcombine_u8(vdup_n_u8(lo), vdup_n_u8(hi));
+            vandq_u8(vtstq_u8(bytes, mask), vdupq_n_u8(0x10))
+        };
+        [sel(b[0], b[1]), sel(b[2], b[3])]
+    }
+}
+
+#[inline]
+unsafe fn to_signed(u: [uint8x16_t; 2], offset: i8) -> Codes {
+    // SAFETY: register-only NEON arithmetic.
+    unsafe { u.map(|v| vsubq_s8(vreinterpretq_s8_u8(v), vdupq_n_s8(offset))) }
+}
+
+// ------------------------------------------------------------------ float weights
+
+/// 4 f16 values (bits) to f32, exactly: the exponent/mantissa field moved into f32
+/// position and scaled by 2^112 (exact for normal and subnormal halves); infinities and
+/// NaNs get an all-ones exponent.
+#[inline]
+unsafe fn f16x4_to_f32(p: *const u8) -> float32x4_t {
+    // SAFETY: 8 readable bytes.
+    unsafe {
+        let h = vmovl_u16(vld1_u16(p as *const u16));
+        let sign = vshlq_n_u32::<16>(vandq_u32(h, vdupq_n_u32(0x8000)));
+        let em = vshlq_n_u32::<13>(vandq_u32(h, vdupq_n_u32(0x7FFF)));
+        let scaled = vreinterpretq_u32_f32(vmulq_n_f32(
+            vreinterpretq_f32_u32(em),
+            f32::from_bits(0x7780_0000), // 2^112
+        ));
+        let is_special = vceqq_u32(vandq_u32(h, vdupq_n_u32(0x7C00)), vdupq_n_u32(0x7C00));
+        let special = vorrq_u32(em, vdupq_n_u32(0x7F80_0000));
+        vreinterpretq_f32_u32(vorrq_u32(vbslq_u32(is_special, special, scaled), sign))
+    }
+}
+
+#[inline]
+unsafe fn f32x4(p: *const u8) -> float32x4_t {
+    // SAFETY: 16 readable bytes.
+    unsafe { vld1q_f32(p as *const f32) }
+}
+
+#[inline]
+unsafe fn bf16x4_to_f32(p: *const u8) -> float32x4_t {
+    // SAFETY: 8 readable bytes.
+    unsafe { vreinterpretq_f32_u32(vshll_n_u16::<16>(vld1_u16(p as *const u16))) }
+}
+
+#[inline]
+unsafe fn bf16_at(p: *const u8) -> f32 {
+    // SAFETY: 2 readable bytes.
+    f32::from_bits((unsafe { (p as *const u16).read_unaligned() } as u32) << 16)
+}
+
+macro_rules! float_kernel {
+    ($k:ident, $tile:ident, $wsize:expr, $load4:ident, $scalar:ident) => {
+        unsafe fn $k<const C: usize>(
+            n: usize,
+            w: *const u8,
+            a: *const u8,
+            stride: usize,
+        ) -> [f32; C] {
+            let mut acc0 = [unsafe { vdupq_n_f32(0.0) }; C];
+            let mut acc1 = acc0;
+            let mut i = 0;
+            // SAFETY (loop bodies): TileFn contract; i + 8 <= n (or i + 4 <= n) values.
+            unsafe {
+                while i + 8 <= n {
+                    let w0 = $load4(w.add(i * $wsize));
+                    let w1 = $load4(w.add((i + 4) * $wsize));
+                    for c in 0..C {
+                        let ap = a.add(c * stride + i * 4);
+                        acc0[c] = vfmaq_f32(acc0[c], w0, f32x4(ap));
+                        acc1[c] = vfmaq_f32(acc1[c], w1, f32x4(ap.add(16)));
+                    }
+                    i += 8;
+                }
+                while i + 4 <= n {
+                    let w0 = $load4(w.add(i * $wsize));
+                    for c in 0..C {
+                        acc0[c] = vfmaq_f32(acc0[c], w0, f32x4(a.add(c * stride + i * 4)));
+                    }
+                    i += 4;
+                }
+            }
+            let mut out = [0.0f32; C];
+            for c in 0..C {
+                // SAFETY: register arithmetic; j < n for the tail.
+                unsafe {
+                    out[c] = vaddvq_f32(vaddq_f32(acc0[c], acc1[c]));
+                    for j in i..n {
+                        out[c] += $scalar(w.add(j * $wsize)) * f32_at(a.add(c * stride + j * 4));
+                    }
+                }
+            }
+            out
+        }
+        tile_dispatch!($tile, $k);
+    };
+}
+float_kernel!(k_f32, tile_f32, 4, f32x4, f32_at);
+float_kernel!(k_f16, tile_f16, 2, f16x4_to_f32, f16_at);
+float_kernel!(k_bf16, tile_bf16, 2, bf16x4_to_f32, bf16_at);
+
+// ------------------------------------------------------------------ legacy x Q8_0 / Q8_1
+
+#[inline]
+unsafe fn dec_q4_0(p: *const u8) -> (f32, f32, Codes) {
+    // SAFETY: one 18-byte block.
+    unsafe { (f16_at(p), 0.0, to_signed(nibbles_32(p.add(2)), 8)) }
+}
+
+#[inline]
+unsafe fn dec_q5_0(p: *const u8) -> (f32, f32, Codes) {
+    // SAFETY: one 22-byte block.
+    unsafe {
+        let [lo, hi] = nibbles_32(p.add(6));
+        let [hl, hh] = high_bits_32(p.add(2));
+        (
+            f16_at(p),
+            0.0,
+            to_signed([vorrq_u8(lo, hl), vorrq_u8(hi, hh)], 16),
+        )
+    }
+}
+
+#[inline]
+unsafe fn dec_q8_0(p: *const u8) -> (f32, f32, Codes) {
+    // SAFETY: one 34-byte block.
+    unsafe { (f16_at(p), 0.0, load_i8x32(p.add(2))) }
+}
+
+#[inline]
+unsafe fn dec_q4_1(p: *const u8) -> (f32, f32, Codes) {
+    // SAFETY: one 20-byte block.
+    unsafe {
+        (
+            f16_at(p),
+            f16_at(p.add(2)),
+            to_signed(nibbles_32(p.add(4)), 0),
+        )
+    }
+}
+
+#[inline]
+unsafe fn dec_q5_1(p: *const u8) -> (f32, f32, Codes) {
+    // SAFETY: one 24-byte block.
+    unsafe {
+        let [lo, hi] = nibbles_32(p.add(8));
+        let [hl, hh] = high_bits_32(p.add(4));
+        (
+            f16_at(p),
+            f16_at(p.add(2)),
+            to_signed([vorrq_u8(lo, hl), vorrq_u8(hi, hh)], 0),
+        )
+    }
+}
+
+/// Legacy weights against Q8_0 (`$abytes` = 34, codes @2) or Q8_1 (36, s @2, codes @4;
+/// adds `m·s`).
+macro_rules! legacy_kernel {
+    ($k:ident, $tile:ident, $wbytes:expr, $abytes:expr, $dec:ident) => {
+        unsafe fn $k<const C: usize>(
+            n: usize,
+            w: *const u8,
+            a: *const u8,
+            stride: usize,
+        ) -> [f32; C] {
+            let mut acc = [unsafe { vdupq_n_f32(0.0) }; C];
+            let mut mins = [0.0f32; C];
+            for i in 0..n / 32 {
+                // SAFETY: block i < n/32 of the weight row and of each activation row.
+                unsafe {
+                    let (dw, mw, q) = $dec(w.add(i * $wbytes));
+                    for c in 0..C {
+                        let ap = a.add(c * stride + i * $abytes);
+                        let p = dot32(&q, &load_i8x32(ap.add($abytes - 32)));
+                        acc[c] = vfmaq_n_f32(acc[c], vcvtq_f32_s32(p), dw * f16_at(ap));
+                        if $abytes == 36 {
+                            mins[c] += mw * f16_at(ap.add(2));
+                        }
+                    }
+                }
+            }
+            let mut out = [0.0f32; C];
+            for c in 0..C {
+                // SAFETY: register arithmetic.
+                out[c] = unsafe { vaddvq_f32(acc[c]) } + mins[c];
+            }
+            out
+        }
+        tile_dispatch!($tile, $k);
+    };
+}
+legacy_kernel!(k_q4_0, tile_q4_0, 18, 34, dec_q4_0);
+legacy_kernel!(k_q5_0, tile_q5_0, 22, 34, dec_q5_0);
+legacy_kernel!(k_q8_0, tile_q8_0, 34, 34, dec_q8_0);
+legacy_kernel!(k_q4_1, tile_q4_1, 20, 36, dec_q4_1);
+legacy_kernel!(k_q5_1, tile_q5_1, 24, 36, dec_q5_1);
+
+// ------------------------------------------------------------------ K-quants x Q8_K
+//
+// Q8_K block (292 bytes): d (f32) @0, qs[256] (i8) @4, bsums[16] (i16) @260.
+
+#[inline]
+unsafe fn bsum(ap: *const u8, j: usize) -> i32 {
+    // SAFETY: inside one Q8_K block.
+    unsafe { (ap.add(260 + 2 * j) as *const i16).read_unaligned() as i32 }
+}
+
+/// The 8 six-bit (scale, min) pairs of a Q4_K/Q5_K super-block (`get_scale_min_k4`).
+#[inline]
+fn k4_scales_mins(s: &[u8; 12]) -> ([i32; 8], [i32; 8]) {
+    let mut sc = [0i32; 8];
+    let mut mn = [0i32; 8];
+    for j in 0..4 {
+        sc[j] = (s[j] & 63) as i32;
+        mn[j] = (s[j + 4] & 63) as i32;
+        sc[j + 4] = ((s[j + 8] & 0x0F) | ((s[j] >> 6) << 4)) as i32;
+        mn[j + 4] = ((s[j + 8] >> 4) | ((s[j + 4] >> 6) << 4)) as i32;
+    }
+    (sc, mn)
+}
+
+/// Q4_K / Q5_K: `$codes(wp, chunk)` gives sub-blocks 2c and 2c+1 (unsigned codes).
+macro_rules! k4_kernel {
+    ($k:ident, $tile:ident, $wbytes:expr, $codes:ident) => {
+        unsafe fn $k<const C: usize>(
+            n: usize,
+            w: *const u8,
+            a: *const u8,
+            stride: usize,
+        ) -> [f32; C] {
+            let mut out = [0.0f32; C];
+            for i in 0..n / 256 {
+                // SAFETY: super-block i < n/256 of the weight row and each activation row.
+                unsafe {
+                    let wp = w.add(i * $wbytes);
+                    let (d, dmin) = (f16_at(wp), f16_at(wp.add(2)));
+                    let (sc, mn) = k4_scales_mins(&*(wp.add(4) as *const [u8; 12]));
+                    let mut isum = [0i32; C];
+                    for chunk in 0..4 {
+                        let (lo, hi) = $codes(wp, chunk);
+                        for c in 0..C {
+                            let ap = a.add(c * stride + i * 292 + 4 + 64 * chunk);
+                            let p_lo = vaddvq_s32(dot32(&lo, &load_i8x32(ap)));
+                            let p_hi = vaddvq_s32(dot32(&hi, &load_i8x32(ap.add(32))));
+                            isum[c] += sc[2 * chunk] * p_lo + sc[2 * chunk + 1] * p_hi;
+                        }
+                    }
+                    for c in 0..C {
+                        let ap = a.add(c * stride + i * 292);
+                        let da = f32_at(ap);
+                        let mins: i32 = (0..8)
+                            .map(|j| mn[j] * (bsum(ap, 2 * j) + bsum(ap, 2 * j + 1)))
+                            .sum();
+                        out[c] += d * da * isum[c] as f32 - dmin * da * mins as f32;
+                    }
+                }
+            }
+            out
+        }
+        tile_dispatch!($tile, $k);
+    };
+}
+
+#[inline]
+unsafe fn q4k_codes(wp: *const u8, chunk: usize) -> (Codes, Codes) {
+    // SAFETY: inside one 144-byte block.
+    unsafe {
+        let p = wp.add(16 + 32 * chunk);
+        let q = [vld1q_u8(p), vld1q_u8(p.add(16))];
+        let m = vdupq_n_u8(0x0F);
+        (
+            to_signed(q.map(|v| vandq_u8(v, m)), 0),
+            to_signed(q.map(|v| vshrq_n_u8::<4>(v)), 0),
+        )
+    }
+}
+
+#[inline]
+unsafe fn q5k_codes(wp: *const u8, chunk: usize) -> (Codes, Codes) {
+    // SAFETY: inside one 176-byte block.
+    unsafe {
+        let p = wp.add(48 + 32 * chunk);
+        let q = [vld1q_u8(p), vld1q_u8(p.add(16))];
+        let h = [vld1q_u8(wp.add(16)), vld1q_u8(wp.add(32))];
+        let m = vdupq_n_u8(0x0F);
+        let bit =
+            |k: usize, v: uint8x16_t| vandq_u8(vtstq_u8(v, vdupq_n_u8(1u8 << k)), vdupq_n_u8(0x10));
+        let lo = [0, 1].map(|j| vorrq_u8(vandq_u8(q[j], m), bit(2 * chunk, h[j])));
+        let hi = [0, 1].map(|j| vorrq_u8(vshrq_n_u8::<4>(q[j]), bit(2 * chunk + 1, h[j])));
+        (to_signed(lo, 0), to_signed(hi, 0))
+    }
+}
+k4_kernel!(k_q4k, tile_q4k, 144, q4k_codes);
+k4_kernel!(k_q5k, tile_q5k, 176, q5k_codes);
+
+/// Q6_K (ql[128] @0, qh[64] @128, scales[16] i8 @192, d f16 @208); codes − 32 are signed,
+/// so no bsum correction is needed.
+unsafe fn k_q6k<const C: usize>(n: usize, w: *const u8, a: *const u8, stride: usize) -> [f32; C] {
+    let mut out = [0.0f32; C];
+    for i in 0..n / 256 {
+        // SAFETY: super-block i < n/256 of the weight row and each activation row.
+        unsafe {
+            let wp = w.add(i * 210);
+            let d = f16_at(wp.add(208));
+            let sc: [i8; 16] = *(wp.add(192) as *const [i8; 16]);
+            let m4 = vdupq_n_u8(0x0F);
+            let m2 = vdupq_n_u8(0x03);
+            let mut isum = [0i32; C];
+            for half in 0..2 {
+                for k in 0..2 {
+                    // 16 of the 32 columns l of this half: l = 16k..16k+16.
+                    let ql0 = vld1q_u8(wp.add(64 * half + 16 * k));
+                    let ql1 = vld1q_u8(wp.add(64 * half + 32 + 16 * k));
+                    let qh = vld1q_u8(wp.add(128 + 32 * half + 16 * k));
+                    let q = [
+                        vorrq_u8(vandq_u8(ql0, m4), vshlq_n_u8::<4>(vandq_u8(qh, m2))),
+                        vorrq_u8(
+                            vandq_u8(ql1, m4),
+                            vshlq_n_u8::<4>(vandq_u8(vshrq_n_u8::<2>(qh), m2)),
+                        ),
+                        vorrq_u8(
+                            vshrq_n_u8::<4>(ql0),
+                            vshlq_n_u8::<4>(vandq_u8(vshrq_n_u8::<4>(qh), m2)),
+                        ),
+                        vorrq_u8(vshrq_n_u8::<4>(ql1), vshlq_n_u8::<4>(vshrq_n_u8::<6>(qh))),
+                    ]
+                    .map(|v| vsubq_s8(vreinterpretq_s8_u8(v), vdupq_n_s8(32)));
+                    for (g, qg) in q.iter().enumerate() {
+                        // Elements 32g + 16k .. +16 of the half: scale 8·half + 2g + k.
+                        let s = sc[8 * half + 2 * g + k] as i32;
+                        for c in 0..C {
+                            let ap = a.add(c * stride + i * 292 + 4 + 128 * half + 32 * g + 16 * k);
+                            isum[c] += s * dot16(*qg, vld1q_s8(ap as *const i8));
+                        }
+                    }
+                }
+            }
+            for c in 0..C {
+                out[c] += d * f32_at(a.add(c * stride + i * 292)) * isum[c] as f32;
+            }
+        }
+    }
+    out
+}
+tile_dispatch!(tile_q6k, k_q6k);

@@ -1,0 +1,658 @@
+//! AVX2 + FMA + F16C kernels (x86-64). Every function here is `#[target_feature]` and only
+//! reached through `Backend::Avx2`, which `Backend` hands out only after runtime detection.
+//!
+//! Integer products use `_mm256_maddubs_epi16` (u8 × i8 → pairwise i16, no saturation for
+//! our ranges: at most 2·63·127 < 32767, or 2·127·127 for signed Q8 × Q8 through the sign
+//! trick) followed by `_mm256_madd_epi16` into i32 lanes.
+//!
+//! Every kernel handles one weight row against `C` (1..=4) activation rows: the weight
+//! block is loaded and unpacked once and reused for each activation row.
+
+// The kernels index several per-column arrays with the same column index.
+#![allow(clippy::needless_range_loop)]
+
+use std::arch::x86_64::*;
+
+use super::{tile_dispatch, TileFn};
+use crate::GgmlType;
+
+pub(super) fn tile_fn(ty: GgmlType) -> Option<TileFn> {
+    use GgmlType::*;
+    Some(match ty {
+        F32 => tile_f32,
+        F16 => tile_f16,
+        BF16 => tile_bf16,
+        Q4_0 => tile_q4_0,
+        Q4_1 => tile_q4_1,
+        Q5_0 => tile_q5_0,
+        Q5_1 => tile_q5_1,
+        Q8_0 => tile_q8_0,
+        Q4K => tile_q4k,
+        Q5K => tile_q5k,
+        Q6K => tile_q6k,
+        _ => return None,
+    })
+}
+
+// ------------------------------------------------------------------ helpers
+
+/// f16 bits at `p` (unaligned) as f32.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn f16_at(p: *const u8) -> f32 {
+    // SAFETY: the caller guarantees 2 readable bytes.
+    let h = unsafe { (p as *const u16).read_unaligned() };
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h as i32)))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn f32_at(p: *const u8) -> f32 {
+    // SAFETY: the caller guarantees 4 readable bytes.
+    unsafe { (p as *const f32).read_unaligned() }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load256(p: *const u8) -> __m256i {
+    // SAFETY: the caller guarantees 32 readable bytes; loadu has no alignment requirement.
+    unsafe { _mm256_loadu_si256(p as *const __m256i) }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load128(p: *const u8) -> __m128i {
+    // SAFETY: the caller guarantees 16 readable bytes.
+    unsafe { _mm_loadu_si128(p as *const __m128i) }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn hsum_ps(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
+/// 16 bytes of packed nibbles -> 32 codes 0..15: low nibbles first (elements 0..16), then
+/// high nibbles (elements 16..32), the legacy "split halves" order.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn nibbles_32(p: *const u8) -> __m256i {
+    // SAFETY: forwarded (16 bytes).
+    let x = unsafe { load128(p) };
+    let m = _mm_set1_epi8(0x0F);
+    let lo = _mm_and_si128(x, m);
+    let hi = _mm_and_si128(_mm_srli_epi16::<4>(x), m);
+    _mm256_set_m128i(hi, lo)
+}
+
+/// 0xFF in byte j where bit j of `bits` is set, else 0.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn bits_to_bytes(bits: u32) -> __m256i {
+    // Byte j gets a copy of byte j/8 of `bits`...
+    let spread = _mm256_set_epi64x(
+        0x0303_0303_0303_0303,
+        0x0202_0202_0202_0202,
+        0x0101_0101_0101_0101,
+        0,
+    );
+    let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(bits as i32), spread);
+    // ...then every bit except bit j%8 is forced to 1: all ones iff bit j%8 was set.
+    let others = _mm256_set1_epi64x(i64::from_le_bytes([
+        0xFE, 0xFD, 0xFB, 0xF7, 0xEF, 0xDF, 0xBF, 0x7F,
+    ]));
+    _mm256_cmpeq_epi8(_mm256_or_si256(bytes, others), _mm256_set1_epi8(-1))
+}
+
+/// Σ w·a over 32 signed bytes as 8 i32 lanes (|w| ≤ 127 so `abs` fits u8).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_i8_signed(w_abs: __m256i, w: __m256i, a: __m256i) -> __m256i {
+    let p = _mm256_maddubs_epi16(w_abs, _mm256_sign_epi8(a, w));
+    _mm256_madd_epi16(p, _mm256_set1_epi16(1))
+}
+
+/// Σ q·a over 32 bytes (q unsigned ≤ 63, a signed) as 8 i32 lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_u8_i8(q: __m256i, a: __m256i) -> __m256i {
+    _mm256_madd_epi16(_mm256_maddubs_epi16(q, a), _mm256_set1_epi16(1))
+}
+
+/// Σ q·a·scale where q·a pairs are summed in i16 then multiplied by per-lane i16 scales.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_u8_i8_scaled(q: __m256i, a: __m256i, scale: __m256i) -> __m256i {
+    _mm256_madd_epi16(_mm256_maddubs_epi16(q, a), scale)
+}
+
+// ------------------------------------------------------------------ float weights
+
+/// Float weights (8 decoded per step by `load8`) against f32 activations.
+macro_rules! float_kernel {
+    ($k:ident, $tile:ident, $wsize:expr, $load8:ident, $scalar:expr) => {
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn $k<const C: usize>(
+            n: usize,
+            w: *const u8,
+            a: *const u8,
+            stride: usize,
+        ) -> [f32; C] {
+            let mut acc0 = [_mm256_setzero_ps(); C];
+            let mut acc1 = [_mm256_setzero_ps(); C];
+            let mut i = 0;
+            // SAFETY (loop bodies): TileFn contract; i + 16 <= n (or i + 8 <= n) values.
+            unsafe {
+                while i + 16 <= n {
+                    let w0 = $load8(w.add(i * $wsize));
+                    let w1 = $load8(w.add((i + 8) * $wsize));
+                    for c in 0..C {
+                        let ap = a.add(c * stride + i * 4) as *const f32;
+                        acc0[c] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(ap), acc0[c]);
+                        acc1[c] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(ap.add(8)), acc1[c]);
+                    }
+                    i += 16;
+                }
+                while i + 8 <= n {
+                    let w0 = $load8(w.add(i * $wsize));
+                    for c in 0..C {
+                        let ap = a.add(c * stride + i * 4) as *const f32;
+                        acc0[c] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(ap), acc0[c]);
+                    }
+                    i += 8;
+                }
+            }
+            let mut out = [0.0f32; C];
+            for c in 0..C {
+                out[c] = hsum_ps(_mm256_add_ps(acc0[c], acc1[c]));
+                for j in i..n {
+                    // SAFETY: j < n.
+                    unsafe {
+                        let x = f32_at(a.add(c * stride + j * 4));
+                        out[c] += $scalar(w.add(j * $wsize)) * x;
+                    }
+                }
+            }
+            out
+        }
+        tile_dispatch!($tile, $k);
+    };
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load8_f32(p: *const u8) -> __m256 {
+    // SAFETY: 32 readable bytes.
+    unsafe { _mm256_loadu_ps(p as *const f32) }
+}
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load8_f16(p: *const u8) -> __m256 {
+    // SAFETY: 16 readable bytes.
+    unsafe { _mm256_cvtph_ps(load128(p)) }
+}
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load8_bf16(p: *const u8) -> __m256 {
+    // bf16 is the top half of an f32: widen to 32 bits and shift into place.
+    // SAFETY: 16 readable bytes.
+    let h = unsafe { load128(p) };
+    _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+}
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn bf16_at(p: *const u8) -> f32 {
+    // SAFETY: 2 readable bytes.
+    let h = unsafe { (p as *const u16).read_unaligned() };
+    f32::from_bits((h as u32) << 16)
+}
+float_kernel!(k_f32, tile_f32, 4, load8_f32, f32_at);
+float_kernel!(k_f16, tile_f16, 2, load8_f16, f16_at);
+float_kernel!(k_bf16, tile_bf16, 2, load8_bf16, bf16_at);
+
+// ------------------------------------------------------------------ legacy x Q8_0 / Q8_1
+
+/// Q4_0: `(d, q − 8)`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dec_q4_0(p: *const u8) -> (f32, __m256i) {
+    // SAFETY: one 18-byte block.
+    unsafe {
+        (
+            f16_at(p),
+            _mm256_sub_epi8(nibbles_32(p.add(2)), _mm256_set1_epi8(8)),
+        )
+    }
+}
+
+/// Q5_0: `(d, q − 16)`; a clear 5th bit makes the code `nibble − 16` = `nibble | 0xF0`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dec_q5_0(p: *const u8) -> (f32, __m256i) {
+    // SAFETY: one 22-byte block.
+    unsafe {
+        let qh = (p.add(2) as *const u32).read_unaligned();
+        let hi = _mm256_andnot_si256(bits_to_bytes(qh), _mm256_set1_epi8(0xF0u8 as i8));
+        (f16_at(p), _mm256_or_si256(nibbles_32(p.add(6)), hi))
+    }
+}
+
+/// Q8_0: `(d, q)`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dec_q8_0(p: *const u8) -> (f32, __m256i) {
+    // SAFETY: one 34-byte block.
+    unsafe { (f16_at(p), load256(p.add(2))) }
+}
+
+/// Q4_1: `(d, m, q)`, q in 0..=15.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dec_q4_1(p: *const u8) -> (f32, f32, __m256i) {
+    // SAFETY: one 20-byte block.
+    unsafe { (f16_at(p), f16_at(p.add(2)), nibbles_32(p.add(4))) }
+}
+
+/// Q5_1: `(d, m, q)`, q in 0..=31.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dec_q5_1(p: *const u8) -> (f32, f32, __m256i) {
+    // SAFETY: one 24-byte block.
+    unsafe {
+        let qh = (p.add(4) as *const u32).read_unaligned();
+        let hi = _mm256_and_si256(bits_to_bytes(qh), _mm256_set1_epi8(0x10));
+        (
+            f16_at(p),
+            f16_at(p.add(2)),
+            _mm256_or_si256(nibbles_32(p.add(8)), hi),
+        )
+    }
+}
+
+/// Signed-code legacy weights against Q8_0 (34-byte blocks: d, 32 × i8).
+macro_rules! signed_legacy_kernel {
+    ($k:ident, $tile:ident, $wbytes:expr, $dec:ident) => {
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn $k<const C: usize>(
+            n: usize,
+            w: *const u8,
+            a: *const u8,
+            stride: usize,
+        ) -> [f32; C] {
+            let mut acc = [_mm256_setzero_ps(); C];
+            for i in 0..n / 32 {
+                // SAFETY: block i < n/32 of the weight row and of each activation row.
+                unsafe {
+                    let (dw, q) = $dec(w.add(i * $wbytes));
+                    let q_abs = _mm256_sign_epi8(q, q);
+                    for c in 0..C {
+                        let ap = a.add(c * stride + i * 34);
+                        let p = dot_i8_signed(q_abs, q, load256(ap.add(2)));
+                        let scale = _mm256_set1_ps(dw * f16_at(ap));
+                        acc[c] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(p), acc[c]);
+                    }
+                }
+            }
+            acc.map(|v| hsum_ps(v))
+        }
+        tile_dispatch!($tile, $k);
+    };
+}
+signed_legacy_kernel!(k_q4_0, tile_q4_0, 18, dec_q4_0);
+signed_legacy_kernel!(k_q5_0, tile_q5_0, 22, dec_q5_0);
+signed_legacy_kernel!(k_q8_0, tile_q8_0, 34, dec_q8_0);
+
+/// Unsigned-code legacy weights with a min, against Q8_1 (36-byte blocks: d, s = d·Σq,
+/// 32 × i8): `d_w·d_a·Σ q·a + m·s`.
+macro_rules! min_legacy_kernel {
+    ($k:ident, $tile:ident, $wbytes:expr, $dec:ident) => {
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn $k<const C: usize>(
+            n: usize,
+            w: *const u8,
+            a: *const u8,
+            stride: usize,
+        ) -> [f32; C] {
+            let mut acc = [_mm256_setzero_ps(); C];
+            let mut mins = [0.0f32; C];
+            for i in 0..n / 32 {
+                // SAFETY: block i < n/32 of the weight row and of each activation row.
+                unsafe {
+                    let (dw, mw, q) = $dec(w.add(i * $wbytes));
+                    for c in 0..C {
+                        let ap = a.add(c * stride + i * 36);
+                        let p = dot_u8_i8(q, load256(ap.add(4)));
+                        let scale = _mm256_set1_ps(dw * f16_at(ap));
+                        acc[c] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(p), acc[c]);
+                        mins[c] += mw * f16_at(ap.add(2));
+                    }
+                }
+            }
+            let mut out = [0.0f32; C];
+            for c in 0..C {
+                out[c] = hsum_ps(acc[c]) + mins[c];
+            }
+            out
+        }
+        tile_dispatch!($tile, $k);
+    };
+}
+min_legacy_kernel!(k_q4_1, tile_q4_1, 20, dec_q4_1);
+min_legacy_kernel!(k_q5_1, tile_q5_1, 24, dec_q5_1);
+
+// ------------------------------------------------------------------ K-quants x Q8_K
+//
+// Q8_K block (292 bytes): d (f32) @0, qs[256] (i8) @4, bsums[16] (i16) @260.
+
+/// The 8 six-bit (scale, min) pairs of a Q4_K/Q5_K super-block (`get_scale_min_k4`).
+#[inline]
+fn k4_scales_mins(s: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
+    let mut sc = [0u8; 8];
+    let mut mn = [0u8; 8];
+    for j in 0..4 {
+        sc[j] = s[j] & 63;
+        mn[j] = s[j + 4] & 63;
+        sc[j + 4] = (s[j + 8] & 0x0F) | ((s[j] >> 6) << 4);
+        mn[j + 4] = (s[j + 8] >> 4) | ((s[j + 4] >> 6) << 4);
+    }
+    (sc, mn)
+}
+
+/// Shared body of Q4_K and Q5_K: `codes(chunk)` gives the two 32-code vectors (sub-blocks
+/// 2c and 2c+1, unsigned) of 64-element chunk c.
+macro_rules! k4_kernel {
+    ($k:ident, $tile:ident, $wbytes:expr, $codes:ident) => {
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn $k<const C: usize>(
+            n: usize,
+            w: *const u8,
+            a: *const u8,
+            stride: usize,
+        ) -> [f32; C] {
+            let mut acc = [_mm256_setzero_ps(); C];
+            for i in 0..n / 256 {
+                // SAFETY: super-block i < n/256 of the weight row and each activation row.
+                unsafe {
+                    let wp = w.add(i * $wbytes);
+                    let d = f16_at(wp);
+                    let dmin = f16_at(wp.add(2));
+                    let (sc, mn) = k4_scales_mins(&*(wp.add(4) as *const [u8; 12]));
+                    // min_j duplicated over the two 16-element bsums of sub-block j.
+                    let mins16 = _mm256_cvtepu8_epi16(_mm_set_epi8(
+                        mn[7] as i8,
+                        mn[7] as i8,
+                        mn[6] as i8,
+                        mn[6] as i8,
+                        mn[5] as i8,
+                        mn[5] as i8,
+                        mn[4] as i8,
+                        mn[4] as i8,
+                        mn[3] as i8,
+                        mn[3] as i8,
+                        mn[2] as i8,
+                        mn[2] as i8,
+                        mn[1] as i8,
+                        mn[1] as i8,
+                        mn[0] as i8,
+                        mn[0] as i8,
+                    ));
+                    let mut isum = [_mm256_setzero_si256(); C];
+                    for chunk in 0..4 {
+                        let (lo, hi) = $codes(wp, chunk);
+                        let s_lo = _mm256_set1_epi16(sc[2 * chunk] as i16);
+                        let s_hi = _mm256_set1_epi16(sc[2 * chunk + 1] as i16);
+                        for c in 0..C {
+                            let ap = a.add(c * stride + i * 292 + 4 + 64 * chunk);
+                            let p_lo = dot_u8_i8_scaled(lo, load256(ap), s_lo);
+                            let p_hi = dot_u8_i8_scaled(hi, load256(ap.add(32)), s_hi);
+                            isum[c] = _mm256_add_epi32(isum[c], _mm256_add_epi32(p_lo, p_hi));
+                        }
+                    }
+                    for c in 0..C {
+                        let ap = a.add(c * stride + i * 292);
+                        let da = f32_at(ap);
+                        let min_sum = _mm256_madd_epi16(load256(ap.add(260)), mins16);
+                        let dots = _mm256_cvtepi32_ps(isum[c]);
+                        acc[c] = _mm256_fmadd_ps(_mm256_set1_ps(d * da), dots, acc[c]);
+                        let m = _mm256_set1_ps(-dmin * da);
+                        acc[c] = _mm256_fmadd_ps(m, _mm256_cvtepi32_ps(min_sum), acc[c]);
+                    }
+                }
+            }
+            acc.map(|v| hsum_ps(v))
+        }
+        tile_dispatch!($tile, $k);
+    };
+}
+
+/// Q4_K chunk c: 32 bytes at qs (@16) + 32c; low nibbles = sub-block 2c, high = 2c+1.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4k_codes(wp: *const u8, chunk: usize) -> (__m256i, __m256i) {
+    // SAFETY: inside one 144-byte block.
+    let q = unsafe { load256(wp.add(16 + 32 * chunk)) };
+    let m = _mm256_set1_epi8(0x0F);
+    (
+        _mm256_and_si256(q, m),
+        _mm256_and_si256(_mm256_srli_epi16::<4>(q), m),
+    )
+}
+
+/// Q5_K chunk c: nibbles from qs (@48) + 32c, 5th bits from bits 2c / 2c+1 of qh[l] (@16).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q5k_codes(wp: *const u8, chunk: usize) -> (__m256i, __m256i) {
+    // SAFETY: inside one 176-byte block.
+    let (q, h) = unsafe { (load256(wp.add(48 + 32 * chunk)), load256(wp.add(16))) };
+    let m = _mm256_set1_epi8(0x0F);
+    let b16 = _mm256_set1_epi8(0x10);
+    let bit = |k: usize| {
+        let mask = _mm256_set1_epi8((1u8 << k) as i8);
+        _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(h, mask), mask), b16)
+    };
+    let lo = _mm256_or_si256(_mm256_and_si256(q, m), bit(2 * chunk));
+    let hi = _mm256_or_si256(
+        _mm256_and_si256(_mm256_srli_epi16::<4>(q), m),
+        bit(2 * chunk + 1),
+    );
+    (lo, hi)
+}
+k4_kernel!(k_q4k, tile_q4k, 144, q4k_codes);
+k4_kernel!(k_q5k, tile_q5k, 176, q5k_codes);
+
+/// Q6_K (210 bytes: ql[128] @0, qh[64] @128, scales[16] i8 @192, d f16 @208): codes are
+/// used unsigned (0..63) and the −32 offset is applied as `−32·Σ_j scale_j·bsum_j`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn k_q6k<const C: usize>(n: usize, w: *const u8, a: *const u8, stride: usize) -> [f32; C] {
+    let mut acc = [_mm256_setzero_ps(); C];
+    let m4 = _mm256_set1_epi8(0x0F);
+    let m2 = _mm256_set1_epi8(0x30);
+    for i in 0..n / 256 {
+        // SAFETY: super-block i < n/256 of the weight row and each activation row.
+        unsafe {
+            let wp = w.add(i * 210);
+            let d = f16_at(wp.add(208));
+            let sc: [i8; 16] = *(wp.add(192) as *const [i8; 16]);
+            let sc16 = _mm256_cvtepi8_epi16(load128(wp.add(192)));
+            let mut isum = [_mm256_setzero_si256(); C];
+            for half in 0..2 {
+                let ql0 = load256(wp.add(64 * half));
+                let ql1 = load256(wp.add(64 * half + 32));
+                let qh = load256(wp.add(128 + 32 * half));
+                // Element groups l, l+32, l+64, l+96 (l < 32) of this 128-element half.
+                let q = [
+                    _mm256_or_si256(
+                        _mm256_and_si256(ql0, m4),
+                        _mm256_and_si256(_mm256_slli_epi16::<4>(qh), m2),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(ql1, m4),
+                        _mm256_and_si256(_mm256_slli_epi16::<2>(qh), m2),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), m4),
+                        _mm256_and_si256(qh, m2),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4),
+                        _mm256_and_si256(_mm256_srli_epi16::<2>(qh), m2),
+                    ),
+                ];
+                for (g, qg) in q.iter().enumerate() {
+                    // Elements 0..16 of the group use scale 8·half + 2g, 16..32 the next.
+                    let s = 8 * half + 2 * g;
+                    let scale = _mm256_set_m128i(
+                        _mm_set1_epi16(sc[s + 1] as i16),
+                        _mm_set1_epi16(sc[s] as i16),
+                    );
+                    for c in 0..C {
+                        let ap = a.add(c * stride + i * 292 + 4 + 128 * half + 32 * g);
+                        let p = dot_u8_i8_scaled(*qg, load256(ap), scale);
+                        isum[c] = _mm256_add_epi32(isum[c], p);
+                    }
+                }
+            }
+            for c in 0..C {
+                let ap = a.add(c * stride + i * 292);
+                let da = f32_at(ap);
+                let offset = _mm256_madd_epi16(load256(ap.add(260)), sc16);
+                let dots = _mm256_sub_epi32(isum[c], _mm256_slli_epi32::<5>(offset));
+                acc[c] = _mm256_fmadd_ps(_mm256_set1_ps(d * da), _mm256_cvtepi32_ps(dots), acc[c]);
+            }
+        }
+    }
+    acc.map(|v| hsum_ps(v))
+}
+tile_dispatch!(tile_q6k, k_q6k);
+
+// ------------------------------------------------------------------ activation quantizers
+
+/// `roundf` (half away from zero) of 8 lanes: truncate, then step away from zero where the
+/// dropped fraction is at least one half (exact: `v − trunc(v)` has no rounding error).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn round_half_away(v: __m256) -> __m256 {
+    let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(v);
+    let frac = _mm256_sub_ps(v, t);
+    let sign_bit = _mm256_set1_ps(-0.0);
+    let abs_frac = _mm256_andnot_ps(sign_bit, frac);
+    let step = _mm256_or_ps(_mm256_and_ps(v, sign_bit), _mm256_set1_ps(1.0));
+    let need = _mm256_cmp_ps::<_CMP_GE_OQ>(abs_frac, _mm256_set1_ps(0.5));
+    _mm256_add_ps(t, _mm256_and_ps(need, step))
+}
+
+/// Packs 4 × 8 i32 lanes (values in −127..=127) into 32 i8 in element order.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn pack_i32x32(q: [__m256i; 4]) -> __m256i {
+    let p01 = _mm256_packs_epi32(q[0], q[1]);
+    let p23 = _mm256_packs_epi32(q[2], q[3]);
+    let p = _mm256_packs_epi16(p01, p23);
+    // packs works per 128-bit lane; restore element order of the 4-byte groups.
+    _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
+}
+
+/// Q8_0 (34-byte blocks) or, with `with_sum`, Q8_1 (36 bytes, `s = f16(d·Σq)`), with the
+/// reference arithmetic: `d = amax/127`, `q = roundf(x/d)` via `x·(1/d)`.
+///
+/// Safety: the CPU has AVX2/FMA/F16C; `dst` holds exactly the blocks of `x`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn quantize_q8_0(x: &[f32], dst: &mut [u8], with_sum: bool) {
+    let bytes = if with_sum { 36 } else { 34 };
+    let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFF_FFFF));
+    for (xb, out) in x.chunks_exact(32).zip(dst.chunks_exact_mut(bytes)) {
+        // SAFETY: xb has 32 floats.
+        let v: [__m256; 4] =
+            std::array::from_fn(|k| unsafe { _mm256_loadu_ps(xb.as_ptr().add(8 * k)) });
+        let mut amax = _mm256_and_ps(v[0], abs_mask);
+        for vk in &v[1..] {
+            amax = _mm256_max_ps(amax, _mm256_and_ps(*vk, abs_mask));
+        }
+        let m = _mm_max_ps(
+            _mm256_castps256_ps128(amax),
+            _mm256_extractf128_ps::<1>(amax),
+        );
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        let m = _mm_max_ss(m, _mm_movehdup_ps(m));
+        let d = _mm_cvtss_f32(m) / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let idv = _mm256_set1_ps(id);
+        let q = v.map(|vk| _mm256_cvtps_epi32(round_half_away(_mm256_mul_ps(vk, idv))));
+        let packed = pack_i32x32(q);
+        let off = bytes - 32;
+        // SAFETY: out has `bytes` bytes, the codes go to its last 32.
+        unsafe { _mm256_storeu_si256(out.as_mut_ptr().add(off) as *mut __m256i, packed) };
+        out[0..2].copy_from_slice(&crate::f32_to_f16(d).to_le_bytes());
+        if with_sum {
+            let s = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+            let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s));
+            let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+            let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+            let sum = _mm_cvtsi128_si32(s);
+            out[2..4].copy_from_slice(&crate::f32_to_f16(sum as f32 * d).to_le_bytes());
+        }
+    }
+}
+
+/// Q8_K (292-byte blocks): the value of largest magnitude (first one, with its sign) maps
+/// to −127, `q = min(127, round(x·iscale))` (ties to even), `d = 1/iscale`, plus the sums
+/// of each 16 codes.
+///
+/// Safety: the CPU has AVX2/FMA/F16C; `dst` holds exactly the blocks of `x`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn quantize_q8k(x: &[f32], dst: &mut [u8]) {
+    let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFF_FFFF));
+    for (xb, out) in x.chunks_exact(256).zip(dst.chunks_exact_mut(292)) {
+        // SAFETY: xb has 256 floats.
+        let load = |k: usize| unsafe { _mm256_loadu_ps(xb.as_ptr().add(8 * k)) };
+        let mut amax = _mm256_setzero_ps();
+        for k in 0..32 {
+            amax = _mm256_max_ps(amax, _mm256_and_ps(load(k), abs_mask));
+        }
+        let m = _mm_max_ps(
+            _mm256_castps256_ps128(amax),
+            _mm256_extractf128_ps::<1>(amax),
+        );
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+        if amax == 0.0 || amax.is_nan() {
+            // Same as the reference for an all-zero block: d = 0, codes and sums 0.
+            out.fill(0);
+            if amax.is_nan() {
+                crate::quantize_row(GgmlType::Q8K, xb, out).expect("one block");
+            }
+            continue;
+        }
+        // The first element whose magnitude is amax keeps its sign.
+        let max = *xb
+            .iter()
+            .find(|v| v.abs() == amax)
+            .expect("amax is one of the values");
+        let iscale = -127.0 / max;
+        let isv = _mm256_set1_ps(iscale);
+        let top = _mm256_set1_epi32(127);
+        for g in 0..8 {
+            let q: [__m256i; 4] = std::array::from_fn(|k| {
+                let v = _mm256_mul_ps(load(4 * g + k), isv);
+                let r = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
+                _mm256_min_epi32(_mm256_cvtps_epi32(r), top)
+            });
+            // SAFETY: 32 codes at 4 + 32g < 260.
+            unsafe {
+                let p = out.as_mut_ptr().add(4 + 32 * g) as *mut __m256i;
+                _mm256_storeu_si256(p, pack_i32x32(q));
+            }
+        }
+        out[0..4].copy_from_slice(&(1.0 / iscale).to_le_bytes());
+        for j in 0..16 {
+            let s: i16 = out[4 + 16 * j..20 + 16 * j]
+                .iter()
+                .map(|&b| b as i8 as i16)
+                .sum();
+            out[260 + 2 * j..262 + 2 * j].copy_from_slice(&s.to_le_bytes());
+        }
+    }
+}

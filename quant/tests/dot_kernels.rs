@@ -1,0 +1,271 @@
+//! Every dot-product kernel against an obviously correct reference, on random data.
+//!
+//! Reference: both operands are decoded with `dequantize_row` (the bit-exact scalar decoders
+//! tested against ggml in `bit_exact.rs`) and multiplied in f64. The kernels compute the same
+//! products exactly in integers per block and only round when scaling and summing in f32,
+//! so they must agree within `1e-5 · Σ|w·a|` (f32 rounding over at most a few thousand
+//! terms is far below that). The one documented exception is Q8_1's stored block sum
+//! `s = f16(d·Σq)`, which ggml's Q4_1/Q5_1 kernels use for the min term: its f16 rounding
+//! adds up to `|m|·|s|·2⁻¹⁰` per block to the allowed error.
+//!
+//! Each SIMD backend is additionally compared with the scalar backend on identical inputs.
+
+use rgemma_quant::dot::{self, Backend};
+use rgemma_quant::{dequantize_row, quantize_row, GgmlType};
+
+/// xorshift32 in [-1, 1), with occasional outliers like real weights.
+struct Rng(u32);
+impl Rng {
+    fn next(&mut self) -> f32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 17;
+        self.0 ^= self.0 << 5;
+        let u = (self.0 >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0;
+        if self.0 % 97 == 0 {
+            u * 8.0
+        } else {
+            u
+        }
+    }
+    fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.next()).collect()
+    }
+}
+
+const WEIGHT_TYPES: [GgmlType; 11] = [
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::BF16,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::Q4K,
+    GgmlType::Q5K,
+    GgmlType::Q6K,
+];
+
+/// Row lengths to try for a type: multiples of its block (and of the activation block).
+fn lengths(ty: GgmlType) -> Vec<usize> {
+    match ty.block_size() {
+        1 => vec![1, 7, 8, 15, 16, 33, 256, 2560],
+        32 => vec![32, 64, 96, 256, 2560],
+        _ => vec![256, 512, 2560],
+    }
+}
+
+fn dequant(ty: GgmlType, bytes: &[u8], n: usize) -> Vec<f64> {
+    let mut out = vec![0.0f32; n];
+    dequantize_row(ty, bytes, &mut out).unwrap();
+    out.into_iter().map(f64::from).collect()
+}
+
+/// The allowed difference for one output, from the decoded operands.
+fn tolerance(ty: GgmlType, w: &[f64], a: &[f64], w_bytes: &[u8], a_bytes: &[u8]) -> f64 {
+    let abs_sum: f64 = w.iter().zip(a).map(|(x, y)| (x * y).abs()).sum();
+    let mut tol = 1e-5 * abs_sum + 1e-6;
+    if matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_1) {
+        let (wb, moff) = (ty.type_size(), 2);
+        for (wblk, ablk) in w_bytes.chunks_exact(wb).zip(a_bytes.chunks_exact(36)) {
+            let m = rgemma_quant::f16_to_f32(u16::from_le_bytes([wblk[moff], wblk[moff + 1]]));
+            let s = rgemma_quant::f16_to_f32(u16::from_le_bytes([ablk[2], ablk[3]]));
+            tol += (m as f64 * s as f64).abs() * 2f64.powi(-10);
+        }
+    }
+    tol
+}
+
+#[test]
+fn every_kernel_matches_the_dequantized_reference() {
+    let mut rng = Rng(0x1234_5678);
+    let backends = Backend::all_available();
+    eprintln!("backends under test: {backends:?}");
+    for ty in WEIGHT_TYPES {
+        let act_ty = dot::activation_type(ty).unwrap();
+        for n in lengths(ty) {
+            for (nrows, ncols) in [(1, 1), (3, 5), (5, 4), (2, 7), (1, 3)] {
+                let mut wf = rng.vec(nrows * n);
+                // An all-zero block in row 0 and an all-zero last row.
+                let zb = ty.block_size().max(32).min(n);
+                wf[..zb].iter_mut().for_each(|v| *v = 0.0);
+                if nrows > 1 {
+                    wf[(nrows - 1) * n..].iter_mut().for_each(|v| *v = 0.0);
+                }
+                let mut af = rng.vec(ncols * n);
+                if ncols > 1 {
+                    // An all-zero activation block.
+                    let ab = act_ty.block_size().max(32).min(n);
+                    af[n..n + ab].iter_mut().for_each(|v| *v = 0.0);
+                }
+                let w_row = ty.row_size(n as u64).unwrap() as usize;
+                let a_row = dot::activation_row_bytes(ty, n).unwrap();
+                let mut wq = vec![0u8; nrows * w_row];
+                quantize_row(ty, &wf, &mut wq).unwrap();
+                let mut aq = vec![0u8; ncols * a_row];
+                dot::quantize_activation(Backend::Scalar, act_ty, &af, &mut aq).unwrap();
+
+                let mut outs = Vec::new();
+                for &b in &backends {
+                    // Output stride larger than nrows to check strided stores.
+                    let stride = nrows + 2;
+                    let mut out = vec![f32::NAN; ncols * stride];
+                    dot::gemm(
+                        b, ty, n, &wq, w_row, nrows, &aq, a_row, ncols, &mut out, stride,
+                    )
+                    .unwrap();
+                    outs.push((b, out, stride));
+                }
+                for r in 0..nrows {
+                    let wb = &wq[r * w_row..(r + 1) * w_row];
+                    let w = dequant(ty, wb, n);
+                    for c in 0..ncols {
+                        let ab = &aq[c * a_row..(c + 1) * a_row];
+                        let a = dequant(act_ty, ab, n);
+                        let want: f64 = w.iter().zip(&a).map(|(x, y)| x * y).sum();
+                        let tol = tolerance(ty, &w, &a, wb, ab);
+                        let scalar = outs[0].1[c * outs[0].2 + r] as f64;
+                        for (b, out, stride) in &outs {
+                            let got = out[c * stride + r] as f64;
+                            assert!(
+                                (got - want).abs() <= tol,
+                                "{ty} {b:?} n={n} r={r} c={c}: got {got} want {want} tol {tol}"
+                            );
+                            // SIMD vs scalar: same block maths, only f32 summation order.
+                            let close = 1e-5
+                                * w.iter().zip(&a).map(|(x, y)| (x * y).abs()).sum::<f64>()
+                                + 1e-6;
+                            assert!(
+                                (got - scalar).abs() <= close,
+                                "{ty} {b:?} vs scalar n={n} r={r} c={c}: {got} vs {scalar}"
+                            );
+                        }
+                        // Untouched padding between rows stays NaN.
+                        for (_, out, stride) in &outs {
+                            for pad in nrows..*stride {
+                                if c * stride + pad < out.len() {
+                                    assert!(out[c * stride + pad].is_nan());
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn activation_quantizers_match_the_reference() {
+    let mut rng = Rng(0xBEEF);
+    for backend in Backend::all_available() {
+        for act in [GgmlType::Q8_0, GgmlType::Q8_1, GgmlType::Q8K] {
+            for n in [256usize, 512, 2560] {
+                let mut x = rng.vec(n);
+                // A zero block, a block with a single value, exact .5 multiples.
+                x[..256.min(n) / 8].iter_mut().for_each(|v| *v = 0.0);
+                x[40..64].iter_mut().for_each(|v| *v = 0.0);
+                for (i, v) in x[256 - 32..256].iter_mut().enumerate() {
+                    *v = (i as f32 - 16.0) * 0.5;
+                }
+                let bytes = n / act.block_size() * act.type_size();
+                let mut want = vec![0u8; bytes];
+                quantize_row(act, &x, &mut want).unwrap();
+                let mut got = vec![0u8; bytes];
+                dot::quantize_activation(backend, act, &x, &mut got).unwrap();
+                if act == GgmlType::Q8K {
+                    // Same scale; codes may differ by one at exact rounding ties; the block
+                    // sums are those of the codes written.
+                    for (g, w) in got.chunks_exact(292).zip(want.chunks_exact(292)) {
+                        assert_eq!(g[..4], w[..4], "{backend:?} Q8_K d");
+                        for i in 0..256 {
+                            let (a, b) = (g[4 + i] as i8 as i32, w[4 + i] as i8 as i32);
+                            assert!((a - b).abs() <= 1, "{backend:?} Q8_K code {i}: {a} vs {b}");
+                        }
+                        for j in 0..16 {
+                            let s: i32 = (0..16).map(|k| g[4 + 16 * j + k] as i8 as i32).sum();
+                            let stored = i16::from_le_bytes([g[260 + 2 * j], g[261 + 2 * j]]);
+                            assert_eq!(s, stored as i32, "{backend:?} Q8_K bsum {j}");
+                        }
+                    }
+                } else {
+                    assert_eq!(got, want, "{backend:?} {act} n={n}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn bad_shapes_are_errors() {
+    let w = vec![0u8; 18];
+    let a = vec![0u8; 34];
+    let mut out = [0.0f32; 1];
+    // n not a multiple of the block.
+    assert!(dot::gemm(
+        Backend::Scalar,
+        GgmlType::Q4_0,
+        16,
+        &w,
+        18,
+        1,
+        &a,
+        34,
+        1,
+        &mut out,
+        1
+    )
+    .is_err());
+    // Weights too short.
+    assert!(dot::gemm(
+        Backend::Scalar,
+        GgmlType::Q4_0,
+        64,
+        &w,
+        36,
+        1,
+        &a,
+        68,
+        1,
+        &mut out,
+        1
+    )
+    .is_err());
+    // No kernel for the type.
+    assert!(dot::activation_type(GgmlType::Q2K).is_none());
+    assert!(dot::gemm(
+        Backend::Scalar,
+        GgmlType::Q2K,
+        256,
+        &w,
+        84,
+        1,
+        &a,
+        292,
+        1,
+        &mut out,
+        1
+    )
+    .is_err());
+    // Activation buffer of the wrong size.
+    let mut small = vec![0u8; 10];
+    assert!(
+        dot::quantize_activation(Backend::Scalar, GgmlType::Q8_0, &[0.0; 32], &mut small).is_err()
+    );
+    // Works when the shapes fit.
+    assert!(dot::gemm(
+        Backend::Scalar,
+        GgmlType::Q4_0,
+        32,
+        &w,
+        18,
+        1,
+        &a,
+        34,
+        1,
+        &mut out,
+        1
+    )
+    .is_ok());
+    assert_eq!(out[0], 0.0);
+}
