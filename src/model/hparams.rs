@@ -213,7 +213,7 @@ impl HParams {
                 ));
             }
         }
-        if !(self.rms_eps >= 0.0) || self.softcap < 0.0 {
+        if self.rms_eps.is_nan() || self.rms_eps < 0.0 || self.softcap < 0.0 {
             return bad("rms epsilon and soft-cap must be non-negative".into());
         }
         Ok(())

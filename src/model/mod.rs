@@ -20,6 +20,7 @@ mod weights;
 use std::path::Path;
 
 use crate::gguf::GgufFile;
+use crate::tokenizer::Tokenizer;
 use crate::Result;
 
 pub use context::{Context, ContextParams};
@@ -34,6 +35,7 @@ pub struct Model {
     gguf: GgufFile,
     hparams: HParams,
     weights: Weights,
+    tokenizer: Option<Tokenizer>,
 }
 
 impl Model {
@@ -47,10 +49,12 @@ impl Model {
     pub fn from_gguf(file: GgufFile) -> Result<Model> {
         let hparams = HParams::from_gguf(&file)?;
         let weights = Weights::load(&file, &hparams)?;
+        let tokenizer = Tokenizer::from_gguf(&file)?;
         Ok(Model {
             gguf: file,
             hparams,
             weights,
+            tokenizer,
         })
     }
 
@@ -60,6 +64,11 @@ impl Model {
 
     pub fn weights(&self) -> &Weights {
         &self.weights
+    }
+
+    /// The tokenizer stored in the file, or `None` (then only token ids can be used).
+    pub fn tokenizer(&self) -> Option<&Tokenizer> {
+        self.tokenizer.as_ref()
     }
 
     pub fn gguf(&self) -> &GgufFile {

@@ -60,8 +60,8 @@ pub struct AttentionWeights {
 
 #[derive(Clone, Debug)]
 pub enum TemporalWeights {
-    Recurrent(RecurrentWeights),
-    Attention(AttentionWeights),
+    Recurrent(Box<RecurrentWeights>),
+    Attention(Box<AttentionWeights>),
 }
 
 /// One residual layer.
@@ -198,7 +198,7 @@ impl Weights {
                     let bw = hp.gate_block_width();
                     let k = hp.conv_kernel;
                     let lambda = ld.vector(&n("rg_a.weight"), &[l])?;
-                    TemporalWeights::Recurrent(RecurrentWeights {
+                    TemporalWeights::Recurrent(Box::new(RecurrentWeights {
                         linear_x: ld.matrix(&n("rg_x.weight"), &[l, h])?,
                         linear_x_bias: ld.vector(&n("rg_x.bias"), &[l])?,
                         linear_y: ld.matrix(&n("rg_y.weight"), &[l, h])?,
@@ -212,18 +212,18 @@ impl Weights {
                         a_gate: ld.matrix(&n("rg_a_gate.weight"), &[nb, bw, bw])?,
                         a_gate_bias: ld.vector(&n("rg_a_gate.bias"), &[l])?,
                         softplus_a: lambda.iter().map(|&z| softplus(z)).collect(),
-                    })
+                    }))
                 }
                 LayerKind::Attention => {
                     let qd = hp.n_heads * hp.head_dim;
                     let kvd = hp.n_kv_heads * hp.head_dim;
-                    TemporalWeights::Attention(AttentionWeights {
+                    TemporalWeights::Attention(Box::new(AttentionWeights {
                         q: ld.matrix(&n("attn_q.weight"), &[qd, h])?,
                         k: ld.matrix(&n("attn_k.weight"), &[kvd, h])?,
                         v: ld.matrix(&n("attn_v.weight"), &[kvd, h])?,
                         o: ld.matrix(&n("attn_output.weight"), &[h, qd])?,
                         o_bias: ld.vector(&n("attn_output.bias"), &[h])?,
-                    })
+                    }))
                 }
             };
             layers.push(LayerWeights {
