@@ -1,0 +1,166 @@
+//! Converts one tensor: source bytes -> f32 rows -> layout change -> target type, in
+//! parallel over groups of rows, so that only the output tensor and one small f32 buffer
+//! per worker are in memory at a time.
+
+use rayon::prelude::*;
+use rgemma_quant::GgmlType;
+
+use crate::convert::plan::{PlannedTensor, Transform};
+use crate::{Error, Result};
+
+/// Elements each parallel task converts (a few hundred KiB of f32 per worker).
+const TASK_ELEMENTS: u64 = 1 << 16;
+
+/// Decodes `src` (a whole number of `ty` blocks) into `dst`.
+pub fn decode(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<()> {
+    match ty {
+        GgmlType::F32 => {
+            for (d, s) in dst.iter_mut().zip(src.chunks_exact(4)) {
+                *d = f32::from_le_bytes([s[0], s[1], s[2], s[3]]);
+            }
+        }
+        GgmlType::F16 => {
+            for (d, s) in dst.iter_mut().zip(src.chunks_exact(2)) {
+                *d = half::f16::from_bits(u16::from_le_bytes([s[0], s[1]])).to_f32();
+            }
+        }
+        GgmlType::BF16 => {
+            for (d, s) in dst.iter_mut().zip(src.chunks_exact(2)) {
+                *d = f32::from_bits((u16::from_le_bytes([s[0], s[1]]) as u32) << 16);
+            }
+        }
+        _ => rgemma_quant::dequantize_row(ty, src, dst)?,
+    }
+    Ok(())
+}
+
+/// Encodes `src` (whole rows) as `ty` into `dst`.
+pub fn encode(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<()> {
+    match ty {
+        GgmlType::F32 => {
+            for (d, s) in dst.chunks_exact_mut(4).zip(src) {
+                d.copy_from_slice(&s.to_le_bytes());
+            }
+        }
+        _ => rgemma_quant::quantize_row(ty, src, dst)?,
+    }
+    Ok(())
+}
+
+fn check_finite(source: &str, values: &[f32], first_index: u64) -> Result<()> {
+    match values.iter().position(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(i) => Err(Error::Format(format!(
+            "tensor {source}: element {} is {} (weights must be finite)",
+            first_index + i as u64,
+            values[i]
+        ))),
+    }
+}
+
+/// Byte size of `plan` stored as `ty`.
+pub fn stored_size(plan: &PlannedTensor, ty: GgmlType) -> Result<u64> {
+    let row = ty.row_size(plan.row_len()).ok_or_else(|| {
+        Error::Format(format!(
+            "tensor {}: row length {} does not fit type {ty}",
+            plan.name,
+            plan.row_len()
+        ))
+    })?;
+    row.checked_mul(plan.n_elements() / plan.row_len())
+        .ok_or_else(|| Error::Format(format!("tensor {}: size overflows", plan.name)))
+}
+
+/// Converts `src` (`src_ty`, the source tensor's bytes) into `out` as `dst_ty`.
+/// `src_row_len` is the source's innermost dimension (block-quantized sources are decoded
+/// in whole rows). Runs on the current rayon pool.
+pub fn convert_tensor(
+    plan: &PlannedTensor,
+    src_ty: GgmlType,
+    src: &[u8],
+    src_row_len: u64,
+    dst_ty: GgmlType,
+    out: &mut Vec<u8>,
+) -> Result<()> {
+    let n = plan.n_elements();
+    let src_row_bytes = src_ty.row_size(src_row_len).ok_or_else(|| {
+        Error::Format(format!(
+            "tensor {}: source rows do not fit type {src_ty}",
+            plan.source
+        ))
+    })?;
+    let expected_src = src_row_bytes * (n / src_row_len.max(1));
+    if n % src_row_len.max(1) != 0 || expected_src != src.len() as u64 {
+        return Err(Error::Format(format!(
+            "tensor {}: {} source bytes, expected {expected_src}",
+            plan.source,
+            src.len()
+        )));
+    }
+    let out_len = stored_size(plan, dst_ty)? as usize;
+    out.clear();
+    out.resize(out_len, 0);
+
+    match plan.transform {
+        Transform::Copy | Transform::AddOne => {
+            // Rows of the output and the source hold the same elements when their lengths
+            // agree (always, except for flattened 1-D tensors, which are one output row).
+            let row_len = plan.row_len();
+            let dst_row_bytes = (out_len as u64 / (n / row_len)) as usize;
+            let (unit_len, src_unit_bytes, dst_unit_bytes) = if src_row_len == row_len {
+                (row_len, src_row_bytes as usize, dst_row_bytes)
+            } else {
+                // 1-D output from a multi-row source (e.g. gate bias [nb, bw] -> [L]): one unit.
+                (n, src.len(), out_len)
+            };
+            let units_per_task = (TASK_ELEMENTS / unit_len).max(1) as usize;
+            let add_one = plan.transform == Transform::AddOne;
+            out.par_chunks_mut(units_per_task * dst_unit_bytes)
+                .zip(src.par_chunks(units_per_task * src_unit_bytes))
+                .enumerate()
+                .try_for_each_init(Vec::<f32>::new, |buf, (task, (dst, src))| {
+                    let units = dst.len() / dst_unit_bytes;
+                    buf.clear();
+                    buf.resize(units * unit_len as usize, 0.0);
+                    decode(src_ty, src, buf)?;
+                    check_finite(&plan.source, buf, (task * units_per_task) as u64 * unit_len)?;
+                    if add_one {
+                        buf.iter_mut().for_each(|w| *w += 1.0);
+                    }
+                    encode(dst_ty, buf, dst)
+                })?;
+        }
+        Transform::ConvTapMajor { channels, taps } => {
+            let mut vals = vec![0f32; n as usize];
+            decode(src_ty, src, &mut vals)?;
+            check_finite(&plan.source, &vals, 0)?;
+            let (c_n, k_n) = (channels as usize, taps as usize);
+            // HF [c, 0, k] -> stored [k, c].
+            let mut tap_major = vec![0f32; n as usize];
+            for c in 0..c_n {
+                for k in 0..k_n {
+                    tap_major[k * c_n + c] = vals[c * k_n + k];
+                }
+            }
+            encode(dst_ty, &tap_major, out)?;
+        }
+        Transform::GateTranspose { blocks, width } => {
+            let mut vals = vec![0f32; n as usize];
+            decode(src_ty, src, &mut vals)?;
+            check_finite(&plan.source, &vals, 0)?;
+            let w = width as usize;
+            // HF [b, in, out] -> stored [b, out, in].
+            let mut linear = vec![0f32; n as usize];
+            for b in 0..blocks as usize {
+                let base = b * w * w;
+                for i in 0..w {
+                    for o in 0..w {
+                        linear[base + o * w + i] = vals[base + i * w + o];
+                    }
+                }
+            }
+            encode(dst_ty, &linear, out)?;
+        }
+    }
+    Ok(())
+}
