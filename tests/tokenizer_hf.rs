@@ -351,3 +351,81 @@ fn truncation_and_padding_in_the_json_are_ignored() {
     let tok = load(&gguf_with("truncating", metadata));
     check_cases("hf json with truncation/padding", &tok, &expected);
 }
+
+/// Random strings over an alphabet rich in pieces, specials and byte-fallback characters: both
+/// paths give the same ids, decode gives the text back, streaming gives the same text.
+#[test]
+fn random_text_roundtrips_and_both_paths_agree() {
+    let expected = expected();
+    let mut metadata = ggml_metadata(&expected, false);
+    metadata.push(key(
+        "tokenizer.huggingface.json",
+        MetaValue::String(hf_json()),
+    ));
+    let hf = load(&gguf_with("random-hf", metadata));
+    let spm = load(&gguf_with("random-ggml", ggml_metadata(&expected, false)));
+    let alphabet = [
+        "a",
+        "b",
+        "e",
+        "h",
+        "l",
+        "o",
+        "t",
+        "w",
+        "r",
+        "d",
+        "s",
+        "1",
+        "2",
+        "3",
+        " ",
+        " ",
+        "  ",
+        "\n",
+        "\t",
+        "<",
+        ">",
+        "_",
+        "<b>",
+        "<bos>",
+        "<start_of_turn>",
+        "<end_of_turn>",
+        "hello",
+        "the",
+        "\u{e9}",
+        "\u{65e5}",
+        "\u{1F916}",
+        "\u{2581}",
+        "\r",
+        "\u{0}",
+    ];
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = || {
+        // xorshift64*
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    };
+    for _ in 0..2000 {
+        let len = (next() % 24) as usize;
+        let text: String = (0..len)
+            .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+            .collect();
+        for parse_special in [true, false] {
+            let a = hf.encode(&text, false, parse_special).unwrap();
+            let b = spm.encode(&text, false, parse_special).unwrap();
+            assert_eq!(a, b, "{text:?} parse_special={parse_special}");
+            // A literal `▁` in the text is the space marker: it comes back as a space.
+            let want = text.replace('\u{2581}', " ");
+            for tok in [&hf, &spm] {
+                assert_eq!(tok.decode(&a, false).unwrap(), want);
+                let mut stream = StreamDecoder::new();
+                let mut streamed: String = a.iter().map(|&id| stream.push(tok, id)).collect();
+                streamed.push_str(&stream.flush());
+                assert_eq!(streamed, want);
+            }
+        }
+    }
+}
