@@ -183,7 +183,7 @@ mod tests {
             for sign in [0, 0x8000_0000] {
                 for mid in [lo, lo + 0x1000, lo + 0x0FFF] {
                     for d in 0..8 {
-                        check((mid + d - 4) | sign);
+                        check((mid + d).wrapping_sub(4) | sign);
                     }
                 }
             }
