@@ -8,6 +8,10 @@
 //! time next to each struct).
 
 /// A fixed-size block of `ELEMENTS` values stored in `BYTES` bytes.
+///
+/// The methods take slices of exactly the block's size and panic (index out of bounds) on
+/// shorter ones: they are the building blocks under [`crate::quantize_row`] /
+/// [`crate::dequantize_row`], which check lengths and return errors instead.
 pub trait Block: Sized {
     /// Values per block (ggml's `blck_size`).
     const ELEMENTS: usize;

@@ -14,10 +14,13 @@
 //!   6/8 bits against the super-scale, and finally every value is re-quantized with the
 //!   *stored* (f16 × integer) scale and min.
 //!
-//! (The shared team notes mention a "Σx² accumulated twice" quirk for Q5_K: that is in ggml's
-//! importance-matrix path `quantize_row_q5_K_impl`, where the weights use
-//! `sqrt(2·Σx²/256)`. The reference path copied here, `quantize_row_q5_K_ref`, computes
-//! `sqrt(Σx²/32)` per sub-block exactly like Q4_K; the fixtures from ggml's C code confirm it.)
+//! (The team notes mention a Q5_K "Σx² accumulated twice" quirk. In the ggml this was
+//! checked against (ggml-org/ggml d99724f, 2026-08) no such thing exists in the reference
+//! path: `quantize_row_q5_K_ref` weights each value by `sqrt(Σx²/32) + |x|` per sub-block,
+//! exactly like Q4_K. Only the importance-matrix paths `quantize_row_q{4,5}_K_impl` use a
+//! doubled `sqrt(2·Σx²/256)` over the whole super-block, and llama-quantize takes those
+//! only with `--imatrix`. The ggml-generated fixtures confirm the single sum; the doubled
+//! one fails them.)
 
 use crate::block::{read_array, read_i8_array, read_u16, write_i8_slice, write_u16, Block};
 use crate::float::{f16_to_f32, f32_to_f16};
