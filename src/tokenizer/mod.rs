@@ -2,10 +2,10 @@
 //!
 //! Two sources, in this order of preference:
 //! - `tokenizer.huggingface.json`: the checkpoint's `tokenizer.json`, run through the
-//!   `tokenizers` crate ([`hf`]).
+//!   `tokenizers` crate (module `hf`).
 //! - `tokenizer.ggml.*` arrays (files made by llama.cpp's tools): `model = "llama"` is a
 //!   SentencePiece BPE vocabulary with scores, encoded here the way llama.cpp and
-//!   `sentencepiece` do ([`spm`]).
+//!   `sentencepiece` do (module `spm`).
 //!
 //! Decoding maps `▁` to a space and `<0xNN>` pieces to their byte; [`StreamDecoder`] does the
 //! same one token at a time without ever cutting a UTF-8 character.
@@ -126,6 +126,8 @@ fn read_token_types(file: &GgufFile, n: usize) -> Result<Vec<i64>> {
             MetaArray::I16(v) => widen(v),
             MetaArray::U16(v) => widen(v),
             MetaArray::I64(v) => v.clone(),
+            // Out-of-range values are not a known type either way: they read as normal.
+            MetaArray::U64(v) => v.iter().map(|&x| i64::try_from(x).unwrap_or(1)).collect(),
             _ => {
                 return Err(format_error(format!(
                     "{} is not an array of integers",

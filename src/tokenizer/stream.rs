@@ -6,7 +6,11 @@ use super::Tokenizer;
 
 /// Turns tokens into text one at a time. The concatenation of everything [`push`] and
 /// [`flush`] return equals `decode(ids, false)` for the same ids; every chunk is whole
-/// characters, and a byte sequence that can no longer become valid UTF-8 turns into U+FFFD.
+/// characters, and a byte sequence that can no longer become valid UTF-8 turns into U+FFFD
+/// (one per invalid sequence, like `String::from_utf8_lossy`; a `tokenizer.huggingface.json`
+/// decoder writes one per byte token there, so only on such invalid input the two differ).
+/// Control tokens come out as their piece (`<end_of_turn>`), as in `decode(ids, false)`:
+/// callers that stop on them check [`Tokenizer::is_control`] before pushing.
 ///
 /// [`push`]: StreamDecoder::push
 /// [`flush`]: StreamDecoder::flush
@@ -14,8 +18,8 @@ use super::Tokenizer;
 pub struct StreamDecoder {
     /// Bytes of an incomplete UTF-8 sequence waiting for the next token.
     pending: Vec<u8>,
-    /// No text has come out yet (for vocabularies that add a space prefix, whose first
-    /// space is not part of the text).
+    /// Text has come out already; until then a space-prefix vocabulary's first space is
+    /// dropped (the encoder added it, it is not part of the text).
     emitted_text: bool,
 }
 
