@@ -32,7 +32,7 @@ gcc, with gguf 0.19.0 and numpy 2.4.
 
 How to run (from the repo root; deterministic: the same inputs give the same files):
   python3 -m venv .venv && .venv/bin/pip install -r tools/requirements-dev.txt
-  git clone https://github.com/ggml-org/ggml /tmp/ggml   # any recent ggml checkout
+  # a checkout of the ggml-org/ggml repository (git clone) in /tmp/ggml; any recent one
   .venv/bin/python tools/gen_quant_fixtures.py --ggml-src /tmp/ggml
 Options: --out DIR (default quant/tests/fixtures), --cc COMPILER (default cc).
 """
@@ -196,6 +196,8 @@ deterministic). Do not edit by hand.
 - `MANIFEST.txt`: every expected file with its source: `gguf-py` (the gguf PyPI package's
   numpy ports), `ggml-c` (ggml's C `quantize_row_*_ref` / `dequantize_row_*` compiled into a
   small harness outside this repository), `numpy`; `a+b` means both produced identical output.
+  The committed files come from ggml-org/ggml commit d99724f2b141 (2026-08-21) built for x86-64
+  with gcc (-O2, no FMA contraction), gguf 0.19.0 and numpy 2.4.
 
 The Rust tests (`quant/tests/bit_exact.rs`) read these files; no Python is needed to run them.
 """
