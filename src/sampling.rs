@@ -191,37 +191,34 @@ impl Sampler {
 
     /// Argmax of the penalised logits, ties to the lowest id; NaN never wins.
     fn greedy(&mut self, logits: &[f32]) -> u32 {
-        let penalty_active = self.penalty_active();
-        if penalty_active {
-            self.load_penalised_ids();
-        }
+        self.load_penalised_ids();
         let mut best_id = 0u32;
         let mut best = f32::NEG_INFINITY;
         let mut found = false;
-        for (i, &raw) in logits.iter().enumerate() {
-            let mut l = sanitize(raw);
-            if penalty_active && self.penalised.binary_search(&(i as u32)).is_ok() {
-                l = penalise(l, self.params.repeat_penalty);
-            }
-            // Strict `>` keeps the lowest id among equal maxima.
-            if !found || l > best {
-                best = l;
-                best_id = i as u32;
-                found = true;
-            }
-        }
+        scan_logits(
+            logits,
+            &self.penalised,
+            self.params.repeat_penalty,
+            |id, l| {
+                // Strict `>` keeps the lowest id among equal maxima.
+                if !found || l > best {
+                    best = l;
+                    best_id = id;
+                    found = true;
+                }
+            },
+        );
         best_id
     }
 
-    fn penalty_active(&self) -> bool {
-        self.params.repeat_penalty != 1.0
-            && self.params.repeat_last_n > 0
-            && !self.history.is_empty()
-    }
-
-    /// Fills `penalised` with the sorted distinct ids of the history (no allocation once grown).
+    /// Fills `penalised` with the sorted distinct ids the penalty applies to (empty when the
+    /// penalty is off); no allocation once grown.
     fn load_penalised_ids(&mut self) {
         self.penalised.clear();
+        let p = &self.params;
+        if p.repeat_penalty == 1.0 || p.repeat_last_n == 0 {
+            return;
+        }
         self.penalised.extend(self.history.iter().copied());
         self.penalised.sort_unstable();
         self.penalised.dedup();
@@ -229,56 +226,78 @@ impl Sampler {
 
     /// Runs penalties -> top-k -> top-p -> min-p -> temperature and leaves the survivors in
     /// `candidates`, sorted most likely first, with normalised probabilities in `p`.
+    ///
+    /// Only the candidates that can survive are ever sorted: with top-k, a streaming selection
+    /// keeps the k best; without it, min-p's floor (`max + ln(min_p)`) bounds the set in
+    /// advance, because top-p and min-p both keep a prefix of the sorted order, so the result
+    /// is the shorter of the two prefixes.
     fn filter(&mut self, logits: &[f32]) {
-        let penalty_active = self.penalty_active();
-        if penalty_active {
-            self.load_penalised_ids();
-        }
+        // 1. Repetition penalty (llama.cpp: a positive logit is divided, a negative one
+        //    multiplied, once per distinct token of the window), applied while scanning.
+        self.load_penalised_ids();
         let params = &self.params;
+        let penalised = &self.penalised[..];
+        let penalty = params.repeat_penalty;
         let cand = &mut self.candidates;
         cand.clear();
-        cand.extend(logits.iter().enumerate().map(|(i, &l)| TokenProb {
-            id: i as u32,
-            logit: sanitize(l),
-            p: 0.0,
-        }));
 
-        // 1. Repetition penalty (llama.cpp: a positive logit is divided, a negative one
-        //    multiplied, once per distinct token of the window). `cand` is still indexed by id.
-        if penalty_active {
-            for &id in &self.penalised {
-                if let Some(c) = cand.get_mut(id as usize) {
-                    c.logit = penalise(c.logit, params.repeat_penalty);
-                }
-            }
-        }
-
-        // 2. Top-k: partial selection of the k best, then sort only those.
-        let n = cand.len();
+        // 2. Top-k. `top_k_set_norm` = (max logit, sum of exp(l - max)) over the whole top-k
+        //    set when that set is the full vocabulary (top-p normalises over it).
+        let n = logits.len();
         let k = if params.top_k > 0 {
             (params.top_k as usize).min(n)
         } else {
             n
         };
+        let mut top_k_set_norm = None;
         if k < n {
-            cand.select_nth_unstable_by(k - 1, by_logit_desc);
-            cand.truncate(k);
+            collect_top_k(logits, penalised, penalty, k, cand);
+        } else {
+            let mut max = f32::NEG_INFINITY;
+            scan_logits(logits, penalised, penalty, |_, l| max = max.max(l));
+            let floor = if params.min_p > 0.0 {
+                max + params.min_p.ln()
+            } else {
+                f32::NEG_INFINITY
+            };
+            let mut sum = 0.0f64;
+            scan_logits(logits, penalised, penalty, |id, l| {
+                if max > f32::NEG_INFINITY {
+                    sum += ((l - max) as f64).exp();
+                }
+                if l >= floor {
+                    cand.push(TokenProb {
+                        id,
+                        logit: l,
+                        p: 0.0,
+                    });
+                }
+            });
+            top_k_set_norm = Some((max, sum));
         }
         cand.sort_unstable_by(by_logit_desc);
 
         // 3. Top-p on the softmax at temperature 1: keep the shortest prefix whose mass reaches p.
-        if params.top_p < 1.0 {
-            softmax_into_p(cand, 1.0);
-            let mut cum = 0.0f64;
-            let mut keep = cand.len();
-            for (i, c) in cand.iter().enumerate() {
-                cum += c.p as f64;
-                if cum >= params.top_p as f64 {
-                    keep = i + 1;
-                    break;
+        if params.top_p < 1.0 && !cand.is_empty() {
+            let (max, sum) = top_k_set_norm.unwrap_or_else(|| {
+                let max = cand[0].logit;
+                (
+                    max,
+                    cand.iter().map(|c| ((c.logit - max) as f64).exp()).sum(),
+                )
+            });
+            if max > f32::NEG_INFINITY && sum > 0.0 {
+                let mut cum = 0.0f64;
+                let mut keep = cand.len();
+                for (i, c) in cand.iter().enumerate() {
+                    cum += ((c.logit - max) as f64).exp() / sum;
+                    if cum >= params.top_p as f64 {
+                        keep = i + 1;
+                        break;
+                    }
                 }
+                cand.truncate(keep.max(1));
             }
-            cand.truncate(keep.max(1));
         }
 
         // 4. Min-p: keep tokens with p >= min_p * p_max, i.e. logit >= max_logit + ln(min_p).
@@ -293,19 +312,78 @@ impl Sampler {
     }
 }
 
+/// Calls `f(id, logit)` for every token in id order, with NaN mapped to -inf and the
+/// repetition penalty applied to the ids in `penalised` (sorted, distinct).
+#[inline]
+fn scan_logits(logits: &[f32], penalised: &[u32], penalty: f32, mut f: impl FnMut(u32, f32)) {
+    if penalised.is_empty() {
+        for (i, &raw) in logits.iter().enumerate() {
+            f(i as u32, sanitize(raw));
+        }
+        return;
+    }
+    let mut next = penalised.iter().copied().peekable();
+    for (i, &raw) in logits.iter().enumerate() {
+        let id = i as u32;
+        let mut l = sanitize(raw);
+        if next.peek() == Some(&id) {
+            l = penalise(l, penalty);
+            next.next();
+        }
+        f(id, l);
+    }
+}
+
+/// The `k` best candidates (by [`by_logit_desc`]) into `cand`, unsorted, in one pass: a buffer
+/// is pruned back to the k best whenever it fills up, and a token that does not beat the
+/// current k-th best is skipped (it can never enter the top k: ids arrive in increasing order,
+/// so an equal logit also loses the tie).
+fn collect_top_k(
+    logits: &[f32],
+    penalised: &[u32],
+    penalty: f32,
+    k: usize,
+    cand: &mut Vec<TokenProb>,
+) {
+    let cap = (4 * k).max(256);
+    let mut kth: Option<f32> = None;
+    scan_logits(logits, penalised, penalty, |id, l| {
+        // (`scan_logits` leaves no NaN and no -0.0, so `<=` agrees with the total order.)
+        if kth.is_some_and(|t| l <= t) {
+            return;
+        }
+        cand.push(TokenProb {
+            id,
+            logit: l,
+            p: 0.0,
+        });
+        if cand.len() >= cap {
+            cand.select_nth_unstable_by(k - 1, by_logit_desc);
+            cand.truncate(k);
+            kth = Some(cand[k - 1].logit);
+        }
+    });
+    if cand.len() > k {
+        cand.select_nth_unstable_by(k - 1, by_logit_desc);
+        cand.truncate(k);
+    }
+}
+
 /// Descending logit, then ascending id: a total order, so selection and sorting are
 /// deterministic even with equal logits.
 fn by_logit_desc(a: &TokenProb, b: &TokenProb) -> Ordering {
     b.logit.total_cmp(&a.logit).then(a.id.cmp(&b.id))
 }
 
-/// NaN logits (a broken model) become -inf so they are never chosen and never poison a sum.
+/// NaN logits (a broken model) become -inf so they are never chosen and never poison a sum;
+/// -0.0 becomes +0.0 (`x + 0.0`), so the total order used for sorting sees equal values as
+/// equal and breaks the tie by id.
 #[inline]
 fn sanitize(l: f32) -> f32 {
     if l.is_nan() {
         f32::NEG_INFINITY
     } else {
-        l
+        l + 0.0
     }
 }
 
@@ -315,7 +393,7 @@ fn penalise(logit: f32, penalty: f32) -> f32 {
     if logit > 0.0 {
         logit / penalty
     } else {
-        logit * penalty
+        logit * penalty + 0.0 // an underflow to -0.0 becomes +0.0, as in `sanitize`
     }
 }
 

@@ -404,3 +404,115 @@ fn validate_rejects_out_of_range_values() {
         assert!(bad.validate().is_err(), "{bad:?}");
     }
 }
+
+/// A direct transcription of the chain (full sort of the whole vocabulary at every step),
+/// to check the sampler's selective fast paths against: returns (id, probability) pairs.
+fn naive_distribution(logits: &[f32], p: &SamplerParams, history: &[u32]) -> Vec<(u32, f64)> {
+    let mut l: Vec<f64> = logits
+        .iter()
+        .map(|&x| {
+            if x.is_nan() {
+                f64::NEG_INFINITY
+            } else {
+                x as f64
+            }
+        })
+        .collect();
+    let mut seen = history.to_vec();
+    seen.sort();
+    seen.dedup();
+    if p.repeat_penalty != 1.0 && p.repeat_last_n > 0 {
+        for &id in &seen {
+            let x = l[id as usize] as f32;
+            l[id as usize] = if x > 0.0 {
+                (x / p.repeat_penalty) as f64
+            } else {
+                (x * p.repeat_penalty) as f64
+            };
+        }
+    }
+    let mut c: Vec<(u32, f64)> = l.iter().enumerate().map(|(i, &x)| (i as u32, x)).collect();
+    c.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap().then(a.0.cmp(&b.0)));
+    if p.top_k > 0 {
+        c.truncate(p.top_k as usize);
+    }
+    if p.top_p < 1.0 {
+        let probs = softmax(&c.iter().map(|x| x.1 as f32).collect::<Vec<_>>(), 1.0);
+        let mut cum = 0.0;
+        let mut keep = c.len();
+        for (i, q) in probs.iter().enumerate() {
+            cum += q;
+            if cum >= p.top_p as f64 {
+                keep = i + 1;
+                break;
+            }
+        }
+        c.truncate(keep.max(1));
+    }
+    if p.min_p > 0.0 {
+        let floor = c[0].1 as f32 + p.min_p.ln();
+        let keep = c.iter().take_while(|x| x.1 as f32 >= floor).count();
+        c.truncate(keep.max(1));
+    }
+    let probs = softmax(
+        &c.iter().map(|x| x.1 as f32).collect::<Vec<_>>(),
+        p.temp as f64,
+    );
+    c.iter().zip(probs).map(|(x, q)| (x.0, q)).collect()
+}
+
+#[test]
+fn selective_paths_agree_with_a_full_sort() {
+    let mut rng = 12345u64;
+    let mut next = move || {
+        rng = rng
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (rng >> 33) as u32
+    };
+    for case in 0..300 {
+        let n = [5usize, 50, 300, 3000][case % 4];
+        let mut logits = logit_row(n, case as u64 + 1000, [0.5, 3.0, 12.0][case % 3]);
+        // Ties (quantised logits), -inf and NaN entries.
+        if case % 5 == 0 {
+            for x in logits.iter_mut() {
+                *x = (*x * 2.0).round() / 2.0;
+            }
+        }
+        if case % 7 == 0 {
+            logits[next() as usize % n] = f32::NEG_INFINITY;
+            logits[next() as usize % n] = f32::NAN;
+        }
+        let params = SamplerParams {
+            temp: [0.3, 0.8, 1.0, 2.5][next() as usize % 4],
+            top_k: [0, 1, 3, 40, 100_000][next() as usize % 5],
+            top_p: [1.0, 0.95, 0.5, 0.0][next() as usize % 4],
+            min_p: [0.0, 0.05, 0.3][next() as usize % 3],
+            repeat_penalty: [1.0, 1.3, 0.8][next() as usize % 3],
+            repeat_last_n: 64,
+            seed: Some(1),
+        };
+        let history: Vec<u32> = (0..next() % 10).map(|_| next() % n as u32).collect();
+        let mut s = Sampler::new(params.clone());
+        for &id in &history {
+            s.accept(id);
+        }
+        let got: Vec<(u32, f32)> = s
+            .distribution(&logits)
+            .iter()
+            .map(|c| (c.id, c.p))
+            .collect();
+        let want = naive_distribution(&logits, &params, &history);
+        let got_ids: Vec<u32> = got.iter().map(|x| x.0).collect();
+        let want_ids: Vec<u32> = want.iter().map(|x| x.0).collect();
+        assert_eq!(got_ids, want_ids, "case {case}: {params:?}");
+        for (g, w) in got.iter().zip(&want) {
+            assert!(
+                (g.1 as f64 - w.1).abs() < 1e-5,
+                "case {case}: p {} vs {}",
+                g.1,
+                w.1
+            );
+        }
+    }
+}
