@@ -38,7 +38,7 @@ struct Args {
     #[arg(short = 'm', long = "model", value_name = "FILE")]
     model: PathBuf,
 
-    /// Prompt text (a BOS token is prepended unless --no-bos).
+    /// Prompt text (BOS is prepended when the vocabulary asks for it, unless --no-bos).
     #[arg(short = 'p', long = "prompt", value_name = "TEXT", conflicts_with_all = ["file", "prompt_ids"])]
     prompt: Option<String>,
 
@@ -279,8 +279,7 @@ fn run(args: &Args) -> CliResult<()> {
         },
     )?;
     let load_time = t_load.elapsed();
-    let tokenizer_owned = Tokenizer::from_gguf(model.gguf())?;
-    let tokenizer = tokenizer_owned.as_ref();
+    let tokenizer = model.tokenizer();
     if args.verbose {
         print_model_info(&model, tokenizer, &args.model, n_threads);
     }
@@ -342,7 +341,7 @@ fn run(args: &Args) -> CliResult<()> {
             (Some(ids), _) => ids.clone(),
             (None, Some(text)) => {
                 let tok = needs_tokenizer("a text prompt")?;
-                let ids = tok.encode(text, !args.no_bos, true)?;
+                let ids = tok.encode(text, add_bos(tok, args), true)?;
                 if ids.is_empty() {
                     return fail("empty prompt: the text encodes to no tokens");
                 }
@@ -369,6 +368,12 @@ fn run(args: &Args) -> CliResult<()> {
     out.finish_logits()?;
     print_timings(load_time, &stats, &sampler, &ctx);
     Ok(())
+}
+
+/// BOS goes in front of a text prompt when the vocabulary asks for it
+/// (`tokenizer.ggml.add_bos_token`, true for Gemma) and --no-bos is not given.
+fn add_bos(tok: &Tokenizer, args: &Args) -> bool {
+    tok.add_bos_by_default() && !args.no_bos
 }
 
 fn default_threads() -> usize {
@@ -431,7 +436,7 @@ fn chat(
         text.push_str("<start_of_turn>user\n");
         text.push_str(&message);
         text.push_str("<end_of_turn>\n<start_of_turn>model\n");
-        let new_ids = tok.encode(&text, first_turn && !args.no_bos, true)?;
+        let new_ids = tok.encode(&text, first_turn && add_bos(tok, args), true)?;
         let mut ids = Vec::with_capacity(new_ids.len() + 1);
         ids.extend(unfed.take());
         ids.extend_from_slice(&new_ids);
