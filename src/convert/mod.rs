@@ -145,10 +145,11 @@ impl Input {
         }
     }
 
-    fn release(&self, name: &str) {
+    /// Drops the consumed part `part` of source tensor `name` from the resident set.
+    fn release(&self, name: &str, part: &[u8]) {
         if let Input::Hf(ckpt) = self {
             if let Some(t) = ckpt.get(name) {
-                t.file.release_pages();
+                t.file.release(part);
             }
         }
     }
@@ -209,10 +210,13 @@ pub fn convert(
             out.clear();
             out.extend_from_slice(src);
         } else {
-            pool.install(|| stream::convert_tensor(p, src_ty, src, src_row_len, dst_ty, &mut out))?;
+            let release = |part: &[u8]| input.release(&p.source, part);
+            pool.install(|| {
+                stream::convert_tensor(p, src_ty, src, src_row_len, dst_ty, &mut out, &release)
+            })?;
         }
         writer.write_tensor_data(&out)?;
-        input.release(&p.source);
+        input.release(&p.source, src);
         total_dst += out.len() as u64;
         n_elements += p.n_elements();
         progress(Progress::Tensor(TensorReport {

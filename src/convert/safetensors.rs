@@ -122,20 +122,30 @@ impl SafetensorsFile {
         &self.map[entry.start..entry.end]
     }
 
-    /// Tells the kernel the pages read so far are no longer needed, so the resident set
-    /// stays near one tensor instead of growing to the whole checkpoint. Best effort.
-    pub fn release_pages(&self) {
+    /// Tells the kernel that the whole pages inside `part` (a slice of this file's map,
+    /// already consumed) are no longer needed, so the resident set stays near one window of
+    /// one tensor instead of growing to the whole checkpoint. Best effort: slices of other
+    /// memory and failures (e.g. a page size other than 4 KiB) are ignored.
+    pub fn release(&self, part: &[u8]) {
+        const PAGE: usize = 4096;
+        let base = self.map.as_ptr() as usize;
+        let start = part.as_ptr() as usize;
+        if start < base || start + part.len() > base + self.map.len() {
+            return;
+        }
+        let from = (start - base).div_ceil(PAGE) * PAGE;
+        let to = (start - base + part.len()) / PAGE * PAGE;
+        if to <= from {
+            return;
+        }
         #[cfg(unix)]
         {
             // SAFETY: MADV_DONTNEED on a read-only, file-backed shared mapping only drops
             // clean page-cache references; later reads fault the same bytes back in from the
             // file, so every slice into the map stays valid and unchanged.
             let _ = unsafe {
-                self.map.unchecked_advise_range(
-                    memmap2::UncheckedAdvice::DontNeed,
-                    0,
-                    self.map.len(),
-                )
+                self.map
+                    .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, from, to - from)
             };
         }
     }

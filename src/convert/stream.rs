@@ -10,6 +10,8 @@ use crate::{Error, Result};
 
 /// Elements each parallel task converts (a few hundred KiB of f32 per worker).
 const TASK_ELEMENTS: u64 = 1 << 16;
+/// Source bytes converted between two page releases.
+const WINDOW_BYTES: usize = 32 << 20;
 
 /// Decodes `src` (a whole number of `ty` blocks) into `dst`.
 pub fn decode(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<()> {
@@ -73,7 +75,8 @@ pub fn stored_size(plan: &PlannedTensor, ty: GgmlType) -> Result<u64> {
 
 /// Converts `src` (`src_ty`, the source tensor's bytes) into `out` as `dst_ty`.
 /// `src_row_len` is the source's innermost dimension (block-quantized sources are decoded
-/// in whole rows). Runs on the current rayon pool.
+/// in whole rows). `release` is called with each part of `src` once it has been consumed
+/// (the caller drops those pages from the resident set). Runs on the current rayon pool.
 pub fn convert_tensor(
     plan: &PlannedTensor,
     src_ty: GgmlType,
@@ -81,6 +84,7 @@ pub fn convert_tensor(
     src_row_len: u64,
     dst_ty: GgmlType,
     out: &mut Vec<u8>,
+    release: &(dyn Fn(&[u8]) + Sync),
 ) -> Result<()> {
     let n = plan.n_elements();
     let src_row_bytes = src_ty.row_size(src_row_len).ok_or_else(|| {
@@ -114,21 +118,33 @@ pub fn convert_tensor(
                 (n, src.len(), out_len)
             };
             let units_per_task = (TASK_ELEMENTS / unit_len).max(1) as usize;
+            // Sequential windows of about WINDOW_BYTES of source, parallel inside each, so
+            // consumed source pages can be released while a large tensor is converted.
+            let tasks_per_window = (WINDOW_BYTES / (units_per_task * src_unit_bytes).max(1)).max(1);
+            let window_units = tasks_per_window * units_per_task;
             let add_one = plan.transform == Transform::AddOne;
-            out.par_chunks_mut(units_per_task * dst_unit_bytes)
-                .zip(src.par_chunks(units_per_task * src_unit_bytes))
-                .enumerate()
-                .try_for_each_init(Vec::<f32>::new, |buf, (task, (dst, src))| {
-                    let units = dst.len() / dst_unit_bytes;
-                    buf.clear();
-                    buf.resize(units * unit_len as usize, 0.0);
-                    decode(src_ty, src, buf)?;
-                    check_finite(&plan.source, buf, (task * units_per_task) as u64 * unit_len)?;
-                    if add_one {
-                        buf.iter_mut().for_each(|w| *w += 1.0);
-                    }
-                    encode(dst_ty, buf, dst)
-                })?;
+            let windows = out
+                .chunks_mut(window_units * dst_unit_bytes)
+                .zip(src.chunks(window_units * src_unit_bytes));
+            for (w, (dst_w, src_w)) in windows.enumerate() {
+                dst_w
+                    .par_chunks_mut(units_per_task * dst_unit_bytes)
+                    .zip(src_w.par_chunks(units_per_task * src_unit_bytes))
+                    .enumerate()
+                    .try_for_each_init(Vec::<f32>::new, |buf, (task, (dst, src))| {
+                        let units = dst.len() / dst_unit_bytes;
+                        buf.clear();
+                        buf.resize(units * unit_len as usize, 0.0);
+                        decode(src_ty, src, buf)?;
+                        let first_unit = w * window_units + task * units_per_task;
+                        check_finite(&plan.source, buf, first_unit as u64 * unit_len)?;
+                        if add_one {
+                            buf.iter_mut().for_each(|w| *w += 1.0);
+                        }
+                        encode(dst_ty, buf, dst)
+                    })?;
+                release(src_w);
+            }
         }
         Transform::ConvTapMajor { channels, taps } => {
             let mut vals = vec![0f32; n as usize];
