@@ -320,3 +320,33 @@ fn timings_go_to_stderr() {
     assert!(stderr.contains("/     3 tokens"), "{stderr}");
     assert!(stderr.contains("/     4 tokens"), "{stderr}");
 }
+
+#[test]
+fn closed_stdout_ends_an_endless_generation_quietly() {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = rg_run()
+        .arg("-m")
+        .arg(tiny_f32_gguf())
+        .args([
+            "--prompt-ids",
+            "2,3",
+            "-n",
+            "-1",
+            "--ignore-eos",
+            "--temp",
+            "0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 16];
+    stdout.read_exact(&mut first).unwrap();
+    drop(stdout); // the reader goes away, like `| head -c 16`
+    let out = child.wait_with_output().unwrap();
+    let stderr = stderr_of(&out);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(!stderr.contains("error"), "{stderr}");
+}

@@ -13,6 +13,7 @@ use std::fs::File;
 use std::io::{self, BufRead, BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,6 +22,9 @@ use rgemma::generate::{generate, GenerateOptions, GenerateSink, Generation, Stop
 use rgemma::model::{Context, ContextParams, Model};
 use rgemma::sampling::{Sampler, SamplerParams};
 use rgemma::tokenizer::Tokenizer;
+
+/// Set when a write to stdout finds the pipe closed; generation then stops without an error.
+static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
 
 /// Gemma's `<eos>` id, used when the model carries no tokenizer to ask.
 const GEMMA_EOS: u32 = 1;
@@ -187,6 +191,9 @@ fn main() -> ExitCode {
     let args = Args::parse_from(argv);
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`rg-run ... | head`): stop quietly, like a tool killed by SIGPIPE
+        // but without the signal.
+        Err(_) if STDOUT_CLOSED.load(Ordering::Relaxed) => ExitCode::SUCCESS,
         Err(CliError(msg)) => {
             eprintln!("error: {msg}");
             ExitCode::FAILURE
@@ -490,8 +497,13 @@ impl StdoutSink {
             return Ok(());
         }
         let mut lock = self.stdout.lock();
-        lock.write_all(text.as_bytes())?;
-        lock.flush()?;
+        let res = lock.write_all(text.as_bytes()).and_then(|()| lock.flush());
+        if let Err(e) = &res {
+            if e.kind() == io::ErrorKind::BrokenPipe {
+                STDOUT_CLOSED.store(true, Ordering::Relaxed);
+            }
+        }
+        res?;
         self.wrote_text = true;
         self.ended_with_newline = text.ends_with('\n');
         Ok(())
