@@ -72,6 +72,16 @@ struct Args {
     #[arg(short = 't', long = "threads", value_parser = clap::value_parser!(u32).range(1..))]
     threads: Option<u32>,
 
+    /// Accepted for llama.cpp compatibility and ignored: the recurrent state and the attention
+    /// window have a fixed size, so there is no context length to set.
+    #[arg(
+        short = 'c',
+        long = "ctx-size",
+        value_name = "N",
+        hide_short_help = true
+    )]
+    ctx_size: Option<i64>,
+
     /// Prompt tokens evaluated per batch.
     #[arg(short = 'b', long = "batch-size", default_value_t = 512,
           value_parser = clap::value_parser!(u32).range(1..))]
@@ -289,6 +299,9 @@ fn run(args: &Args) -> CliResult<()> {
     let tokenizer = model.tokenizer();
     if args.verbose {
         print_model_info(&model, tokenizer, &args.model, n_threads);
+        if args.ctx_size.is_some() {
+            eprintln!("note: --ctx-size is ignored (the sequence state has a fixed size)");
+        }
     }
 
     let needs_tokenizer = |what: &str| -> CliResult<&Tokenizer> {
