@@ -244,6 +244,12 @@ fn errors_are_one_line_and_non_zero() {
         "does-not-exist.gguf",
     );
 
+    let dir = cli_run_support::fixture_dir();
+    assert_one_line_error(
+        &["-m", dir.to_str().unwrap(), "--prompt-ids", "2,3"],
+        "directory",
+    );
+
     let corrupt = scratch("corrupt.gguf");
     std::fs::write(
         &corrupt,

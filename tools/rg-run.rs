@@ -282,6 +282,12 @@ fn run(args: &Args) -> CliResult<()> {
     }
 
     // Load.
+    if args.model.is_dir() {
+        return fail(format!(
+            "{} is a directory, not a GGUF file (convert a checkpoint folder with rg-quantize)",
+            args.model.display()
+        ));
+    }
     let t_load = Instant::now();
     let model = Arc::new(Model::load(&args.model)?);
     let n_threads = args
