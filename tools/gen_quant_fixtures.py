@@ -305,6 +305,28 @@ def make_cases() -> dict[str, np.ndarray]:
             blk[0], blk[1] = 0.0, top
     cases["ties"] = ties
 
+    # Exact ties for the K-quant re-quantization (nearest_int rounds half to even).
+    # Q6_K (first super-block): group 0 is on the integer grid with -32 as its signed
+    # max-abs, so its sub-scale is exactly 1 and d = -1/128; the other groups have signed
+    # max-abs -16, so their sub-scale code is -64 and d·sc = 1/2 exactly, and values
+    # (k + 0.5)/2 re-quantize to exact ties x/(d·sc) = k + 0.5.
+    # Q3_K (second super-block): each group has -4 and values k + 0.5.
+    ktie = np.zeros(512, f32)
+    ktie[0:16] = rng.integers(-31, 32, 16)
+    ktie[5] = -32.0
+    for g in range(1, 16):
+        # Mostly on the step-1/2 grid (keeps the least-squares sub-scale at 1/2 so its code
+        # is -64), plus three small half-step values (little weight in that fit) as ties.
+        ktie[16 * g: 16 * g + 16] = rng.integers(-31, 32, 16) * 0.5
+        ktie[16 * g + g % 16] = -16.0
+        for t in range(3):
+            ktie[16 * g + (g + 5 + 4 * t) % 16] = (rng.integers(-4, 4) + 0.5) * 0.5
+    for g in range(16):
+        o = 256 + 16 * g
+        ktie[o: o + 16] = rng.integers(-4, 3, 16) + 0.5
+        ktie[o + (3 * g) % 16] = -4.0
+    cases["ktie"] = ktie
+
     # Tiny values: f32 denormals, blocks whose f16 scale underflows to zero or is subnormal,
     # and a block whose f32 scale is denormal (1/d overflows to inf).
     tiny = np.zeros(512, f32)

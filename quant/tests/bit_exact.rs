@@ -138,7 +138,7 @@ fn check_dequantize(ty: GgmlType) -> usize {
 }
 
 /// The input cases every quantized type must have been checked on.
-const ALL_CASES: [&str; 14] = [
+const ALL_CASES: [&str; 15] = [
     "normal",
     "weights",
     "uniform",
@@ -149,6 +149,7 @@ const ALL_CASES: [&str; 14] = [
     "one_nonzero",
     "neg_max",
     "ties",
+    "ktie",
     "tiny",
     "large",
     "huge",
