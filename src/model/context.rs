@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::attention::{attend_chunk, write_ring, AttnGeom};
 use super::dequant::dequantize_row;
 use super::hparams::{HParams, LayerKind};
-use super::matmul::{matmul, InputMap, ThreadScratch};
+use super::matmul::{matmul, InputMap, MatmulPath, ThreadScratch};
 use super::ops::{add_in_place, gelu_tanh, rmsnorm_rows, rope_apply, rope_tables, softcap};
 use super::recurrent::{conv1d_chunk, rglru_chunk};
 use super::weights::{AttentionWeights, LayerWeights, RecurrentWeights, TemporalWeights};
@@ -309,6 +309,13 @@ impl Context {
         self.position = 0;
         self.logits.fill(0.0);
         self.all_logits.clear();
+    }
+
+    /// Selects how matmuls are computed: the SIMD kernels with 8-bit activations for
+    /// quantized weights (the default), or the f32 reference that decodes each weight row
+    /// (`RGEMMA_MATMUL=reference` sets the latter for every new context).
+    pub fn set_matmul_path(&mut self, path: MatmulPath) {
+        self.scratch.threads.set_path(path);
     }
 
     /// Bytes of sequence state (conv tails, RG-LRU states, K/V rings). Fixed for a model.

@@ -1,26 +1,60 @@
 //! `out[t, r] = bias[r] + W[r, :] · x[t, :]`: weight rows times a block of T activations.
 //!
-//! Rows are split across the rayon pool; each task decodes one stored row at a time into its
-//! thread's scratch (so any stored type works and no f32 copy of the model exists) and dots
-//! it with every activation row. A tiled SIMD kernel can replace the inner loops later
-//! without changing the callers.
+//! Two paths compute the same product:
+//! - **kernels** (default): each activation row is converted once per matmul into the
+//!   format the weight type's dot kernel reads (Q8_0 / Q8_1 / Q8_K for quantized weights,
+//!   f32 for float weights; `rgemma_quant::dot`) in a buffer reused across calls; then
+//!   chunks of weight rows are spread over the rayon pool and each chunk is multiplied with
+//!   all T activation rows by the SIMD micro-kernel (one weight row × 4 tokens per call, so
+//!   prompt processing unpacks each weight block once per 4 tokens). Quantized weights thus
+//!   see 8-bit activations, exactly like ggml's CPU backend.
+//! - **reference**: each stored row is decoded to f32 (bit-exact with ggml's dequantizers)
+//!   into the thread's scratch and dotted in f32 with every activation row. Used for weight
+//!   types without a kernel, and selectable with `RGEMMA_MATMUL=reference` (or
+//!   [`ThreadScratch::set_path`]) to compare against.
 
 use std::sync::Mutex;
 
 use rayon::prelude::*;
+use rgemma_quant::dot::{self, Backend};
 
 use super::dequant::dequantize_row;
 use super::weights::Matrix;
 use crate::{Error, Result};
 
-/// Output rows handled by one parallel task.
+/// Output rows handled by one parallel task of the reference path.
 const ROWS_PER_TASK: usize = 16;
 
+/// Which implementation [`matmul`] uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MatmulPath {
+    /// Integer/SIMD dot kernels of this backend (`Backend::Scalar` = their portable form).
+    Kernels(Backend),
+    /// Decode each weight row to f32, f32 activations.
+    Reference,
+}
+
+impl MatmulPath {
+    /// `RGEMMA_MATMUL=reference` selects the reference path; otherwise the kernels of the
+    /// detected backend (`RGEMMA_SIMD=0` forces their scalar form).
+    pub fn from_env() -> MatmulPath {
+        if std::env::var("RGEMMA_MATMUL").is_ok_and(|v| v == "reference") {
+            MatmulPath::Reference
+        } else {
+            MatmulPath::Kernels(Backend::detect())
+        }
+    }
+}
+
 /// Per-thread f32 scratch, allocated once per `Context` (one slot per pool thread plus one
-/// for the calling thread).
+/// for the calling thread), plus the shared activation buffer of the kernel path.
 pub struct ThreadScratch {
     slots: Vec<Mutex<Vec<f32>>>,
     capacity: usize,
+    /// Activation rows converted for the dot kernels. It grows to the largest size a matmul
+    /// needs (the first chunk of that size) and is reused afterwards.
+    activations: Mutex<Vec<u8>>,
+    path: MatmulPath,
 }
 
 impl ThreadScratch {
@@ -31,6 +65,8 @@ impl ThreadScratch {
         ThreadScratch {
             slots,
             capacity: len,
+            activations: Mutex::new(Vec::new()),
+            path: MatmulPath::from_env(),
         }
     }
 
@@ -47,6 +83,11 @@ impl ThreadScratch {
     pub fn capacity(&self) -> usize {
         self.capacity
     }
+
+    /// Selects the implementation (tests compare the two).
+    pub fn set_path(&mut self, path: MatmulPath) {
+        self.path = path;
+    }
 }
 
 /// Which slice of an activation row a weight row reads.
@@ -57,6 +98,16 @@ pub enum InputMap {
     /// Block-diagonal weight viewed as `[blocks * out_per_block, cols]`: row `r` belongs to
     /// block `r / out_per_block` and reads `x[t, block*cols .. (block+1)*cols]`.
     BlockDiag { out_per_block: usize },
+}
+
+impl InputMap {
+    /// Rows that share one input slice (all of them when dense).
+    fn rows_per_group(self, rows: usize) -> usize {
+        match self {
+            InputMap::Dense => rows.max(1),
+            InputMap::BlockDiag { out_per_block } => out_per_block.max(1),
+        }
+    }
 }
 
 /// A raw pointer to the output that the row tasks share. Each task writes only the elements
@@ -89,28 +140,182 @@ pub fn matmul(
     scratch: &ThreadScratch,
 ) -> Result<()> {
     let (rows, cols) = (w.rows, w.cols);
-    let offset = |r: usize| match map {
-        InputMap::Dense => 0,
-        InputMap::BlockDiag { out_per_block } => (r / out_per_block) * cols,
-    };
     // Shape checks up front so that the unchecked writes below stay in bounds.
-    let max_offset = if rows == 0 { 0 } else { offset(rows - 1) };
+    let x_width = input_width(w, map);
     let x_needed = if n_tok == 0 {
         0
     } else {
-        (n_tok - 1) * x_stride + max_offset + cols
+        (n_tok - 1) * x_stride + x_width
     };
     if out.len() < n_tok * rows
         || x.len() < x_needed
         || wdata.len() < rows * w.row_bytes
         || bias.is_some_and(|b| b.len() < rows)
         || scratch.capacity() < cols
+        || (n_tok > 1 && x_stride < x_width)
     {
         return Err(Error::InvalidArgument(format!(
             "matmul {}: shapes do not fit ({rows}x{cols}, {n_tok} tokens)",
             w.info.name
         )));
     }
+    match scratch.path {
+        MatmulPath::Kernels(backend) if kernel_fits(w, map) => matmul_kernels(
+            backend, w, wdata, map, x, x_stride, n_tok, bias, out, scratch,
+        ),
+        _ => matmul_reference(w, wdata, map, x, x_stride, n_tok, bias, out, scratch),
+    }
+}
+
+/// Activation values one token's input spans: `cols`, or every block's slice.
+fn input_width(w: &Matrix, map: InputMap) -> usize {
+    match map {
+        InputMap::Dense => w.cols,
+        InputMap::BlockDiag { out_per_block } => w.rows.div_ceil(out_per_block.max(1)) * w.cols,
+    }
+}
+
+/// Whether the kernel path handles this matrix: a dot kernel exists for its type, and each
+/// block-diagonal slice starts on an activation block boundary.
+fn kernel_fits(w: &Matrix, map: InputMap) -> bool {
+    let Some(act) = dot::activation_type(w.ty) else {
+        return false;
+    };
+    let aligned = w.cols % act.block_size() == 0 && w.cols % w.ty.block_size() == 0;
+    let map_ok = match map {
+        InputMap::Dense => true,
+        InputMap::BlockDiag { out_per_block } => out_per_block > 0,
+    };
+    aligned && map_ok && w.cols > 0
+}
+
+/// Rows per parallel task: enough tasks for load balance in decode (one token), and row
+/// chunks small enough to stay in L2 while every 4-token tile of a prompt passes by.
+fn rows_per_task(rows: usize, n_tok: usize) -> usize {
+    if n_tok == 1 {
+        let threads = rayon::current_num_threads().max(1);
+        (rows / (threads * 8)).clamp(8, 256)
+    } else {
+        32
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn matmul_kernels(
+    backend: Backend,
+    w: &Matrix,
+    wdata: &[u8],
+    map: InputMap,
+    x: &[f32],
+    x_stride: usize,
+    n_tok: usize,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    scratch: &ThreadScratch,
+) -> Result<()> {
+    let (rows, cols) = (w.rows, w.cols);
+    if rows == 0 || n_tok == 0 {
+        return Ok(());
+    }
+    let qerr = |e: rgemma_quant::QuantError| Error::Format(format!("matmul {}: {e}", w.info.name));
+    let act_ty =
+        dot::activation_type(w.ty).ok_or(qerr(rgemma_quant::QuantError::Unsupported(w.ty)))?;
+    let x_width = input_width(w, map);
+    let act_row = dot::activation_row_bytes(w.ty, x_width).map_err(qerr)?;
+
+    // 1. Every token's input, converted once into the reused buffer.
+    let mut act_buf = scratch
+        .activations
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if act_buf.len() < n_tok * act_row {
+        act_buf.resize(n_tok * act_row, 0);
+    }
+    let act = &mut act_buf[..n_tok * act_row];
+    let convert = |(t, dst): (usize, &mut [u8])| {
+        let src = &x[t * x_stride..t * x_stride + x_width];
+        dot::quantize_activation(backend, act_ty, src, dst)
+    };
+    if n_tok > 1 {
+        act.par_chunks_mut(act_row)
+            .enumerate()
+            .try_for_each(convert)
+            .map_err(qerr)?;
+    } else {
+        act.chunks_mut(act_row)
+            .enumerate()
+            .try_for_each(convert)
+            .map_err(qerr)?;
+    }
+    let act: &[u8] = act;
+
+    // 2. Row chunks (never straddling two block-diagonal groups) over the pool.
+    let group = map.rows_per_group(rows);
+    let per_task = rows_per_task(rows, n_tok).min(group);
+    let tasks_per_group = group.div_ceil(per_task);
+    let n_groups = rows.div_ceil(group);
+    let act_block_bytes = |values: usize| values / act_ty.block_size() * act_ty.type_size();
+    let shared = SharedOut(out.as_mut_ptr());
+    (0..n_groups * tasks_per_group)
+        .into_par_iter()
+        .try_for_each(|task| -> Result<()> {
+            let (g, k) = (task / tasks_per_group, task % tasks_per_group);
+            let r0 = g * group + k * per_task;
+            let r1 = (r0 + per_task).min((g + 1) * group).min(rows);
+            if r0 >= r1 {
+                return Ok(());
+            }
+            let in_off = match map {
+                InputMap::Dense => 0,
+                InputMap::BlockDiag { .. } => act_block_bytes(g * cols),
+            };
+            // SAFETY: rows r0..r1 < rows and tokens < n_tok of `out` (checked to hold
+            // n_tok * rows values in `matmul`) are written only by this task.
+            unsafe {
+                dot::gemm_to_ptr(
+                    backend,
+                    w.ty,
+                    cols,
+                    &wdata[r0 * w.row_bytes..r1 * w.row_bytes],
+                    w.row_bytes,
+                    r1 - r0,
+                    &act[in_off..],
+                    act_row,
+                    n_tok,
+                    shared.ptr().add(r0),
+                    rows,
+                )
+                .map_err(qerr)?;
+                if let Some(b) = bias {
+                    for t in 0..n_tok {
+                        for (r, bv) in (r0..r1).zip(&b[r0..r1]) {
+                            *shared.ptr().add(t * rows + r) += bv;
+                        }
+                    }
+                }
+            }
+            Ok(())
+        })
+}
+
+/// The reference path: decode each weight row to f32, dot in f32.
+#[allow(clippy::too_many_arguments)]
+fn matmul_reference(
+    w: &Matrix,
+    wdata: &[u8],
+    map: InputMap,
+    x: &[f32],
+    x_stride: usize,
+    n_tok: usize,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    scratch: &ThreadScratch,
+) -> Result<()> {
+    let (rows, cols) = (w.rows, w.cols);
+    let offset = |r: usize| match map {
+        InputMap::Dense => 0,
+        InputMap::BlockDiag { out_per_block } => (r / out_per_block) * cols,
+    };
     let shared = SharedOut(out.as_mut_ptr());
     let n_tasks = rows.div_ceil(ROWS_PER_TASK);
     (0..n_tasks).into_par_iter().try_for_each(|task| {
@@ -246,5 +451,93 @@ mod tests {
             &scratch
         )
         .is_err());
+    }
+
+    /// Kernel path (every available backend) and reference path on quantized weights, dense
+    /// and block-diagonal, 1 and several tokens: against an f64 product of the decoded
+    /// weights with the decoded activations each path uses (8-bit for the kernels).
+    #[test]
+    fn kernel_and_reference_paths_match_decoded_products() {
+        use rgemma_quant::{dequantize_row, quantize_row};
+        let (rows, cols) = (70usize, 512usize);
+        for ty in [
+            GgmlType::Q4_0,
+            GgmlType::Q8_0,
+            GgmlType::Q4K,
+            GgmlType::Q6K,
+            GgmlType::BF16,
+        ] {
+            let row_bytes = ty.row_size(cols as u64).unwrap() as usize;
+            let wf = values(rows * cols, 7);
+            let mut data = vec![0u8; rows * row_bytes];
+            quantize_row(ty, &wf, &mut data).unwrap();
+            let mut wd = vec![0.0f32; rows * cols];
+            dequantize_row(ty, &data, &mut wd).unwrap();
+            let act_ty = dot::activation_type(ty).unwrap();
+            for (map, groups) in [
+                (InputMap::Dense, 1usize),
+                (InputMap::BlockDiag { out_per_block: 35 }, 2),
+            ] {
+                for n_tok in [1usize, 6] {
+                    let width = groups * cols;
+                    let x = values(n_tok * width, 9);
+                    let b = values(rows, 11);
+                    let mut paths = vec![MatmulPath::Reference];
+                    paths.extend(
+                        Backend::all_available()
+                            .into_iter()
+                            .map(MatmulPath::Kernels),
+                    );
+                    for path in paths {
+                        let mut scratch = ThreadScratch::new(rayon::current_num_threads(), cols);
+                        scratch.set_path(path);
+                        let m = matrix(ty, rows, cols);
+                        let mut out = vec![0.0; n_tok * rows];
+                        matmul(
+                            &m,
+                            &data,
+                            map,
+                            &x,
+                            width,
+                            n_tok,
+                            Some(&b),
+                            &mut out,
+                            &scratch,
+                        )
+                        .unwrap();
+                        for t in 0..n_tok {
+                            // The activations this path multiplies with.
+                            let xs = &x[t * width..(t + 1) * width];
+                            let xd: Vec<f32> = if path == MatmulPath::Reference {
+                                xs.to_vec()
+                            } else {
+                                let nb = width / act_ty.block_size() * act_ty.type_size();
+                                let mut q = vec![0u8; nb];
+                                dot::quantize_activation(Backend::Scalar, act_ty, xs, &mut q)
+                                    .unwrap();
+                                let mut d = vec![0.0f32; width];
+                                dequantize_row(act_ty, &q, &mut d).unwrap();
+                                d
+                            };
+                            for r in 0..rows {
+                                let off = (r / (rows / groups)) * cols;
+                                let terms =
+                                    (0..cols).map(|c| wd[r * cols + c] as f64 * xd[off + c] as f64);
+                                let abs: f64 = terms.clone().map(f64::abs).sum();
+                                let want = b[r] as f64 + terms.sum::<f64>();
+                                let got = out[t * rows + r] as f64;
+                                // Q8_K codes may differ by one at rounding ties between the
+                                // scalar and SIMD quantizers: allow one code step there.
+                                let tol = 2e-5 * abs + 1e-5;
+                                assert!(
+                                    (got - want).abs() <= tol,
+                                    "{ty} {path:?} {map:?} t{t} r{r}: {got} vs {want}"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 }

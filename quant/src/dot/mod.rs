@@ -176,8 +176,59 @@ pub fn gemm(
     out: &mut [f32],
     out_stride: usize,
 ) -> Result<(), QuantError> {
+    if nrows > 0 && ncols > 0 {
+        let need = (ncols - 1) * out_stride + nrows;
+        if out.len() < need || out_stride < nrows {
+            return Err(QuantError::LengthMismatch {
+                expected: need,
+                found: out.len(),
+            });
+        }
+    }
+    // SAFETY: the output bounds were checked above and `out` is borrowed exclusively.
+    unsafe {
+        gemm_to_ptr(
+            backend,
+            ty,
+            n,
+            w,
+            w_stride,
+            nrows,
+            act,
+            act_stride,
+            ncols,
+            out.as_mut_ptr(),
+            out_stride,
+        )
+    }
+}
+
+/// [`gemm`] writing through a raw pointer, so that several threads can fill disjoint rows
+/// of one `[ncols, out_stride]` output. Weight and activation lengths are checked.
+///
+/// # Safety
+/// `out.add(c * out_stride + r)` must be valid for writes for every `r < nrows`,
+/// `c < ncols`, and no other thread may access those elements during the call.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_to_ptr(
+    backend: Backend,
+    ty: GgmlType,
+    n: usize,
+    w: &[u8],
+    w_stride: usize,
+    nrows: usize,
+    act: &[u8],
+    act_stride: usize,
+    ncols: usize,
+    out: *mut f32,
+    out_stride: usize,
+) -> Result<(), QuantError> {
     let act_bytes = activation_row_bytes(ty, n)?;
     let w_bytes = n / ty.block_size() * ty.type_size();
+    let tile = tile_fn(usable(backend), ty).ok_or(QuantError::Unsupported(ty))?;
+    if nrows == 0 || ncols == 0 {
+        return Ok(());
+    }
     let short = |need: usize, have: usize| {
         if have < need {
             Err(QuantError::LengthMismatch {
@@ -188,26 +239,18 @@ pub fn gemm(
             Ok(())
         }
     };
-    if nrows == 0 || ncols == 0 {
-        return Ok(());
-    }
-    if w_stride < w_bytes || act_stride < act_bytes || out_stride < nrows {
-        return Err(QuantError::LengthMismatch {
-            expected: w_bytes.max(act_bytes),
-            found: 0,
-        });
-    }
+    short(w_bytes, w_stride)?;
+    short(act_bytes, act_stride)?;
     short((nrows - 1) * w_stride + w_bytes, w.len())?;
     short((ncols - 1) * act_stride + act_bytes, act.len())?;
-    short((ncols - 1) * out_stride + nrows, out.len())?;
-    let tile = tile_fn(usable(backend), ty).ok_or(QuantError::Unsupported(ty))?;
     let mut c0 = 0;
     while c0 < ncols {
         let nc = (ncols - c0).min(TILE_COLS);
         for r in 0..nrows {
             // SAFETY: the bounds above cover rows r < nrows and columns c0 + nc <= ncols of
-            // the weights, activations and output; the tile reads `n` values of one weight
-            // row and of `nc` activation rows and writes `nc` outputs `out_stride` apart.
+            // the weights and activations, the caller those of the output; the tile reads
+            // `n` values of one weight row and of `nc` activation rows and writes `nc`
+            // outputs `out_stride` apart.
             unsafe {
                 tile(
                     n,
@@ -215,7 +258,7 @@ pub fn gemm(
                     act.as_ptr().add(c0 * act_stride),
                     act_stride,
                     nc,
-                    out.as_mut_ptr().add(c0 * out_stride + r),
+                    out.add(c0 * out_stride + r),
                     out_stride,
                 );
             }

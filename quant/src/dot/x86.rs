@@ -37,12 +37,25 @@ pub(super) fn tile_fn(ty: GgmlType) -> Option<TileFn> {
 // ------------------------------------------------------------------ helpers
 
 /// f16 bits at `p` (unaligned) as f32.
+///
+/// `_mm_set1_epi16` (a `vmovd` + broadcast) rather than `_mm_cvtsi32_si128`: LLVM turns the
+/// latter into a `vpinsrw` into whatever register is free — often an accumulator — which
+/// chains every block's scale conversion behind the previous block's FMA.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn f16_at(p: *const u8) -> f32 {
     // SAFETY: the caller guarantees 2 readable bytes.
     let h = unsafe { (p as *const u16).read_unaligned() };
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h as i32)))
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_set1_epi16(h as i16)))
+}
+
+/// f16 bits at `p` broadcast to 8 f32 lanes (same dependency-free form as [`f16_at`]).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn f16_splat(p: *const u8) -> __m256 {
+    // SAFETY: the caller guarantees 2 readable bytes.
+    let h = unsafe { (p as *const u16).read_unaligned() };
+    _mm256_cvtph_ps(_mm_set1_epi16(h as i16))
 }
 
 #[inline]
@@ -215,37 +228,32 @@ float_kernel!(k_bf16, tile_bf16, 2, load8_bf16, bf16_at);
 
 // ------------------------------------------------------------------ legacy x Q8_0 / Q8_1
 
-/// Q4_0: `(d, q − 8)`.
+/// Q4_0 codes `q − 8` (the scale `d` is at offset 0 of every legacy block).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dec_q4_0(p: *const u8) -> (f32, __m256i) {
+unsafe fn dec_q4_0(p: *const u8) -> __m256i {
     // SAFETY: one 18-byte block.
-    unsafe {
-        (
-            f16_at(p),
-            _mm256_sub_epi8(nibbles_32(p.add(2)), _mm256_set1_epi8(8)),
-        )
-    }
+    unsafe { _mm256_sub_epi8(nibbles_32(p.add(2)), _mm256_set1_epi8(8)) }
 }
 
-/// Q5_0: `(d, q − 16)`; a clear 5th bit makes the code `nibble − 16` = `nibble | 0xF0`.
+/// Q5_0 codes `q − 16`; a clear 5th bit makes the code `nibble − 16` = `nibble | 0xF0`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dec_q5_0(p: *const u8) -> (f32, __m256i) {
+unsafe fn dec_q5_0(p: *const u8) -> __m256i {
     // SAFETY: one 22-byte block.
     unsafe {
         let qh = (p.add(2) as *const u32).read_unaligned();
         let hi = _mm256_andnot_si256(bits_to_bytes(qh), _mm256_set1_epi8(0xF0u8 as i8));
-        (f16_at(p), _mm256_or_si256(nibbles_32(p.add(6)), hi))
+        _mm256_or_si256(nibbles_32(p.add(6)), hi)
     }
 }
 
-/// Q8_0: `(d, q)`.
+/// Q8_0 codes.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dec_q8_0(p: *const u8) -> (f32, __m256i) {
+unsafe fn dec_q8_0(p: *const u8) -> __m256i {
     // SAFETY: one 34-byte block.
-    unsafe { (f16_at(p), load256(p.add(2))) }
+    unsafe { load256(p.add(2)) }
 }
 
 /// Q4_1: `(d, m, q)`, q in 0..=15.
@@ -272,7 +280,8 @@ unsafe fn dec_q5_1(p: *const u8) -> (f32, f32, __m256i) {
     }
 }
 
-/// Signed-code legacy weights against Q8_0 (34-byte blocks: d, 32 × i8).
+/// Signed-code legacy weights against Q8_0 (34-byte blocks: d, 32 × i8). Two accumulator
+/// sets (even / odd blocks) keep the FMA latency off the critical path.
 macro_rules! signed_legacy_kernel {
     ($k:ident, $tile:ident, $wbytes:expr, $dec:ident) => {
         #[target_feature(enable = "avx2,fma,f16c")]
@@ -282,21 +291,41 @@ macro_rules! signed_legacy_kernel {
             a: *const u8,
             stride: usize,
         ) -> [f32; C] {
-            let mut acc = [_mm256_setzero_ps(); C];
-            for i in 0..n / 32 {
-                // SAFETY: block i < n/32 of the weight row and of each activation row.
-                unsafe {
-                    let (dw, q) = $dec(w.add(i * $wbytes));
-                    let q_abs = _mm256_sign_epi8(q, q);
-                    for c in 0..C {
-                        let ap = a.add(c * stride + i * 34);
-                        let p = dot_i8_signed(q_abs, q, load256(ap.add(2)));
-                        let scale = _mm256_set1_ps(dw * f16_at(ap));
-                        acc[c] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(p), acc[c]);
+            let mut acc0 = [_mm256_setzero_ps(); C];
+            let mut acc1 = [_mm256_setzero_ps(); C];
+            // One block into `acc`; a macro so that both accumulator sets stay registers.
+            macro_rules! block {
+                ($i:expr, $acc:ident) => {
+                    // SAFETY: block $i < n/32 of the weight row and of each activation row.
+                    unsafe {
+                        let wp = w.add($i * $wbytes);
+                        let q = $dec(wp);
+                        let dw = f16_splat(wp);
+                        let q_abs = _mm256_sign_epi8(q, q);
+                        for c in 0..C {
+                            let ap = a.add(c * stride + $i * 34);
+                            let p = dot_i8_signed(q_abs, q, load256(ap.add(2)));
+                            let scale = _mm256_mul_ps(dw, f16_splat(ap));
+                            $acc[c] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(p), $acc[c]);
+                        }
                     }
-                }
+                };
             }
-            acc.map(|v| hsum_ps(v))
+            let nb = n / 32;
+            let mut i = 0;
+            while i + 2 <= nb {
+                block!(i, acc0);
+                block!(i + 1, acc1);
+                i += 2;
+            }
+            if i < nb {
+                block!(i, acc0);
+            }
+            let mut out = [0.0f32; C];
+            for c in 0..C {
+                out[c] = hsum_ps(_mm256_add_ps(acc0[c], acc1[c]));
+            }
+            out
         }
         tile_dispatch!($tile, $k);
     };
@@ -316,24 +345,39 @@ macro_rules! min_legacy_kernel {
             a: *const u8,
             stride: usize,
         ) -> [f32; C] {
-            let mut acc = [_mm256_setzero_ps(); C];
+            let mut acc0 = [_mm256_setzero_ps(); C];
+            let mut acc1 = [_mm256_setzero_ps(); C];
             let mut mins = [0.0f32; C];
-            for i in 0..n / 32 {
-                // SAFETY: block i < n/32 of the weight row and of each activation row.
-                unsafe {
-                    let (dw, mw, q) = $dec(w.add(i * $wbytes));
-                    for c in 0..C {
-                        let ap = a.add(c * stride + i * 36);
-                        let p = dot_u8_i8(q, load256(ap.add(4)));
-                        let scale = _mm256_set1_ps(dw * f16_at(ap));
-                        acc[c] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(p), acc[c]);
-                        mins[c] += mw * f16_at(ap.add(2));
+            macro_rules! block {
+                ($i:expr, $acc:ident) => {
+                    // SAFETY: block $i < n/32 of the weight row and of each activation row.
+                    unsafe {
+                        let wp = w.add($i * $wbytes);
+                        let (_, mw, q) = $dec(wp);
+                        let dw = f16_splat(wp);
+                        for c in 0..C {
+                            let ap = a.add(c * stride + $i * 36);
+                            let p = dot_u8_i8(q, load256(ap.add(4)));
+                            let scale = _mm256_mul_ps(dw, f16_splat(ap));
+                            $acc[c] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(p), $acc[c]);
+                            mins[c] += mw * f16_at(ap.add(2));
+                        }
                     }
-                }
+                };
+            }
+            let nb = n / 32;
+            let mut i = 0;
+            while i + 2 <= nb {
+                block!(i, acc0);
+                block!(i + 1, acc1);
+                i += 2;
+            }
+            if i < nb {
+                block!(i, acc0);
             }
             let mut out = [0.0f32; C];
             for c in 0..C {
-                out[c] = hsum_ps(acc[c]) + mins[c];
+                out[c] = hsum_ps(_mm256_add_ps(acc0[c], acc1[c])) + mins[c];
             }
             out
         }
