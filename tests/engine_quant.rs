@@ -76,10 +76,12 @@ fn quality(base: &Arc<Model>, quant: &Arc<Model>) -> Quality {
 
 /// Bounds per preset: (max mean KL, min top-1 agreement), set from the values measured on
 /// this random tiny model (whose large output gains make it far more sensitive than a trained
-/// model) with a margin of 2-3x on KL:
-/// Q8_0 3.27e-3 / 0.964, Q4_0 0.508 / 0.557, Q4_K_M 0.133 / 0.760 over 359 positions.
+/// model) with a margin of 2-3x on KL. Measured over 359 positions, f32-activation matmul:
+/// Q8_0 3.27e-3 / 0.964, Q4_0 0.508 / 0.557, Q4_K_M 0.133 / 0.760; with the 8-bit-activation
+/// SIMD kernels (work in progress at the time): Q8_0 6.42e-3 / 0.953, Q4_0 0.509 / 0.557,
+/// Q4_K_M 0.137 / 0.749.
 const BOUNDS: [(FileType, f64, f64); 3] = [
-    (FileType::Q8_0, 1e-2, 0.93),
+    (FileType::Q8_0, 2e-2, 0.90),
     (FileType::Q4_0, 1.2, 0.45),
     (FileType::Q4KM, 0.35, 0.65),
 ];
