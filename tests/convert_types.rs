@@ -280,3 +280,45 @@ fn metadata_order_and_values_for_the_2b_style_config() {
         other => panic!("layer_types: {other:?}"),
     }
 }
+
+#[test]
+fn f16_checkpoint_converts() {
+    // tiny-rg rounded to F16 (HF checkpoints may be saved in float16).
+    let ck = fresh_dir("f16-ckpt").join("tiny-f16");
+    std::fs::create_dir_all(&ck).unwrap();
+    copy_configs(&fixture("tiny-rg"), &ck);
+    let tensors: Vec<(String, RawTensor)> = read_safetensors(&fixture("tiny-rg/model.safetensors"))
+        .into_iter()
+        .map(|(n, t)| {
+            let bytes = t
+                .values()
+                .iter()
+                .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+                .collect();
+            (
+                n,
+                RawTensor {
+                    dtype: "F16".into(),
+                    shape: t.shape,
+                    bytes,
+                },
+            )
+        })
+        .collect();
+    write_safetensors(&ck.join("model.safetensors"), &tensors);
+    let src = read_safetensors(&ck.join("model.safetensors"));
+    let out = ck.parent().unwrap().join("f16.gguf");
+    for ft in [FileType::F32, FileType::F16, FileType::Q5_1] {
+        let _ = std::fs::remove_file(&out);
+        run(&ck, &out, ft).unwrap();
+        let g = GgufFile::open(&out).unwrap();
+        assert_eq!(check_against_source(&g, &src), 112, "{ft}");
+        if ft == FileType::F16 {
+            let t = g.tensor("blk.4.ffn_up.weight").unwrap();
+            assert_eq!(
+                g.tensor_data(t),
+                &src["model.layers.4.mlp_block.up_proj.weight"].bytes[..]
+            );
+        }
+    }
+}

@@ -51,6 +51,11 @@ impl RawTensor {
                 .chunks_exact(4)
                 .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
                 .collect(),
+            "F16" => self
+                .bytes
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
             "BF16" => self
                 .bytes
                 .chunks_exact(2)
