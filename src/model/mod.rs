@@ -24,8 +24,8 @@ use crate::tokenizer::Tokenizer;
 use crate::Result;
 
 pub use context::{Context, ContextParams};
-pub use matmul::MatmulPath;
 pub use hparams::{default_embed_scale, HParams, LayerKind};
+pub use matmul::MatmulPath;
 pub use weights::{
     AttentionWeights, LayerWeights, Matrix, RecurrentWeights, TemporalWeights, Weights,
 };
