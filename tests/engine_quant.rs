@@ -149,7 +149,9 @@ fn dequantized_copy(m: &Model, stem: &str) -> Arc<Model> {
         w.write_tensor_data(&bytes).unwrap();
     }
     w.finish().unwrap();
-    Arc::new(Model::from_gguf(GgufFile::open(&path).unwrap()).unwrap())
+    let model = Arc::new(Model::from_gguf(GgufFile::open(&path).unwrap()).unwrap());
+    let _ = std::fs::remove_file(&path);
+    model
 }
 
 #[test]

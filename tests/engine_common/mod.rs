@@ -30,6 +30,9 @@ pub fn model(dir: &str, ft: FileType) -> Arc<Model> {
         .unwrap_or_else(|e| panic!("converting {dir} to {}: {e}", ft.name()));
     let m =
         Arc::new(Model::load(&out).unwrap_or_else(|e| panic!("loading {}: {e}", out.display())));
+    // The model keeps its memory map; the file itself is no longer needed (Unix semantics;
+    // elsewhere the removal just fails and the file stays in the temp dir).
+    let _ = std::fs::remove_file(&out);
     cache.push((key, m.clone()));
     m
 }
