@@ -247,6 +247,9 @@ fn membw(mib: usize, threads: &[usize], reps: usize) -> Vec<(usize, f64, f64)> {
 
 // ------------------------------------------------------------------ kernel benchmark
 
+/// Weight rows per `gemm` call in the kernel benchmark (as the engine's prompt tasks).
+const KERNEL_ROWS: usize = 8;
+
 /// GB/s of weight bytes for `gemm` over ~`mib` MiB of synthetic rows of width 2560, with
 /// `ncols` activation rows, split over `threads` threads by row chunks.
 fn kernel_bench(ty: GgmlType, mib: usize, threads: usize, ncols: usize, reps: usize) -> f64 {
@@ -280,8 +283,8 @@ fn kernel_bench(ty: GgmlType, mib: usize, threads: usize, ncols: usize, reps: us
                 s.spawn(move || {
                     let nr = chunk.len() / row_bytes;
                     let mut out = vec![0.0f32; ncols * nr];
-                    for r0 in (0..nr).step_by(64) {
-                        let rr = (nr - r0).min(64);
+                    for r0 in (0..nr).step_by(KERNEL_ROWS) {
+                        let rr = (nr - r0).min(KERNEL_ROWS);
                         dot::gemm(
                             Backend::detect(),
                             ty,

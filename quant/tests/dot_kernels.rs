@@ -269,3 +269,22 @@ fn bad_shapes_are_errors() {
     .is_ok());
     assert_eq!(out[0], 0.0);
 }
+
+#[test]
+fn f32_helpers_match_f64() {
+    let mut rng = Rng(77);
+    for n in [0usize, 1, 7, 8, 15, 16, 17, 256, 1000] {
+        let a = rng.vec(n);
+        let b = rng.vec(n);
+        let want: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
+        let abs: f64 = a.iter().zip(&b).map(|(x, y)| (*x as f64 * *y as f64).abs()).sum();
+        let got = dot::f32_dot(&a, &b) as f64;
+        assert!((got - want).abs() <= 1e-6 * abs + 1e-7, "n={n}: {got} vs {want}");
+        let mut y = rng.vec(n);
+        let y0 = y.clone();
+        dot::f32_axpy(&mut y, 0.75, &a);
+        for i in 0..n {
+            assert!((y[i] - (y0[i] + 0.75 * a[i])).abs() <= 1e-6 * (y0[i].abs() + a[i].abs()));
+        }
+    }
+}

@@ -76,7 +76,7 @@ pub fn attend_chunk(
                 let mut max = f32::NEG_INFINITY;
                 for (i, s) in scores.iter_mut().enumerate() {
                     let kr = kv_row(lo + i, kv_head * hd, first_pos, dims, k, k_ring);
-                    let dot: f32 = qh.iter().zip(kr).map(|(a, b)| a * b).sum();
+                    let dot = rgemma_quant::dot::f32_dot(qh, kr);
                     *s = dot * scale;
                     max = max.max(*s);
                 }
@@ -90,9 +90,7 @@ pub fn attend_chunk(
                 for (i, s) in scores.iter().enumerate() {
                     let p = *s / sum;
                     let vr = kv_row(lo + i, kv_head * hd, first_pos, dims, v, v_ring);
-                    for (o, x) in oh.iter_mut().zip(vr) {
-                        *o += p * x;
-                    }
+                    rgemma_quant::dot::f32_axpy(oh, p, vr);
                 }
             }
         })

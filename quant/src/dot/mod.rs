@@ -372,3 +372,28 @@ macro_rules! tile_dispatch {
     };
 }
 pub(crate) use tile_dispatch;
+
+/// `Σ a[i]·b[i]` over f32 slices of equal length (the shorter length is used), with the
+/// fastest kernel this CPU has (attention scores and similar small dots).
+pub fn f32_dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    #[cfg(target_arch = "x86_64")]
+    if Backend::detect() == Backend::Avx2 {
+        // SAFETY: Avx2 is only detected on CPUs with AVX2/FMA/F16C; both slices hold n values.
+        return unsafe { x86::f32_dot(&a[..n], &b[..n]) };
+    }
+    scalar::f32_dot(&a[..n], &b[..n])
+}
+
+/// `y[i] += alpha·x[i]` (the shorter length is used).
+pub fn f32_axpy(y: &mut [f32], alpha: f32, x: &[f32]) {
+    let n = y.len().min(x.len());
+    #[cfg(target_arch = "x86_64")]
+    if Backend::detect() == Backend::Avx2 {
+        // SAFETY: as in `f32_dot`.
+        return unsafe { x86::f32_axpy(&mut y[..n], alpha, &x[..n]) };
+    }
+    for (y, x) in y[..n].iter_mut().zip(&x[..n]) {
+        *y += alpha * x;
+    }
+}

@@ -336,3 +336,16 @@ macro_rules! kquant_tile {
 kquant_tile!(tile_q4k, k_q4k, GgmlType::Q4K, dec_q4k);
 kquant_tile!(tile_q5k, k_q5k, GgmlType::Q5K, dec_q5k);
 kquant_tile!(tile_q6k, k_q6k, GgmlType::Q6K, dec_q6k);
+
+/// Eight independent partial sums (the compiler can keep them in one SIMD register).
+pub(super) fn f32_dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ac.zip(bc) {
+        for k in 0..8 {
+            acc[k] += x[k] * y[k];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}

@@ -49,13 +49,23 @@ unsafe fn f16_at(p: *const u8) -> f32 {
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_set1_epi16(h as i16)))
 }
 
-/// f16 bits at `p` broadcast to 8 f32 lanes (same dependency-free form as [`f16_at`]).
+/// f16 bits at `p` as f32 in lane 0 of an xmm register (upper lanes are junk). Reads 4
+/// bytes (`p` is the start of a block, so the 2 extra bytes are in bounds); a 32-bit
+/// `vmovd` load has no dependency on an older register value.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn f16_splat(p: *const u8) -> __m256 {
-    // SAFETY: the caller guarantees 2 readable bytes.
-    let h = unsafe { (p as *const u16).read_unaligned() };
-    _mm256_cvtph_ps(_mm_set1_epi16(h as i16))
+unsafe fn f16_lane0(p: *const u8) -> __m128 {
+    // SAFETY: the caller guarantees 4 readable bytes.
+    let v = unsafe { (p as *const i32).read_unaligned() };
+    _mm_cvtph_ps(_mm_cvtsi32_si128(v))
+}
+
+/// `d_w · d_a` of two blocks (f16 scales at `w` and `a`) broadcast to 8 lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn scale_product(w: *const u8, a: *const u8) -> __m256 {
+    // SAFETY: forwarded (4 bytes at each).
+    unsafe { _mm256_broadcastss_ps(_mm_mul_ss(f16_lane0(w), f16_lane0(a))) }
 }
 
 #[inline]
@@ -93,12 +103,12 @@ fn hsum_ps(v: __m256) -> f32 {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn nibbles_32(p: *const u8) -> __m256i {
+    // The 16 bytes in both halves; the upper half shifted right by 4: one load, one shift,
+    // one mask.
     // SAFETY: forwarded (16 bytes).
-    let x = unsafe { load128(p) };
-    let m = _mm_set1_epi8(0x0F);
-    let lo = _mm_and_si128(x, m);
-    let hi = _mm_and_si128(_mm_srli_epi16::<4>(x), m);
-    _mm256_set_m128i(hi, lo)
+    let x = unsafe { _mm256_broadcastsi128_si256(load128(p)) };
+    let shifted = _mm256_srlv_epi64(x, _mm256_setr_epi64x(0, 0, 4, 4));
+    _mm256_and_si256(shifted, _mm256_set1_epi8(0x0F))
 }
 
 /// 0xFF in byte j where bit j of `bits` is set, else 0.
@@ -300,12 +310,11 @@ macro_rules! signed_legacy_kernel {
                     unsafe {
                         let wp = w.add($i * $wbytes);
                         let q = $dec(wp);
-                        let dw = f16_splat(wp);
                         let q_abs = _mm256_sign_epi8(q, q);
                         for c in 0..C {
                             let ap = a.add(c * stride + $i * 34);
                             let p = dot_i8_signed(q_abs, q, load256(ap.add(2)));
-                            let scale = _mm256_mul_ps(dw, f16_splat(ap));
+                            let scale = scale_product(wp, ap);
                             $acc[c] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(p), $acc[c]);
                         }
                     }
@@ -354,11 +363,10 @@ macro_rules! min_legacy_kernel {
                     unsafe {
                         let wp = w.add($i * $wbytes);
                         let (_, mw, q) = $dec(wp);
-                        let dw = f16_splat(wp);
                         for c in 0..C {
                             let ap = a.add(c * stride + $i * 36);
                             let p = dot_u8_i8(q, load256(ap.add(4)));
-                            let scale = _mm256_mul_ps(dw, f16_splat(ap));
+                            let scale = scale_product(wp, ap);
                             $acc[c] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(p), $acc[c]);
                             mins[c] += mw * f16_at(ap.add(2));
                         }
@@ -391,18 +399,29 @@ min_legacy_kernel!(k_q5_1, tile_q5_1, 24, dec_q5_1);
 //
 // Q8_K block (292 bytes): d (f32) @0, qs[256] (i8) @4, bsums[16] (i16) @260.
 
-/// The 8 six-bit (scale, min) pairs of a Q4_K/Q5_K super-block (`get_scale_min_k4`).
+/// The 8 six-bit scales (bytes 0..8) and mins (bytes 8..16) of a Q4_K/Q5_K super-block
+/// (`get_scale_min_k4` for all j at once, on 32-bit words).
 #[inline]
-fn k4_scales_mins(s: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
-    let mut sc = [0u8; 8];
-    let mut mn = [0u8; 8];
-    for j in 0..4 {
-        sc[j] = s[j] & 63;
-        mn[j] = s[j + 4] & 63;
-        sc[j + 4] = (s[j + 8] & 0x0F) | ((s[j] >> 6) << 4);
-        mn[j + 4] = (s[j + 8] >> 4) | ((s[j + 4] >> 6) << 4);
-    }
-    (sc, mn)
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn k4_scales_mins(p: *const u8) -> __m128i {
+    const LOW6: u32 = 0x3F3F_3F3F;
+    const LOW4: u32 = 0x0F0F_0F0F;
+    const LOW2: u32 = 0x0303_0303;
+    // SAFETY: the caller guarantees 12 readable bytes.
+    let u: [u32; 3] = unsafe { std::array::from_fn(|k| (p.add(4 * k) as *const u32).read_unaligned()) };
+    let sc_lo = u[0] & LOW6;
+    let sc_hi = (u[2] & LOW4) | (((u[0] >> 6) & LOW2) << 4);
+    let mn_lo = u[1] & LOW6;
+    let mn_hi = ((u[2] >> 4) & LOW4) | (((u[1] >> 6) & LOW2) << 4);
+    _mm_setr_epi32(sc_lo as i32, sc_hi as i32, mn_lo as i32, mn_hi as i32)
+}
+
+/// A `pshufb` mask that copies i16 lane `j` (0..8) to every i16 lane of both halves.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn scale_shuffle(j: usize) -> __m256i {
+    let lo = (2 * j) as i16;
+    _mm256_set1_epi16(lo | ((lo + 1) << 8))
 }
 
 /// Shared body of Q4_K and Q5_K: `codes(chunk)` gives the two 32-code vectors (sub-blocks
@@ -423,31 +442,17 @@ macro_rules! k4_kernel {
                     let wp = w.add(i * $wbytes);
                     let d = f16_at(wp);
                     let dmin = f16_at(wp.add(2));
-                    let (sc, mn) = k4_scales_mins(&*(wp.add(4) as *const [u8; 12]));
+                    let sm = k4_scales_mins(wp.add(4));
                     // min_j duplicated over the two 16-element bsums of sub-block j.
-                    let mins16 = _mm256_cvtepu8_epi16(_mm_set_epi8(
-                        mn[7] as i8,
-                        mn[7] as i8,
-                        mn[6] as i8,
-                        mn[6] as i8,
-                        mn[5] as i8,
-                        mn[5] as i8,
-                        mn[4] as i8,
-                        mn[4] as i8,
-                        mn[3] as i8,
-                        mn[3] as i8,
-                        mn[2] as i8,
-                        mn[2] as i8,
-                        mn[1] as i8,
-                        mn[1] as i8,
-                        mn[0] as i8,
-                        mn[0] as i8,
-                    ));
+                    let dup = _mm_setr_epi8(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15);
+                    let mins16 = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(sm, dup));
+                    // Scales as i16 in both 128-bit halves, broadcast per sub-block below.
+                    let scales16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));
                     let mut isum = [_mm256_setzero_si256(); C];
                     for chunk in 0..4 {
                         let (lo, hi) = $codes(wp, chunk);
-                        let s_lo = _mm256_set1_epi16(sc[2 * chunk] as i16);
-                        let s_hi = _mm256_set1_epi16(sc[2 * chunk + 1] as i16);
+                        let s_lo = _mm256_shuffle_epi8(scales16, scale_shuffle(2 * chunk));
+                        let s_hi = _mm256_shuffle_epi8(scales16, scale_shuffle(2 * chunk + 1));
                         for c in 0..C {
                             let ap = a.add(c * stride + i * 292 + 4 + 64 * chunk);
                             let p_lo = dot_u8_i8_scaled(lo, load256(ap), s_lo);
@@ -698,5 +703,62 @@ pub(super) unsafe fn quantize_q8k(x: &[f32], dst: &mut [u8]) {
                 .sum();
             out[260 + 2 * j..262 + 2 * j].copy_from_slice(&s.to_le_bytes());
         }
+    }
+}
+
+// ------------------------------------------------------------------ f32 helpers
+
+/// Σ a·b with two 8-lane FMA accumulators.
+///
+/// Safety: the CPU has AVX2/FMA; `a.len() == b.len()`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn f32_dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len();
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let mut acc0 = _mm256_setzero_ps();
+    let mut acc1 = _mm256_setzero_ps();
+    let mut i = 0;
+    // SAFETY (loads): i + 16 <= n or i + 8 <= n.
+    unsafe {
+        while i + 16 <= n {
+            acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc0);
+            acc1 = _mm256_fmadd_ps(
+                _mm256_loadu_ps(pa.add(i + 8)),
+                _mm256_loadu_ps(pb.add(i + 8)),
+                acc1,
+            );
+            i += 16;
+        }
+        if i + 8 <= n {
+            acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc0);
+            i += 8;
+        }
+    }
+    let mut sum = hsum_ps(_mm256_add_ps(acc0, acc1));
+    for j in i..n {
+        sum += a[j] * b[j];
+    }
+    sum
+}
+
+/// `y += alpha·x`.
+///
+/// Safety: the CPU has AVX2/FMA; `y.len() == x.len()`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn f32_axpy(y: &mut [f32], alpha: f32, x: &[f32]) {
+    let n = y.len();
+    let (py, px) = (y.as_mut_ptr(), x.as_ptr());
+    let av = _mm256_set1_ps(alpha);
+    let mut i = 0;
+    // SAFETY: i + 8 <= n for both slices.
+    unsafe {
+        while i + 8 <= n {
+            let v = _mm256_fmadd_ps(av, _mm256_loadu_ps(px.add(i)), _mm256_loadu_ps(py.add(i)));
+            _mm256_storeu_ps(py.add(i), v);
+            i += 8;
+        }
+    }
+    for j in i..n {
+        y[j] += alpha * x[j];
     }
 }
