@@ -1,5 +1,6 @@
 //! rgemma: an inference engine for Google's RecurrentGemma (Griffin) models.
 
+pub mod capi;
 pub mod convert;
 pub mod error;
 pub mod generate;

@@ -13,6 +13,8 @@ use super::weights::{AttentionWeights, LayerWeights, RecurrentWeights, TemporalW
 use super::Model;
 use crate::{Error, Result};
 
+mod state;
+
 /// Settings of a [`Context`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ContextParams {
@@ -65,6 +67,13 @@ impl LayerState {
     }
 
     fn buffers(&mut self) -> [&mut Vec<f32>; 2] {
+        match self {
+            LayerState::Recurrent { conv_tail, h } => [conv_tail, h],
+            LayerState::Attention { k_ring, v_ring } => [k_ring, v_ring],
+        }
+    }
+
+    fn buffers_ref(&self) -> [&Vec<f32>; 2] {
         match self {
             LayerState::Recurrent { conv_tail, h } => [conv_tail, h],
             LayerState::Attention { k_ring, v_ring } => [k_ring, v_ring],
