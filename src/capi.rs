@@ -219,21 +219,24 @@ pub extern "C" fn rg_model_default_params() -> rg_model_params {
 
 #[no_mangle]
 pub extern "C" fn rg_context_default_params() -> rg_context_params {
+    let d = ContextParams::default();
     rg_context_params {
-        n_batch: 512,
-        n_threads: 0,
+        n_batch: d.batch_size as i32,
+        n_threads: d.n_threads as i32,
     }
 }
 
+/// llama.cpp's sampler defaults, as `SamplerParams::default()` has them.
 #[no_mangle]
 pub extern "C" fn rg_sampler_default_params() -> rg_sampler_params {
+    let d = SamplerParams::default();
     rg_sampler_params {
-        temp: 0.8,
-        top_k: 40,
-        top_p: 0.95,
-        min_p: 0.05,
-        repeat_penalty: 1.0,
-        repeat_last_n: 64,
+        temp: d.temp,
+        top_k: d.top_k,
+        top_p: d.top_p,
+        min_p: d.min_p,
+        repeat_penalty: d.repeat_penalty,
+        repeat_last_n: d.repeat_last_n as i32,
         seed: RG_DEFAULT_SEED,
     }
 }

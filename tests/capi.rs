@@ -473,3 +473,121 @@ fn two_contexts_on_one_model_in_two_threads() {
     }
     rg_model_free(model);
 }
+
+const TEXT_MODEL: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/models/tiny-fortunes-q8_0.gguf"
+);
+
+#[test]
+fn tokenizer_functions_match_the_rust_tokenizer() {
+    let rust = Model::load(TEXT_MODEL).unwrap();
+    let tok = rust.tokenizer().expect("the bundled model has a tokenizer");
+    let model = load(Path::new(TEXT_MODEL));
+    assert!(rg_model_has_tokenizer(model));
+    assert_eq!(rg_token_bos(model), tok.bos() as i32);
+    assert_eq!(rg_token_eos(model), tok.eos() as i32);
+    let eot = rg_token_eot(model);
+    assert_eq!(Some(eot as u32), tok.token_id("<end_of_turn>"));
+    assert!(rg_token_is_eog(model, eot) && rg_token_is_eog(model, rg_token_eos(model)));
+    assert!(!rg_token_is_eog(model, 100));
+
+    let text = "<start_of_turn>user\nWhat is a fortune, café? 🍀<end_of_turn>\n";
+    let expected = tok.encode(text, true, true).unwrap();
+    let mut ids = vec![0i32; 4];
+    let n = rg_tokenize(
+        model,
+        text.as_ptr().cast(),
+        text.len() as i32,
+        ids.as_mut_ptr(),
+        4,
+        true,
+    );
+    assert_eq!(
+        n,
+        -(expected.len() as i32),
+        "too small a buffer reports the size needed"
+    );
+    ids.resize(expected.len(), 0);
+    let n = rg_tokenize(
+        model,
+        text.as_ptr().cast(),
+        text.len() as i32,
+        ids.as_mut_ptr(),
+        ids.len() as i32,
+        true,
+    );
+    assert_eq!(n, expected.len() as i32);
+    assert_eq!(ids.iter().map(|&t| t as u32).collect::<Vec<_>>(), expected);
+    // Invalid UTF-8 is an error, not a crash.
+    let bad = [0xffu8, 0xfe];
+    assert_eq!(
+        rg_tokenize(model, bad.as_ptr().cast(), 2, ids.as_mut_ptr(), 8, false),
+        i32::MIN
+    );
+
+    // Pieces concatenate to the text; detokenize gives it back.
+    let mut bytes = Vec::new();
+    for &id in &ids[1..] {
+        let mut buf = [0u8; 64];
+        let n = rg_token_to_piece(model, id, buf.as_mut_ptr().cast(), 64);
+        assert!(n >= 0, "{}", last_error());
+        bytes.extend_from_slice(&buf[..n as usize]);
+    }
+    assert_eq!(String::from_utf8(bytes).unwrap(), text);
+    let mut out = vec![0u8; 256];
+    let n = rg_detokenize(
+        model,
+        ids[1..].as_ptr(),
+        ids.len() as i32 - 1,
+        out.as_mut_ptr().cast(),
+        256,
+        false,
+    );
+    assert_eq!(&out[..n as usize], text.as_bytes());
+    assert_eq!(out[n as usize], 0, "NUL-terminated");
+    let n_small = rg_detokenize(
+        model,
+        ids[1..].as_ptr(),
+        ids.len() as i32 - 1,
+        out.as_mut_ptr().cast(),
+        3,
+        false,
+    );
+    assert_eq!(n_small, -(text.len() as i32 + 1));
+    let mut buf = [0u8; 8];
+    assert_eq!(
+        rg_token_to_piece(model, 1 << 20, buf.as_mut_ptr().cast(), 8),
+        i32::MIN
+    );
+    rg_model_free(model);
+}
+
+#[test]
+fn c_example_prints_text_with_a_tokenized_model() {
+    let exe = build_c_example();
+    let out = Command::new(&exe)
+        .arg(TEXT_MODEL)
+        .arg("The meaning of life is")
+        .arg("24")
+        .env("LD_LIBRARY_PATH", lib_dir())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "C example failed: {stderr}");
+    assert!(stderr.contains("reproduces the logits: yes"), "{stderr}");
+    // The same greedy continuation as the Rust engine, decoded.
+    let rust = Model::load(TEXT_MODEL).unwrap();
+    let tok = rust.tokenizer().unwrap();
+    let prompt = tok.encode("The meaning of life is", true, true).unwrap();
+    let (ids, _) = rust_greedy(Path::new(TEXT_MODEL), &prompt, 24);
+    let text = tok.decode(&ids, false).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim_end_matches('\n'),
+        text
+    );
+    assert!(
+        text.chars().filter(|c| c.is_alphabetic()).count() > 20,
+        "{text:?}"
+    );
+}
