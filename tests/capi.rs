@@ -591,3 +591,37 @@ fn c_example_prints_text_with_a_tokenized_model() {
         "{text:?}"
     );
 }
+
+#[test]
+fn python_example_prints_text_with_a_tokenized_model() {
+    let python = std::env::var("RG_PYTHON").unwrap_or_else(|_| "python3".into());
+    if Command::new(&python).arg("--version").output().is_err() {
+        eprintln!("skipped: no python3");
+        return;
+    }
+    let out = Command::new(&python)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/python/simple.py"
+        ))
+        .arg(TEXT_MODEL)
+        .arg("A fortune:")
+        .arg("20")
+        .env("RGEMMA_LIB", lib_dir().join("librgemma.so"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "python example failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rust = Model::load(TEXT_MODEL).unwrap();
+    let tok = rust.tokenizer().unwrap();
+    let prompt = tok.encode("A fortune:", true, true).unwrap();
+    let (ids, _) = rust_greedy(Path::new(TEXT_MODEL), &prompt, 20);
+    let text = tok.decode(&ids, false).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim_end_matches('\n'),
+        text
+    );
+}
