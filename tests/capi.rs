@@ -625,3 +625,33 @@ fn python_example_prints_text_with_a_tokenized_model() {
         text
     );
 }
+
+#[test]
+fn c_example_links_against_the_static_library() {
+    let exe = work_dir().join("simple-static");
+    let root = env!("CARGO_MANIFEST_DIR");
+    let st = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
+        .args(["-O1", "-std=c11"])
+        .arg(format!("-I{root}/include"))
+        .arg(format!("{root}/examples/c/simple.c"))
+        .arg(lib_dir().join("librgemma.a"))
+        .args(["-lpthread", "-ldl", "-lm", "-o"])
+        .arg(&exe)
+        .status()
+        .unwrap();
+    assert!(st.success(), "linking examples/c/simple.c with librgemma.a");
+    let model = converted("F32");
+    let (ids, _) = rust_greedy(&model, &prompt(), 4);
+    let out = Command::new(&exe)
+        .arg(&model)
+        .arg(ids_arg(&prompt()))
+        .arg("4")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(parse_ids(&out.stdout), ids);
+}
