@@ -3,7 +3,7 @@
 # Prints the markdown table of models/README.md (also written to $OUT/table.md).
 #
 #   tools/quant_quality.sh                # all of models/tiny-fortunes/heldout.txt, 256-token chunks
-#   CTX=128 CHUNKS=20 tools/quant_quality.sh   # quicker, fewer tokens
+#   CHUNKS=48 tools/quant_quality.sh      # the first 48 chunks only (what models/README.md used)
 #
 # Source of the weights: the HF checkpoint target/tiny-fortunes-hf (written by tools/train_tiny.py)
 # when it exists, converted with rg-quantize to every preset; otherwise the shipped
@@ -58,7 +58,10 @@ for t in $TYPES; do
     ratio=$(sed -n 's/^Mean PPL(Q)\/PPL(base) *: *\([0-9.]*\) ± *\([0-9.]*\)$/\1 ± \2/p' "$log")
     kld=$(sed -n 's/^Mean    KLD: *\([-0-9.e]*\) ± *\([0-9.e-]*\)$/\1 ± \2/p' "$log")
     top=$(sed -n 's/^Same top p: *\([0-9.]*\) ± *\([0-9.]*\) %$/\1 ± \2/p' "$log")
-    rows+=("| $t | $(awk -v s="$size" 'BEGIN{printf "%.2f", s/1048576}') | $ppl | $ratio | $kld | $top |")
+    rows+=("$(awk -v t="$t" -v s="$size" -v p="$ppl" -v r="$ratio" -v k="$kld" -v o="$top" 'BEGIN{
+      split(p, P, " ± "); split(r, R, " ± "); split(k, K, " ± "); split(o, O, " ± ");
+      printf "| %s | %.2f | %.3f ± %.3f | %.4f ± %.4f | %.3g ± %.2g | %.2f ± %.2f |",
+        t, s/1048576, P[1], P[2], R[1], R[2], K[1], K[2], O[1], O[2] }')")
   }
   echo "done $t" >&2
 done

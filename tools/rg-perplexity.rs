@@ -334,12 +334,12 @@ fn print_kl_summary(kl: &KlDivergence) {
     println!("Mean PPL(Q)-PPL(base)         : {:10.6}", s.ppl_diff);
     println!();
     println!("====== KL divergence statistics ======");
-    println!("Mean    KLD: {:10.6} ± {:10.6}", s.kld_mean.0, s.kld_mean.1);
-    println!("Maximum KLD: {:10.6}", s.kld_max);
-    println!("99.9%   KLD: {:10.6}", s.kld_p999);
-    println!("99.0%   KLD: {:10.6}", s.kld_p99);
-    println!("Median  KLD: {:10.6}", s.kld_median);
-    println!("Minimum KLD: {:10.6}", s.kld_min);
+    println!("Mean    KLD: {:12.9} ± {:12.9}", s.kld_mean.0, s.kld_mean.1);
+    println!("Maximum KLD: {:12.9}", s.kld_max);
+    println!("99.9%   KLD: {:12.9}", s.kld_p999);
+    println!("99.0%   KLD: {:12.9}", s.kld_p99);
+    println!("Median  KLD: {:12.9}", s.kld_median);
+    println!("Minimum KLD: {:12.9}", s.kld_min);
     println!();
     println!("====== Token probability statistics ======");
     println!(
