@@ -55,14 +55,15 @@ extern "C" __global__ void softcap_in_place(float* __restrict__ x, u64 n, float 
         x[i] = cap * tanhf(x[i] / cap);
 }
 
-// NeoX rotation of the first 2*half dims of every head of row t, at position pos[t]:
+// NeoX rotation of the first 2*half dims of every head of row t, at the row's position
+// (second int of its row-table entry, see recurrent.cu):
 // angle = f32(pos) * inv_freq[j] in f32 (inv_freq computed on the host exactly as
 // ops.rs::rope_tables), cos/sin in f64 as the CPU does. Grid: (n_heads, ntok); block >= half.
 extern "C" __global__ void rope_rows(float* __restrict__ x, int row_stride, int head_dim, int half,
-                                     const float* __restrict__ inv_freq, const int* __restrict__ pos) {
+                                     const float* __restrict__ inv_freq, const int* __restrict__ rows) {
     int t = blockIdx.y, h = blockIdx.x;
     float* hd = x + (u64)t * row_stride + (u64)h * head_dim;
-    float p = (float)pos[t];
+    float p = (float)rows[4 * t + 1];
     for (int j = threadIdx.x; j < half; j += blockDim.x) {
         double ang = (double)(p * inv_freq[j]);
         float c = (float)cos(ang), s = (float)sin(ang);

@@ -2,6 +2,8 @@
 
 pub mod capi;
 pub mod convert;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod error;
 pub mod generate;
 pub mod gguf;

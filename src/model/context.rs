@@ -163,6 +163,24 @@ impl Scratch {
     }
 }
 
+/// Another executor for [`Context::eval`] (the CUDA backend implements it): it owns the
+/// sequence state while attached, and the CPU state is not used.
+pub trait Offload: Send {
+    /// Runs `tokens` at positions `first_pos ..`; writes the last token's logits to `logits`
+    /// and, when given, every token's logits to `all_logits` (`tokens.len() * n_vocab`).
+    fn eval(
+        &mut self,
+        tokens: &[u32],
+        first_pos: usize,
+        logits: &mut [f32],
+        all_logits: Option<&mut [f32]>,
+    ) -> Result<()>;
+    /// Zeroes the sequence state.
+    fn reset(&mut self) -> Result<()>;
+    /// One line naming the device, for logs.
+    fn describe(&self) -> String;
+}
+
 /// Which rows of a chunk go through the output head.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum HeadRows {
@@ -183,6 +201,8 @@ pub struct Context {
     logits: Vec<f32>,
     /// `[n_rows, n_vocab]` when the last eval asked for all logits (else empty).
     all_logits: Vec<f32>,
+    /// When set, `eval` runs there instead of on the CPU.
+    offload: Option<Box<dyn Offload>>,
 }
 
 impl Context {
@@ -221,6 +241,7 @@ impl Context {
             scratch,
             logits,
             all_logits: Vec::new(),
+            offload: None,
         })
     }
 
@@ -257,6 +278,12 @@ impl Context {
             self.all_logits.resize(tokens.len() * n_vocab, 0.0);
         } else {
             self.all_logits.clear();
+        }
+        if let Some(off) = &mut self.offload {
+            let all = all_logits.then_some(&mut self.all_logits[..]);
+            off.eval(tokens, self.position, &mut self.logits, all)?;
+            self.position += tokens.len();
+            return Ok(());
         }
         let batch = self.params.batch_size;
         let n_chunks = tokens.len().div_ceil(batch);
@@ -318,6 +345,25 @@ impl Context {
         self.position = 0;
         self.logits.fill(0.0);
         self.all_logits.clear();
+        if let Some(off) = &mut self.offload {
+            // A failed reset leaves stale GPU state: detach so that evaluation continues on
+            // the (zeroed) CPU state instead.
+            if off.reset().is_err() {
+                self.offload = None;
+            }
+        }
+    }
+
+    /// Runs every later `eval` on `offload` (e.g. `rgemma::cuda::CudaOffload`), starting a
+    /// new sequence; `None` returns to the CPU.
+    pub fn set_offload(&mut self, offload: Option<Box<dyn Offload>>) {
+        self.offload = offload;
+        self.reset();
+    }
+
+    /// The attached executor's description, `None` on the CPU.
+    pub fn offload_description(&self) -> Option<String> {
+        self.offload.as_ref().map(|o| o.describe())
     }
 
     /// Selects how matmuls are computed: the SIMD kernels with 8-bit activations for

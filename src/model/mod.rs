@@ -23,7 +23,7 @@ use crate::gguf::GgufFile;
 use crate::tokenizer::Tokenizer;
 use crate::Result;
 
-pub use context::{Context, ContextParams};
+pub use context::{Context, ContextParams, Offload};
 pub use hparams::{default_embed_scale, HParams, LayerKind};
 pub use matmul::MatmulPath;
 pub use weights::{
