@@ -153,6 +153,16 @@ struct Args {
     #[arg(long = "ids-out", value_name = "FILE.json")]
     ids_out: Option<PathBuf>,
 
+    /// Layers to run on the GPU (llama.cpp's -ngl): any value > 0 runs the whole model with
+    /// CUDA (there is no partial offload); falls back to the CPU with a message when no GPU
+    /// (or no `cuda` feature in this build) is there.
+    #[arg(long = "n-gpu-layers", value_name = "N")]
+    n_gpu_layers: Option<u32>,
+
+    /// Where to run: cpu, or cuda (same as -ngl 99); cpu wins over -ngl.
+    #[arg(long = "device", value_parser = ["cpu", "cuda"])]
+    device: Option<String>,
+
     /// Print model details and the prompt's token ids to stderr.
     #[arg(long = "verbose")]
     verbose: bool,
@@ -196,6 +206,7 @@ fn main() -> ExitCode {
     let argv = std::env::args_os().map(|a| match a.to_str() {
         Some("-cnv") => "--conversation".into(),
         Some("-sp") => "--special".into(),
+        Some("-ngl") => "--n-gpu-layers".into(),
         _ => a,
     });
     let args = Args::parse_from(argv);
@@ -301,6 +312,14 @@ fn run(args: &Args) -> CliResult<()> {
             n_threads,
         },
     )?;
+    let want_gpu = match args.device.as_deref() {
+        Some("cpu") => false,
+        Some(_) => true,
+        None => args.n_gpu_layers.is_some_and(|n| n > 0),
+    };
+    if want_gpu {
+        attach_gpu(&mut ctx, &model, args.batch_size as usize, args.verbose);
+    }
     let load_time = t_load.elapsed();
     let tokenizer = model.tokenizer();
     if args.verbose {
@@ -400,6 +419,25 @@ fn run(args: &Args) -> CliResult<()> {
 /// (`tokenizer.ggml.add_bos_token`, true for Gemma) and --no-bos is not given.
 fn add_bos(tok: &Tokenizer, args: &Args) -> bool {
     tok.add_bos_by_default() && !args.no_bos
+}
+
+/// Moves evaluation to the GPU, or says in one line why it stays on the CPU.
+#[cfg(feature = "cuda")]
+fn attach_gpu(ctx: &mut Context, model: &Model, batch_size: usize, verbose: bool) {
+    match rgemma::cuda::CudaOffload::new(model, batch_size) {
+        Ok(off) => {
+            if verbose {
+                eprintln!("running on {}", rgemma::model::Offload::describe(&off));
+            }
+            ctx.set_offload(Some(Box::new(off)));
+        }
+        Err(e) => eprintln!("{}", rgemma::cuda::fallback_message(&e)),
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn attach_gpu(_: &mut Context, _: &Model, _: usize, _: bool) {
+    eprintln!("rgemma: CUDA unavailable (rg-run was built without the `cuda` feature); running on the CPU");
 }
 
 fn default_threads() -> usize {
