@@ -8,9 +8,10 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::PushKernelArg;
+use cudarc::driver::{CudaStream, PushKernelArg};
 use rgemma_quant::GgmlType;
 
+use super::kernels::Kernels;
 use super::kernels::{
     cfg, f32_bytes_mut, grid_1d, i32_bytes, launch, DevBuf, MMV_MAX_COLS, Q8_1_BLOCK_BYTES,
 };
@@ -633,9 +634,7 @@ impl CudaBatch {
         )
     }
 
-    /// `out[t, r] = bias[r] + W[r, :] . x[t, off(r) :]` for `n` rows of `x` (row stride = the
-    /// input width). `block_rows`: rows per block of a block-diagonal weight (each block reads
-    /// its own `cols`-wide slice of x); `None` for dense. `bias` 0 = none.
+    /// `out[t, r] = bias[r] + W[r, :] . x[t, off(r) :]`: see [`linear`].
     fn linear(
         &self,
         w: &GpuMatrix,
@@ -646,62 +645,86 @@ impl CudaBatch {
         out: u64,
     ) -> Result<()> {
         let m = &self.model;
-        let st = &m.dev.stream;
-        let k = &m.kernels;
-        let group_rows = block_rows.unwrap_or(w.rows).max(1);
-        let groups = w.rows.div_ceil(group_rows);
-        let x_width = groups * w.cols;
-        let (rows, cols) = (w.rows as i32, w.cols as i32);
-        let row_bytes = w.row_bytes as u64;
-        let out_stride = w.rows as i32;
-        let mmvq = match w.ty {
-            GgmlType::Q4_0 => Some(&k.mmvq_q4_0),
-            GgmlType::Q8_0 => Some(&k.mmvq_q8_0),
-            GgmlType::Q4K => Some(&k.mmvq_q4_k),
-            GgmlType::Q6K => Some(&k.mmvq_q6_k),
-            _ => None,
-        };
-        if n <= MMV_MAX_COLS {
-            let grid = (w.rows.div_ceil(4) as u32, 1, 1);
-            if let (Some(f), true) = (mmvq, w.cols % 32 == 0) {
-                let act_blocks = (x_width / 32) as i32;
-                launch!(
-                    st,
-                    k.quantize_q8_1,
-                    cfg(((x_width / 32).div_ceil(8) as u32, n as u32, 1), 256, 0),
-                    &x,
-                    &(x_width as i32),
-                    &(x_width as i32),
-                    &self.s.act_q8.ptr
-                )?;
-                return launch!(
-                    st,
-                    *f,
-                    cfg(grid, 128, 0),
-                    &w.buf.ptr,
-                    &row_bytes,
-                    &rows,
-                    &cols,
-                    &self.s.act_q8.ptr,
-                    &act_blocks,
-                    &(group_rows as i32),
-                    &bias,
-                    &out,
-                    &out_stride,
-                    &(n as i32)
-                );
-            }
+        linear(
+            &m.kernels,
+            &m.dev.stream,
+            self.s.act_q8.ptr,
+            w,
+            bias,
+            x,
+            n,
+            block_rows,
+            out,
+            MatmulKernel::Auto,
+        )
+    }
+}
+
+/// Which matmul kernel [`linear`] uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MatmulKernel {
+    /// mmvq (q8_1 activations) for up to 8 rows of Q4_0/Q8_0/Q4_K/Q6_K, else matvec_any for
+    /// up to 8 rows, else gemm_tiled.
+    Auto,
+    /// matvec_any (f32 activations, any type; up to 8 rows).
+    Generic,
+    /// gemm_tiled (any type, any row count).
+    Tiled,
+}
+
+/// `out[t, r] = bias[r] + W[r, :] . x[t, off(r) :]` for `n` rows of `x` (row stride = the
+/// input width). `block_rows`: rows per block of a block-diagonal weight (each block reads
+/// its own `cols`-wide slice of x); `None` for dense. `bias` 0 = none. `act_q8` must hold
+/// 8 rows of q8_1 blocks of the input width.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn linear(
+    k: &Kernels,
+    st: &Arc<CudaStream>,
+    act_q8: u64,
+    w: &GpuMatrix,
+    bias: u64,
+    x: u64,
+    n: usize,
+    block_rows: Option<usize>,
+    out: u64,
+    which: MatmulKernel,
+) -> Result<()> {
+    let group_rows = block_rows.unwrap_or(w.rows).max(1);
+    let groups = w.rows.div_ceil(group_rows);
+    let x_width = groups * w.cols;
+    let (rows, cols) = (w.rows as i32, w.cols as i32);
+    let row_bytes = w.row_bytes as u64;
+    let out_stride = w.rows as i32;
+    let mmvq = match w.ty {
+        GgmlType::Q4_0 => Some(&k.mmvq_q4_0),
+        GgmlType::Q8_0 => Some(&k.mmvq_q8_0),
+        GgmlType::Q4K => Some(&k.mmvq_q4_k),
+        GgmlType::Q6K => Some(&k.mmvq_q6_k),
+        _ => None,
+    };
+    let small = n <= MMV_MAX_COLS;
+    if which == MatmulKernel::Auto && small && w.cols % 32 == 0 {
+        if let Some(f) = mmvq {
+            let act_blocks = (x_width / 32) as i32;
+            launch!(
+                st,
+                k.quantize_q8_1,
+                cfg(((x_width / 32).div_ceil(8) as u32, n as u32, 1), 256, 0),
+                &x,
+                &(x_width as i32),
+                &(x_width as i32),
+                &act_q8
+            )?;
             return launch!(
                 st,
-                k.matvec_any,
-                cfg(grid, 128, 0),
+                *f,
+                cfg((w.rows.div_ceil(4) as u32, 1, 1), 128, 0),
                 &w.buf.ptr,
-                &w.type_id(),
                 &row_bytes,
                 &rows,
                 &cols,
-                &x,
-                &(x_width as i32),
+                &act_q8,
+                &act_blocks,
                 &(group_rows as i32),
                 &bias,
                 &out,
@@ -709,15 +732,17 @@ impl CudaBatch {
                 &(n as i32)
             );
         }
-        let grid = (
-            group_rows.div_ceil(64) as u32,
-            n.div_ceil(64) as u32,
-            groups as u32,
-        );
-        launch!(
+    }
+    if (which == MatmulKernel::Auto && small) || which == MatmulKernel::Generic {
+        if !small {
+            return Err(Error::InvalidArgument(format!(
+                "matvec_any takes at most {MMV_MAX_COLS} rows, got {n}"
+            )));
+        }
+        return launch!(
             st,
-            k.gemm_tiled,
-            cfg(grid, 256, 0),
+            k.matvec_any,
+            cfg((w.rows.div_ceil(4) as u32, 1, 1), 128, 0),
             &w.buf.ptr,
             &w.type_id(),
             &row_bytes,
@@ -730,8 +755,30 @@ impl CudaBatch {
             &out,
             &out_stride,
             &(n as i32)
-        )
+        );
     }
+    let grid = (
+        group_rows.div_ceil(64) as u32,
+        n.div_ceil(64) as u32,
+        groups as u32,
+    );
+    launch!(
+        st,
+        k.gemm_tiled,
+        cfg(grid, 256, 0),
+        &w.buf.ptr,
+        &w.type_id(),
+        &row_bytes,
+        &rows,
+        &cols,
+        &x,
+        &(x_width as i32),
+        &(group_rows as i32),
+        &bias,
+        &out,
+        &out_stride,
+        &(n as i32)
+    )
 }
 
 fn i32_bytes_mut(v: &mut [i32]) -> &mut [u8] {

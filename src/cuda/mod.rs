@@ -15,12 +15,13 @@ pub mod compile;
 mod device;
 mod forward;
 mod kernels;
+pub mod testing;
 mod weights;
 
 use std::fmt::Display;
 
 pub use device::{probe, Device, DeviceInfo};
-pub use forward::{CudaBatch, CudaOffload};
+pub use forward::{CudaBatch, CudaOffload, HeadRows, MatmulKernel};
 pub use kernels::{DevBuf, Kernels};
 pub use weights::{is_supported_type, CudaModel, GpuMatrix};
 
