@@ -9,19 +9,21 @@
 #define CONV_MAX_HIST 15
 
 // out[t, c] = b[c] + sum_k w[k, c] x[t - (K-1) + k, c], inputs before the segment from the
-// tail, then the tail becomes the last K-1 inputs. One thread per (channel, segment),
+// tail (zeros when the segment starts at position 0: a new sequence), then the tail becomes
+// the last K-1 inputs. One thread per (channel, segment),
 // looping over the segment's rows. Grid: (ceil(L / 128), n_segments); block 128.
 extern "C" __global__ void conv1d_segments(const float* __restrict__ x, float* __restrict__ tail,
                                            const float* __restrict__ w, const float* __restrict__ b,
                                            float* __restrict__ out, const int* __restrict__ segs,
-                                           int L, int K) {
+                                           const int* __restrict__ rows, int L, int K) {
     int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= L) return;
     int first = segs[3 * blockIdx.y], len = segs[3 * blockIdx.y + 1], seq = segs[3 * blockIdx.y + 2];
     int hist = K - 1;
     float* tl = tail + (u64)seq * hist * L;
     float h[CONV_MAX_HIST];  // previous inputs, oldest first
-    for (int i = 0; i < hist; i++) h[i] = tl[(u64)i * L + c];
+    bool fresh = rows[4 * first + 1] == 0;
+    for (int i = 0; i < hist; i++) h[i] = fresh ? 0.0f : tl[(u64)i * L + c];
     for (int t = 0; t < len; t++) {
         u64 idx = (u64)(first + t) * L + c;
         float xt = x[idx];

@@ -225,4 +225,35 @@ mod tests {
         assert_ne!(a, cache_key("x.cu", "src", (9, 0), (12, 8)));
         assert!(a.starts_with("x-") && a.ends_with("-sm_90.cubin"), "{a}");
     }
+
+    #[test]
+    fn sources_list_every_kernel_file() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("cuda");
+        let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.ends_with(".cu"))
+            .collect();
+        on_disk.sort();
+        let mut listed: Vec<String> = SOURCES.iter().map(|(n, _)| n.to_string()).collect();
+        listed.sort();
+        assert_eq!(on_disk, listed);
+    }
+
+    /// Every kernel file compiles to a CUBIN for sm_80 and sm_90 through this module (needs
+    /// only libnvrtc, e.g. the wheel's folder on LD_LIBRARY_PATH; skipped without it).
+    #[test]
+    fn every_kernel_file_compiles_to_cubin() {
+        // SAFETY: only tries to dlopen the library.
+        if !unsafe { nv::is_culib_present() } {
+            eprintln!("skipped: libnvrtc not found");
+            return;
+        }
+        for arch in [(8, 0), (9, 0)] {
+            for (name, src) in SOURCES {
+                let cubin = compile_cubin(name, src, arch).unwrap();
+                assert_eq!(&cubin[..4], b"\x7fELF", "{name} sm_{}{}", arch.0, arch.1);
+            }
+        }
+    }
 }

@@ -417,6 +417,7 @@ impl CudaBatch {
                         &rw.conv_b.ptr,
                         &s.rg_conv.ptr,
                         &s.segs.ptr,
+                        &s.rows.ptr,
                         &(l as i32),
                         &(hp.conv_kernel as i32)
                     )?;
