@@ -20,7 +20,9 @@ fn have_gpu() -> bool {
     match rgemma::cuda::probe() {
         Ok(_) => true,
         Err(e) => {
-            eprintln!("skipped: no CUDA device ({e})");
+            // Written past the harness's capture, so that the skip is visible.
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr().lock(), "skipped: no CUDA device ({e})");
             false
         }
     }

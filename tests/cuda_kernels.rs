@@ -15,7 +15,7 @@ fn runner() -> Option<Arc<KernelRunner>> {
     let cell = R.get_or_init(|| {
         Mutex::new(match rgemma::cuda::probe() {
             Err(e) => {
-                eprintln!("skipped: no CUDA device ({e})");
+                skip(&format!("skipped: no CUDA device ({e})"));
                 None
             }
             Ok(_) => Some(KernelRunner::new().expect("CUDA device present but kernels failed")),
@@ -23,9 +23,16 @@ fn runner() -> Option<Arc<KernelRunner>> {
     });
     let r = cell.lock().unwrap_or_else(|e| e.into_inner()).clone();
     if r.is_none() {
-        eprintln!("skipped: no CUDA device");
+        skip("skipped: no CUDA device");
     }
     r
+}
+
+/// Prints past the test harness's output capture, so that a skip is visible in a normal
+/// `cargo test` run.
+fn skip(msg: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{msg}");
 }
 
 /// Deterministic values in [-1, 1) with some large ones (exercises the scales).
