@@ -5,7 +5,8 @@
 // (ring_write), which gives W + 1 keys with W slots.
 #include "common.cuh"
 
-// Grid: (n_heads, ntok); block 128; dynamic shared memory (W + 1 + head_dim) floats.
+// Grid: (n_heads, ntok); block 256 (a multiple of 32); dynamic shared memory
+// (W + 1 + head_dim) floats.
 extern "C" __global__ void attend_rows(const float* __restrict__ q, const float* __restrict__ k,
                                        const float* __restrict__ v, const float* __restrict__ k_ring,
                                        const float* __restrict__ v_ring, float* __restrict__ out,

@@ -501,7 +501,7 @@ impl CudaBatch {
                     launch!(
                         st,
                         k.attend_rows,
-                        cfg((hp.n_heads as u32, n as u32, 1), 128, smem),
+                        cfg((hp.n_heads as u32, n as u32, 1), 256, smem),
                         &s.q.ptr,
                         &s.k.ptr,
                         &s.v.ptr,
