@@ -7,7 +7,8 @@
 //!
 //! Prints one line per measurement: prompt processing (pp512, one sequence), greedy decoding
 //! of one sequence with the argmax on the GPU (tg128), and batched greedy decoding of B
-//! sequences at once (B = 1, 8, 32, 64; total tokens per second).
+//! sequences at once (B = 1, 8, 32, 64; total tokens per second), for B <= 8 also with the
+//! decode step replayed from CUDA graphs.
 #![cfg(feature = "cuda")]
 
 use std::sync::Arc;
@@ -71,8 +72,16 @@ fn cuda_throughput() {
     }
 
     // Greedy decoding of B sequences at once; B = 1 is tg128.
-    for n_seq in [1usize, 8, 32, 64] {
+    for (n_seq, graphs) in [
+        (1usize, false),
+        (1, true),
+        (8, false),
+        (8, true),
+        (32, false),
+        (64, false),
+    ] {
         let mut b = CudaBatch::new(cm.clone(), n_seq, 64).unwrap();
+        b.set_graphs(graphs);
         let prompt_len = 16;
         for s in 0..n_seq {
             b.eval_sequence(s, &ids(prompt_len, n_vocab, 7 + s as u64), 0, None)
@@ -100,6 +109,11 @@ fn cuda_throughput() {
         } else {
             format!("decode batch {n_seq}")
         };
+        let name = if graphs {
+            format!("{name}, CUDA graphs")
+        } else {
+            name
+        };
         results.push((name, (steps * n_seq) as f64 / t.elapsed().as_secs_f64()));
     }
 
@@ -109,5 +123,5 @@ fn cuda_throughput() {
         println!("| {name} | {tps:.1} |");
     }
     // Not a timing assertion: only that every measurement ran.
-    assert_eq!(results.len(), 5);
+    assert_eq!(results.len(), 7);
 }

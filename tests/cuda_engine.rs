@@ -30,8 +30,14 @@ fn have_gpu() -> bool {
 
 /// A context whose eval runs on the GPU with chunks of `batch` rows.
 fn gpu_context(m: &Arc<Model>, batch: usize) -> Context {
+    gpu_context_graphs(m, batch, false)
+}
+
+/// As [`gpu_context`], with decode steps replayed from CUDA graphs when `graphs` is set.
+fn gpu_context_graphs(m: &Arc<Model>, batch: usize, graphs: bool) -> Context {
     let mut ctx = context(m, batch);
-    let off = CudaOffload::new(m, batch).expect("CUDA device present but offload failed");
+    let mut off = CudaOffload::new(m, batch).expect("CUDA device present but offload failed");
+    off.batch_mut().set_graphs(graphs);
     ctx.set_offload(Some(Box::new(off)));
     assert!(ctx.offload_description().is_some());
     ctx
@@ -84,25 +90,27 @@ fn cached_decode_matches_official_logits_and_greedy_tokens() {
             let gen = r.ids(&format!("p{k}.gen_tokens"));
             let (first, _) = r.f32s(&format!("p{k}.prefill_last_logits_cached"));
             let (decode, _) = r.f32s(&format!("p{k}.decode_logits"));
-            let mut ctx = gpu_context(&m, 512);
-            let t_len = ids.len();
-            if t_len > 1 {
-                ctx.eval(&ids[..t_len - 1], false).unwrap();
+            for graphs in [false, true] {
+                let mut ctx = gpu_context_graphs(&m, 512, graphs);
+                let t_len = ids.len();
+                if t_len > 1 {
+                    ctx.eval(&ids[..t_len - 1], false).unwrap();
+                }
+                ctx.eval(&ids[t_len - 1..], false).unwrap();
+                let d = max_abs_diff(ctx.logits(), &first);
+                assert!(d <= LOGIT_TOL, "{dir} p{k}: last prompt token |diff| {d}");
+                assert_eq!(argmax(ctx.logits()), gen[0]);
+                for (i, &tok) in gen.iter().enumerate() {
+                    ctx.eval(&[tok], false).unwrap();
+                    let d = max_abs_diff(ctx.logits(), &decode[i * n_vocab..(i + 1) * n_vocab]);
+                    assert!(d <= LOGIT_TOL, "{dir} p{k} decode step {i}: |diff| {d}");
+                    worst = worst.max(d);
+                }
+                // reset() restarts the sequence on the GPU too.
+                ctx.reset();
+                ctx.eval(&ids, false).unwrap();
+                assert!(max_abs_diff(ctx.logits(), &first) <= LOGIT_TOL);
             }
-            ctx.eval(&ids[t_len - 1..], false).unwrap();
-            let d = max_abs_diff(ctx.logits(), &first);
-            assert!(d <= LOGIT_TOL, "{dir} p{k}: last prompt token |diff| {d}");
-            assert_eq!(argmax(ctx.logits()), gen[0]);
-            for (i, &tok) in gen.iter().enumerate() {
-                ctx.eval(&[tok], false).unwrap();
-                let d = max_abs_diff(ctx.logits(), &decode[i * n_vocab..(i + 1) * n_vocab]);
-                assert!(d <= LOGIT_TOL, "{dir} p{k} decode step {i}: |diff| {d}");
-                worst = worst.max(d);
-            }
-            // reset() restarts the sequence on the GPU too.
-            ctx.reset();
-            ctx.eval(&ids, false).unwrap();
-            assert!(max_abs_diff(ctx.logits(), &first) <= LOGIT_TOL);
         }
     }
     eprintln!("CUDA decode: max |diff| {worst:e}");
@@ -110,7 +118,7 @@ fn cached_decode_matches_official_logits_and_greedy_tokens() {
 
 /// Several sequences decoded together (one row each) give each sequence's reference
 /// logits; the GPU's argmax gives the reference's greedy tokens. 3 sequences use the matvec
-/// kernels, 12 the tiled gemm.
+/// kernels (also replayed from CUDA graphs), 12 the tiled gemm.
 #[test]
 fn batched_decode_matches_single_sequence_references() {
     if !have_gpu() {
@@ -130,8 +138,9 @@ fn batched_decode_matches_single_sequence_references() {
             ));
         }
     }
-    for n_seq in [3usize, 12] {
+    for (n_seq, graphs) in [(3usize, false), (3, true), (12, false)] {
         let mut batch = CudaBatch::new(cm.clone(), n_seq, 64).unwrap();
+        batch.set_graphs(graphs);
         // Sequence s runs reference prompt s % refs.len().
         let pick = |s: usize| &refs[s % refs.len()];
         for s in 0..n_seq {

@@ -56,7 +56,9 @@ impl Device {
         // One stream and no cross-stream sharing: the per-launch event bookkeeping is not
         // needed. SAFETY: all buffers are used only on `stream` below.
         unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.default_stream();
+        // A created stream rather than the legacy default one: only those can be captured
+        // into CUDA graphs.
+        let stream = ctx.new_stream().map_err(|e| cu_err("stream", e))?;
         let arch = ctx
             .compute_capability()
             .map_err(|e| cu_err("compute capability", e))?;

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaStream, PushKernelArg};
+use cudarc::driver::{sys, CudaGraph, CudaStream, PushKernelArg};
 use rgemma_quant::GgmlType;
 
 use super::kernels::Kernels;
@@ -76,7 +76,18 @@ pub struct CudaBatch {
     ids_host: Vec<i32>,
     /// Rows of logits present in `s.logits` after the last call, and where they start.
     head_rows: usize,
+    /// Whether decode-sized forward passes run from captured graphs.
+    use_graphs: bool,
+    /// Captured forward passes by (rows, segments, head rows).
+    graphs: Vec<((usize, usize, HeadRows), SendGraph)>,
 }
+
+/// A captured forward pass. Its handles belong to this batch's context and are only used
+/// through `&mut CudaBatch`, so moving it to another thread is sound (cudarc binds the
+/// context on every call).
+struct SendGraph(CudaGraph);
+// SAFETY: see above; the graph is never used from two threads at once.
+unsafe impl Send for SendGraph {}
 
 impl CudaBatch {
     /// State for `n_seq` sequences and scratch for `max_rows` rows per forward call (prompt
@@ -148,6 +159,8 @@ impl CudaBatch {
             seg_tab: Vec::with_capacity(3 * r),
             ids_host: Vec::with_capacity(r),
             head_rows: 0,
+            use_graphs: std::env::var("RGEMMA_CUDA_GRAPHS").is_ok_and(|v| v == "1"),
+            graphs: Vec::new(),
         })
     }
 
@@ -351,15 +364,53 @@ impl CudaBatch {
 
     /// The forward pass over the rows described by the host tables.
     fn forward(&mut self, n: usize, head: HeadRows) -> Result<()> {
+        let st = self.model.dev.stream.clone();
+        let n_seg = self.seg_tab.len() / 3;
+        self.s.rows.upload(&st, 0, i32_bytes(&self.row_tab))?;
+        self.s.segs.upload(&st, 0, i32_bytes(&self.seg_tab))?;
+        self.s.ids.upload(&st, 0, i32_bytes(&self.ids_host))?;
+        self.head_rows = match head {
+            HeadRows::None => 0,
+            HeadRows::Last => 1,
+            HeadRows::All => n,
+        };
+        // Every launch below depends only on (n, n_seg, head): the tables are read on the
+        // device. So a decode-sized step can be replayed from a captured CUDA graph.
+        if !self.use_graphs || n > MMV_MAX_COLS {
+            return self.run_kernels(n, n_seg, head);
+        }
+        let key = (n, n_seg, head);
+        if let Some((_, g)) = self.graphs.iter().find(|(k, _)| *k == key) {
+            return g.0.launch().map_err(|e| super::cu_err("graph launch", e));
+        }
+        st.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
+            .map_err(|e| super::cu_err("begin capture", e))?;
+        let ran = self.run_kernels(n, n_seg, head);
+        // End the capture in every case, so that the stream is usable again.
+        let graph = st.end_capture(sys::CUgraphInstantiate_flags(0));
+        match (ran, graph) {
+            (Ok(()), Ok(Some(g))) => {
+                g.launch().map_err(|e| super::cu_err("graph launch", e))?;
+                self.graphs.push((key, SendGraph(g)));
+                Ok(())
+            }
+            (ran, graph) => {
+                // Capture failed: run directly from now on.
+                self.use_graphs = false;
+                ran?;
+                graph.map_err(|e| super::cu_err("end capture", e))?;
+                self.run_kernels(n, n_seg, head)
+            }
+        }
+    }
+
+    /// Launches the whole forward pass for `n` rows in `n_seg` segments (tables uploaded).
+    fn run_kernels(&self, n: usize, n_seg: usize, head: HeadRows) -> Result<()> {
         let m = self.model.clone();
         let hp = &m.hparams;
         let st = m.dev.stream.clone();
         let k = &m.kernels;
         let hid = hp.hidden;
-        let n_seg = self.seg_tab.len() / 3;
-        self.s.rows.upload(&st, 0, i32_bytes(&self.row_tab))?;
-        self.s.segs.upload(&st, 0, i32_bytes(&self.seg_tab))?;
-        self.s.ids.upload(&st, 0, i32_bytes(&self.ids_host))?;
         let s = &self.s;
 
         // Embedding rows, scaled.
@@ -557,10 +608,7 @@ impl CudaBatch {
         }
 
         let (first, rows) = match head {
-            HeadRows::None => {
-                self.head_rows = 0;
-                return Ok(());
-            }
+            HeadRows::None => return Ok(()),
             HeadRows::Last => (n - 1, 1),
             HeadRows::All => (0, n),
         };
@@ -577,8 +625,16 @@ impl CudaBatch {
                 &hp.softcap
             )?;
         }
-        self.head_rows = rows;
         Ok(())
+    }
+
+    /// Replays decode steps (up to 8 rows) from captured CUDA graphs: fewer launch costs.
+    /// Off by default; `RGEMMA_CUDA_GRAPHS=1` turns it on for new batches.
+    pub fn set_graphs(&mut self, on: bool) {
+        self.use_graphs = on;
+        if !on {
+            self.graphs.clear();
+        }
     }
 
     fn rmsnorm(&self, x: u64, weight: u64, n: usize, out: u64) -> Result<()> {
@@ -804,6 +860,10 @@ impl CudaOffload {
 
     pub fn batch(&self) -> &CudaBatch {
         &self.batch
+    }
+
+    pub fn batch_mut(&mut self) -> &mut CudaBatch {
+        &mut self.batch
     }
 }
 
