@@ -852,9 +852,13 @@ pub struct CudaOffload {
 impl CudaOffload {
     /// Opens the GPU, uploads the model and allocates the state of one sequence.
     pub fn new(model: &crate::model::Model, batch_size: usize) -> Result<CudaOffload> {
-        let cm = CudaModel::new(model)?;
+        CudaOffload::with_model(CudaModel::new(model)?, batch_size)
+    }
+
+    /// One more sequence over weights already on the GPU.
+    pub fn with_model(model: Arc<CudaModel>, batch_size: usize) -> Result<CudaOffload> {
         Ok(CudaOffload {
-            batch: CudaBatch::new(cm, 1, batch_size)?,
+            batch: CudaBatch::new(model, 1, batch_size)?,
         })
     }
 

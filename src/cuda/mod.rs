@@ -10,6 +10,13 @@
 //!   has a sequence dimension) and runs the forward pass for a prompt chunk of one sequence or
 //!   one decode token each for several sequences; [`CudaOffload`] plugs a one-sequence batch
 //!   into [`crate::model::Context`].
+//!
+//! Environment: `RGEMMA_CUDA_CACHE` (compiled kernels; default `$XDG_CACHE_HOME/rgemma` or
+//! `~/.cache/rgemma`), `RGEMMA_CUDA_GRAPHS=1` (replay decode steps from CUDA graphs).
+//!
+//! Status: written on a machine without a GPU. Every kernel file compiles with NVRTC for
+//! sm_80/sm_90 in CI (tools/nvrtc_crosscheck.py); results on a GPU are checked by
+//! tools/gpu-check.sh (tests/cuda_*.rs against the CPU reference and the official fixtures).
 
 pub mod compile;
 mod device;
