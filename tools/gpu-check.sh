@@ -49,7 +49,14 @@ step build cargo build --release --features cuda --bin rg-run --bin rg-quantize 
 ok=1
 step cuda-tests cargo test --release --features cuda --test cuda_kernels --test cuda_engine \
   -- --nocapture --test-threads=1 || ok=0
-grep -h "skipped: no CUDA device" "$logs/cuda-tests.log" | head -1
+if grep -q "skipped: no CUDA device" "$logs/cuda-tests.log"; then
+  # On a GPU machine a skip means the backend could not start: that is a failure here.
+  grep -h "skipped: no CUDA device" "$logs/cuda-tests.log" | head -1
+  if nvidia-smi -L >/dev/null 2>&1; then
+    summary+=("| cuda-tests | FAILED: tests skipped although nvidia-smi sees a GPU | |")
+    ok=0
+  fi
+fi
 
 # The CLI's offload path on the tiny fixture (F32): the GPU must be used, not the fallback.
 tiny=target/gpu-check/tiny-f32.gguf
