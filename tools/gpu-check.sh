@@ -12,6 +12,12 @@
 #   tools/gpu-check.sh            # full 2B geometry (26 layers, vocab 256000)
 #   tools/gpu-check.sh --quick    # 2B width but 8 layers and vocab 32000 (faster to make)
 #   RG_BENCH_MODEL=x.gguf tools/gpu-check.sh   # bench an existing GGUF
+#
+# Kernels are compiled with NVRTC into $RGEMMA_CUDA_CACHE (default here: target/cuda-cache).
+# A machine with the driver but no libnvrtc can use a cache filled elsewhere:
+#   LD_LIBRARY_PATH=.venv/lib/python3*/site-packages/nvidia/cuda_nvrtc/lib \
+#   RG_CUDA_PRECOMPILE_DIR=$PWD/target/cuda-cache cargo test --release --features cuda --lib cuda::
+# then bring target/cuda-cache along (it holds sm_80 and sm_90 CUBINs, under 1 MB).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 quick=0

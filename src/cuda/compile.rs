@@ -3,7 +3,9 @@
 //! keyed by a hash of the sources, the options, the NVRTC version and the architecture.
 //!
 //! A CUBIN (SASS for `sm_XY`) rather than PTX is loaded so that a newer NVRTC than the driver
-//! (allowed by CUDA's minor-version compatibility) never needs the driver's PTX JIT.
+//! (allowed by CUDA's minor-version compatibility) never needs the driver's PTX JIT. The key
+//! leaves out the NVRTC version, so a cache filled elsewhere ([`precompile`]) serves a
+//! machine that has the driver but no NVRTC.
 
 use std::ffi::{c_char, c_int, CString};
 use std::path::{Path, PathBuf};
@@ -52,8 +54,25 @@ pub fn cache_dir() -> Option<PathBuf> {
     std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("rgemma"))
 }
 
+/// Whether libnvrtc can be loaded (cudarc panics on the first call into a missing library).
+pub fn nvrtc_present() -> bool {
+    // SAFETY: only tries to dlopen the library.
+    unsafe { nv::is_culib_present() }
+}
+
+fn nvrtc_missing() -> Error {
+    Error::Unsupported(
+        "the NVRTC library (libnvrtc.so) was not found; install the CUDA toolkit or the \
+         nvidia-cuda-nvrtc-cu12 wheel and add its lib folder to LD_LIBRARY_PATH"
+            .into(),
+    )
+}
+
 /// The NVRTC library version (major, minor).
 pub fn nvrtc_version() -> Result<(i32, i32)> {
+    if !nvrtc_present() {
+        return Err(nvrtc_missing());
+    }
     let (mut major, mut minor): (c_int, c_int) = (0, 0);
     // SAFETY: both out-pointers are valid for the call.
     let rc = unsafe { nv::nvrtcVersion(&mut major, &mut minor) };
@@ -71,6 +90,9 @@ fn check(rc: nv::nvrtcResult, what: &str) -> Result<()> {
 
 /// Compiles `src` for `sm_{arch}` and returns the CUBIN. The error carries NVRTC's log.
 pub fn compile_cubin(name: &str, src: &str, arch: (i32, i32)) -> Result<Vec<u8>> {
+    if !nvrtc_present() {
+        return Err(nvrtc_missing());
+    }
     let cstr = |s: &str| {
         CString::new(s).map_err(|_| Error::InvalidArgument(format!("{name}: NUL in source")))
     };
@@ -162,7 +184,7 @@ unsafe fn program_log(prog: nv::nvrtcProgram) -> String {
 }
 
 /// Cache file name of one kernel file's CUBIN.
-fn cache_key(name: &str, src: &str, arch: (i32, i32), nvrtc: (i32, i32)) -> String {
+fn cache_key(name: &str, src: &str, arch: (i32, i32)) -> String {
     let mut h = 0xcbf2_9ce4_8422_2325u64;
     h = fnv1a(h, src.as_bytes());
     for (n, s) in HEADERS {
@@ -172,7 +194,6 @@ fn cache_key(name: &str, src: &str, arch: (i32, i32), nvrtc: (i32, i32)) -> Stri
     for o in NVRTC_OPTIONS {
         h = fnv1a(h, o.as_bytes());
     }
-    h = fnv1a(h, format!("nvrtc {}.{}", nvrtc.0, nvrtc.1).as_bytes());
     let stem = name.trim_end_matches(".cu");
     format!("{stem}-{h:016x}-sm_{}{}.cubin", arch.0, arch.1)
 }
@@ -185,8 +206,7 @@ pub fn load_module(
     src: &str,
     arch: (i32, i32),
 ) -> Result<Arc<CudaModule>> {
-    let nvrtc = nvrtc_version().unwrap_or((0, 0));
-    let key = cache_key(name, src, arch, nvrtc);
+    let key = cache_key(name, src, arch);
     let cached = cache_dir().map(|d| d.join(&key));
     if let Some(path) = &cached {
         if let Ok(bytes) = std::fs::read(path) {
@@ -196,12 +216,35 @@ pub fn load_module(
             // A corrupt or stale file: compile again and overwrite it.
         }
     }
+    if !nvrtc_present() {
+        let where_ = cached.map_or("no cache folder".into(), |p| p.display().to_string());
+        return Err(Error::Unsupported(format!(
+            "the NVRTC library (libnvrtc.so) was not found and no compiled kernel is cached \
+             ({where_})"
+        )));
+    }
     let cubin = compile_cubin(name, src, arch)?;
     if let Some(path) = &cached {
         let _ = write_atomic(path, &cubin);
     }
     ctx.load_module(Ptx::from_binary(cubin))
         .map_err(|e| cu_err(&format!("loading {name}"), e))
+}
+
+/// Compiles every kernel file for `sm_{arch}` into `dir` under its cache name, e.g. to ship
+/// a filled `RGEMMA_CUDA_CACHE` to a machine without NVRTC. Returns the files written.
+pub fn precompile(arch: (i32, i32), dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for (name, src) in SOURCES {
+        let cubin = compile_cubin(name, src, arch)?;
+        let path = dir.join(cache_key(name, src, arch));
+        write_atomic(&path, &cubin).map_err(|e| Error::Io {
+            path: path.clone(),
+            source: e,
+        })?;
+        out.push(path);
+    }
+    Ok(out)
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -219,10 +262,9 @@ mod tests {
 
     #[test]
     fn cache_key_changes_with_source_and_arch() {
-        let a = cache_key("x.cu", "src", (9, 0), (12, 9));
-        assert_ne!(a, cache_key("x.cu", "src2", (9, 0), (12, 9)));
-        assert_ne!(a, cache_key("x.cu", "src", (8, 0), (12, 9)));
-        assert_ne!(a, cache_key("x.cu", "src", (9, 0), (12, 8)));
+        let a = cache_key("x.cu", "src", (9, 0));
+        assert_ne!(a, cache_key("x.cu", "src2", (9, 0)));
+        assert_ne!(a, cache_key("x.cu", "src", (8, 0)));
         assert!(a.starts_with("x-") && a.ends_with("-sm_90.cubin"), "{a}");
     }
 
@@ -241,19 +283,28 @@ mod tests {
     }
 
     /// Every kernel file compiles to a CUBIN for sm_80 and sm_90 through this module (needs
-    /// only libnvrtc, e.g. the wheel's folder on LD_LIBRARY_PATH; skipped without it).
+    /// only libnvrtc, e.g. the wheel's folder on LD_LIBRARY_PATH; skipped without it). With
+    /// `RG_CUDA_PRECOMPILE_DIR` set, the CUBINs are left there as a kernel cache.
     #[test]
     fn every_kernel_file_compiles_to_cubin() {
-        // SAFETY: only tries to dlopen the library.
-        if !unsafe { nv::is_culib_present() } {
+        if !nvrtc_present() {
             eprintln!("skipped: libnvrtc not found");
             return;
         }
+        let keep = std::env::var_os("RG_CUDA_PRECOMPILE_DIR").map(PathBuf::from);
+        let dir = keep.clone().unwrap_or_else(|| {
+            std::env::temp_dir().join(format!("rgemma-cubin-test-{}", std::process::id()))
+        });
         for arch in [(8, 0), (9, 0)] {
-            for (name, src) in SOURCES {
-                let cubin = compile_cubin(name, src, arch).unwrap();
-                assert_eq!(&cubin[..4], b"\x7fELF", "{name} sm_{}{}", arch.0, arch.1);
+            let files = precompile(arch, &dir).unwrap();
+            assert_eq!(files.len(), SOURCES.len());
+            for f in files {
+                let cubin = std::fs::read(&f).unwrap();
+                assert_eq!(&cubin[..4], b"\x7fELF", "{}", f.display());
             }
+        }
+        if keep.is_none() {
+            let _ = std::fs::remove_dir_all(&dir);
         }
     }
 }

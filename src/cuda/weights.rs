@@ -209,13 +209,14 @@ impl CudaModel {
     /// "NVIDIA H100 80GB HBM3 (sm_90, NVRTC 12.9)".
     pub fn describe(&self) -> String {
         let i = &self.dev.info;
+        let nvrtc = i
+            .nvrtc
+            .map_or("no NVRTC".into(), |(a, b)| format!("NVRTC {a}.{b}"));
         format!(
-            "{} (sm_{}{}, NVRTC {}.{}), {:.1} MiB of weights",
+            "{} (sm_{}{}, {nvrtc}), {:.1} MiB of weights",
             i.name,
             i.arch.0,
             i.arch.1,
-            i.nvrtc.0,
-            i.nvrtc.1,
             self.weight_bytes as f64 / (1 << 20) as f64
         )
     }
