@@ -6,6 +6,7 @@
 //! cuda/recurrent.cu): 4 ints per row (sequence slot, position, first row of its segment,
 //! segment length) and 3 per segment (first row, length, sequence slot).
 
+use std::cell::Cell;
 use std::sync::Arc;
 
 use cudarc::driver::{sys, CudaGraph, CudaStream, PushKernelArg};
@@ -78,6 +79,8 @@ pub struct CudaBatch {
     head_rows: usize,
     /// Whether decode-sized forward passes run from captured graphs.
     use_graphs: bool,
+    /// Which input `s.act_q8` holds in q8_1 form (see [`linear`]).
+    q8_input: Q8Input,
     /// Captured forward passes by (rows, segments, head rows).
     graphs: Vec<((usize, usize, HeadRows), SendGraph)>,
 }
@@ -161,6 +164,7 @@ impl CudaBatch {
             head_rows: 0,
             use_graphs: std::env::var("RGEMMA_CUDA_GRAPHS").is_ok_and(|v| v == "1"),
             graphs: Vec::new(),
+            q8_input: Cell::new(None),
         })
     }
 
@@ -449,12 +453,12 @@ impl CudaBatch {
                         &s.rg_y.ptr,
                         &nl
                     )?;
-                    self.linear(
+                    // Same input as linear_y (the GeLU touched only rg_y).
+                    self.linear_same_input(
                         &rw.linear_x,
                         rw.linear_x_bias.ptr,
                         s.norm.ptr,
                         n,
-                        None,
                         s.rg_x.ptr,
                     )?;
                     let seg_grid = (l.div_ceil(128) as u32, n_seg as u32, 1);
@@ -525,8 +529,8 @@ impl CudaBatch {
                     let (hd, half) = (hp.head_dim, hp.rotary_dim / 2);
                     let (qw, kvw) = (hp.n_heads * hd, hp.n_kv_heads * hd);
                     self.linear(&aw.q, 0, s.norm.ptr, n, None, s.q.ptr)?;
-                    self.linear(&aw.k, 0, s.norm.ptr, n, None, s.k.ptr)?;
-                    self.linear(&aw.v, 0, s.norm.ptr, n, None, s.v.ptr)?;
+                    self.linear_same_input(&aw.k, 0, s.norm.ptr, n, s.k.ptr)?;
+                    self.linear_same_input(&aw.v, 0, s.norm.ptr, n, s.v.ptr)?;
                     if half > 0 {
                         for (buf, heads, width) in
                             [(&s.q, hp.n_heads, qw), (&s.k, hp.n_kv_heads, kvw)]
@@ -664,14 +668,7 @@ impl CudaBatch {
             None,
             s.mlp_gate.ptr,
         )?;
-        self.linear(
-            &lw.ffn_up,
-            lw.ffn_up_bias.ptr,
-            s.norm.ptr,
-            n,
-            None,
-            s.mlp_up.ptr,
-        )?;
+        self.linear_same_input(&lw.ffn_up, lw.ffn_up_bias.ptr, s.norm.ptr, n, s.mlp_up.ptr)?;
         let nm = (n * m.hparams.mlp_width) as u64;
         launch!(
             m.dev.stream,
@@ -701,11 +698,12 @@ impl CudaBatch {
         block_rows: Option<usize>,
         out: u64,
     ) -> Result<()> {
+        self.q8_input.set(None);
         let m = &self.model;
         linear(
             &m.kernels,
             &m.dev.stream,
-            self.s.act_q8.ptr,
+            (self.s.act_q8.ptr, &self.q8_input),
             w,
             bias,
             x,
@@ -715,7 +713,35 @@ impl CudaBatch {
             MatmulKernel::Auto,
         )
     }
+
+    /// As [`CudaBatch::linear`] (dense) for an input that has not changed since the previous
+    /// call: its q8_1 form, when that call made one, is reused.
+    fn linear_same_input(
+        &self,
+        w: &GpuMatrix,
+        bias: u64,
+        x: u64,
+        n: usize,
+        out: u64,
+    ) -> Result<()> {
+        let m = &self.model;
+        linear(
+            &m.kernels,
+            &m.dev.stream,
+            (self.s.act_q8.ptr, &self.q8_input),
+            w,
+            bias,
+            x,
+            n,
+            None,
+            out,
+            MatmulKernel::Auto,
+        )
+    }
 }
+
+/// Which input (device address, rows, width) a q8_1 activation buffer holds, if any.
+pub(crate) type Q8Input = Cell<Option<(u64, usize, usize)>>;
 
 /// Which matmul kernel [`linear`] uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -731,13 +757,15 @@ pub enum MatmulKernel {
 
 /// `out[t, r] = bias[r] + W[r, :] . x[t, off(r) :]` for `n` rows of `x` (row stride = the
 /// input width). `block_rows`: rows per block of a block-diagonal weight (each block reads
-/// its own `cols`-wide slice of x); `None` for dense. `bias` 0 = none. `act_q8` must hold
-/// 8 rows of q8_1 blocks of the input width.
+/// its own `cols`-wide slice of x); `None` for dense. `bias` 0 = none. `act_q8.0` must hold
+/// 8 rows of q8_1 blocks of the input width; `act_q8.1` says which input (address, rows,
+/// width) they hold: a match skips the quantization (the caller clears it when the input
+/// may have changed).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn linear(
     k: &Kernels,
     st: &Arc<CudaStream>,
-    act_q8: u64,
+    (act_q8, q8_input): (u64, &Q8Input),
     w: &GpuMatrix,
     bias: u64,
     x: u64,
@@ -763,15 +791,18 @@ pub(crate) fn linear(
     if which == MatmulKernel::Auto && small && w.cols % 32 == 0 {
         if let Some(f) = mmvq {
             let act_blocks = (x_width / 32) as i32;
-            launch!(
-                st,
-                k.quantize_q8_1,
-                cfg(((x_width / 32).div_ceil(8) as u32, n as u32, 1), 256, 0),
-                &x,
-                &(x_width as i32),
-                &(x_width as i32),
-                &act_q8
-            )?;
+            if q8_input.get() != Some((x, n, x_width)) {
+                launch!(
+                    st,
+                    k.quantize_q8_1,
+                    cfg(((x_width / 32).div_ceil(8) as u32, n as u32, 1), 256, 0),
+                    &x,
+                    &(x_width as i32),
+                    &(x_width as i32),
+                    &act_q8
+                )?;
+                q8_input.set(Some((x, n, x_width)));
+            }
             return launch!(
                 st,
                 *f,

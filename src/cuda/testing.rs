@@ -73,7 +73,7 @@ impl KernelRunner {
         linear(
             &self.kernels,
             st,
-            act.ptr,
+            (act.ptr, &std::cell::Cell::new(None)),
             &w,
             bb.as_ref().map_or(0, |b| b.ptr),
             xb.ptr,
