@@ -69,8 +69,20 @@ impl Context {
         h.0
     }
 
+    /// The state lives on the host only when no offload runs the model.
+    fn check_on_host(&self) -> Result<()> {
+        match &self.offload {
+            Some(o) => Err(Error::Unsupported(format!(
+                "state save/restore while the model runs on {}",
+                o.describe()
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// Writes the state into `dst`, which must be exactly [`Context::saved_state_len`] bytes.
     pub fn save_state(&self, dst: &mut [u8]) -> Result<()> {
+        self.check_on_host()?;
         if dst.len() != self.saved_state_len() {
             return Err(Error::InvalidArgument(format!(
                 "state buffer of {} bytes, {} needed",
@@ -107,6 +119,7 @@ impl Context {
     /// Restores a state written by [`Context::save_state`] from a context of the same model.
     /// On any error (wrong size, corrupt, other model) the context is unchanged.
     pub fn load_state(&mut self, src: &[u8]) -> Result<()> {
+        self.check_on_host()?;
         let bad = |why: &str| Error::InvalidArgument(format!("invalid state: {why}"));
         if src.len() != self.saved_state_len() {
             return Err(bad(&format!(
