@@ -381,11 +381,16 @@ fn run_model(args: &Args, path: &PathBuf, records: &mut Vec<Record>) -> Result<(
         for &n in args.n_gen.iter().filter(|&&n| n > 0) {
             for &depth in &args.depth {
                 let mut samples = Vec::new();
-                for rep in 0..args.reps + 1 {
+                // With a depth, the untimed prefill already warms everything up.
+                let warmup = usize::from(depth == 0);
+                for rep in 1 - warmup..args.reps + 1 {
                     ctx.reset();
                     if depth > 0 {
                         let prefix = rng.tokens(depth, n_vocab);
+                        let start = Instant::now();
                         ctx.eval(&prefix, false).map_err(|e| e.to_string())?;
+                        let secs = start.elapsed().as_secs_f64();
+                        eprintln!("depth {depth}: prefill {:.2} t/s", depth as f64 / secs);
                     }
                     let gen = rng.tokens(n, n_vocab);
                     let start = Instant::now();
@@ -393,7 +398,6 @@ fn run_model(args: &Args, path: &PathBuf, records: &mut Vec<Record>) -> Result<(
                         ctx.eval(&[t], false).map_err(|e| e.to_string())?;
                     }
                     let ns = start.elapsed().as_nanos() as u64;
-                    // The warm-up of depth > 0 runs are costly; keep it short for them.
                     if rep > 0 {
                         samples.push(ns);
                     }

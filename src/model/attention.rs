@@ -31,6 +31,13 @@ impl AttnGeom {
 /// `first_pos ..`, keys/values of the chunk `k`, `v` `[T, kv_width]` (keys after RoPE), and
 /// the ring buffers `k_ring`, `v_ring` `[W, kv_width]` holding the positions before
 /// `first_pos`. `scratch` must hold at least `W + 1` floats per thread.
+///
+/// Work is split into tasks of (token, KV head, group of the query heads sharing it): a task
+/// walks the keys once for all its heads (with multi-query attention every head reads the
+/// same K/V rows, up to 2 × W × head_dim floats per layer, so reading them once per head
+/// group instead of once per head is what keeps long-context decode near its short-context
+/// speed). Each head's arithmetic is unchanged: scores in key order, max-subtracted `exp`,
+/// their sum, then `Σ_i (e_i / sum) · v_i` in key order.
 #[allow(clippy::too_many_arguments)]
 pub fn attend_chunk(
     g: AttnGeom,
@@ -46,55 +53,95 @@ pub fn attend_chunk(
     let (hd, qw, kvw, win) = (g.head_dim, g.q_width(), g.kv_width(), g.window);
     let group = g.n_heads / g.n_kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
-    out.par_chunks_mut(qw).enumerate().for_each(|(t, out_row)| {
-        scratch.with(|scores| {
-            let pos = first_pos + t;
-            let lo = pos.saturating_sub(win);
-            let n_keys = pos - lo + 1;
-            let scores = &mut scores[..n_keys];
-            // Key/value row of position p: from the ring before the chunk, else the chunk.
-            fn kv_row<'a>(
-                p: usize,
-                col: usize,
-                first_pos: usize,
-                (kvw, win, hd): (usize, usize, usize),
-                chunk: &'a [f32],
-                ring: &'a [f32],
-            ) -> &'a [f32] {
-                if p >= first_pos {
-                    let r = (p - first_pos) * kvw + col;
-                    &chunk[r..r + hd]
-                } else {
-                    let r = (p % win) * kvw + col;
-                    &ring[r..r + hd]
+    let t_len = out.len() / qw;
+    // As many heads per task as their score rows fit in the thread scratch.
+    let heads_per_task =
+        (scratch.capacity() / (win + 1)).clamp(1, group.clamp(1, MAX_HEADS_PER_TASK));
+    let parts = group.div_ceil(heads_per_task);
+    let tasks_per_token = g.n_kv_heads * parts;
+    let out_ptr = SharedOut(out.as_mut_ptr());
+    (0..t_len * tasks_per_token)
+        .into_par_iter()
+        .for_each(|task| {
+            let t = task / tasks_per_token;
+            let (kv_head, part) = ((task % tasks_per_token) / parts, task % parts);
+            let h0 = kv_head * group + part * heads_per_task;
+            let h1 = (h0 + heads_per_task).min((kv_head + 1) * group);
+            let nh = h1 - h0;
+            let col = kv_head * hd;
+            scratch.with(|buf| {
+                let pos = first_pos + t;
+                let lo = pos.saturating_sub(win);
+                let n_keys = pos - lo + 1;
+                let scores = &mut buf[..nh * n_keys];
+                for i in 0..n_keys {
+                    let kr = kv_slice(lo + i, col, first_pos, (kvw, win, hd), k, k_ring);
+                    for j in 0..nh {
+                        let qh = &q[t * qw + (h0 + j) * hd..t * qw + (h0 + j + 1) * hd];
+                        scores[j * n_keys + i] = rgemma_quant::dot::f32_dot(qh, kr) * scale;
+                    }
                 }
-            }
-            let dims = (kvw, win, hd);
-            for h in 0..g.n_heads {
-                let kv_head = h / group;
-                let qh = &q[t * qw + h * hd..t * qw + (h + 1) * hd];
-                let mut max = f32::NEG_INFINITY;
-                for (i, s) in scores.iter_mut().enumerate() {
-                    let kr = kv_row(lo + i, kv_head * hd, first_pos, dims, k, k_ring);
-                    let dot = rgemma_quant::dot::f32_dot(qh, kr);
-                    *s = dot * scale;
-                    max = max.max(*s);
+                let mut sums = [0.0f32; MAX_HEADS_PER_TASK];
+                for j in 0..nh {
+                    let row = &mut scores[j * n_keys..(j + 1) * n_keys];
+                    let max = row.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+                    let mut sum = 0.0f32;
+                    for s in row.iter_mut() {
+                        *s = (*s - max).exp();
+                        sum += *s;
+                    }
+                    sums[j] = sum;
                 }
-                let mut sum = 0.0f32;
-                for s in scores.iter_mut() {
-                    *s = (*s - max).exp();
-                    sum += *s;
+                // SAFETY: heads h0..h1 of token t are written by this task only, and
+                // t * qw + h1 * hd <= out.len().
+                let o = unsafe {
+                    std::slice::from_raw_parts_mut(out_ptr.ptr().add(t * qw + h0 * hd), nh * hd)
+                };
+                o.fill(0.0);
+                for i in 0..n_keys {
+                    let vr = kv_slice(lo + i, col, first_pos, (kvw, win, hd), v, v_ring);
+                    for j in 0..nh {
+                        let p = scores[j * n_keys + i] / sums[j];
+                        rgemma_quant::dot::f32_axpy(&mut o[j * hd..(j + 1) * hd], p, vr);
+                    }
                 }
-                let oh = &mut out_row[h * hd..(h + 1) * hd];
-                oh.fill(0.0);
-                for (i, s) in scores.iter().enumerate() {
-                    let p = *s / sum;
-                    let vr = kv_row(lo + i, kv_head * hd, first_pos, dims, v, v_ring);
-                    rgemma_quant::dot::f32_axpy(oh, p, vr);
-                }
-            }
-        })
-    });
+            })
+        });
+}
+
+/// Upper bound on heads per task (the per-head sums live on the stack).
+const MAX_HEADS_PER_TASK: usize = 64;
+
+/// Key/value row `[hd]` at column `col` of position `p`: from the chunk when
+/// `p >= first_pos`, else from the ring slot `p mod W`.
+fn kv_slice<'a>(
+    p: usize,
+    col: usize,
+    first_pos: usize,
+    (kvw, win, hd): (usize, usize, usize),
+    chunk: &'a [f32],
+    ring: &'a [f32],
+) -> &'a [f32] {
+    if p >= first_pos {
+        let r = (p - first_pos) * kvw + col;
+        &chunk[r..r + hd]
+    } else {
+        let r = (p % win) * kvw + col;
+        &ring[r..r + hd]
+    }
+}
+
+/// The output pointer shared by the tasks (each writes only its own heads of one token).
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+// SAFETY: tasks write disjoint head ranges, and the buffer outlives the parallel loop.
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    fn ptr(self) -> *mut f32 {
+        self.0
+    }
 }
 
 /// Stores the chunk's keys and values (position `first_pos + t` in slot `(first_pos+t) mod W`).

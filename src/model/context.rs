@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use rayon::prelude::*;
+
 use super::attention::{attend_chunk, write_ring, AttnGeom};
 use super::dequant::dequantize_row;
 use super::hparams::{HParams, LayerKind};
@@ -14,6 +16,9 @@ use super::Model;
 use crate::{Error, Result};
 
 mod state;
+
+/// Elements per parallel task in the elementwise passes (GeLU, logit soft-cap).
+const ELEMENTWISE_CHUNK: usize = 4096;
 
 /// Settings of a [`Context`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -480,7 +485,9 @@ fn forward_chunk(
         out,
         &s.threads,
     )?;
-    softcap(out, hp.softcap);
+    let cap = hp.softcap;
+    out.par_chunks_mut(ELEMENTWISE_CHUNK)
+        .for_each(|c| softcap(c, cap));
     Ok(())
 }
 
@@ -531,9 +538,9 @@ fn recurrent_block(
         &mut s.rg_y,
         th,
     )?;
-    for v in &mut s.rg_y[..n] {
-        *v = gelu_tanh(*v);
-    }
+    s.rg_y[..n]
+        .par_chunks_mut(ELEMENTWISE_CHUNK)
+        .for_each(|c| c.iter_mut().for_each(|v| *v = gelu_tanh(*v)));
     linear(
         model,
         &rw.linear_x,
@@ -674,9 +681,14 @@ fn mlp_block(model: &Model, lw: &LayerWeights, s: &mut Scratch, t_len: usize) ->
         &mut s.mlp_up,
         th,
     )?;
-    for (g, u) in s.mlp_gate[..n].iter_mut().zip(&s.mlp_up[..n]) {
-        *g = gelu_tanh(*g) * u;
-    }
+    s.mlp_gate[..n]
+        .par_chunks_mut(ELEMENTWISE_CHUNK)
+        .zip(s.mlp_up[..n].par_chunks(ELEMENTWISE_CHUNK))
+        .for_each(|(gs, us)| {
+            for (g, u) in gs.iter_mut().zip(us) {
+                *g = gelu_tanh(*g) * u;
+            }
+        });
     linear(
         model,
         &lw.ffn_down,

@@ -2,6 +2,8 @@
 //! the RG-LRU scan with its position-0 reset. Both work on a chunk of T rows of width L and
 //! carry their state across chunks, so prompt chunks and single tokens share one path.
 
+use rayon::prelude::*;
+
 use super::ops::sigmoid;
 
 /// Causal depthwise conv over a chunk.
@@ -65,28 +67,55 @@ pub fn rglru_chunk(
 ) {
     let l = softplus_a.len();
     let t_len = x.len() / l;
-    for t in 0..t_len {
-        let reset = first_pos + t == 0;
-        let row = t * l..(t + 1) * l;
-        for (c, (((&xv, &gx), &ga), o)) in x[row.clone()]
-            .iter()
-            .zip(&gate_x[row.clone()])
-            .zip(&gate_a[row.clone()])
-            .zip(&mut out[row])
-            .enumerate()
-        {
-            let gated = xv * sigmoid(gx);
-            let log_a = -8.0 * sigmoid(ga) * softplus_a[c];
-            let state = if reset {
-                gated
-            } else {
-                let a = log_a.exp();
-                let multiplier = (-(2.0 * log_a).exp_m1()).sqrt();
-                a * h[c] + gated * multiplier
-            };
-            h[c] = state;
-            *o = state;
-        }
+    assert!(
+        h.len() == l
+            && gate_x.len() >= t_len * l
+            && gate_a.len() >= t_len * l
+            && out.len() >= t_len * l,
+        "rglru_chunk: buffer sizes do not match the width"
+    );
+    // Channels are independent: tasks own disjoint channel ranges (the same arithmetic in
+    // the same order per channel as a sequential loop) and walk all T steps.
+    let out_ptr = SharedOut(out.as_mut_ptr());
+    h.par_chunks_mut(CHANNELS_PER_TASK)
+        .enumerate()
+        .for_each(|(k, h_part)| {
+            let c0 = k * CHANNELS_PER_TASK;
+            for t in 0..t_len {
+                let reset = first_pos + t == 0;
+                for (j, hc) in h_part.iter_mut().enumerate() {
+                    let (c, i) = (c0 + j, t * l + c0 + j);
+                    let gated = x[i] * sigmoid(gate_x[i]);
+                    let log_a = -8.0 * sigmoid(gate_a[i]) * softplus_a[c];
+                    let state = if reset {
+                        gated
+                    } else {
+                        let a = log_a.exp();
+                        let multiplier = (-(2.0 * log_a).exp_m1()).sqrt();
+                        a * *hc + gated * multiplier
+                    };
+                    *hc = state;
+                    // SAFETY: i < t_len * l <= out.len() (asserted); channel c belongs to
+                    // this task only, so no other task writes element i.
+                    unsafe { *out_ptr.ptr().add(i) = state };
+                }
+            }
+        });
+}
+
+/// RG-LRU channels per parallel task.
+const CHANNELS_PER_TASK: usize = 256;
+
+/// The output pointer shared by the channel tasks (each writes only its own channels).
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+// SAFETY: tasks write disjoint elements, and the buffer outlives the parallel loop.
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    fn ptr(self) -> *mut f32 {
+        self.0
     }
 }
 
