@@ -277,9 +277,16 @@ fn f32_helpers_match_f64() {
         let a = rng.vec(n);
         let b = rng.vec(n);
         let want: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
-        let abs: f64 = a.iter().zip(&b).map(|(x, y)| (*x as f64 * *y as f64).abs()).sum();
+        let abs: f64 = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (*x as f64 * *y as f64).abs())
+            .sum();
         let got = dot::f32_dot(&a, &b) as f64;
-        assert!((got - want).abs() <= 1e-6 * abs + 1e-7, "n={n}: {got} vs {want}");
+        assert!(
+            (got - want).abs() <= 1e-6 * abs + 1e-7,
+            "n={n}: {got} vs {want}"
+        );
         let mut y = rng.vec(n);
         let y0 = y.clone();
         dot::f32_axpy(&mut y, 0.75, &a);

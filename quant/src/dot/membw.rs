@@ -45,7 +45,10 @@ unsafe fn read_checksum_avx2(buf: &[u8]) -> u64 {
         }
     }
     let mut lanes = [0u64; 4];
-    let sum = _mm256_add_epi64(_mm256_add_epi64(acc[0], acc[1]), _mm256_add_epi64(acc[2], acc[3]));
+    let sum = _mm256_add_epi64(
+        _mm256_add_epi64(acc[0], acc[1]),
+        _mm256_add_epi64(acc[2], acc[3]),
+    );
     // SAFETY: 32 bytes into a [u64; 4].
     unsafe { _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, sum) };
     let rest = read_checksum_portable(chunks.remainder());

@@ -408,7 +408,8 @@ unsafe fn k4_scales_mins(p: *const u8) -> __m128i {
     const LOW4: u32 = 0x0F0F_0F0F;
     const LOW2: u32 = 0x0303_0303;
     // SAFETY: the caller guarantees 12 readable bytes.
-    let u: [u32; 3] = unsafe { std::array::from_fn(|k| (p.add(4 * k) as *const u32).read_unaligned()) };
+    let u: [u32; 3] =
+        unsafe { std::array::from_fn(|k| (p.add(4 * k) as *const u32).read_unaligned()) };
     let sc_lo = u[0] & LOW6;
     let sc_hi = (u[2] & LOW4) | (((u[0] >> 6) & LOW2) << 4);
     let mn_lo = u[1] & LOW6;
@@ -444,7 +445,8 @@ macro_rules! k4_kernel {
                     let dmin = f16_at(wp.add(2));
                     let sm = k4_scales_mins(wp.add(4));
                     // min_j duplicated over the two 16-element bsums of sub-block j.
-                    let dup = _mm_setr_epi8(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15);
+                    let dup =
+                        _mm_setr_epi8(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15);
                     let mins16 = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(sm, dup));
                     // Scales as i16 in both 128-bit halves, broadcast per sub-block below.
                     let scales16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));
