@@ -10,7 +10,10 @@ pub enum Error {
     /// A caller passed something invalid (bad flag value, token id out of range, ...).
     InvalidArgument(String),
     /// A file could not be read or written.
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// A file is malformed (GGUF, safetensors, config.json, ...).
     Format(String),
     /// A valid input that rgemma does not handle (unknown tensor type, architecture, ...).
@@ -21,7 +24,10 @@ pub enum Error {
 
 impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Error {
-        Error::Io { path: path.into(), source }
+        Error::Io {
+            path: path.into(),
+            source,
+        }
     }
 }
 

@@ -107,7 +107,10 @@ impl GgmlType {
 
     /// Parses ggml's name, case-insensitively.
     pub fn from_name(name: &str) -> Option<GgmlType> {
-        ALL_TYPES.iter().copied().find(|t| t.name().eq_ignore_ascii_case(name))
+        ALL_TYPES
+            .iter()
+            .copied()
+            .find(|t| t.name().eq_ignore_ascii_case(name))
     }
 
     /// Elements per block (1 for plain scalar types).
