@@ -32,18 +32,17 @@ fn converted(ty: &str) -> PathBuf {
     out
 }
 
-/// The directory holding librgemma.so (beside the binaries of this build).
+/// The directory holding the librgemma.so / librgemma.a of this build: `cargo test` leaves
+/// them in `deps/` beside the binaries (`cargo build` also copies them up one level, where an
+/// older build's copy may linger, so `deps/` comes first).
 fn lib_dir() -> PathBuf {
-    let dir = Path::new(env!("CARGO_BIN_EXE_rg-quantize"))
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_rg-quantize"))
         .parent()
-        .unwrap()
-        .to_path_buf();
-    assert!(
-        dir.join("librgemma.so").exists() || dir.join("librgemma.dylib").exists(),
-        "librgemma not built in {}",
-        dir.display()
-    );
-    dir
+        .unwrap();
+    [bin_dir.join("deps"), bin_dir.to_path_buf()]
+        .into_iter()
+        .find(|d| d.join("librgemma.so").exists() || d.join("librgemma.dylib").exists())
+        .unwrap_or_else(|| panic!("librgemma not built in {} or its deps/", bin_dir.display()))
 }
 
 fn prompt() -> Vec<u32> {
