@@ -115,24 +115,75 @@ fn build_c_example() -> PathBuf {
     exe
 }
 
+/// Runs examples/python/simple.py; `None` (with a "skipped" line) when there is no Python.
+fn run_python_example(
+    model: &Path,
+    prompt: &str,
+    n: usize,
+    logits_out: Option<&Path>,
+) -> Option<std::process::Output> {
+    let python = std::env::var("RG_PYTHON").unwrap_or_else(|_| "python3".into());
+    if Command::new(&python).arg("--version").output().is_err() {
+        eprintln!("skipped: no python3");
+        return None;
+    }
+    let mut cmd = Command::new(&python);
+    cmd.arg(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/python/simple.py"
+    ))
+    .arg(model)
+    .arg(prompt)
+    .arg(n.to_string())
+    .env("RGEMMA_LIB", lib_dir().join("librgemma.so"));
+    if let Some(path) = logits_out {
+        cmd.arg(path);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "python example failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(out)
+}
+
+/// Runs a built C example with librgemma on the loader path.
+fn run_c_example(
+    exe: &Path,
+    model: &Path,
+    prompt: &str,
+    n: usize,
+    logits_out: Option<&Path>,
+) -> std::process::Output {
+    let mut cmd = Command::new(exe);
+    cmd.arg(model)
+        .arg(prompt)
+        .arg(n.to_string())
+        .env("LD_LIBRARY_PATH", lib_dir());
+    if let Some(path) = logits_out {
+        cmd.arg(path);
+    }
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "C example failed: {stderr}");
+    assert!(stderr.contains("reproduces the logits: yes"), "{stderr}");
+    out
+}
+
 #[test]
 fn c_example_matches_the_rust_engine() {
     let model = converted("F32");
     let n = 8;
     let (ids, rows) = rust_greedy(&model, &prompt(), n);
-    let exe = build_c_example();
     let logits_out = work_dir().join("c_logits.bin");
-    let out = Command::new(&exe)
-        .arg(&model)
-        .arg(ids_arg(&prompt()))
-        .arg(n.to_string())
-        .arg(&logits_out)
-        .env("LD_LIBRARY_PATH", lib_dir())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "C example failed: {stderr}");
-    assert!(stderr.contains("reproduces the logits: yes"), "{stderr}");
+    let out = run_c_example(
+        &build_c_example(),
+        &model,
+        &ids_arg(&prompt()),
+        n,
+        Some(&logits_out),
+    );
     assert_eq!(parse_ids(&out.stdout), ids);
     assert_eq!(
         read_f32(&logits_out),
@@ -173,32 +224,13 @@ fn c_example_is_clean_under_valgrind() {
 
 #[test]
 fn python_example_matches_the_rust_engine() {
-    let python = std::env::var("RG_PYTHON").unwrap_or_else(|_| "python3".into());
-    if Command::new(&python).arg("--version").output().is_err() {
-        eprintln!("skipped: no python3");
-        return;
-    }
     let model = converted("F32");
     let n = 6;
-    let (ids, rows) = rust_greedy(&model, &prompt(), n);
     let logits_out = work_dir().join("py_logits.bin");
-    let out = Command::new(&python)
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/examples/python/simple.py"
-        ))
-        .arg(&model)
-        .arg(ids_arg(&prompt()))
-        .arg(n.to_string())
-        .arg(&logits_out)
-        .env("RGEMMA_LIB", lib_dir().join("librgemma.so"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "python example failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let Some(out) = run_python_example(&model, &ids_arg(&prompt()), n, Some(&logits_out)) else {
+        return;
+    };
+    let (ids, rows) = rust_greedy(&model, &prompt(), n);
     assert_eq!(parse_ids(&out.stdout), ids);
     assert_eq!(read_f32(&logits_out), rows);
 }
@@ -562,25 +594,25 @@ fn tokenizer_functions_match_the_rust_tokenizer() {
     rg_model_free(model);
 }
 
-#[test]
-fn c_example_prints_text_with_a_tokenized_model() {
-    let exe = build_c_example();
-    let out = Command::new(&exe)
-        .arg(TEXT_MODEL)
-        .arg("The meaning of life is")
-        .arg("24")
-        .env("LD_LIBRARY_PATH", lib_dir())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "C example failed: {stderr}");
-    assert!(stderr.contains("reproduces the logits: yes"), "{stderr}");
-    // The same greedy continuation as the Rust engine, decoded.
+/// The Rust engine's greedy continuation of `prompt` with the bundled text model, decoded.
+fn rust_greedy_text(prompt: &str, n: usize) -> String {
     let rust = Model::load(TEXT_MODEL).unwrap();
     let tok = rust.tokenizer().unwrap();
-    let prompt = tok.encode("The meaning of life is", true, true).unwrap();
-    let (ids, _) = rust_greedy(Path::new(TEXT_MODEL), &prompt, 24);
-    let text = tok.decode(&ids, false).unwrap();
+    let ids = tok.encode(prompt, true, true).unwrap();
+    let (generated, _) = rust_greedy(Path::new(TEXT_MODEL), &ids, n);
+    tok.decode(&generated, false).unwrap()
+}
+
+#[test]
+fn c_example_prints_text_with_a_tokenized_model() {
+    let out = run_c_example(
+        &build_c_example(),
+        Path::new(TEXT_MODEL),
+        "The meaning of life is",
+        24,
+        None,
+    );
+    let text = rust_greedy_text("The meaning of life is", 24);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim_end_matches('\n'),
         text
@@ -593,32 +625,10 @@ fn c_example_prints_text_with_a_tokenized_model() {
 
 #[test]
 fn python_example_prints_text_with_a_tokenized_model() {
-    let python = std::env::var("RG_PYTHON").unwrap_or_else(|_| "python3".into());
-    if Command::new(&python).arg("--version").output().is_err() {
-        eprintln!("skipped: no python3");
+    let Some(out) = run_python_example(Path::new(TEXT_MODEL), "A fortune:", 20, None) else {
         return;
-    }
-    let out = Command::new(&python)
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/examples/python/simple.py"
-        ))
-        .arg(TEXT_MODEL)
-        .arg("A fortune:")
-        .arg("20")
-        .env("RGEMMA_LIB", lib_dir().join("librgemma.so"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "python example failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let rust = Model::load(TEXT_MODEL).unwrap();
-    let tok = rust.tokenizer().unwrap();
-    let prompt = tok.encode("A fortune:", true, true).unwrap();
-    let (ids, _) = rust_greedy(Path::new(TEXT_MODEL), &prompt, 20);
-    let text = tok.decode(&ids, false).unwrap();
+    };
+    let text = rust_greedy_text("A fortune:", 20);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim_end_matches('\n'),
         text
