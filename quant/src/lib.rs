@@ -15,6 +15,7 @@ pub mod dot;
 pub mod float;
 pub mod kquants;
 pub mod legacy;
+pub mod packed;
 mod rounding;
 pub mod types;
 

@@ -12,7 +12,7 @@ pub(super) fn quantize(backend: Backend, act: GgmlType, x: &[f32], dst: &mut [u8
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if backend == Backend::Avx2 {
+    if backend.has_avx2() {
         // SAFETY: `backend` is only Avx2 when the CPU has AVX2/FMA/F16C (`usable`), and the
         // caller checked that `dst` holds the blocks of `x`.
         unsafe {

@@ -11,7 +11,7 @@
 /// compiler vectorises with the baseline SIMD of the target.
 pub fn read_checksum(buf: &[u8]) -> u64 {
     #[cfg(target_arch = "x86_64")]
-    if super::Backend::detect() == super::Backend::Avx2 {
+    if super::Backend::detect().has_avx2() {
         // SAFETY: Avx2 is only detected on CPUs that have it.
         return unsafe { read_checksum_avx2(buf) };
     }

@@ -42,6 +42,9 @@ pub enum Backend {
     Scalar,
     /// x86-64 with AVX2, FMA and F16C (every x86-64 CPU since Haswell / Zen 1).
     Avx2,
+    /// [`Backend::Avx2`] plus AVX-512 F/BW/VL and VNNI (Ice Lake, Zen 4 and later): the
+    /// packed kernels use `vpdpbusd` on 256-bit registers; the rest is the AVX2 code.
+    Avx512,
     /// aarch64 Advanced SIMD (always present on aarch64).
     Neon,
 }
@@ -67,6 +70,13 @@ impl Backend {
                 && is_x86_feature_detected!("fma")
                 && is_x86_feature_detected!("f16c")
             {
+                if is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512bw")
+                    && is_x86_feature_detected!("avx512vl")
+                    && is_x86_feature_detected!("avx512vnni")
+                {
+                    return Backend::Avx512;
+                }
                 return Backend::Avx2;
             }
         }
@@ -82,11 +92,17 @@ impl Backend {
     /// Every backend that can run on this CPU (the scalar one first); tests iterate this.
     pub fn all_available() -> Vec<Backend> {
         let mut v = vec![Backend::Scalar];
-        let best = Backend::best_available();
-        if best != Backend::Scalar {
-            v.push(best);
+        match Backend::best_available() {
+            Backend::Scalar => {}
+            Backend::Avx512 => v.extend([Backend::Avx2, Backend::Avx512]),
+            best => v.push(best),
         }
         v
+    }
+
+    /// Whether this backend runs the AVX2 kernels (x86-64 with AVX2, FMA and F16C).
+    pub fn has_avx2(self) -> bool {
+        matches!(self, Backend::Avx2 | Backend::Avx512)
     }
 
     /// A short name for logs and benchmark tables.
@@ -94,13 +110,19 @@ impl Backend {
         match self {
             Backend::Scalar => "scalar",
             Backend::Avx2 => "avx2",
+            Backend::Avx512 => "avx512",
             Backend::Neon => "neon",
         }
     }
 
     /// Whether this backend can run on this CPU.
     fn is_usable(self) -> bool {
-        self == Backend::Scalar || self == Backend::best_available()
+        let best = Backend::best_available();
+        match self {
+            Backend::Scalar => true,
+            Backend::Avx2 => best.has_avx2(),
+            Backend::Avx512 | Backend::Neon => best == self,
+        }
     }
 }
 
@@ -295,7 +317,7 @@ pub fn dot(
 }
 
 /// The backend itself if the CPU has it, else the scalar one.
-fn usable(backend: Backend) -> Backend {
+pub(crate) fn usable(backend: Backend) -> Backend {
     if backend.is_usable() {
         backend
     } else {
@@ -323,7 +345,7 @@ fn tile_fn(backend: Backend, ty: GgmlType) -> Option<TileFn> {
     match backend {
         Backend::Scalar => scalar::tile_fn(ty),
         #[cfg(target_arch = "x86_64")]
-        Backend::Avx2 => x86::tile_fn(ty),
+        Backend::Avx2 | Backend::Avx512 => x86::tile_fn(ty),
         #[cfg(target_arch = "aarch64")]
         Backend::Neon => neon::tile_fn(ty),
         #[allow(unreachable_patterns)]
@@ -378,8 +400,8 @@ pub(crate) use tile_dispatch;
 pub fn f32_dot(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
     #[cfg(target_arch = "x86_64")]
-    if Backend::detect() == Backend::Avx2 {
-        // SAFETY: Avx2 is only detected on CPUs with AVX2/FMA/F16C; both slices hold n values.
+    if Backend::detect().has_avx2() {
+        // SAFETY: Avx2/Avx512 are only detected on CPUs with AVX2/FMA/F16C; both slices hold n values.
         return unsafe { x86::f32_dot(&a[..n], &b[..n]) };
     }
     scalar::f32_dot(&a[..n], &b[..n])
@@ -389,7 +411,7 @@ pub fn f32_dot(a: &[f32], b: &[f32]) -> f32 {
 pub fn f32_axpy(y: &mut [f32], alpha: f32, x: &[f32]) {
     let n = y.len().min(x.len());
     #[cfg(target_arch = "x86_64")]
-    if Backend::detect() == Backend::Avx2 {
+    if Backend::detect().has_avx2() {
         // SAFETY: as in `f32_dot`.
         return unsafe { x86::f32_axpy(&mut y[..n], alpha, &x[..n]) };
     }

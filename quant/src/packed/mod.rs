@@ -1,0 +1,262 @@
+//! Row-interleaved ("packed") weight layouts and their kernels.
+//!
+//! The stored GGUF layout keeps each weight row contiguous, so a dot kernel handles one row
+//! at a time and pays, per 32-value block, for converting the block's scale and reducing
+//! its integer sums across lanes. At batch-1 decode that bookkeeping, not the memory
+//! traffic, bounds the speed of the small-block types (Q4_0: 18 bytes per block).
+//!
+//! A packed matrix stores [`GROUP_ROWS`] consecutive rows interleaved block by block, so
+//! that one 256-bit register holds the same 4 values of 8 rows. One `vpdpbusd` (or
+//! `pmaddubsw` + `pmaddwd` on plain AVX2) against 4 broadcast activation bytes then advances
+//! 8 row sums at once, the 8 scales of a block are converted with one instruction, and no
+//! horizontal reduction is needed. The same layout gives the prompt path a register tile
+//! of 8 rows × several tokens. ggml's CPU backend repacks weights at load time for the same
+//! reason (`q4_0_8x8`); our layouts are our own and documented in each type's module.
+//!
+//! The engine packs matrices once at load time with [`pack_group`] (rows must be a
+//! multiple of [`GROUP_ROWS`]), converts activations with [`quantize_activation`] into the
+//! format [`activation_row_bytes`] sizes, and multiplies with [`gemm_to_ptr`].
+//! [`unpack_row`] recovers one row in its stored GGUF layout (the embedding lookup reads
+//! rows of the packed output head).
+//!
+//! Every type has a scalar kernel, the reference the SIMD ones are tested against.
+
+mod q4_0;
+mod q4k;
+mod q6k;
+mod q8_0;
+
+use crate::dot::Backend;
+use crate::{GgmlType, QuantError};
+
+/// Rows interleaved in one packed group.
+pub const GROUP_ROWS: usize = 8;
+
+/// Whether a packed layout exists for weights of type `ty`.
+pub fn supports(ty: GgmlType) -> bool {
+    match ty {
+        GgmlType::Q4_0 => q4_0::READY,
+        GgmlType::Q8_0 => q8_0::READY,
+        GgmlType::Q4K => q4k::READY,
+        GgmlType::Q6K => q6k::READY,
+        _ => false,
+    }
+}
+
+/// Checks that `ty` has a packed layout and `n` is a whole number of its blocks.
+fn check(ty: GgmlType, n: usize) -> Result<(), QuantError> {
+    if !supports(ty) {
+        return Err(QuantError::Unsupported(ty));
+    }
+    if n == 0 || n % ty.block_size() != 0 {
+        return Err(QuantError::NotBlockAligned { ty, n });
+    }
+    Ok(())
+}
+
+fn need(expected: usize, found: usize) -> Result<(), QuantError> {
+    if found < expected {
+        Err(QuantError::LengthMismatch { expected, found })
+    } else {
+        Ok(())
+    }
+}
+
+/// Bytes of one packed group ([`GROUP_ROWS`] rows of `n` values of `ty`).
+pub fn group_bytes(ty: GgmlType, n: usize) -> Result<usize, QuantError> {
+    check(ty, n)?;
+    Ok(match ty {
+        GgmlType::Q4_0 => q4_0::group_bytes(n),
+        GgmlType::Q8_0 => q8_0::group_bytes(n),
+        GgmlType::Q4K => q4k::group_bytes(n),
+        _ => q6k::group_bytes(n),
+    })
+}
+
+/// Packs [`GROUP_ROWS`] stored rows (row `r` at `src[r * src_row_bytes..]`) of `n` values
+/// of `ty` into `dst` (exactly [`group_bytes`] long).
+pub fn pack_group(
+    ty: GgmlType,
+    n: usize,
+    src: &[u8],
+    src_row_bytes: usize,
+    dst: &mut [u8],
+) -> Result<(), QuantError> {
+    let gb = group_bytes(ty, n)?;
+    let row = n / ty.block_size() * ty.type_size();
+    need(row, src_row_bytes)?;
+    need((GROUP_ROWS - 1) * src_row_bytes + row, src.len())?;
+    if dst.len() != gb {
+        return Err(QuantError::LengthMismatch {
+            expected: gb,
+            found: dst.len(),
+        });
+    }
+    match ty {
+        GgmlType::Q4_0 => q4_0::pack_group(n, src, src_row_bytes, dst),
+        GgmlType::Q8_0 => q8_0::pack_group(n, src, src_row_bytes, dst),
+        GgmlType::Q4K => q4k::pack_group(n, src, src_row_bytes, dst),
+        _ => q6k::pack_group(n, src, src_row_bytes, dst),
+    }
+    Ok(())
+}
+
+/// Writes row `r` (< [`GROUP_ROWS`]) of a packed group back in the stored GGUF layout
+/// (`dst` is exactly one stored row of `n` values). `unpack_row(pack_group(rows))` gives
+/// the rows back byte for byte.
+pub fn unpack_row(
+    ty: GgmlType,
+    n: usize,
+    group: &[u8],
+    r: usize,
+    dst: &mut [u8],
+) -> Result<(), QuantError> {
+    let gb = group_bytes(ty, n)?;
+    need(gb, group.len())?;
+    let row = n / ty.block_size() * ty.type_size();
+    if dst.len() != row || r >= GROUP_ROWS {
+        return Err(QuantError::LengthMismatch {
+            expected: row,
+            found: dst.len(),
+        });
+    }
+    match ty {
+        GgmlType::Q4_0 => q4_0::unpack_row(n, group, r, dst),
+        GgmlType::Q8_0 => q8_0::unpack_row(n, group, r, dst),
+        GgmlType::Q4K => q4k::unpack_row(n, group, r, dst),
+        _ => q6k::unpack_row(n, group, r, dst),
+    }
+    Ok(())
+}
+
+/// Bytes of one activation row of `n` values in the format the packed kernels of `ty`
+/// read.
+pub fn activation_row_bytes(ty: GgmlType, n: usize) -> Result<usize, QuantError> {
+    check(ty, n)?;
+    Ok(match ty {
+        GgmlType::Q4_0 => q4_0::activation_row_bytes(n),
+        GgmlType::Q8_0 => q8_0::activation_row_bytes(n),
+        GgmlType::Q4K => q4k::activation_row_bytes(n),
+        _ => q6k::activation_row_bytes(n),
+    })
+}
+
+/// Converts one activation row `x` (`n` values) into `dst` ([`activation_row_bytes`]
+/// long) for the packed kernels of `ty`.
+pub fn quantize_activation(
+    backend: Backend,
+    ty: GgmlType,
+    x: &[f32],
+    dst: &mut [u8],
+) -> Result<(), QuantError> {
+    let bytes = activation_row_bytes(ty, x.len())?;
+    if dst.len() != bytes {
+        return Err(QuantError::LengthMismatch {
+            expected: bytes,
+            found: dst.len(),
+        });
+    }
+    let backend = crate::dot::usable(backend);
+    match ty {
+        GgmlType::Q4_0 => q4_0::quantize_activation(backend, x, dst),
+        GgmlType::Q8_0 => q8_0::quantize_activation(backend, x, dst),
+        GgmlType::Q4K => q4k::quantize_activation(backend, x, dst),
+        _ => q6k::quantize_activation(backend, x, dst),
+    }
+    Ok(())
+}
+
+/// `out[c * out_stride + g * GROUP_ROWS + r] = W[g, r] · A[c]` for every group `g <
+/// ngroups`, row `r < GROUP_ROWS` and activation row `c < ncols`.
+///
+/// `w` holds `ngroups` packed groups of `n` values of `ty` back to back; `act` holds
+/// `ncols` activation rows ([`quantize_activation`]) `act_stride` bytes apart. Weight and
+/// activation lengths are checked; a backend the CPU lacks falls back to the scalar kernel.
+///
+/// # Safety
+/// `out.add(c * out_stride + i)` must be valid for writes for every `i < ngroups *
+/// GROUP_ROWS` and `c < ncols`, and no other thread may access those elements meanwhile.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_to_ptr(
+    backend: Backend,
+    ty: GgmlType,
+    n: usize,
+    w: &[u8],
+    ngroups: usize,
+    act: &[u8],
+    act_stride: usize,
+    ncols: usize,
+    out: *mut f32,
+    out_stride: usize,
+) -> Result<(), QuantError> {
+    let gb = group_bytes(ty, n)?;
+    let ab = activation_row_bytes(ty, n)?;
+    if ngroups == 0 || ncols == 0 {
+        return Ok(());
+    }
+    need(ngroups * gb, w.len())?;
+    need(ab, act_stride)?;
+    need((ncols - 1) * act_stride + ab, act.len())?;
+    let backend = crate::dot::usable(backend);
+    // SAFETY: weight and activation extents were checked above; the output's is the
+    // caller's contract, forwarded.
+    unsafe {
+        match ty {
+            GgmlType::Q4_0 => q4_0::gemm(
+                backend, n, w, ngroups, act, act_stride, ncols, out, out_stride,
+            ),
+            GgmlType::Q8_0 => q8_0::gemm(
+                backend, n, w, ngroups, act, act_stride, ncols, out, out_stride,
+            ),
+            GgmlType::Q4K => q4k::gemm(
+                backend, n, w, ngroups, act, act_stride, ncols, out, out_stride,
+            ),
+            _ => q6k::gemm(
+                backend, n, w, ngroups, act, act_stride, ncols, out, out_stride,
+            ),
+        }
+    }
+    Ok(())
+}
+
+/// Safe form of [`gemm_to_ptr`]: `out` must hold `(ncols - 1) * out_stride + ngroups *
+/// GROUP_ROWS` values and `out_stride >= ngroups * GROUP_ROWS`.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm(
+    backend: Backend,
+    ty: GgmlType,
+    n: usize,
+    w: &[u8],
+    ngroups: usize,
+    act: &[u8],
+    act_stride: usize,
+    ncols: usize,
+    out: &mut [f32],
+    out_stride: usize,
+) -> Result<(), QuantError> {
+    let rows = ngroups * GROUP_ROWS;
+    if rows > 0 && ncols > 0 {
+        let expected = (ncols - 1) * out_stride + rows;
+        if out.len() < expected || out_stride < rows {
+            return Err(QuantError::LengthMismatch {
+                expected,
+                found: out.len(),
+            });
+        }
+    }
+    // SAFETY: the output extent was checked above and `out` is borrowed exclusively.
+    unsafe {
+        gemm_to_ptr(
+            backend,
+            ty,
+            n,
+            w,
+            ngroups,
+            act,
+            act_stride,
+            ncols,
+            out.as_mut_ptr(),
+            out_stride,
+        )
+    }
+}
