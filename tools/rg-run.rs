@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use rgemma::generate::{generate, GenerateOptions, GenerateSink, Generation, StopReason};
-use rgemma::model::{Context, ContextParams, Model};
+use rgemma::model::{Context, ContextParams, LoadOptions, Model};
 use rgemma::sampling::{Sampler, SamplerParams};
 use rgemma::tokenizer::Tokenizer;
 
@@ -299,8 +299,19 @@ fn run(args: &Args) -> CliResult<()> {
             args.model.display()
         ));
     }
+    let want_gpu = match args.device.as_deref() {
+        Some("cpu") => false,
+        Some(_) => true,
+        None => args.n_gpu_layers.is_some_and(|n| n > 0),
+    };
     let t_load = Instant::now();
-    let model = Arc::new(Model::load(&args.model)?);
+    // The weights are repacked for the CPU kernels unless the model is meant for the GPU
+    // (the packed copy would only cost load time and memory there).
+    let mut load_options = LoadOptions::default();
+    if want_gpu && cfg!(feature = "cuda") {
+        load_options.repack = false;
+    }
+    let model = Arc::new(Model::load_with(&args.model, &load_options)?);
     let n_threads = args
         .threads
         .map(|t| t as usize)
@@ -312,11 +323,6 @@ fn run(args: &Args) -> CliResult<()> {
             n_threads,
         },
     )?;
-    let want_gpu = match args.device.as_deref() {
-        Some("cpu") => false,
-        Some(_) => true,
-        None => args.n_gpu_layers.is_some_and(|n| n > 0),
-    };
     if want_gpu {
         attach_gpu(&mut ctx, &model, args.batch_size as usize, args.verbose);
     }

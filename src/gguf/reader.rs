@@ -239,6 +239,30 @@ impl GgufFile {
         self.tensor_index.get(name).map(|&i| &self.tensors[i])
     }
 
+    /// Tells the OS that the tensor's mapped pages are not needed now (`madvise(DONTNEED)`),
+    /// so that they stop counting as this process's resident memory (after load-time
+    /// repacking, for instance). The bytes stay readable: a later access maps them again
+    /// from the file. A no-op for in-memory files and on platforms without `madvise`.
+    pub fn release_pages(&self, info: &TensorInfo) {
+        #[cfg(unix)]
+        if let Storage::Mapped(map) = &self.storage {
+            let data = self.tensor_data(info);
+            if data.is_empty() {
+                return;
+            }
+            let start = data.as_ptr() as usize - map.as_ptr() as usize;
+            // SAFETY: the map is a read-only shared mapping of a file nobody rewrites (the
+            // invariant of `open`); dropping its pages changes no contents, as every later
+            // read faults them back in from the file. Errors (e.g. an unaligned range on
+            // an exotic platform) only mean the pages stay resident.
+            let _ = unsafe {
+                map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, data.len())
+            };
+        }
+        #[cfg(not(unix))]
+        let _ = info;
+    }
+
     /// The tensor's bytes (validated to lie inside the data section when the file was opened).
     /// An info that does not belong to this file and points outside it gives an empty slice.
     pub fn tensor_data(&self, info: &TensorInfo) -> &[u8] {

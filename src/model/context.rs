@@ -121,6 +121,9 @@ struct Scratch {
     rope_sin: Vec<f32>,
     /// Per-thread row/score buffers.
     threads: ThreadScratch,
+    /// One embedding row in its stored layout, unpacked from a packed head (at most 4
+    /// bytes per value: F32 is the widest stored type).
+    embd_row: Vec<u8>,
 }
 
 impl Scratch {
@@ -164,6 +167,7 @@ impl Scratch {
             rope_cos: z(half_rot),
             rope_sin: z(half_rot),
             threads: ThreadScratch::new(n_threads, per_thread),
+            embd_row: vec![0u8; 4 * hp.hidden],
         }
     }
 }
@@ -407,11 +411,17 @@ fn forward_chunk(
     for (t, &id) in tokens.iter().enumerate() {
         let id = id as usize;
         let row = &mut s.x[t * hid..(t + 1) * hid];
-        dequantize_row(
-            embd.ty,
-            &embd_data[id * embd.row_bytes..(id + 1) * embd.row_bytes],
-            row,
-        )?;
+        let stored = match &embd.packed {
+            // The packed head's row, back in the stored layout (its file pages were
+            // released after packing, so reading them would fault them back in).
+            Some(p) => {
+                let buf = &mut s.embd_row[..embd.row_bytes];
+                p.unpack_row(embd.ty, embd.cols, id, buf)?;
+                &*buf
+            }
+            None => &embd_data[id * embd.row_bytes..(id + 1) * embd.row_bytes],
+        };
+        dequantize_row(embd.ty, stored, row)?;
         for v in row.iter_mut() {
             *v *= hp.embed_scale;
         }

@@ -17,6 +17,7 @@ use std::sync::Mutex;
 
 use rayon::prelude::*;
 use rgemma_quant::dot::{self, Backend};
+use rgemma_quant::packed;
 
 use super::dequant::dequantize_row;
 use super::weights::Matrix;
@@ -160,6 +161,9 @@ pub fn matmul(
         )));
     }
     match scratch.path {
+        MatmulPath::Kernels(backend) if map == InputMap::Dense && w.packed.is_some() => {
+            matmul_packed(backend, w, x, x_stride, n_tok, bias, out, scratch)
+        }
         MatmulPath::Kernels(backend) if kernel_fits(w, map) => matmul_kernels(
             backend, w, wdata, map, x, x_stride, n_tok, bias, out, scratch,
         ),
@@ -300,6 +304,109 @@ fn matmul_kernels(
         })
 }
 
+/// Weights repacked at load time (`super::packing`): activations are converted once into
+/// the packed kernels' format, then runs of 8-row groups are spread over the pool; each
+/// kernel call handles its groups for all tokens (the kernel tiles the tokens).
+#[allow(clippy::too_many_arguments)]
+fn matmul_packed(
+    backend: Backend,
+    w: &Matrix,
+    x: &[f32],
+    x_stride: usize,
+    n_tok: usize,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    scratch: &ThreadScratch,
+) -> Result<()> {
+    let (rows, cols) = (w.rows, w.cols);
+    let Some(packed) = w.packed.as_deref() else {
+        return Err(Error::InvalidArgument(format!(
+            "matmul {}: not packed",
+            w.info.name
+        )));
+    };
+    if packed.ngroups * packed::GROUP_ROWS != rows {
+        return Err(Error::InvalidArgument(format!(
+            "matmul {}: packed copy has {} groups for {rows} rows",
+            w.info.name, packed.ngroups
+        )));
+    }
+    if rows == 0 || n_tok == 0 {
+        return Ok(());
+    }
+    let qerr = |e: rgemma_quant::QuantError| Error::Format(format!("matmul {}: {e}", w.info.name));
+    let act_row = packed::activation_row_bytes(w.ty, cols).map_err(qerr)?;
+
+    let mut act_buf = scratch
+        .activations
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if act_buf.len() < n_tok * act_row {
+        act_buf.resize(n_tok * act_row, 0);
+    }
+    let act = &mut act_buf[..n_tok * act_row];
+    let convert = |(t, dst): (usize, &mut [u8])| {
+        packed::quantize_activation(backend, w.ty, &x[t * x_stride..t * x_stride + cols], dst)
+    };
+    if n_tok > 1 {
+        act.par_chunks_mut(act_row)
+            .enumerate()
+            .try_for_each(convert)
+            .map_err(qerr)?;
+    } else {
+        act.chunks_mut(act_row)
+            .enumerate()
+            .try_for_each(convert)
+            .map_err(qerr)?;
+    }
+    let act: &[u8] = act;
+
+    let ngroups = packed.ngroups;
+    let gb = packed.group_bytes;
+    // Decode: a few tasks per thread for balance; prompts: one group (8 rows) per task, its
+    // weights reused from L1 by every token tile.
+    let per_task = if n_tok == 1 {
+        let threads = rayon::current_num_threads().max(1);
+        (ngroups / (threads * 4)).clamp(1, 512)
+    } else {
+        1
+    };
+    let data = packed.bytes();
+    let shared = SharedOut(out.as_mut_ptr());
+    (0..ngroups.div_ceil(per_task))
+        .into_par_iter()
+        .try_for_each(|task| -> Result<()> {
+            let g0 = task * per_task;
+            let g1 = (g0 + per_task).min(ngroups);
+            let (r0, r1) = (g0 * packed::GROUP_ROWS, g1 * packed::GROUP_ROWS);
+            // SAFETY: rows r0..r1 <= rows and tokens < n_tok of `out` (checked to hold
+            // n_tok * rows values in `matmul`) are written only by this task.
+            unsafe {
+                packed::gemm_to_ptr(
+                    backend,
+                    w.ty,
+                    cols,
+                    &data[g0 * gb..g1 * gb],
+                    g1 - g0,
+                    act,
+                    act_row,
+                    n_tok,
+                    shared.ptr().add(r0),
+                    rows,
+                )
+                .map_err(qerr)?;
+                if let Some(b) = bias {
+                    for t in 0..n_tok {
+                        for (r, bv) in (r0..r1).zip(&b[r0..r1]) {
+                            *shared.ptr().add(t * rows + r) += bv;
+                        }
+                    }
+                }
+            }
+            Ok(())
+        })
+}
+
 /// The reference path: decode each weight row to f32, dot in f32.
 #[allow(clippy::too_many_arguments)]
 fn matmul_reference(
@@ -364,6 +471,7 @@ mod tests {
             rows,
             cols,
             row_bytes,
+            packed: None,
         }
     }
 

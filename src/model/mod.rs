@@ -14,6 +14,7 @@ mod dequant;
 mod hparams;
 mod matmul;
 mod ops;
+mod packing;
 mod recurrent;
 mod weights;
 
@@ -32,6 +33,23 @@ pub use weights::{
 
 /// A loaded model: the GGUF file (its tensor data stays in the memory map) plus validated
 /// hyperparameters and weight views.
+/// How [`Model::load_with`] prepares the weights.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Repack matrices into the row-interleaved layout of the x86 kernels (see
+    /// `packing`). Default: on when the CPU has AVX2, unless `RGEMMA_REPACK=0`. Turn it off
+    /// when the model will run on the GPU: the packed copy would only cost load time.
+    pub repack: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            repack: packing::repack_by_default(),
+        }
+    }
+}
+
 pub struct Model {
     gguf: GgufFile,
     hparams: HParams,
@@ -46,10 +64,24 @@ impl Model {
         Model::from_gguf(file)
     }
 
+    /// [`Model::load`] with explicit options.
+    pub fn load_with(path: impl AsRef<Path>, options: &LoadOptions) -> Result<Model> {
+        let file = GgufFile::open(path.as_ref())?;
+        Model::from_gguf_with(file, options)
+    }
+
     /// Validates the hyperparameters and every tensor's presence, shape and type.
     pub fn from_gguf(file: GgufFile) -> Result<Model> {
+        Model::from_gguf_with(file, &LoadOptions::default())
+    }
+
+    /// [`Model::from_gguf`] with explicit options.
+    pub fn from_gguf_with(file: GgufFile, options: &LoadOptions) -> Result<Model> {
         let hparams = HParams::from_gguf(&file)?;
-        let weights = Weights::load(&file, &hparams)?;
+        let mut weights = Weights::load(&file, &hparams)?;
+        if options.repack {
+            packing::pack_weights(&mut weights, &file)?;
+        }
         let tokenizer = Tokenizer::from_gguf(&file)?;
         Ok(Model {
             gguf: file,

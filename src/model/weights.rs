@@ -18,6 +18,8 @@ pub struct Matrix {
     pub cols: usize,
     /// Bytes of one stored row.
     pub row_bytes: usize,
+    /// The rows repacked for the x86 kernels at load time (`super::packing`), if they were.
+    pub packed: Option<std::sync::Arc<super::packing::PackedRows>>,
 }
 
 impl Matrix {
@@ -144,6 +146,7 @@ impl Loader<'_> {
             rows,
             cols,
             row_bytes,
+            packed: None,
         })
     }
 
@@ -181,6 +184,31 @@ pub fn softplus(z: f32) -> f32 {
 }
 
 impl Weights {
+    /// Every weight matrix (the packing pass walks them).
+    pub fn matrices_mut(&mut self) -> Vec<&mut Matrix> {
+        let mut all = vec![&mut self.token_embd];
+        for l in &mut self.layers {
+            match &mut l.temporal {
+                TemporalWeights::Recurrent(r) => {
+                    let r = &mut **r;
+                    all.extend([
+                        &mut r.linear_x,
+                        &mut r.linear_y,
+                        &mut r.linear_out,
+                        &mut r.input_gate,
+                        &mut r.a_gate,
+                    ]);
+                }
+                TemporalWeights::Attention(a) => {
+                    let a = &mut **a;
+                    all.extend([&mut a.q, &mut a.k, &mut a.v, &mut a.o]);
+                }
+            }
+            all.extend([&mut l.ffn_gate, &mut l.ffn_up, &mut l.ffn_down]);
+        }
+        all
+    }
+
     pub fn load(file: &GgufFile, hp: &HParams) -> Result<Weights> {
         let ld = Loader {
             file,
