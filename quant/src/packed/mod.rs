@@ -21,6 +21,8 @@
 //!
 //! Every type has a scalar kernel, the reference the SIMD ones are tested against.
 
+mod act_q8_0;
+pub mod bench;
 mod q4_0;
 mod q4k;
 mod q6k;

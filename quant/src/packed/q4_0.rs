@@ -1,35 +1,277 @@
-//! Packed layout of Q4_0: not implemented yet (`READY = false` keeps it unused).
+//! Packed layout of Q4_0 and its kernels.
+//!
+//! A group holds 8 rows of `n` values as `n / 32` packed blocks of [`BLOCK_BYTES`] = 144
+//! bytes (the 8 stored 18-byte blocks of the same block index), block `b` at `144·b`:
+//!
+//! | offset            | size | content                                                |
+//! |-------------------|------|--------------------------------------------------------|
+//! | 0                 | 16   | the 8 rows' f16 scales `d`, row `j` at `2j`            |
+//! | 16 + 32k + 4j + t | 1    | byte `qs[4k + t]` of row `j`'s stored block (k, t < 4) |
+//!
+//! A stored byte `qs[i]` holds value `i` in its low nibble and value `i + 16` in its high
+//! nibble, so the 32-byte chunk `k` carries values `4k..4k+4` (low nibbles) and
+//! `16+4k..16+4k+4` (high nibbles) of every row, row `j` in 32-bit lane `j`. One
+//! `vpdpbusd` of the masked low nibbles against the 4 broadcast activation bytes
+//! `a[4k..4k+4]` adds those 4 products to each row's lane; the high nibbles are masked in
+//! place (`q & 0xF0` = 16·q) and go to a second accumulator that is shifted right by 4 once
+//! per block. The codes stay unsigned (`q` in 0..16 for the value `q − 8`); the activation
+//! block carries `−8·Σa` (see `act_q8_0`) to seed the accumulator. The 8 scales convert
+//! with one `vcvtph2ps` and scale 8 rows' sums with one FMA: no horizontal reduction.
 
+use super::act_q8_0::{self as act, drive, tile_fn, TileFn};
 use crate::dot::Backend;
 
-pub(super) const READY: bool = false;
+pub(super) const READY: bool = true;
 
-pub(super) fn group_bytes(_n: usize) -> usize {
-    0
+/// Bytes of one packed block (8 rows × 32 values).
+const BLOCK_BYTES: usize = 144;
+/// Bytes of one stored Q4_0 block.
+const STORED: usize = 18;
+
+pub(super) fn group_bytes(n: usize) -> usize {
+    n / 32 * BLOCK_BYTES
 }
 
-pub(super) fn pack_group(_n: usize, _src: &[u8], _src_row_bytes: usize, _dst: &mut [u8]) {}
-
-pub(super) fn unpack_row(_n: usize, _group: &[u8], _r: usize, _dst: &mut [u8]) {}
-
-pub(super) fn activation_row_bytes(_n: usize) -> usize {
-    0
+pub(super) fn pack_group(n: usize, src: &[u8], src_row_bytes: usize, dst: &mut [u8]) {
+    for (b, out) in dst.chunks_exact_mut(BLOCK_BYTES).take(n / 32).enumerate() {
+        for j in 0..8 {
+            let blk = &src[j * src_row_bytes + b * STORED..][..STORED];
+            out[2 * j..2 * j + 2].copy_from_slice(&blk[..2]);
+            for k in 0..4 {
+                let o = 16 + 32 * k + 4 * j;
+                out[o..o + 4].copy_from_slice(&blk[2 + 4 * k..2 + 4 * k + 4]);
+            }
+        }
+    }
 }
 
-pub(super) fn quantize_activation(_backend: Backend, _x: &[f32], _dst: &mut [u8]) {}
+pub(super) fn unpack_row(n: usize, group: &[u8], r: usize, dst: &mut [u8]) {
+    for (b, blk) in dst.chunks_exact_mut(STORED).take(n / 32).enumerate() {
+        let p = &group[b * BLOCK_BYTES..(b + 1) * BLOCK_BYTES];
+        blk[..2].copy_from_slice(&p[2 * r..2 * r + 2]);
+        for k in 0..4 {
+            let o = 16 + 32 * k + 4 * r;
+            blk[2 + 4 * k..2 + 4 * k + 4].copy_from_slice(&p[o..o + 4]);
+        }
+    }
+}
+
+pub(super) fn activation_row_bytes(n: usize) -> usize {
+    act::row_bytes(n)
+}
+
+pub(super) fn quantize_activation(backend: Backend, x: &[f32], dst: &mut [u8]) {
+    act::quantize(backend, x, dst)
+}
 
 /// # Safety
 /// See `packed::gemm_to_ptr`.
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn gemm(
-    _backend: Backend,
-    _n: usize,
-    _w: &[u8],
-    _ngroups: usize,
-    _act: &[u8],
-    _act_stride: usize,
-    _ncols: usize,
-    _out: *mut f32,
-    _out_stride: usize,
+    backend: Backend,
+    n: usize,
+    w: &[u8],
+    ngroups: usize,
+    act: &[u8],
+    act_stride: usize,
+    ncols: usize,
+    out: *mut f32,
+    out_stride: usize,
 ) {
+    let (tile, cols): (TileFn, usize) = match backend {
+        #[cfg(target_arch = "x86_64")]
+        Backend::Avx512 => (x86::tile_vnni, x86::VNNI_COLS),
+        #[cfg(target_arch = "x86_64")]
+        Backend::Avx2 => (x86::tile_avx2, x86::AVX2_COLS),
+        _ => (tile_scalar, 4),
+    };
+    // SAFETY: forwarded; `backend` is usable on this CPU (`packed::gemm_to_ptr` mapped it).
+    unsafe {
+        drive(
+            tile,
+            cols,
+            group_bytes(n),
+            n,
+            w,
+            ngroups,
+            act,
+            act_stride,
+            ncols,
+            out,
+            out_stride,
+        )
+    }
+}
+
+/// The reference kernel: the integer sum of each row and block exactly as the SIMD kernels
+/// form it, scaled by `d_w·d_a` and summed in block order.
+///
+/// Safety: `TileFn` contract.
+unsafe fn tile_scalar(
+    n: usize,
+    w: *const u8,
+    act: *const u8,
+    act_stride: usize,
+    ncols: usize,
+    out: *mut f32,
+    out_stride: usize,
+) {
+    let nb = n / 32;
+    // SAFETY: the group has `group_bytes(n)` bytes (TileFn contract).
+    let w = unsafe { std::slice::from_raw_parts(w, group_bytes(n)) };
+    for c in 0..ncols {
+        // SAFETY: activation row c is in bounds (TileFn contract).
+        let a = unsafe { std::slice::from_raw_parts(act.add(c * act_stride), act::row_bytes(n)) };
+        let mut acc = [0.0f32; 8];
+        for b in 0..nb {
+            let p = &w[b * BLOCK_BYTES..(b + 1) * BLOCK_BYTES];
+            let ab = act::block(a, b);
+            for (j, acc) in acc.iter_mut().enumerate() {
+                let d = crate::f16_to_f32(u16::from_le_bytes([p[2 * j], p[2 * j + 1]]));
+                let mut s = ab.m8;
+                for k in 0..4 {
+                    for t in 0..4 {
+                        let q = p[16 + 32 * k + 4 * j + t];
+                        let lo = ab.codes[4 * k + t] as i8 as i32;
+                        let hi = ab.codes[16 + 4 * k + t] as i8 as i32;
+                        s += (q & 15) as i32 * lo + (q >> 4) as i32 * hi;
+                    }
+                }
+                *acc += (d * ab.d) * s as f32;
+            }
+        }
+        for (j, v) in acc.iter().enumerate() {
+            // SAFETY: output row c, 8 floats (TileFn contract).
+            unsafe { *out.add(c * out_stride + j) = *v };
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    //! The SIMD kernels. Each handles one group against `C` activation rows: a chunk of
+    //! weights is loaded and unpacked once and feeds all `C` columns.
+
+    // The kernels index several per-column arrays with the same column index.
+    #![allow(clippy::needless_range_loop)]
+
+    use super::super::act_q8_0::{BLOCK_BYTES as ABLK, D_OFF, M8_OFF};
+    use super::{tile_fn, BLOCK_BYTES};
+    use std::arch::x86_64::*;
+
+    /// Columns per tile of the VNNI kernel.
+    pub(super) const VNNI_COLS: usize = 4;
+    /// Columns per tile of the AVX2 kernel.
+    pub(super) const AVX2_COLS: usize = 4;
+
+    /// 4 activation bytes at `p` broadcast to every 32-bit lane.
+    #[inline(always)]
+    unsafe fn bcast4(p: *const u8) -> __m256i {
+        // SAFETY: the caller's pointer covers 4 bytes.
+        unsafe { _mm256_set1_epi32((p as *const i32).read_unaligned()) }
+    }
+
+    #[inline(always)]
+    unsafe fn bcast_f32(p: *const u8) -> __m256 {
+        // SAFETY: the caller's pointer covers 4 bytes.
+        unsafe { _mm256_set1_ps((p as *const f32).read_unaligned()) }
+    }
+
+    /// Safety: the CPU has AVX-512 F/BW/VL/VNNI; `TileFn` contract with `C` columns.
+    // The AVX-512 intrinsics need Rust 1.89; only this backend's kernels use them.
+    #[allow(clippy::incompatible_msrv)]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn k_vnni<const C: usize>(
+        n: usize,
+        w: *const u8,
+        act: *const u8,
+        act_stride: usize,
+        out: *mut f32,
+        out_stride: usize,
+    ) {
+        let lo_mask = _mm256_set1_epi8(0x0F);
+        let hi_mask = _mm256_set1_epi8(0xF0u8 as i8);
+        let mut acc = [_mm256_setzero_ps(); C];
+        for b in 0..n / 32 {
+            // SAFETY: block b < n/32 of the group and of each activation row.
+            unsafe {
+                let wp = w.add(b * BLOCK_BYTES);
+                let ap: [*const u8; C] =
+                    std::array::from_fn(|c| act.add(c * act_stride + b * ABLK));
+                let mut lo: [__m256i; C] = std::array::from_fn(|c| bcast4(ap[c].add(M8_OFF)));
+                let mut hi = [_mm256_setzero_si256(); C];
+                for k in 0..4 {
+                    let v = _mm256_loadu_si256(wp.add(16 + 32 * k) as *const __m256i);
+                    let l = _mm256_and_si256(v, lo_mask);
+                    let h = _mm256_and_si256(v, hi_mask);
+                    for c in 0..C {
+                        lo[c] = _mm256_dpbusd_epi32(lo[c], l, bcast4(ap[c].add(4 * k)));
+                        hi[c] = _mm256_dpbusd_epi32(hi[c], h, bcast4(ap[c].add(16 + 4 * k)));
+                    }
+                }
+                let dw = _mm256_cvtph_ps(_mm_loadu_si128(wp as *const __m128i));
+                for c in 0..C {
+                    let s = _mm256_add_epi32(lo[c], _mm256_srai_epi32::<4>(hi[c]));
+                    let d = _mm256_mul_ps(dw, bcast_f32(ap[c].add(D_OFF)));
+                    acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), d, acc[c]);
+                }
+            }
+        }
+        for c in 0..C {
+            // SAFETY: 8 floats of output row c (TileFn contract).
+            unsafe { _mm256_storeu_ps(out.add(c * out_stride), acc[c]) };
+        }
+    }
+    tile_fn!(pub(super) tile_vnni, k_vnni, 1 2 3 4);
+
+    /// Plain AVX2: `pmaddubsw` products of a whole block summed in i16 (8 pairs of at most
+    /// 2·15·128 = 3840 each: at most 30720, no saturation), widened once by `pmaddwd`.
+    ///
+    /// Safety: the CPU has AVX2/FMA/F16C; `TileFn` contract with `C` columns.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn k_avx2<const C: usize>(
+        n: usize,
+        w: *const u8,
+        act: *const u8,
+        act_stride: usize,
+        out: *mut f32,
+        out_stride: usize,
+    ) {
+        let mask = _mm256_set1_epi8(0x0F);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); C];
+        for b in 0..n / 32 {
+            // SAFETY: block b < n/32 of the group and of each activation row.
+            unsafe {
+                let wp = w.add(b * BLOCK_BYTES);
+                let ap: [*const u8; C] =
+                    std::array::from_fn(|c| act.add(c * act_stride + b * ABLK));
+                let mut s16 = [_mm256_setzero_si256(); C];
+                for k in 0..4 {
+                    let v = _mm256_loadu_si256(wp.add(16 + 32 * k) as *const __m256i);
+                    let l = _mm256_and_si256(v, mask);
+                    let h = _mm256_and_si256(_mm256_srli_epi16::<4>(v), mask);
+                    for c in 0..C {
+                        let pl = _mm256_maddubs_epi16(l, bcast4(ap[c].add(4 * k)));
+                        let ph = _mm256_maddubs_epi16(h, bcast4(ap[c].add(16 + 4 * k)));
+                        s16[c] = _mm256_add_epi16(s16[c], _mm256_add_epi16(pl, ph));
+                    }
+                }
+                let dw = _mm256_cvtph_ps(_mm_loadu_si128(wp as *const __m128i));
+                for c in 0..C {
+                    let s = _mm256_add_epi32(
+                        _mm256_madd_epi16(s16[c], ones),
+                        bcast4(ap[c].add(M8_OFF)),
+                    );
+                    let d = _mm256_mul_ps(dw, bcast_f32(ap[c].add(D_OFF)));
+                    acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), d, acc[c]);
+                }
+            }
+        }
+        for c in 0..C {
+            // SAFETY: 8 floats of output row c (TileFn contract).
+            unsafe { _mm256_storeu_ps(out.add(c * out_stride), acc[c]) };
+        }
+    }
+    tile_fn!(pub(super) tile_avx2, k_avx2, 1 2 3 4);
 }

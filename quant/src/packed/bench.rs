@@ -1,0 +1,1 @@
+//! Throughput measurement of the packed kernels (filled in below).
