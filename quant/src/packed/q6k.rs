@@ -1,35 +1,529 @@
-//! Packed layout of Q6_K: not implemented yet (`READY = false` keeps it unused).
+//! Packed Q6_K: eight rows interleaved per 256-value super-block, against Q8_K activations.
+//!
+//! A packed super-block holds super-block `b` of the group's 8 rows in 1680 bytes, exactly
+//! the 8 × 210 bytes they take stored, so packing changes no memory budget:
+//!
+//! | offset | bytes | field |
+//! |---|---|---|
+//! | 0 | 16 | `d` of rows 0..8 (f16): one `vcvtph2ps` |
+//! | 16 | 128 | sub-block scales (i8): byte `16 + 8j + r` = scale `j` (< 16) of row `r` |
+//! | 144 + 192u | 128 | low nibbles of values `32u..32u + 32` (unit `u` < 8) |
+//! | 272 + 192u | 64 | top 2 bits of the same values |
+//!
+//! Codes are the stored unsigned 6-bit `q` (value = `d·scale·(q − 32)`), because
+//! `vpdpbusd` multiplies unsigned weight bytes by signed activation bytes; the `−32` is
+//! applied once per sub-block pair as `−32·Σ_j scale_j·bsum_j` with the Q8_K block sums.
+//!
+//! A *chunk* is 4 consecutive values of all 8 rows, one 32-byte vector whose byte `4r + i`
+//! is value `i` of row `r`, so the i32 lane `r` of `vpdpbusd` against 4 broadcast
+//! activation bytes is row `r`'s partial sum. Unit `u` holds 8 chunks `(h, t)` (`h` < 2,
+//! `t` < 4) covering values `32u + 16h + 4t + i` (sub-block `2u + h`):
+//! - low-nibble vector `t` (at `144 + 192u + 32t`) keeps chunk `(0, t)` in its low nibbles
+//!   and chunk `(1, t)` in its high nibbles;
+//! - high-bit vector `s` (at `272 + 192u + 32s`) keeps the top 2 bits of chunk `(h, t)` with
+//!   `t / 2 = s` in bits `2p..2p + 2`, `p = 2h + t % 2`. Shifting by `4 − 2p` and masking
+//!   with `0x30` puts them in place; `p = 2` needs no shift.
+//!
+//! The kernels accumulate one i32 per row and sub-block with `vpdpbusd` (AVX2: `pmaddubsw`
+//! pairs, whose i16 sums stay below 2·2·63·128 = 32256), multiply by the row's scale in
+//! i32, and convert to f32 once per super-block: `d_w·d_a·(Σ_j s_j·Σ q·a − 32·Σ_j s_j·bsum_j)`.
+//! All of it fits i32 (|Σ_j s_j·Σ q·a| ≤ 16·128·16·63·128 < 2^29).
 
 use crate::dot::Backend;
+use crate::GgmlType;
 
-pub(super) const READY: bool = false;
+pub(super) const READY: bool = true;
 
-pub(super) fn group_bytes(_n: usize) -> usize {
-    0
+/// Values per super-block.
+const QK: usize = 256;
+/// Bytes of one stored Q6_K block.
+const STORED: usize = 210;
+/// Bytes of one packed super-block (8 rows).
+const SB: usize = 8 * STORED;
+/// Bytes of one Q8_K activation block.
+const ACT: usize = 292;
+/// Offsets inside a packed super-block.
+const SCALES: usize = 16;
+const CODES: usize = 144;
+const UNIT: usize = 192;
+
+pub(super) fn group_bytes(n: usize) -> usize {
+    n / QK * SB
 }
 
-pub(super) fn pack_group(_n: usize, _src: &[u8], _src_row_bytes: usize, _dst: &mut [u8]) {}
-
-pub(super) fn unpack_row(_n: usize, _group: &[u8], _r: usize, _dst: &mut [u8]) {}
-
-pub(super) fn activation_row_bytes(_n: usize) -> usize {
-    0
+/// The 256 unsigned 6-bit codes of one stored block.
+fn stored_codes(b: &[u8]) -> [u8; QK] {
+    let mut q = [0u8; QK];
+    for half in 0..2 {
+        let (ql, qh) = (&b[64 * half..], &b[128 + 32 * half..]);
+        let y = &mut q[128 * half..];
+        for l in 0..32 {
+            let h = qh[l];
+            y[l] = (ql[l] & 15) | (h & 3) << 4;
+            y[l + 32] = (ql[l + 32] & 15) | ((h >> 2) & 3) << 4;
+            y[l + 64] = (ql[l] >> 4) | ((h >> 4) & 3) << 4;
+            y[l + 96] = (ql[l + 32] >> 4) | ((h >> 6) & 3) << 4;
+        }
+    }
+    q
 }
 
-pub(super) fn quantize_activation(_backend: Backend, _x: &[f32], _dst: &mut [u8]) {}
+/// Byte offsets (inside a packed super-block) of the low-nibble and high-bit bytes of
+/// value `k` of row `r`, with the nibble (0 or 1) and the bit shift of the top bits.
+fn code_position(k: usize, r: usize) -> (usize, usize, usize, usize) {
+    let (u, w, i) = (k / 32, k % 32, k % 4);
+    let (h, t) = (w / 16, (w % 16) / 4);
+    let low = CODES + UNIT * u + 32 * t + 4 * r + i;
+    let high = CODES + UNIT * u + 128 + 32 * (t / 2) + 4 * r + i;
+    (low, h, high, 2 * (2 * h + t % 2))
+}
+
+pub(super) fn pack_group(n: usize, src: &[u8], src_row_bytes: usize, dst: &mut [u8]) {
+    dst.fill(0);
+    for b in 0..n / QK {
+        let out = &mut dst[b * SB..(b + 1) * SB];
+        for r in 0..8 {
+            let blk = &src[r * src_row_bytes + b * STORED..][..STORED];
+            out[2 * r..2 * r + 2].copy_from_slice(&blk[208..210]);
+            for j in 0..16 {
+                out[SCALES + 8 * j + r] = blk[192 + j];
+            }
+            for (k, q) in stored_codes(blk).into_iter().enumerate() {
+                let (lo, nib, hi, shift) = code_position(k, r);
+                out[lo] |= (q & 15) << (4 * nib);
+                out[hi] |= (q >> 4) << shift;
+            }
+        }
+    }
+}
+
+pub(super) fn unpack_row(n: usize, group: &[u8], r: usize, dst: &mut [u8]) {
+    for b in 0..n / QK {
+        let sb = &group[b * SB..(b + 1) * SB];
+        let blk = &mut dst[b * STORED..(b + 1) * STORED];
+        let mut q = [0u8; QK];
+        for (k, q) in q.iter_mut().enumerate() {
+            let (lo, nib, hi, shift) = code_position(k, r);
+            *q = (sb[lo] >> (4 * nib)) & 15 | ((sb[hi] >> shift) & 3) << 4;
+        }
+        // The stored encoding (see `kquants::BlockQ6K`); every bit of ql/qh is a code bit.
+        for half in 0..2 {
+            let c = &q[128 * half..];
+            for l in 0..32 {
+                blk[64 * half + l] = (c[l] & 15) | (c[l + 64] & 15) << 4;
+                blk[64 * half + l + 32] = (c[l + 32] & 15) | (c[l + 96] & 15) << 4;
+                blk[128 + 32 * half + l] = (c[l] >> 4)
+                    | (c[l + 32] >> 4) << 2
+                    | (c[l + 64] >> 4) << 4
+                    | (c[l + 96] >> 4) << 6;
+            }
+        }
+        for j in 0..16 {
+            blk[192 + j] = sb[SCALES + 8 * j + r];
+        }
+        blk[208..210].copy_from_slice(&sb[2 * r..2 * r + 2]);
+    }
+}
+
+pub(super) fn activation_row_bytes(n: usize) -> usize {
+    n / QK * ACT
+}
+
+pub(super) fn quantize_activation(backend: Backend, x: &[f32], dst: &mut [u8]) {
+    let done = crate::dot::quantize_activation(backend, GgmlType::Q8K, x, dst);
+    debug_assert!(
+        done.is_ok(),
+        "lengths checked by packed::quantize_activation"
+    );
+}
 
 /// # Safety
 /// See `packed::gemm_to_ptr`.
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn gemm(
-    _backend: Backend,
-    _n: usize,
-    _w: &[u8],
-    _ngroups: usize,
-    _act: &[u8],
-    _act_stride: usize,
-    _ncols: usize,
-    _out: *mut f32,
-    _out_stride: usize,
+    backend: Backend,
+    n: usize,
+    w: &[u8],
+    ngroups: usize,
+    act: &[u8],
+    act_stride: usize,
+    ncols: usize,
+    out: *mut f32,
+    out_stride: usize,
 ) {
+    let nsb = n / QK;
+    #[cfg(target_arch = "x86_64")]
+    if backend.has_avx2() {
+        let tile = if backend == Backend::Avx512 {
+            x86::tile_vnni as x86::Tile
+        } else {
+            x86::tile_avx2 as x86::Tile
+        };
+        // SAFETY: the backend is usable (mod.rs maps others to Scalar), so the CPU has the
+        // features the tile needs; extents are the caller's contract.
+        unsafe {
+            run_tiles(
+                tile, nsb, SB, ACT, w, ngroups, act, act_stride, ncols, out, out_stride,
+            )
+        };
+        return;
+    }
+    let _ = backend;
+    for g in 0..ngroups {
+        let wg = &w[g * nsb * SB..(g + 1) * nsb * SB];
+        for c in 0..ncols {
+            let a = &act[c * act_stride..c * act_stride + nsb * ACT];
+            let sums = scalar_group(nsb, wg, a);
+            for (r, s) in sums.iter().enumerate() {
+                // SAFETY: row g*8 + r < ngroups*8 and column c < ncols (caller's contract).
+                unsafe { *out.add(c * out_stride + g * 8 + r) = *s };
+            }
+        }
+    }
+}
+
+// ------------------------------------------------- tile driver, shared with `q4k`
+
+/// A SIMD micro-kernel: the 8 rows of one group (`nsb` packed super-blocks at `w`) against
+/// `ncols` (1..=4) activation rows at `act`, `act_stride` bytes apart; writes the 8 sums of
+/// column `c` to `out + c·out_stride`.
+#[cfg(target_arch = "x86_64")]
+pub(super) type Tile = unsafe fn(
+    nsb: usize,
+    w: *const u8,
+    act: *const u8,
+    act_stride: usize,
+    ncols: usize,
+    out: *mut f32,
+    out_stride: usize,
+);
+
+/// Expands a const-generic kernel `$k::<C>(nsb, w, act, act_stride, out, out_stride)` into a
+/// [`Tile`] that picks `C` from `ncols`.
+#[cfg(target_arch = "x86_64")]
+macro_rules! tile_fn {
+    ($name:ident, $k:ident) => {
+        /// # Safety
+        /// See `Tile`; the CPU has the kernel's target features.
+        pub(super) unsafe fn $name(
+            nsb: usize,
+            w: *const u8,
+            act: *const u8,
+            act_stride: usize,
+            ncols: usize,
+            out: *mut f32,
+            out_stride: usize,
+        ) {
+            // SAFETY: forwarded from the Tile contract.
+            unsafe {
+                match ncols {
+                    1 => $k::<1>(nsb, w, act, act_stride, out, out_stride),
+                    2 => $k::<2>(nsb, w, act, act_stride, out, out_stride),
+                    3 => $k::<3>(nsb, w, act, act_stride, out, out_stride),
+                    _ => $k::<4>(nsb, w, act, act_stride, out, out_stride),
+                }
+            }
+        }
+    };
+}
+#[cfg(target_arch = "x86_64")]
+pub(super) use tile_fn;
+
+/// Activation bytes one column block may span: the block's activations stay in L2 while
+/// every group of the matrix passes over them, and each group's weights stay in L1 while
+/// the block's columns stream past them 4 at a time.
+#[cfg(target_arch = "x86_64")]
+const COLUMN_BLOCK_BYTES: usize = 256 * 1024;
+
+/// Runs `tile` over all groups and columns of a packed gemm (`gemm_to_ptr`'s arguments,
+/// with `nsb` super-blocks of `sb_bytes` per group and `act_bytes` per Q8_K block).
+///
+/// # Safety
+/// As `packed::gemm_to_ptr` (extents checked there), and the CPU runs `tile`.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn run_tiles(
+    tile: Tile,
+    nsb: usize,
+    sb_bytes: usize,
+    act_bytes: usize,
+    w: &[u8],
+    ngroups: usize,
+    act: &[u8],
+    act_stride: usize,
+    ncols: usize,
+    out: *mut f32,
+    out_stride: usize,
+) {
+    let gb = nsb * sb_bytes;
+    let block = (COLUMN_BLOCK_BYTES / (nsb * act_bytes)).max(4) / 4 * 4;
+    let mut c0 = 0;
+    while c0 < ncols {
+        let end = (c0 + block).min(ncols);
+        for g in 0..ngroups {
+            let mut c = c0;
+            while c < end {
+                let nc = (end - c).min(4);
+                // SAFETY: g < ngroups and c + nc <= ncols keep the weight, activation and
+                // output extents inside what gemm_to_ptr checked / was promised.
+                unsafe {
+                    tile(
+                        nsb,
+                        w.as_ptr().add(g * gb),
+                        act.as_ptr().add(c * act_stride),
+                        act_stride,
+                        nc,
+                        out.add(c * out_stride + g * 8),
+                        out_stride,
+                    )
+                };
+                c += nc;
+            }
+        }
+        c0 = end;
+    }
+}
+
+// ------------------------------------------------------------------ kernels
+
+/// The 8 rows of one group dotted with one activation row: the reference kernel.
+fn scalar_group(nsb: usize, w: &[u8], act: &[u8]) -> [f32; 8] {
+    let mut sums = [0.0f32; 8];
+    for b in 0..nsb {
+        let sb = &w[b * SB..(b + 1) * SB];
+        let a = &act[b * ACT..(b + 1) * ACT];
+        let da = f32::from_le_bytes([a[0], a[1], a[2], a[3]]);
+        let bsum = |j: usize| i16::from_le_bytes([a[260 + 2 * j], a[261 + 2 * j]]) as i32;
+        for (r, sum) in sums.iter_mut().enumerate() {
+            let mut tot = 0i32;
+            for j in 0..16 {
+                let mut dot = -32 * bsum(j);
+                for k in 16 * j..16 * j + 16 {
+                    let (lo, nib, hi, shift) = code_position(k, r);
+                    let q = (sb[lo] >> (4 * nib)) & 15 | ((sb[hi] >> shift) & 3) << 4;
+                    dot += q as i32 * a[4 + k] as i8 as i32;
+                }
+                tot += sb[SCALES + 8 * j + r] as i8 as i32 * dot;
+            }
+            let dw = crate::f16_to_f32(u16::from_le_bytes([sb[2 * r], sb[2 * r + 1]]));
+            *sum += dw * da * tot as f32;
+        }
+    }
+    sums
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{ACT, CODES, SB, SCALES, UNIT};
+
+    pub(super) type Tile = super::Tile;
+
+    /// Reads 4 activation bytes as one i32 and broadcasts them to the 8 lanes.
+    ///
+    /// # Safety
+    /// `p..p + 4` must be readable.
+    #[inline(always)]
+    unsafe fn bcast4(p: *const u8) -> __m256i {
+        // SAFETY: forwarded.
+        unsafe { _mm256_set1_epi32((p as *const i32).read_unaligned()) }
+    }
+
+    /// The 8 chunks of unit `u` as unsigned 6-bit codes, indexed `4h + t`.
+    ///
+    /// # Safety
+    /// `unit` must point at a packed unit (192 readable bytes); AVX2 must be available.
+    #[inline(always)]
+    unsafe fn decode_unit(unit: *const u8) -> [__m256i; 8] {
+        // SAFETY: the unit's 192 bytes are readable (caller); AVX2 (caller).
+        unsafe {
+            let m4 = _mm256_set1_epi8(0x0F);
+            let m30 = _mm256_set1_epi8(0x30);
+            let ld = |o: usize| _mm256_loadu_si256(unit.add(o) as *const __m256i);
+            let (h0, h1) = (ld(128), ld(160));
+            let mut q = [_mm256_setzero_si256(); 8];
+            for t in 0..4 {
+                let l = ld(32 * t);
+                let h = if t < 2 { h0 } else { h1 };
+                // Top bits of chunk (0, t) at bits 2(t%2), of chunk (1, t) at 4 + 2(t%2).
+                let (top0, top1) = if t % 2 == 0 {
+                    (_mm256_slli_epi16(h, 4), h)
+                } else {
+                    (_mm256_slli_epi16(h, 2), _mm256_srli_epi16(h, 2))
+                };
+                q[t] = _mm256_or_si256(_mm256_and_si256(l, m4), _mm256_and_si256(top0, m30));
+                q[4 + t] = _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16(l, 4), m4),
+                    _mm256_and_si256(top1, m30),
+                );
+            }
+            q
+        }
+    }
+
+    /// Scales of sub-blocks `2u` and `2u + 1` as i32 per row, and both as i16 pairs
+    /// (`pmaddwd` against the broadcast bsum pair gives `s_2u·bsum_2u + s_2u+1·bsum_2u+1`).
+    ///
+    /// # Safety
+    /// `sb` must point at a packed super-block; AVX2 must be available.
+    #[inline(always)]
+    unsafe fn unit_scales(sb: *const u8, u: usize) -> (__m256i, __m256i, __m256i) {
+        // SAFETY: 16 scale bytes of unit u lie inside the super-block (caller).
+        unsafe {
+            let p = sb.add(SCALES + 16 * u);
+            let s0 = _mm256_cvtepi8_epi32(_mm_loadl_epi64(p as *const __m128i));
+            let s1 = _mm256_cvtepi8_epi32(_mm_loadl_epi64(p.add(8) as *const __m128i));
+            let pair = _mm256_blend_epi16(s0, _mm256_slli_epi32(s1, 16), 0xAA);
+            (s0, s1, pair)
+        }
+    }
+
+    /// Folds one super-block's integer sums into the f32 accumulators.
+    ///
+    /// # Safety
+    /// `sb` must point at a packed super-block and `a[c]` at a Q8_K block; AVX2/FMA/F16C.
+    #[inline(always)]
+    unsafe fn finish<const C: usize>(
+        sb: *const u8,
+        a: &[*const u8; C],
+        tot: &[__m256i; C],
+        corr: &[__m256i; C],
+        acc: &mut [__m256; C],
+    ) {
+        // SAFETY: d of the 8 rows are the first 16 bytes, d_a the first 4 of a Q8_K block.
+        unsafe {
+            let dw = _mm256_cvtph_ps(_mm_loadu_si128(sb as *const __m128i));
+            for c in 0..C {
+                let da = _mm256_set1_ps((a[c] as *const f32).read_unaligned());
+                let t = _mm256_sub_epi32(tot[c], _mm256_slli_epi32(corr[c], 5));
+                acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), _mm256_mul_ps(dw, da), acc[c]);
+            }
+        }
+    }
+
+    /// Writes 8 row sums of `C` columns.
+    ///
+    /// # Safety
+    /// `out + c·out_stride + 0..8` writable for `c < C`; AVX available.
+    #[inline(always)]
+    unsafe fn store<const C: usize>(acc: &[__m256; C], out: *mut f32, out_stride: usize) {
+        for (c, v) in acc.iter().enumerate() {
+            // SAFETY: forwarded.
+            unsafe { _mm256_storeu_ps(out.add(c * out_stride), *v) };
+        }
+    }
+
+    /// `vpdpbusd` kernel: 8 rows of `nsb` packed super-blocks at `w` × `C` activation rows.
+    ///
+    /// # Safety
+    /// `w` holds `nsb` packed super-blocks, `act + c·act_stride` `nsb` Q8_K blocks for
+    /// `c < C`, `out` as in [`store`]; the CPU has AVX-512 VNNI/VL.
+    // The AVX-512 intrinsics are stable since Rust 1.89; this kernel only exists for the
+    // `Avx512` backend, which needs that compiler anyway.
+    #[allow(clippy::incompatible_msrv)]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn vnni<const C: usize>(
+        nsb: usize,
+        w: *const u8,
+        act: *const u8,
+        act_stride: usize,
+        out: *mut f32,
+        out_stride: usize,
+    ) {
+        let mut acc = [_mm256_setzero_ps(); C];
+        for b in 0..nsb {
+            // SAFETY: b < nsb keeps every pointer below inside its super-block / Q8_K block.
+            unsafe {
+                let sb = w.add(b * SB);
+                let a: [*const u8; C] = std::array::from_fn(|c| act.add(c * act_stride + b * ACT));
+                let mut tot = [_mm256_setzero_si256(); C];
+                let mut corr = [_mm256_setzero_si256(); C];
+                for u in 0..8 {
+                    let q = decode_unit(sb.add(CODES + UNIT * u));
+                    let (s0, s1, pair) = unit_scales(sb, u);
+                    for c in 0..C {
+                        let av = a[c].add(4 + 32 * u);
+                        let mut d0 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), q[0], bcast4(av));
+                        let mut d1 =
+                            _mm256_dpbusd_epi32(_mm256_setzero_si256(), q[4], bcast4(av.add(16)));
+                        for t in 1..4 {
+                            d0 = _mm256_dpbusd_epi32(d0, q[t], bcast4(av.add(4 * t)));
+                            d1 = _mm256_dpbusd_epi32(d1, q[4 + t], bcast4(av.add(16 + 4 * t)));
+                        }
+                        let s = _mm256_add_epi32(
+                            _mm256_mullo_epi32(d0, s0),
+                            _mm256_mullo_epi32(d1, s1),
+                        );
+                        tot[c] = _mm256_add_epi32(tot[c], s);
+                        let bs = bcast4(a[c].add(260 + 4 * u));
+                        corr[c] = _mm256_add_epi32(corr[c], _mm256_madd_epi16(pair, bs));
+                    }
+                }
+                finish(sb, &a, &tot, &corr, &mut acc);
+            }
+        }
+        // SAFETY: forwarded.
+        unsafe { store(&acc, out, out_stride) };
+    }
+
+    /// AVX2 kernel: as [`vnni`] with `pmaddubsw` (two chunks summed in i16, at most
+    /// 4·63·128 = 32256 in magnitude) and `pmaddwd` against the scale duplicated in both
+    /// halves of each row's lane, which applies the scale without `vpmulld`.
+    ///
+    /// # Safety
+    /// As [`vnni`], with AVX2/FMA/F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn avx2<const C: usize>(
+        nsb: usize,
+        w: *const u8,
+        act: *const u8,
+        act_stride: usize,
+        out: *mut f32,
+        out_stride: usize,
+    ) {
+        let mut acc = [_mm256_setzero_ps(); C];
+        for b in 0..nsb {
+            // SAFETY: as in `vnni`.
+            unsafe {
+                let sb = w.add(b * SB);
+                let a: [*const u8; C] = std::array::from_fn(|c| act.add(c * act_stride + b * ACT));
+                let mut tot = [_mm256_setzero_si256(); C];
+                let mut corr = [_mm256_setzero_si256(); C];
+                for u in 0..8 {
+                    let q = decode_unit(sb.add(CODES + UNIT * u));
+                    let (s0, s1, pair) = unit_scales(sb, u);
+                    let dup0 = _mm256_blend_epi16(s0, _mm256_slli_epi32(s0, 16), 0xAA);
+                    let dup1 = _mm256_blend_epi16(s1, _mm256_slli_epi32(s1, 16), 0xAA);
+                    for c in 0..C {
+                        let av = a[c].add(4 + 32 * u);
+                        let m = |k: usize, o: usize| _mm256_maddubs_epi16(q[k], bcast4(av.add(o)));
+                        let x0 = _mm256_add_epi16(m(0, 0), m(1, 4));
+                        let x1 = _mm256_add_epi16(m(2, 8), m(3, 12));
+                        let y0 = _mm256_add_epi16(m(4, 16), m(5, 20));
+                        let y1 = _mm256_add_epi16(m(6, 24), m(7, 28));
+                        let s = _mm256_add_epi32(
+                            _mm256_add_epi32(
+                                _mm256_madd_epi16(x0, dup0),
+                                _mm256_madd_epi16(x1, dup0),
+                            ),
+                            _mm256_add_epi32(
+                                _mm256_madd_epi16(y0, dup1),
+                                _mm256_madd_epi16(y1, dup1),
+                            ),
+                        );
+                        tot[c] = _mm256_add_epi32(tot[c], s);
+                        let bs = bcast4(a[c].add(260 + 4 * u));
+                        corr[c] = _mm256_add_epi32(corr[c], _mm256_madd_epi16(pair, bs));
+                    }
+                }
+                finish(sb, &a, &tot, &corr, &mut acc);
+            }
+        }
+        // SAFETY: forwarded.
+        unsafe { store(&acc, out, out_stride) };
+    }
+
+    super::tile_fn!(tile_vnni, vnni);
+    super::tile_fn!(tile_avx2, avx2);
 }

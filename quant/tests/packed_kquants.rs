@@ -1,0 +1,244 @@
+//! Packed Q4_K and Q6_K layouts and kernels against the unpacked reference.
+//!
+//! - pack → unpack is the identity on arbitrary stored bytes (every bit pattern of a block
+//!   is a valid block) and on quantized rows;
+//! - `packed::gemm` on every available backend equals the unpacked scalar `dot::gemm` on the
+//!   same weight rows and the same Q8_K activation bytes within `1e-5·Σ|w·a| + 1e-6` (the
+//!   integer sums are identical, only f32 rounding differs);
+//! - length errors through the public API are `Err`s.
+//!
+//! `kquant_throughput` (ignored) times the packed kernels against the unpacked ones.
+
+use rgemma_quant::dot::{self, Backend};
+use rgemma_quant::packed::{self, GROUP_ROWS};
+use rgemma_quant::{dequantize_row, quantize_row, GgmlType};
+
+const TYPES: [GgmlType; 2] = [GgmlType::Q4K, GgmlType::Q6K];
+
+/// xorshift32 in [-1, 1), with occasional outliers like real weights.
+struct Rng(u32);
+impl Rng {
+    fn u32(&mut self) -> u32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 17;
+        self.0 ^= self.0 << 5;
+        self.0
+    }
+    fn next(&mut self) -> f32 {
+        let x = self.u32();
+        let u = (x >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0;
+        if x % 97 == 0 {
+            u * 8.0
+        } else {
+            u
+        }
+    }
+    fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.next()).collect()
+    }
+}
+
+fn row_bytes(ty: GgmlType, n: usize) -> usize {
+    ty.row_size(n as u64).unwrap() as usize
+}
+
+/// `rows` quantized random rows of `n` values, with an all-zero block in row 0 and an
+/// all-zero row 5 (when present).
+fn weights(ty: GgmlType, n: usize, rows: usize, rng: &mut Rng) -> Vec<u8> {
+    let mut wf = rng.vec(rows * n);
+    wf[256..512.min(n)].iter_mut().for_each(|v| *v = 0.0);
+    wf[..256].iter_mut().for_each(|v| *v *= 0.01);
+    if rows > 5 {
+        wf[5 * n..6 * n].iter_mut().for_each(|v| *v = 0.0);
+    }
+    let mut q = vec![0u8; rows * row_bytes(ty, n)];
+    quantize_row(ty, &wf, &mut q).unwrap();
+    q
+}
+
+fn pack(ty: GgmlType, n: usize, rows: &[u8]) -> Vec<u8> {
+    let rb = row_bytes(ty, n);
+    let gb = packed::group_bytes(ty, n).unwrap();
+    let ngroups = rows.len() / rb / GROUP_ROWS;
+    let mut out = vec![0u8; ngroups * gb];
+    for g in 0..ngroups {
+        let src = &rows[g * GROUP_ROWS * rb..(g + 1) * GROUP_ROWS * rb];
+        packed::pack_group(ty, n, src, rb, &mut out[g * gb..(g + 1) * gb]).unwrap();
+    }
+    out
+}
+
+fn ready(ty: GgmlType) -> bool {
+    let ok = packed::supports(ty);
+    if !ok {
+        eprintln!("{ty}: no packed layout yet, skipped");
+    }
+    ok
+}
+
+#[test]
+fn pack_unpack_is_the_identity() {
+    let mut rng = Rng(0x5EED_0001);
+    for ty in TYPES.into_iter().filter(|&t| ready(t)) {
+        for n in [256usize, 512, 2560] {
+            let rb = row_bytes(ty, n);
+            let gb = packed::group_bytes(ty, n).unwrap();
+            assert_eq!(gb, GROUP_ROWS * rb, "{ty}: packed size = stored size");
+            // Arbitrary bytes (any bit pattern is a block), with a source row stride
+            // larger than the row, and quantized rows.
+            let stride = rb + 3;
+            let random: Vec<u8> = (0..GROUP_ROWS * stride).map(|_| rng.u32() as u8).collect();
+            let quantized = weights(ty, n, GROUP_ROWS, &mut rng);
+            for (src, stride) in [(&random, stride), (&quantized, rb)] {
+                let mut group = vec![0xAAu8; gb];
+                packed::pack_group(ty, n, src, stride, &mut group).unwrap();
+                for r in 0..GROUP_ROWS {
+                    let mut row = vec![0x55u8; rb];
+                    packed::unpack_row(ty, n, &group, r, &mut row).unwrap();
+                    assert_eq!(row, src[r * stride..r * stride + rb], "{ty} n={n} row {r}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn packed_activation_is_the_q8k_activation() {
+    let mut rng = Rng(0x5EED_0002);
+    for ty in TYPES.into_iter().filter(|&t| ready(t)) {
+        for backend in Backend::all_available() {
+            let n = 2560;
+            let x = rng.vec(n);
+            let bytes = packed::activation_row_bytes(ty, n).unwrap();
+            assert_eq!(bytes, dot::activation_row_bytes(ty, n).unwrap());
+            let mut got = vec![0u8; bytes];
+            packed::quantize_activation(backend, ty, &x, &mut got).unwrap();
+            let mut want = vec![0u8; bytes];
+            dot::quantize_activation(backend, GgmlType::Q8K, &x, &mut want).unwrap();
+            assert_eq!(got, want, "{ty} {backend:?}");
+        }
+    }
+}
+
+/// Σ|w·a| of one weight row and one activation row (the error scale).
+fn abs_dot(ty: GgmlType, n: usize, w: &[u8], a: &[u8]) -> f64 {
+    let (mut wf, mut af) = (vec![0.0f32; n], vec![0.0f32; n]);
+    dequantize_row(ty, w, &mut wf).unwrap();
+    dequantize_row(GgmlType::Q8K, a, &mut af).unwrap();
+    wf.iter()
+        .zip(&af)
+        .map(|(x, y)| (*x as f64 * *y as f64).abs())
+        .sum()
+}
+
+#[test]
+fn packed_gemm_matches_the_unpacked_kernels() {
+    let mut rng = Rng(0x5EED_0003);
+    let backends = Backend::all_available();
+    eprintln!("backends under test: {backends:?}");
+    for ty in TYPES.into_iter().filter(|&t| ready(t)) {
+        for n in [256usize, 768, 2560] {
+            for ngroups in [1usize, 3] {
+                let rows = ngroups * GROUP_ROWS;
+                let rb = row_bytes(ty, n);
+                let wq = weights(ty, n, rows, &mut rng);
+                let wp = pack(ty, n, &wq);
+                for ncols in [1usize, 2, 3, 4, 5, 7, 9, 17] {
+                    let ab = packed::activation_row_bytes(ty, n).unwrap();
+                    // Activation rows ab + 8 bytes apart; column 1 has an all-zero block.
+                    let astride = ab + 8;
+                    let mut act = vec![0u8; ncols * astride];
+                    for c in 0..ncols {
+                        let mut x = rng.vec(n);
+                        if c == 1 {
+                            x[..256].iter_mut().for_each(|v| *v = 0.0);
+                        }
+                        let dst = &mut act[c * astride..c * astride + ab];
+                        packed::quantize_activation(Backend::Scalar, ty, &x, dst).unwrap();
+                    }
+                    let ostride = rows + 3;
+                    let mut want = vec![f32::NAN; ncols * ostride];
+                    dot::gemm(
+                        Backend::Scalar,
+                        ty,
+                        n,
+                        &wq,
+                        rb,
+                        rows,
+                        &act,
+                        astride,
+                        ncols,
+                        &mut want,
+                        ostride,
+                    )
+                    .unwrap();
+                    for &b in &backends {
+                        let mut got = vec![f32::NAN; ncols * ostride];
+                        packed::gemm(
+                            b, ty, n, &wp, ngroups, &act, astride, ncols, &mut got, ostride,
+                        )
+                        .unwrap();
+                        for c in 0..ncols {
+                            let a = &act[c * astride..c * astride + ab];
+                            for r in 0..rows {
+                                let (g, w) = (got[c * ostride + r], want[c * ostride + r]);
+                                let tol =
+                                    1e-5 * abs_dot(ty, n, &wq[r * rb..(r + 1) * rb], a) + 1e-6;
+                                assert!(
+                                    ((g - w) as f64).abs() <= tol,
+                                    "{ty} {b:?} n={n} groups={ngroups} cols={ncols} r={r} c={c}: \
+                                     {g} vs {w} (tol {tol})"
+                                );
+                            }
+                            for pad in rows..ostride {
+                                if c * ostride + pad < got.len() {
+                                    assert!(got[c * ostride + pad].is_nan(), "{ty} {b:?} pad");
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn bad_lengths_are_errors() {
+    for ty in TYPES.into_iter().filter(|&t| ready(t)) {
+        let n = 512;
+        let rb = row_bytes(ty, n);
+        let gb = packed::group_bytes(ty, n).unwrap();
+        let ab = packed::activation_row_bytes(ty, n).unwrap();
+        assert!(packed::group_bytes(ty, 100).is_err());
+        assert!(packed::group_bytes(ty, 0).is_err());
+        let src = vec![0u8; GROUP_ROWS * rb];
+        let mut dst = vec![0u8; gb];
+        assert!(packed::pack_group(ty, n, &src, rb, &mut dst[..gb - 1]).is_err());
+        assert!(packed::pack_group(ty, n, &src[..src.len() - 1], rb, &mut dst).is_err());
+        assert!(packed::pack_group(ty, n, &src, rb - 1, &mut dst).is_err());
+        packed::pack_group(ty, n, &src, rb, &mut dst).unwrap();
+        let mut row = vec![0u8; rb];
+        assert!(packed::unpack_row(ty, n, &dst, GROUP_ROWS, &mut row).is_err());
+        assert!(packed::unpack_row(ty, n, &dst[..gb - 1], 0, &mut row).is_err());
+        assert!(packed::unpack_row(ty, n, &dst, 0, &mut row[..rb - 1]).is_err());
+        let x = vec![0.5f32; n];
+        let mut a = vec![0u8; ab];
+        assert!(packed::quantize_activation(Backend::Scalar, ty, &x, &mut a[..ab - 1]).is_err());
+        assert!(packed::quantize_activation(Backend::Scalar, ty, &x[..n - 1], &mut a).is_err());
+        packed::quantize_activation(Backend::Scalar, ty, &x, &mut a).unwrap();
+        let mut out = vec![0.0f32; 2 * GROUP_ROWS];
+        for b in Backend::all_available() {
+            let g = |w: &[u8], a: &[u8], ac: usize, out: &mut [f32], os: usize| {
+                packed::gemm(b, ty, n, w, 1, a, ac.max(ab), 2, out, os)
+            };
+            let a2 = [a.clone(), a.clone()].concat();
+            assert!(g(&dst, &a2, ab, &mut out, GROUP_ROWS).is_ok());
+            assert!(g(&dst[..gb - 1], &a2, ab, &mut out, GROUP_ROWS).is_err());
+            assert!(g(&dst, &a2[..2 * ab - 1], ab, &mut out, GROUP_ROWS).is_err());
+            assert!(g(&dst, &a2, ab, &mut out[..2 * GROUP_ROWS - 1], GROUP_ROWS).is_err());
+            assert!(g(&dst, &a2, ab, &mut out, GROUP_ROWS - 1).is_err());
+            assert!(packed::gemm(b, ty, n, &dst, 1, &a2, ab - 1, 2, &mut out, 8).is_err());
+        }
+    }
+}
