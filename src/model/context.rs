@@ -8,7 +8,7 @@ use rayon::prelude::*;
 use super::attention::{attend_chunk, write_ring, AttnGeom};
 use super::dequant::dequantize_row;
 use super::hparams::{HParams, LayerKind};
-use super::matmul::{matmul, InputMap, MatmulPath, ThreadScratch};
+use super::matmul::{matmul, matmul_same_input, InputMap, MatmulPath, Product, ThreadScratch};
 use super::ops::{add_in_place, gelu_tanh, rmsnorm_rows, rope_apply, rope_tables, softcap};
 use super::recurrent::{conv1d_chunk, rglru_chunk};
 use super::weights::{AttentionWeights, LayerWeights, RecurrentWeights, TemporalWeights};
@@ -538,28 +538,26 @@ fn recurrent_block(
     let hp = model.hparams();
     let l = hp.lru_width;
     let n = t_len * l;
+    let file = model.gguf();
+    let mut products = [
+        Product {
+            w: &rw.linear_y,
+            wdata: rw.linear_y.data(file),
+            bias: Some(&rw.linear_y_bias),
+            out: &mut s.rg_y[..n],
+        },
+        Product {
+            w: &rw.linear_x,
+            wdata: rw.linear_x.data(file),
+            bias: Some(&rw.linear_x_bias),
+            out: &mut s.rg_x[..n],
+        },
+    ];
+    matmul_same_input(&mut products, &s.norm, hp.hidden, t_len, &s.threads)?;
     let th = &s.threads;
-    linear(
-        model,
-        &rw.linear_y,
-        Some(&rw.linear_y_bias),
-        &s.norm,
-        t_len,
-        &mut s.rg_y,
-        th,
-    )?;
     s.rg_y[..n]
         .par_chunks_mut(ELEMENTWISE_CHUNK)
         .for_each(|c| c.iter_mut().for_each(|v| *v = gelu_tanh(*v)));
-    linear(
-        model,
-        &rw.linear_x,
-        Some(&rw.linear_x_bias),
-        &s.norm,
-        t_len,
-        &mut s.rg_x,
-        th,
-    )?;
     conv1d_chunk(
         &s.rg_x[..n],
         conv_tail,
@@ -631,10 +629,16 @@ fn attention_block(
     };
     let (hd, half) = (hp.head_dim, hp.rotary_dim / 2);
     let (qw, kvw) = (g.q_width(), g.kv_width());
+    let file = model.gguf();
+    let mut products =
+        [(&aw.q, &mut s.q), (&aw.k, &mut s.k), (&aw.v, &mut s.v)].map(|(w, out)| Product {
+            w,
+            wdata: w.data(file),
+            bias: None,
+            out: &mut out[..t_len * w.rows],
+        });
+    matmul_same_input(&mut products, &s.norm, hp.hidden, t_len, &s.threads)?;
     let th = &s.threads;
-    linear(model, &aw.q, None, &s.norm, t_len, &mut s.q, th)?;
-    linear(model, &aw.k, None, &s.norm, t_len, &mut s.k, th)?;
-    linear(model, &aw.v, None, &s.norm, t_len, &mut s.v, th)?;
     for t in 0..t_len {
         let cos = &s.rope_cos[t * half..(t + 1) * half];
         let sin = &s.rope_sin[t * half..(t + 1) * half];
@@ -672,25 +676,29 @@ fn attention_block(
 /// GeGLU MLP: reads `s.norm`, writes `s.block_out`.
 fn mlp_block(model: &Model, lw: &LayerWeights, s: &mut Scratch, t_len: usize) -> Result<()> {
     let n = t_len * model.hparams().mlp_width;
+    let file = model.gguf();
+    let mut products = [
+        Product {
+            w: &lw.ffn_gate,
+            wdata: lw.ffn_gate.data(file),
+            bias: Some(&lw.ffn_gate_bias),
+            out: &mut s.mlp_gate[..n],
+        },
+        Product {
+            w: &lw.ffn_up,
+            wdata: lw.ffn_up.data(file),
+            bias: Some(&lw.ffn_up_bias),
+            out: &mut s.mlp_up[..n],
+        },
+    ];
+    matmul_same_input(
+        &mut products,
+        &s.norm,
+        model.hparams().hidden,
+        t_len,
+        &s.threads,
+    )?;
     let th = &s.threads;
-    linear(
-        model,
-        &lw.ffn_gate,
-        Some(&lw.ffn_gate_bias),
-        &s.norm,
-        t_len,
-        &mut s.mlp_gate,
-        th,
-    )?;
-    linear(
-        model,
-        &lw.ffn_up,
-        Some(&lw.ffn_up_bias),
-        &s.norm,
-        t_len,
-        &mut s.mlp_up,
-        th,
-    )?;
     s.mlp_gate[..n]
         .par_chunks_mut(ELEMENTWISE_CHUNK)
         .zip(s.mlp_up[..n].par_chunks(ELEMENTWISE_CHUNK))

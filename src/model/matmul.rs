@@ -162,7 +162,13 @@ pub fn matmul(
     }
     match scratch.path {
         MatmulPath::Kernels(backend) if map == InputMap::Dense && w.packed.is_some() => {
-            matmul_packed(backend, w, x, x_stride, n_tok, bias, out, scratch)
+            let mut one = [Product {
+                w,
+                wdata,
+                bias,
+                out,
+            }];
+            matmul_packed(backend, &mut one, x, x_stride, n_tok, scratch)
         }
         MatmulPath::Kernels(backend) if kernel_fits(w, map) => matmul_kernels(
             backend, w, wdata, map, x, x_stride, n_tok, bias, out, scratch,
@@ -304,39 +310,108 @@ fn matmul_kernels(
         })
 }
 
-/// Weights repacked at load time (`super::packing`): activations are converted once into
-/// the packed kernels' format, then runs of 8-row groups are spread over the pool; each
-/// kernel call handles its groups for all tokens (the kernel tiles the tokens).
-#[allow(clippy::too_many_arguments)]
-fn matmul_packed(
-    backend: Backend,
-    w: &Matrix,
+/// One product of [`matmul_same_input`]: `out[t, r] = bias[r] + W[r, :] · x[t, :]`.
+pub struct Product<'a> {
+    pub w: &'a Matrix,
+    /// The stored bytes of `w` (the memory map).
+    pub wdata: &'a [u8],
+    pub bias: Option<&'a [f32]>,
+    pub out: &'a mut [f32],
+}
+
+/// Several dense products of the same input (gate and up of the MLP, x and y of the
+/// recurrent block, q/k/v): when they are all packed with one type, the input is converted
+/// once and all their row groups share one parallel loop (one synchronisation instead of
+/// several, and better balance at batch 1). Otherwise each goes through [`matmul`].
+pub fn matmul_same_input(
+    products: &mut [Product<'_>],
     x: &[f32],
     x_stride: usize,
     n_tok: usize,
-    bias: Option<&[f32]>,
-    out: &mut [f32],
     scratch: &ThreadScratch,
 ) -> Result<()> {
-    let (rows, cols) = (w.rows, w.cols);
-    let Some(packed) = w.packed.as_deref() else {
-        return Err(Error::InvalidArgument(format!(
-            "matmul {}: not packed",
-            w.info.name
-        )));
-    };
-    if packed.ngroups * packed::GROUP_ROWS != rows {
-        return Err(Error::InvalidArgument(format!(
-            "matmul {}: packed copy has {} groups for {rows} rows",
-            w.info.name, packed.ngroups
-        )));
-    }
-    if rows == 0 || n_tok == 0 {
+    let first = products.first().map(|p| (p.w.ty, p.w.cols));
+    let fused = matches!(scratch.path, MatmulPath::Kernels(_))
+        && products
+            .iter()
+            .all(|p| p.w.packed.is_some() && Some((p.w.ty, p.w.cols)) == first);
+    if !fused {
+        for p in products.iter_mut() {
+            matmul(
+                p.w,
+                p.wdata,
+                InputMap::Dense,
+                x,
+                x_stride,
+                n_tok,
+                p.bias,
+                p.out,
+                scratch,
+            )?;
+        }
         return Ok(());
     }
-    let qerr = |e: rgemma_quant::QuantError| Error::Format(format!("matmul {}: {e}", w.info.name));
-    let act_row = packed::activation_row_bytes(w.ty, cols).map_err(qerr)?;
+    let MatmulPath::Kernels(backend) = scratch.path else {
+        unreachable!("checked above");
+    };
+    matmul_packed(backend, products, x, x_stride, n_tok, scratch)
+}
 
+/// A packed product's share of the parallel loop.
+struct PackedTask {
+    product: usize,
+    g0: usize,
+    g1: usize,
+}
+
+/// Weights repacked at load time (`super::packing`): activations are converted once into
+/// the packed kernels' format, then runs of 8-row groups of every product are spread over
+/// the pool; each kernel call handles its groups for all tokens (the kernel tiles the
+/// tokens). All products have the same type and width (checked by the callers).
+fn matmul_packed(
+    backend: Backend,
+    products: &mut [Product<'_>],
+    x: &[f32],
+    x_stride: usize,
+    n_tok: usize,
+    scratch: &ThreadScratch,
+) -> Result<()> {
+    let Some(first) = products.first() else {
+        return Ok(());
+    };
+    let (ty, cols) = (first.w.ty, first.w.cols);
+    for p in products.iter() {
+        let w = p.w;
+        let ok = w.packed.as_deref().is_some_and(|pk| {
+            pk.ngroups * packed::GROUP_ROWS == w.rows
+                && pk.bytes().len() >= pk.ngroups * pk.group_bytes
+        });
+        let x_needed = if n_tok == 0 {
+            0
+        } else {
+            (n_tok - 1) * x_stride + cols
+        };
+        if !ok
+            || w.ty != ty
+            || w.cols != cols
+            || p.out.len() < n_tok * w.rows
+            || x.len() < x_needed
+            || p.bias.is_some_and(|b| b.len() < w.rows)
+            || (n_tok > 1 && x_stride < cols)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "matmul {}: shapes do not fit the packed path ({}x{}, {n_tok} tokens)",
+                w.info.name, w.rows, w.cols
+            )));
+        }
+    }
+    if n_tok == 0 {
+        return Ok(());
+    }
+    let qerr = |e: rgemma_quant::QuantError| Error::Format(format!("matmul ({ty}): {e}"));
+    let act_row = packed::activation_row_bytes(ty, cols).map_err(qerr)?;
+
+    // 1. Every token's input, converted once into the reused buffer.
     let mut act_buf = scratch
         .activations
         .lock()
@@ -346,7 +421,7 @@ fn matmul_packed(
     }
     let act = &mut act_buf[..n_tok * act_row];
     let convert = |(t, dst): (usize, &mut [u8])| {
-        packed::quantize_activation(backend, w.ty, &x[t * x_stride..t * x_stride + cols], dst)
+        packed::quantize_activation(backend, ty, &x[t * x_stride..t * x_stride + cols], dst)
     };
     if n_tok > 1 {
         act.par_chunks_mut(act_row)
@@ -361,50 +436,64 @@ fn matmul_packed(
     }
     let act: &[u8] = act;
 
-    let ngroups = packed.ngroups;
-    let gb = packed.group_bytes;
-    // Decode: a few tasks per thread for balance; prompts: one group (8 rows) per task, its
-    // weights reused from L1 by every token tile.
+    // 2. Group runs: at batch 1 a few tasks per thread for balance; for prompts one group
+    // (8 rows) per task, its weights reused from L1 by every token tile. At most a few
+    // hundred tasks, so this small list is not worth keeping between calls.
+    let total_groups: usize = products.iter().map(|p| p.w.rows / packed::GROUP_ROWS).sum();
     let per_task = if n_tok == 1 {
         let threads = rayon::current_num_threads().max(1);
-        (ngroups / (threads * 4)).clamp(1, 512)
+        (total_groups / (threads * 4)).clamp(1, 512)
     } else {
         1
     };
-    let data = packed.bytes();
-    let shared = SharedOut(out.as_mut_ptr());
-    (0..ngroups.div_ceil(per_task))
-        .into_par_iter()
-        .try_for_each(|task| -> Result<()> {
-            let g0 = task * per_task;
+    let mut tasks = Vec::with_capacity(total_groups.div_ceil(per_task) + products.len());
+    for (i, p) in products.iter().enumerate() {
+        let ngroups = p.w.rows / packed::GROUP_ROWS;
+        let mut g0 = 0;
+        while g0 < ngroups {
             let g1 = (g0 + per_task).min(ngroups);
-            let (r0, r1) = (g0 * packed::GROUP_ROWS, g1 * packed::GROUP_ROWS);
-            // SAFETY: rows r0..r1 <= rows and tokens < n_tok of `out` (checked to hold
-            // n_tok * rows values in `matmul`) are written only by this task.
-            unsafe {
-                packed::gemm_to_ptr(
-                    backend,
-                    w.ty,
-                    cols,
-                    &data[g0 * gb..g1 * gb],
-                    g1 - g0,
-                    act,
-                    act_row,
-                    n_tok,
-                    shared.ptr().add(r0),
-                    rows,
-                )
-                .map_err(qerr)?;
-                if let Some(b) = bias {
-                    for t in 0..n_tok {
-                        for (r, bv) in (r0..r1).zip(&b[r0..r1]) {
-                            *shared.ptr().add(t * rows + r) += bv;
-                        }
+            tasks.push(PackedTask { product: i, g0, g1 });
+            g0 = g1;
+        }
+    }
+    let outs: Vec<SharedOut> = products
+        .iter_mut()
+        .map(|p| SharedOut(p.out.as_mut_ptr()))
+        .collect();
+    let products: &[Product<'_>] = products;
+    tasks.par_iter().try_for_each(|task| -> Result<()> {
+        let p = &products[task.product];
+        let (w, pk) = (p.w, p.w.packed.as_deref().expect("checked above"));
+        let rows = w.rows;
+        let gb = pk.group_bytes;
+        let (r0, r1) = (task.g0 * packed::GROUP_ROWS, task.g1 * packed::GROUP_ROWS);
+        let out = outs[task.product];
+        // SAFETY: rows r0..r1 <= rows and tokens < n_tok of this product's output (checked
+        // above to hold n_tok * rows values) are written only by this task.
+        unsafe {
+            packed::gemm_to_ptr(
+                backend,
+                ty,
+                cols,
+                &pk.bytes()[task.g0 * gb..task.g1 * gb],
+                task.g1 - task.g0,
+                act,
+                act_row,
+                n_tok,
+                out.ptr().add(r0),
+                rows,
+            )
+            .map_err(qerr)?;
+            if let Some(b) = p.bias {
+                for t in 0..n_tok {
+                    for (r, bv) in (r0..r1).zip(&b[r0..r1]) {
+                        *out.ptr().add(t * rows + r) += bv;
                     }
                 }
             }
-            Ok(())
-        })
+        }
+        Ok(())
+    })
 }
 
 /// The reference path: decode each weight row to f32, dot in f32.
