@@ -1,3 +1,65 @@
-//! Packed kernel throughput (filled in with bench.rs).
+//! Packed vs unpacked kernel throughput, measured in the same run.
+//!
+//! `cargo run --release --example packed_bench -p rgemma-quant [-- SECTION... TYPE...]`
+//! where SECTION is `cache` (one core, 64 × 2560 weights: fits L2), `dram` (1 GiB of
+//! weights, 2 threads, decode) or `pp` (2560 × 2560 weights, 512 tokens, 1 and 2 threads),
+//! and TYPE a ggml type name (`q4_0`, `q8_0`, `q4_K`, `q6_K`). Defaults: every section,
+//! every type with a packed layout.
 
-fn main() {}
+use rgemma_quant::dot::Backend;
+use rgemma_quant::packed::{self, bench};
+use rgemma_quant::GgmlType;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut sections: Vec<&str> = args
+        .iter()
+        .map(String::as_str)
+        .filter(|a| matches!(*a, "cache" | "dram" | "pp"))
+        .collect();
+    if sections.is_empty() {
+        sections = vec!["cache", "dram", "pp"];
+    }
+    let mut types: Vec<GgmlType> = args.iter().filter_map(|a| GgmlType::from_name(a)).collect();
+    if types.is_empty() {
+        types = [GgmlType::Q4_0, GgmlType::Q8_0, GgmlType::Q4K, GgmlType::Q6K]
+            .into_iter()
+            .filter(|t| packed::supports(*t))
+            .collect();
+    }
+    let best = Backend::best_available();
+    let mut backends = vec![best];
+    if best == Backend::Avx512 {
+        backends.push(Backend::Avx2);
+    }
+    let n = 2560;
+    println!(
+        "best backend: {}; GB/s of weight bytes, Gop/s = 2·rows·n·ncols/s",
+        best.name()
+    );
+    for ty in types {
+        let rb = ty.row_size(n as u64).unwrap() as usize;
+        for &section in &sections {
+            let (rows, ncols, threads): (usize, usize, &[usize]) = match section {
+                "cache" => (64, 1, &[1]),
+                "dram" => ((1 << 30) / rb, 1, &[2]),
+                _ => (2560, 512, &[1, 2]),
+            };
+            for &t in threads {
+                let label = format!("{ty} {section:5} rows={rows} n={n} ncols={ncols} t={t}");
+                let u = bench::bench_unpacked_with(best, ty, n, rows, ncols, t, 8);
+                print!("{label}: unpacked {:6.1} GB/s {:6.1} Gop/s", u.gbps, u.gops);
+                for &b in &backends {
+                    let p = bench::bench_packed_with(b, ty, n, rows, ncols, t, 8);
+                    print!(
+                        " | packed {} {:6.1} GB/s {:6.1} Gop/s",
+                        b.name(),
+                        p.gbps,
+                        p.gops
+                    );
+                }
+                println!();
+            }
+        }
+    }
+}

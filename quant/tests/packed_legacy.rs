@@ -9,7 +9,7 @@ use rgemma_quant::dot::{self, Backend};
 use rgemma_quant::packed::{self, GROUP_ROWS};
 use rgemma_quant::{dequantize_row, quantize_row, GgmlType, QuantError};
 
-const TYPES: [GgmlType; 1] = [GgmlType::Q4_0];
+const TYPES: [GgmlType; 2] = [GgmlType::Q4_0, GgmlType::Q8_0];
 
 /// xorshift32; `next` in [-1, 1) with occasional outliers like real weights.
 struct Rng(u32);
@@ -102,15 +102,25 @@ fn activation_quantization_is_backend_independent() {
 }
 
 /// Packs random rows, runs every backend and compares with the unpacked scalar kernel.
-fn check_gemm(rng: &mut Rng, ty: GgmlType, n: usize, ngroups: usize, ncols: usize) {
+/// With `raw`, the weight codes are arbitrary bytes (Q8_0's −128 included, which the
+/// quantizer never writes) under finite random scales.
+fn check_gemm(rng: &mut Rng, ty: GgmlType, n: usize, ngroups: usize, ncols: usize, raw: bool) {
     let rows = ngroups * GROUP_ROWS;
     let rb = row_bytes(ty, n);
-    let mut wf = rng.vec(rows * n);
-    // An all-zero block in row 0 and an all-zero last row.
-    wf[..32].iter_mut().for_each(|v| *v = 0.0);
-    wf[(rows - 1) * n..].iter_mut().for_each(|v| *v = 0.0);
     let mut wq = vec![0u8; rows * rb];
-    quantize_row(ty, &wf, &mut wq).unwrap();
+    if raw {
+        wq = rng.bytes(rows * rb);
+        for blk in wq.chunks_exact_mut(ty.type_size()) {
+            let d = rgemma_quant::f32_to_f16(rng.next() * 0.01);
+            blk[..2].copy_from_slice(&d.to_le_bytes());
+        }
+    } else {
+        let mut wf = rng.vec(rows * n);
+        // An all-zero block in row 0 and an all-zero last row.
+        wf[..32].iter_mut().for_each(|v| *v = 0.0);
+        wf[(rows - 1) * n..].iter_mut().for_each(|v| *v = 0.0);
+        quantize_row(ty, &wf, &mut wq).unwrap();
+    }
     let wp = pack(ty, n, &wq, ngroups);
 
     let mut af = rng.vec(ncols * n);
@@ -197,7 +207,7 @@ fn gemm_matches_the_unpacked_kernels() {
         for n in [32, 96, 2560, 7680] {
             for ngroups in [1, 3] {
                 for ncols in [1, 2, 3, 4, 5, 7, 9, 17] {
-                    check_gemm(&mut rng, ty, n, ngroups, ncols);
+                    check_gemm(&mut rng, ty, n, ngroups, ncols, false);
                 }
             }
         }
@@ -210,7 +220,17 @@ fn gemm_over_several_l2_chunks() {
     // column tiles per chunk.
     let mut rng = Rng(0x5eed_0001);
     for ty in TYPES {
-        check_gemm(&mut rng, ty, 7680, 9, 13);
+        check_gemm(&mut rng, ty, 7680, 9, 13, false);
+    }
+}
+
+#[test]
+fn gemm_on_arbitrary_code_bytes() {
+    let mut rng = Rng(0xfeed_beef);
+    for ty in TYPES {
+        for ncols in [1, 4, 5] {
+            check_gemm(&mut rng, ty, 2560, 2, ncols, true);
+        }
     }
 }
 

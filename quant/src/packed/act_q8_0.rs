@@ -70,7 +70,6 @@ pub(super) struct Block<'a> {
     pub codes: &'a [u8],
     pub d: f32,
     pub m8: i32,
-    #[allow(dead_code)] // read by the Q8_0 kernels
     pub m128: i32,
 }
 

@@ -1,35 +1,272 @@
-//! Packed layout of Q8_0: not implemented yet (`READY = false` keeps it unused).
+//! Packed layout of Q8_0 and its kernels.
+//!
+//! A group holds 8 rows of `n` values as `n / 32` packed blocks of [`BLOCK_BYTES`] = 272
+//! bytes (the 8 stored 34-byte blocks of the same block index), block `b` at `272·b`:
+//!
+//! | offset            | size | content                                                     |
+//! |-------------------|------|-------------------------------------------------------------|
+//! | 0                 | 16   | the 8 rows' f16 scales `d`, row `j` at `2j`                 |
+//! | 16 + 32k + 4j + t | 1    | code `q[4k + t]` of row `j`, stored as `q ^ 0x80` (k < 8)   |
+//!
+//! The 32-byte chunk `k` carries values `4k..4k+4` of every row, row `j` in 32-bit lane
+//! `j`, so one `vpdpbusd` against the 4 broadcast activation bytes `a[4k..4k+4]` advances
+//! the 8 row sums. `q ^ 0x80` is `q + 128` as an unsigned byte (what `vpdpbusd` wants);
+//! the activation block's `−128·Σa` (see `act_q8_0`) seeds the accumulator to remove the
+//! offset. The plain-AVX2 kernel flips the bit back and uses the sign trick instead
+//! (`pmaddubsw(|q|, sign(a, q))`), because `pmaddubsw` would saturate on `(q+128)·a`.
+//! The XOR is a bijection, so every stored byte (even the code −128 the reference
+//! quantizer never writes) round-trips and multiplies correctly.
 
+use super::act_q8_0::{self as act, drive, tile_fn, TileFn};
 use crate::dot::Backend;
 
-pub(super) const READY: bool = false;
+pub(super) const READY: bool = true;
 
-pub(super) fn group_bytes(_n: usize) -> usize {
-    0
+/// Bytes of one packed block (8 rows × 32 values).
+const BLOCK_BYTES: usize = 272;
+/// Bytes of one stored Q8_0 block.
+const STORED: usize = 34;
+
+pub(super) fn group_bytes(n: usize) -> usize {
+    n / 32 * BLOCK_BYTES
 }
 
-pub(super) fn pack_group(_n: usize, _src: &[u8], _src_row_bytes: usize, _dst: &mut [u8]) {}
-
-pub(super) fn unpack_row(_n: usize, _group: &[u8], _r: usize, _dst: &mut [u8]) {}
-
-pub(super) fn activation_row_bytes(_n: usize) -> usize {
-    0
+pub(super) fn pack_group(n: usize, src: &[u8], src_row_bytes: usize, dst: &mut [u8]) {
+    for (b, out) in dst.chunks_exact_mut(BLOCK_BYTES).take(n / 32).enumerate() {
+        for j in 0..8 {
+            let blk = &src[j * src_row_bytes + b * STORED..][..STORED];
+            out[2 * j..2 * j + 2].copy_from_slice(&blk[..2]);
+            for k in 0..8 {
+                for t in 0..4 {
+                    out[16 + 32 * k + 4 * j + t] = blk[2 + 4 * k + t] ^ 0x80;
+                }
+            }
+        }
+    }
 }
 
-pub(super) fn quantize_activation(_backend: Backend, _x: &[f32], _dst: &mut [u8]) {}
+pub(super) fn unpack_row(n: usize, group: &[u8], r: usize, dst: &mut [u8]) {
+    for (b, blk) in dst.chunks_exact_mut(STORED).take(n / 32).enumerate() {
+        let p = &group[b * BLOCK_BYTES..(b + 1) * BLOCK_BYTES];
+        blk[..2].copy_from_slice(&p[2 * r..2 * r + 2]);
+        for k in 0..8 {
+            for t in 0..4 {
+                blk[2 + 4 * k + t] = p[16 + 32 * k + 4 * r + t] ^ 0x80;
+            }
+        }
+    }
+}
+
+pub(super) fn activation_row_bytes(n: usize) -> usize {
+    act::row_bytes(n)
+}
+
+pub(super) fn quantize_activation(backend: Backend, x: &[f32], dst: &mut [u8]) {
+    act::quantize(backend, x, dst)
+}
 
 /// # Safety
 /// See `packed::gemm_to_ptr`.
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn gemm(
-    _backend: Backend,
-    _n: usize,
-    _w: &[u8],
-    _ngroups: usize,
-    _act: &[u8],
-    _act_stride: usize,
-    _ncols: usize,
-    _out: *mut f32,
-    _out_stride: usize,
+    backend: Backend,
+    n: usize,
+    w: &[u8],
+    ngroups: usize,
+    act: &[u8],
+    act_stride: usize,
+    ncols: usize,
+    out: *mut f32,
+    out_stride: usize,
 ) {
+    let (tile, cols): (TileFn, usize) = match backend {
+        #[cfg(target_arch = "x86_64")]
+        Backend::Avx512 => (x86::tile_vnni, x86::VNNI_COLS),
+        #[cfg(target_arch = "x86_64")]
+        Backend::Avx2 => (x86::tile_avx2, x86::AVX2_COLS),
+        _ => (tile_scalar, 4),
+    };
+    // SAFETY: forwarded; `backend` is usable on this CPU (`packed::gemm_to_ptr` mapped it).
+    unsafe {
+        drive(
+            tile,
+            cols,
+            group_bytes(n),
+            n,
+            w,
+            ngroups,
+            act,
+            act_stride,
+            ncols,
+            out,
+            out_stride,
+        )
+    }
+}
+
+/// The reference kernel: `−128·Σa + Σ (q+128)·a` per row and block, the integer sum the
+/// VNNI kernel forms, scaled by `d_w·d_a` and summed in block order.
+///
+/// Safety: `TileFn` contract.
+unsafe fn tile_scalar(
+    n: usize,
+    w: *const u8,
+    act: *const u8,
+    act_stride: usize,
+    ncols: usize,
+    out: *mut f32,
+    out_stride: usize,
+) {
+    let nb = n / 32;
+    // SAFETY: the group has `group_bytes(n)` bytes (TileFn contract).
+    let w = unsafe { std::slice::from_raw_parts(w, group_bytes(n)) };
+    for c in 0..ncols {
+        // SAFETY: activation row c is in bounds (TileFn contract).
+        let a = unsafe { std::slice::from_raw_parts(act.add(c * act_stride), act::row_bytes(n)) };
+        let mut acc = [0.0f32; 8];
+        for b in 0..nb {
+            let p = &w[b * BLOCK_BYTES..(b + 1) * BLOCK_BYTES];
+            let ab = act::block(a, b);
+            for (j, acc) in acc.iter_mut().enumerate() {
+                let d = crate::f16_to_f32(u16::from_le_bytes([p[2 * j], p[2 * j + 1]]));
+                let mut s = ab.m128;
+                for k in 0..8 {
+                    for t in 0..4 {
+                        let u = p[16 + 32 * k + 4 * j + t] as i32;
+                        s += u * ab.codes[4 * k + t] as i8 as i32;
+                    }
+                }
+                *acc += (d * ab.d) * s as f32;
+            }
+        }
+        for (j, v) in acc.iter().enumerate() {
+            // SAFETY: output row c, 8 floats (TileFn contract).
+            unsafe { *out.add(c * out_stride + j) = *v };
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    //! The SIMD kernels. Each handles one group against `C` activation rows: a chunk of
+    //! weights is loaded once and feeds all `C` columns.
+
+    // The kernels index several per-column arrays with the same column index.
+    #![allow(clippy::needless_range_loop)]
+
+    use super::super::act_q8_0::{BLOCK_BYTES as ABLK, D_OFF, M128_OFF};
+    use super::{tile_fn, BLOCK_BYTES};
+    use std::arch::x86_64::*;
+
+    /// Columns per tile of the VNNI kernel.
+    pub(super) const VNNI_COLS: usize = 4;
+    /// Columns per tile of the AVX2 kernel.
+    pub(super) const AVX2_COLS: usize = 4;
+
+    /// 4 activation bytes at `p` broadcast to every 32-bit lane.
+    #[inline(always)]
+    unsafe fn bcast4(p: *const u8) -> __m256i {
+        // SAFETY: the caller's pointer covers 4 bytes.
+        unsafe { _mm256_set1_epi32((p as *const i32).read_unaligned()) }
+    }
+
+    #[inline(always)]
+    unsafe fn bcast_f32(p: *const u8) -> __m256 {
+        // SAFETY: the caller's pointer covers 4 bytes.
+        unsafe { _mm256_set1_ps((p as *const f32).read_unaligned()) }
+    }
+
+    /// Two integer accumulators per column (even / odd chunks) halve the `vpdpbusd`
+    /// dependency chain of a block.
+    ///
+    /// Safety: the CPU has AVX-512 F/BW/VL/VNNI; `TileFn` contract with `C` columns.
+    // The AVX-512 intrinsics need Rust 1.89; only this backend's kernels use them.
+    #[allow(clippy::incompatible_msrv)]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn k_vnni<const C: usize>(
+        n: usize,
+        w: *const u8,
+        act: *const u8,
+        act_stride: usize,
+        out: *mut f32,
+        out_stride: usize,
+    ) {
+        let mut acc = [_mm256_setzero_ps(); C];
+        for b in 0..n / 32 {
+            // SAFETY: block b < n/32 of the group and of each activation row.
+            unsafe {
+                let wp = w.add(b * BLOCK_BYTES);
+                let ap: [*const u8; C] =
+                    std::array::from_fn(|c| act.add(c * act_stride + b * ABLK));
+                let mut s0: [__m256i; C] = std::array::from_fn(|c| bcast4(ap[c].add(M128_OFF)));
+                let mut s1 = [_mm256_setzero_si256(); C];
+                for k in (0..8).step_by(2) {
+                    let v0 = _mm256_loadu_si256(wp.add(16 + 32 * k) as *const __m256i);
+                    let v1 = _mm256_loadu_si256(wp.add(48 + 32 * k) as *const __m256i);
+                    for c in 0..C {
+                        s0[c] = _mm256_dpbusd_epi32(s0[c], v0, bcast4(ap[c].add(4 * k)));
+                        s1[c] = _mm256_dpbusd_epi32(s1[c], v1, bcast4(ap[c].add(4 * k + 4)));
+                    }
+                }
+                let dw = _mm256_cvtph_ps(_mm_loadu_si128(wp as *const __m128i));
+                for c in 0..C {
+                    let s = _mm256_add_epi32(s0[c], s1[c]);
+                    let d = _mm256_mul_ps(dw, bcast_f32(ap[c].add(D_OFF)));
+                    acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), d, acc[c]);
+                }
+            }
+        }
+        for c in 0..C {
+            // SAFETY: 8 floats of output row c (TileFn contract).
+            unsafe { _mm256_storeu_ps(out.add(c * out_stride), acc[c]) };
+        }
+    }
+    tile_fn!(pub(super) tile_vnni, k_vnni, 1 2 3 4);
+
+    /// Plain AVX2 with the sign trick: `pmaddubsw(|q|, sign(a, q))` pairs are at most
+    /// 2·128·127 = 32512 (no saturation), widened by `pmaddwd` per chunk.
+    ///
+    /// Safety: the CPU has AVX2/FMA/F16C; `TileFn` contract with `C` columns.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn k_avx2<const C: usize>(
+        n: usize,
+        w: *const u8,
+        act: *const u8,
+        act_stride: usize,
+        out: *mut f32,
+        out_stride: usize,
+    ) {
+        let flip = _mm256_set1_epi8(0x80u8 as i8);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); C];
+        for b in 0..n / 32 {
+            // SAFETY: block b < n/32 of the group and of each activation row.
+            unsafe {
+                let wp = w.add(b * BLOCK_BYTES);
+                let ap: [*const u8; C] =
+                    std::array::from_fn(|c| act.add(c * act_stride + b * ABLK));
+                let mut s = [_mm256_setzero_si256(); C];
+                for k in 0..8 {
+                    let v = _mm256_loadu_si256(wp.add(16 + 32 * k) as *const __m256i);
+                    let q = _mm256_xor_si256(v, flip);
+                    let qa = _mm256_abs_epi8(q);
+                    for c in 0..C {
+                        let a = _mm256_sign_epi8(bcast4(ap[c].add(4 * k)), q);
+                        let p = _mm256_madd_epi16(_mm256_maddubs_epi16(qa, a), ones);
+                        s[c] = _mm256_add_epi32(s[c], p);
+                    }
+                }
+                let dw = _mm256_cvtph_ps(_mm_loadu_si128(wp as *const __m128i));
+                for c in 0..C {
+                    let d = _mm256_mul_ps(dw, bcast_f32(ap[c].add(D_OFF)));
+                    acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[c]), d, acc[c]);
+                }
+            }
+        }
+        for c in 0..C {
+            // SAFETY: 8 floats of output row c (TileFn contract).
+            unsafe { _mm256_storeu_ps(out.add(c * out_stride), acc[c]) };
+        }
+    }
+    tile_fn!(pub(super) tile_avx2, k_avx2, 1 2 3 4);
 }
