@@ -160,7 +160,7 @@ mod x86 {
     use std::arch::x86_64::*;
 
     /// Columns per tile of the VNNI kernel.
-    pub(super) const VNNI_COLS: usize = 4;
+    pub(super) const VNNI_COLS: usize = 8;
     /// Columns per tile of the AVX2 kernel.
     pub(super) const AVX2_COLS: usize = 4;
 
@@ -222,7 +222,7 @@ mod x86 {
             unsafe { _mm256_storeu_ps(out.add(c * out_stride), acc[c]) };
         }
     }
-    tile_fn!(pub(super) tile_vnni, k_vnni, 1 2 3 4);
+    tile_fn!(pub(super) tile_vnni, k_vnni, 1 2 3 4 5 6 7 8);
 
     /// Plain AVX2: `pmaddubsw` products of a whole block summed in i16 (8 pairs of at most
     /// 2·15·128 = 3840 each: at most 30720, no saturation), widened once by `pmaddwd`.

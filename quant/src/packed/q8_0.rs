@@ -159,7 +159,7 @@ mod x86 {
     use std::arch::x86_64::*;
 
     /// Columns per tile of the VNNI kernel.
-    pub(super) const VNNI_COLS: usize = 4;
+    pub(super) const VNNI_COLS: usize = 8;
     /// Columns per tile of the AVX2 kernel.
     pub(super) const AVX2_COLS: usize = 4;
 
@@ -221,7 +221,7 @@ mod x86 {
             unsafe { _mm256_storeu_ps(out.add(c * out_stride), acc[c]) };
         }
     }
-    tile_fn!(pub(super) tile_vnni, k_vnni, 1 2 3 4);
+    tile_fn!(pub(super) tile_vnni, k_vnni, 1 2 3 4 5 6 7 8);
 
     /// Plain AVX2 with the sign trick: `pmaddubsw(|q|, sign(a, q))` pairs are at most
     /// 2·128·127 = 32512 (no saturation), widened by `pmaddwd` per chunk.
