@@ -242,3 +242,70 @@ fn bad_lengths_are_errors() {
         }
     }
 }
+
+/// Weight bytes at their extremes (random bits, all-ones codes, the largest scales) against
+/// activations whose codes are all ±127: the i16 and i32 intermediate sums of every
+/// backend must not overflow. Block scales are set to 1.0 so that no value is NaN.
+#[test]
+fn extreme_codes_do_not_overflow() {
+    let mut rng = Rng(0x5EED_0004);
+    let n = 512;
+    for ty in TYPES.into_iter().filter(|&t| ready(t)) {
+        let rb = row_bytes(ty, n);
+        let bb = ty.type_size();
+        let mut wq: Vec<u8> = (0..GROUP_ROWS * rb).map(|_| rng.u32() as u8).collect();
+        for (i, blk) in wq.chunks_exact_mut(bb).enumerate() {
+            let one = 0x3C00u16.to_le_bytes();
+            if ty == GgmlType::Q6K {
+                if i % 2 == 0 {
+                    blk[..192].fill(0xFF); // q = 63
+                    blk[192..208].fill(0x80); // scale -128
+                }
+                blk[208..210].copy_from_slice(&one);
+            } else {
+                if i % 2 == 0 {
+                    blk[4..144].fill(0xFF); // scales and mins 63, q = 15
+                }
+                blk[0..2].copy_from_slice(&one);
+                blk[2..4].copy_from_slice(&one);
+            }
+        }
+        let wp = pack(ty, n, &wq);
+        let ab = packed::activation_row_bytes(ty, n).unwrap();
+        let mut act = vec![0u8; 3 * ab];
+        let xs = [vec![1.0f32; n], vec![-1.0f32; n], rng.vec(n)];
+        for (x, dst) in xs.iter().zip(act.chunks_exact_mut(ab)) {
+            packed::quantize_activation(Backend::Scalar, ty, x, dst).unwrap();
+        }
+        let mut want = vec![0.0f32; 3 * GROUP_ROWS];
+        dot::gemm(
+            Backend::Scalar,
+            ty,
+            n,
+            &wq,
+            rb,
+            GROUP_ROWS,
+            &act,
+            ab,
+            3,
+            &mut want,
+            GROUP_ROWS,
+        )
+        .unwrap();
+        for b in Backend::all_available() {
+            let mut got = vec![0.0f32; 3 * GROUP_ROWS];
+            packed::gemm(b, ty, n, &wp, 1, &act, ab, 3, &mut got, GROUP_ROWS).unwrap();
+            for c in 0..3 {
+                for r in 0..GROUP_ROWS {
+                    let a = &act[c * ab..(c + 1) * ab];
+                    let tol = 1e-5 * abs_dot(ty, n, &wq[r * rb..(r + 1) * rb], a) + 1e-6;
+                    let (g, w) = (got[c * GROUP_ROWS + r], want[c * GROUP_ROWS + r]);
+                    assert!(
+                        ((g - w) as f64).abs() <= tol,
+                        "{ty} {b:?} r={r} c={c}: {g} vs {w} (tol {tol})"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -1,35 +1,419 @@
-//! Packed layout of Q4_K: not implemented yet (`READY = false` keeps it unused).
+//! Packed Q4_K: eight rows interleaved per 256-value super-block, against Q8_K activations.
+//!
+//! A packed super-block holds super-block `b` of the group's 8 rows in 1152 bytes, exactly
+//! the 8 × 144 bytes they take stored; packing is a pure byte transposition:
+//!
+//! | offset | bytes | field |
+//! |---|---|---|
+//! | 0 | 16 | `d` of rows 0..8 (f16): one `vcvtph2ps` |
+//! | 16 | 16 | `dmin` of rows 0..8 (f16) |
+//! | 32 | 96 | the stored 12-byte scale/min field: byte `32 + 8k + r` = byte `k` of row `r` |
+//! | 128 + 256c + 32t | 32 | codes of sub-blocks `2c` and `2c + 1` (`c` < 4, `t` < 8) |
+//!
+//! Code vector `(c, t)` holds in byte `4r + i` the stored byte `32c + 4t + i` of row `r`:
+//! its low nibble is value `64c + 4t + i` (sub-block `2c`), its high nibble value
+//! `64c + 32 + 4t + i` (sub-block `2c + 1`). One 32-byte load is thus two *chunks* (4
+//! consecutive values of the 8 rows), and lane `r` of `vpdpbusd` against 4 broadcast
+//! activation bytes is row `r`'s partial sum.
+//!
+//! The 6-bit scales and mins stay in their stored encoding (unpacking them to bytes would
+//! cost 32 more bytes per super-block, 2.8 % of the weight traffic at decode): with the
+//! bytes `k` of the 8 rows side by side, the kernel decodes all 64 scales and 64 mins of a
+//! super-block with a handful of vector ops (see `kquants::get_scale_min_k4` for the bits).
+//!
+//! The kernels accumulate one i32 per row and sub-block (the high nibble is used in place,
+//! `q & 0xF0 = 16·q`, and the sum shifted right by 4), multiply by the row's scale in i32,
+//! and convert once per super-block: `d·d_a·Σ_j s_j·Σ q·a − dmin·d_a·Σ_j m_j·bsum32_j`,
+//! the mins term from the Q8_K block sums with `pmaddwd`. Sizes: `|Σ q·a| ≤ 32·15·128`
+//! per sub-block, times `s ≤ 63`, summed over 8 sub-blocks: below 2^28.
 
 use crate::dot::Backend;
+use crate::GgmlType;
 
-pub(super) const READY: bool = false;
+pub(super) const READY: bool = true;
 
-pub(super) fn group_bytes(_n: usize) -> usize {
-    0
+/// Values per super-block.
+const QK: usize = 256;
+/// Bytes of one stored Q4_K block.
+const STORED: usize = 144;
+/// Bytes of one packed super-block (8 rows).
+const SB: usize = 8 * STORED;
+/// Bytes of one Q8_K activation block.
+const ACT: usize = 292;
+/// Offsets inside a packed super-block.
+const DMIN: usize = 16;
+const SCALES: usize = 32;
+const CODES: usize = 128;
+
+pub(super) fn group_bytes(n: usize) -> usize {
+    n / QK * SB
 }
 
-pub(super) fn pack_group(_n: usize, _src: &[u8], _src_row_bytes: usize, _dst: &mut [u8]) {}
-
-pub(super) fn unpack_row(_n: usize, _group: &[u8], _r: usize, _dst: &mut [u8]) {}
-
-pub(super) fn activation_row_bytes(_n: usize) -> usize {
-    0
+/// Offset inside a packed super-block of byte `k` (< 128) of row `r`'s stored `qs`.
+fn code_offset(k: usize, r: usize) -> usize {
+    let (c, t, i) = (k / 32, (k % 32) / 4, k % 4);
+    CODES + 256 * c + 32 * t + 4 * r + i
 }
 
-pub(super) fn quantize_activation(_backend: Backend, _x: &[f32], _dst: &mut [u8]) {}
+pub(super) fn pack_group(n: usize, src: &[u8], src_row_bytes: usize, dst: &mut [u8]) {
+    for b in 0..n / QK {
+        let out = &mut dst[b * SB..(b + 1) * SB];
+        for r in 0..8 {
+            let blk = &src[r * src_row_bytes + b * STORED..][..STORED];
+            out[2 * r..2 * r + 2].copy_from_slice(&blk[0..2]);
+            out[DMIN + 2 * r..DMIN + 2 * r + 2].copy_from_slice(&blk[2..4]);
+            for k in 0..12 {
+                out[SCALES + 8 * k + r] = blk[4 + k];
+            }
+            for k in 0..128 {
+                out[code_offset(k, r)] = blk[16 + k];
+            }
+        }
+    }
+}
+
+pub(super) fn unpack_row(n: usize, group: &[u8], r: usize, dst: &mut [u8]) {
+    for b in 0..n / QK {
+        let sb = &group[b * SB..(b + 1) * SB];
+        let blk = &mut dst[b * STORED..(b + 1) * STORED];
+        blk[0..2].copy_from_slice(&sb[2 * r..2 * r + 2]);
+        blk[2..4].copy_from_slice(&sb[DMIN + 2 * r..DMIN + 2 * r + 2]);
+        for k in 0..12 {
+            blk[4 + k] = sb[SCALES + 8 * k + r];
+        }
+        for k in 0..128 {
+            blk[16 + k] = sb[code_offset(k, r)];
+        }
+    }
+}
+
+pub(super) fn activation_row_bytes(n: usize) -> usize {
+    n / QK * ACT
+}
+
+pub(super) fn quantize_activation(backend: Backend, x: &[f32], dst: &mut [u8]) {
+    let done = crate::dot::quantize_activation(backend, GgmlType::Q8K, x, dst);
+    debug_assert!(
+        done.is_ok(),
+        "lengths checked by packed::quantize_activation"
+    );
+}
 
 /// # Safety
 /// See `packed::gemm_to_ptr`.
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn gemm(
-    _backend: Backend,
-    _n: usize,
-    _w: &[u8],
-    _ngroups: usize,
-    _act: &[u8],
-    _act_stride: usize,
-    _ncols: usize,
-    _out: *mut f32,
-    _out_stride: usize,
+    backend: Backend,
+    n: usize,
+    w: &[u8],
+    ngroups: usize,
+    act: &[u8],
+    act_stride: usize,
+    ncols: usize,
+    out: *mut f32,
+    out_stride: usize,
 ) {
+    let nsb = n / QK;
+    #[cfg(target_arch = "x86_64")]
+    if backend.has_avx2() {
+        let tile = if backend == Backend::Avx512 {
+            x86::tile_vnni as super::q6k::Tile
+        } else {
+            x86::tile_avx2 as super::q6k::Tile
+        };
+        // SAFETY: the backend is usable (mod.rs maps others to Scalar), so the CPU has the
+        // features the tile needs; extents are the caller's contract.
+        unsafe {
+            super::q6k::run_tiles(
+                tile, nsb, SB, ACT, w, ngroups, act, act_stride, ncols, out, out_stride,
+            )
+        };
+        return;
+    }
+    let _ = backend;
+    for g in 0..ngroups {
+        let wg = &w[g * nsb * SB..(g + 1) * nsb * SB];
+        for c in 0..ncols {
+            let a = &act[c * act_stride..c * act_stride + nsb * ACT];
+            let sums = scalar_group(nsb, wg, a);
+            for (r, s) in sums.iter().enumerate() {
+                // SAFETY: row g*8 + r < ngroups*8 and column c < ncols (caller's contract).
+                unsafe { *out.add(c * out_stride + g * 8 + r) = *s };
+            }
+        }
+    }
+}
+
+/// The 8 rows of one group dotted with one activation row: the reference kernel.
+fn scalar_group(nsb: usize, w: &[u8], act: &[u8]) -> [f32; 8] {
+    let mut sums = [0.0f32; 8];
+    for b in 0..nsb {
+        let sb = &w[b * SB..(b + 1) * SB];
+        let a = &act[b * ACT..(b + 1) * ACT];
+        let da = f32::from_le_bytes([a[0], a[1], a[2], a[3]]);
+        let bsum = |j: usize| i16::from_le_bytes([a[260 + 2 * j], a[261 + 2 * j]]) as i32;
+        for (r, sum) in sums.iter_mut().enumerate() {
+            let sc: [u8; 12] = std::array::from_fn(|k| sb[SCALES + 8 * k + r]);
+            let (mut dots, mut mins) = (0i32, 0i32);
+            for j in 0..8 {
+                let (s, m) = crate::kquants::get_scale_min_k4(j, &sc);
+                let (c, high) = (j / 2, j % 2);
+                let mut dot = 0i32;
+                for v in 0..32 {
+                    let byte = sb[code_offset(32 * c + v, r)];
+                    let q = if high == 1 { byte >> 4 } else { byte & 15 };
+                    dot += q as i32 * a[4 + 32 * j + v] as i8 as i32;
+                }
+                dots += s as i32 * dot;
+                mins += m as i32 * (bsum(2 * j) + bsum(2 * j + 1));
+            }
+            let f = |o: usize| crate::f16_to_f32(u16::from_le_bytes([sb[o], sb[o + 1]]));
+            let (d, dmin) = (f(2 * r), f(DMIN + 2 * r));
+            *sum += d * da * dots as f32 - dmin * da * mins as f32;
+        }
+    }
+    sums
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{ACT, CODES, DMIN, SB, SCALES};
+
+    /// Reads 4 activation bytes as one i32 and broadcasts them to the 8 lanes.
+    ///
+    /// # Safety
+    /// `p..p + 4` must be readable.
+    #[inline(always)]
+    unsafe fn bcast4(p: *const u8) -> __m256i {
+        // SAFETY: forwarded.
+        unsafe { _mm256_set1_epi32((p as *const i32).read_unaligned()) }
+    }
+
+    /// A super-block's scales and mins, decoded once for all columns.
+    struct Scales {
+        /// Scale of sub-block `j` per row, as i32 lanes.
+        s: [__m256i; 8],
+        /// Mins of sub-blocks `2c`, `2c + 1` per row as an i16 pair in lane `r`.
+        m: [__m256i; 4],
+    }
+
+    /// Decodes the 6-bit scales and mins of the 8 rows (`kquants::get_scale_min_k4`).
+    ///
+    /// # Safety
+    /// `sb` points at a packed super-block; AVX2.
+    #[inline(always)]
+    unsafe fn scales(sb: *const u8) -> Scales {
+        // SAFETY: bytes SCALES..SCALES + 96 of the super-block are readable (caller).
+        unsafe {
+            let ld = |o: usize| _mm256_loadu_si256(sb.add(SCALES + o) as *const __m256i);
+            let (x0, x1, x2) = (ld(0), ld(32), ld(64));
+            let m63 = _mm256_set1_epi8(63);
+            let (m4, m30) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(0x30));
+            // Bytes [j][r] for j < 4 and 4 <= j < 8: bits 6..8 of bytes 0..4 / 4..8 are the
+            // top bits of scales / mins 4..8, the rest of those bytes scales / mins 0..4.
+            let s03 = _mm256_and_si256(x0, m63);
+            let m03 = _mm256_and_si256(x1, m63);
+            let s47 = _mm256_or_si256(
+                _mm256_and_si256(x2, m4),
+                _mm256_and_si256(_mm256_srli_epi16(x0, 2), m30),
+            );
+            let m47 = _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16(x2, 4), m4),
+                _mm256_and_si256(_mm256_srli_epi16(x1, 2), m30),
+            );
+            let halves = |v: __m256i| [_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1)];
+            let (sh, mh) = (halves(s03), halves(m03));
+            let (sh47, mh47) = (halves(s47), halves(m47));
+            // Each 128-bit half holds two sub-blocks' 8 bytes: [j][r], [j + 1][r].
+            let sh = [sh[0], sh[1], sh47[0], sh47[1]];
+            let mh = [mh[0], mh[1], mh47[0], mh47[1]];
+            let s = std::array::from_fn(|j| {
+                let h = sh[j / 2];
+                _mm256_cvtepu8_epi32(if j % 2 == 0 { h } else { _mm_srli_si128(h, 8) })
+            });
+            let m = mh.map(|h| _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(h, _mm_srli_si128(h, 8))));
+            Scales { s, m }
+        }
+    }
+
+    /// Per-32 activation sums of one Q8_K block as i16 pairs `(bs_2c, bs_2c+1)`
+    /// broadcast to all lanes, for `c < 4`.
+    ///
+    /// # Safety
+    /// `a` points at a Q8_K block; AVX2.
+    #[inline(always)]
+    unsafe fn bsum_pairs(a: *const u8) -> [__m256i; 4] {
+        // SAFETY: the 32 bsum bytes of the block are readable (caller).
+        unsafe {
+            let b = _mm256_loadu_si256(a.add(260) as *const __m256i);
+            // Lane 0 words 0..4 = bs0..bs3, lane 1 words 0..4 = bs4..bs7 (|bs| ≤ 32·128).
+            let h = _mm256_hadd_epi16(b, b);
+            [0, 1, 4, 5].map(|i| _mm256_permutevar8x32_epi32(h, _mm256_set1_epi32(i)))
+        }
+    }
+
+    /// Folds one super-block's integer sums into the f32 accumulators.
+    ///
+    /// # Safety
+    /// `sb` points at a packed super-block and `a[c]` at a Q8_K block; AVX2/FMA/F16C.
+    #[inline(always)]
+    unsafe fn finish<const C: usize>(
+        sb: *const u8,
+        a: &[*const u8; C],
+        tot: &[__m256i; C],
+        mins: &[__m256i; C],
+        acc: &mut [__m256; C],
+    ) {
+        // SAFETY: d and dmin of the 8 rows are the first 32 bytes, d_a the first 4 of a
+        // Q8_K block.
+        unsafe {
+            let d = _mm256_cvtph_ps(_mm_loadu_si128(sb as *const __m128i));
+            let dmin = _mm256_cvtph_ps(_mm_loadu_si128(sb.add(DMIN) as *const __m128i));
+            for c in 0..C {
+                let da = _mm256_set1_ps((a[c] as *const f32).read_unaligned());
+                let x = _mm256_fmadd_ps(_mm256_cvtepi32_ps(tot[c]), _mm256_mul_ps(d, da), acc[c]);
+                acc[c] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(mins[c]), _mm256_mul_ps(dmin, da), x);
+            }
+        }
+    }
+
+    /// Writes 8 row sums of `C` columns.
+    ///
+    /// # Safety
+    /// `out + c·out_stride + 0..8` writable for `c < C`; AVX available.
+    #[inline(always)]
+    unsafe fn store<const C: usize>(acc: &[__m256; C], out: *mut f32, out_stride: usize) {
+        for (c, v) in acc.iter().enumerate() {
+            // SAFETY: forwarded.
+            unsafe { _mm256_storeu_ps(out.add(c * out_stride), *v) };
+        }
+    }
+
+    /// `vpdpbusd` kernel: 8 rows of `nsb` packed super-blocks at `w` × `C` activation rows.
+    ///
+    /// # Safety
+    /// `w` holds `nsb` packed super-blocks, `act + c·act_stride` `nsb` Q8_K blocks for
+    /// `c < C`, `out` as in [`store`]; the CPU has AVX-512 VNNI/VL.
+    // The AVX-512 intrinsics are stable since Rust 1.89; this kernel only exists for the
+    // `Avx512` backend, which needs that compiler anyway.
+    #[allow(clippy::incompatible_msrv)]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn vnni<const C: usize>(
+        nsb: usize,
+        w: *const u8,
+        act: *const u8,
+        act_stride: usize,
+        out: *mut f32,
+        out_stride: usize,
+    ) {
+        let m4 = _mm256_set1_epi8(0x0F);
+        let mf0 = _mm256_set1_epi8(0xF0u8 as i8);
+        let mut acc = [_mm256_setzero_ps(); C];
+        for b in 0..nsb {
+            // SAFETY: b < nsb keeps every pointer below inside its super-block / Q8_K block.
+            unsafe {
+                let sb = w.add(b * SB);
+                let a: [*const u8; C] = std::array::from_fn(|c| act.add(c * act_stride + b * ACT));
+                let sc = scales(sb);
+                let mut tot = [_mm256_setzero_si256(); C];
+                let mut mins = [_mm256_setzero_si256(); C];
+                for c in 0..C {
+                    let bs = bsum_pairs(a[c]);
+                    for (p, m) in sc.m.iter().enumerate() {
+                        mins[c] = _mm256_add_epi32(mins[c], _mm256_madd_epi16(*m, bs[p]));
+                    }
+                }
+                for p in 0..4 {
+                    let mut lo = [_mm256_setzero_si256(); C];
+                    let mut hi = [_mm256_setzero_si256(); C];
+                    for t in 0..8 {
+                        let v =
+                            _mm256_loadu_si256(sb.add(CODES + 256 * p + 32 * t) as *const __m256i);
+                        let (ql, qh) = (_mm256_and_si256(v, m4), _mm256_and_si256(v, mf0));
+                        for c in 0..C {
+                            let av = a[c].add(4 + 64 * p + 4 * t);
+                            lo[c] = _mm256_dpbusd_epi32(lo[c], ql, bcast4(av));
+                            hi[c] = _mm256_dpbusd_epi32(hi[c], qh, bcast4(av.add(32)));
+                        }
+                    }
+                    for c in 0..C {
+                        let x = _mm256_mullo_epi32(lo[c], sc.s[2 * p]);
+                        let y = _mm256_mullo_epi32(_mm256_srai_epi32(hi[c], 4), sc.s[2 * p + 1]);
+                        tot[c] = _mm256_add_epi32(tot[c], _mm256_add_epi32(x, y));
+                    }
+                }
+                finish(sb, &a, &tot, &mins, &mut acc);
+            }
+        }
+        // SAFETY: forwarded.
+        unsafe { store(&acc, out, out_stride) };
+    }
+
+    /// AVX2 kernel: as [`vnni`] with `pmaddubsw`: the 8 products of a sub-block's row
+    /// lane sum in i16 (at most 8·2·15·128 = 30720), then `pmaddwd` against the scale
+    /// duplicated in both halves of the row's lane applies the scale.
+    ///
+    /// # Safety
+    /// As [`vnni`], with AVX2/FMA/F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn avx2<const C: usize>(
+        nsb: usize,
+        w: *const u8,
+        act: *const u8,
+        act_stride: usize,
+        out: *mut f32,
+        out_stride: usize,
+    ) {
+        let m4 = _mm256_set1_epi8(0x0F);
+        let mut acc = [_mm256_setzero_ps(); C];
+        for b in 0..nsb {
+            // SAFETY: as in `vnni`.
+            unsafe {
+                let sb = w.add(b * SB);
+                let a: [*const u8; C] = std::array::from_fn(|c| act.add(c * act_stride + b * ACT));
+                let sc = scales(sb);
+                let mut tot = [_mm256_setzero_si256(); C];
+                let mut mins = [_mm256_setzero_si256(); C];
+                for c in 0..C {
+                    let bs = bsum_pairs(a[c]);
+                    for (p, m) in sc.m.iter().enumerate() {
+                        mins[c] = _mm256_add_epi32(mins[c], _mm256_madd_epi16(*m, bs[p]));
+                    }
+                }
+                for p in 0..4 {
+                    let dup = |s: __m256i| _mm256_or_si256(s, _mm256_slli_epi32(s, 16));
+                    let (s_lo, s_hi) = (dup(sc.s[2 * p]), dup(sc.s[2 * p + 1]));
+                    let mut lo = [_mm256_setzero_si256(); C];
+                    let mut hi = [_mm256_setzero_si256(); C];
+                    for t in 0..8 {
+                        let v =
+                            _mm256_loadu_si256(sb.add(CODES + 256 * p + 32 * t) as *const __m256i);
+                        let ql = _mm256_and_si256(v, m4);
+                        let qh = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+                        for c in 0..C {
+                            let av = a[c].add(4 + 64 * p + 4 * t);
+                            lo[c] = _mm256_add_epi16(lo[c], _mm256_maddubs_epi16(ql, bcast4(av)));
+                            hi[c] = _mm256_add_epi16(
+                                hi[c],
+                                _mm256_maddubs_epi16(qh, bcast4(av.add(32))),
+                            );
+                        }
+                    }
+                    for c in 0..C {
+                        let x = _mm256_madd_epi16(lo[c], s_lo);
+                        let y = _mm256_madd_epi16(hi[c], s_hi);
+                        tot[c] = _mm256_add_epi32(tot[c], _mm256_add_epi32(x, y));
+                    }
+                }
+                finish(sb, &a, &tot, &mins, &mut acc);
+            }
+        }
+        // SAFETY: forwarded.
+        unsafe { store(&acc, out, out_stride) };
+    }
+
+    super::super::q6k::tile_fn!(tile_vnni, vnni);
+    super::super::q6k::tile_fn!(tile_avx2, avx2);
 }
