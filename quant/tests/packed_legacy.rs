@@ -272,3 +272,12 @@ fn length_errors_are_reported_not_panics() {
         assert!(packed::gemm(Backend::Scalar, ty, n, &group, 1, a, ab, 2, o, s).is_ok());
     }
 }
+
+#[test]
+fn bench_gemm_runs_and_reports_positive_rates() {
+    for ty in TYPES {
+        let (gbps, gops) = packed::bench::bench_gemm(ty, 64, 16, 3, 2, 1);
+        assert!(gbps.is_finite() && gbps > 0.0, "{ty}: {gbps}");
+        assert!(gops.is_finite() && gops > 0.0, "{ty}: {gops}");
+    }
+}
