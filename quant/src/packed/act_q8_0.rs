@@ -15,6 +15,10 @@
 //! | 36     | 4    | `−8·Σq` (i32), the Q4_0 correction                               |
 //! | 40     | 4    | `−128·Σq` (i32), the Q8_0 correction                             |
 //! | 44     | 4    | zero (pads blocks to 16-byte multiples)                          |
+//!
+//! The module also holds what the two types' `gemm` share besides the format: the
+//! micro-kernel signature ([`TileFn`]), the loop nest that calls it ([`drive`]) and the
+//! macro that turns a const-generic kernel into a `TileFn` (`tile_fn!`).
 
 use crate::dot::Backend;
 use crate::GgmlType;
