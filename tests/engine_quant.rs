@@ -10,7 +10,7 @@ mod engine_common;
 use engine_common::{argmax, context, gguf_path, max_abs_diff, model, Reference};
 use rgemma::convert::FileType;
 use rgemma::gguf::{GgufFile, GgufWriter, MetaValue, TensorSpec};
-use rgemma::model::{MatmulPath, Model};
+use rgemma::model::{LoadOptions, MatmulPath, Model};
 use rgemma_quant::{dequantize_row, GgmlType};
 use std::sync::Arc;
 
@@ -179,6 +179,68 @@ fn quantized_engine_equals_f32_engine_on_dequantized_weights() {
                 let d = max_abs_diff(a.all_logits(), b.all_logits());
                 assert!(d <= 1e-5, "{} batch {bs}: |diff| {d}", ft.name());
             }
+        }
+    }
+}
+
+/// Load-time repacking (`rgemma_quant::packed`, on by default on AVX2 CPUs) changes only
+/// the order of f32 additions: the kernels compute the same integer block sums as those of
+/// the stored layout on the same 8-bit activation codes (tested exactly in
+/// `quant/tests/packed_*.rs`). Through a whole model, a last-bit difference now and then
+/// moves an activation across a Q8 rounding boundary, and the recurrence carries that
+/// one-code step forward (measured: up to 0.23 on these logits of magnitude ≤ 18, in 1 to 2
+/// of 3 sequences once it happens). A wrong row, scale or layout instead breaks every
+/// position by order 1 to 10. So: every position within 0.5, most positions within 1e-4,
+/// the same greedy token nearly everywhere, and at least one matrix actually packed where
+/// the CPU supports it. Batch 1 (decode kernels) and 512 (prompt tiles) are both checked.
+#[test]
+fn repacked_weights_give_the_stored_layouts_logits() {
+    let packing_possible = rgemma_quant::dot::Backend::detect().has_avx2();
+    for (ft, _, _) in BOUNDS {
+        let packed = engine_common::model_with("tiny-rg", ft, &LoadOptions { repack: true });
+        let stored = engine_common::model_with("tiny-rg", ft, &LoadOptions { repack: false });
+        let mut n_packed = 0;
+        let mut w = packed.weights().clone();
+        for m in w.matrices_mut() {
+            if m.packed.is_some() {
+                n_packed += 1;
+                assert!(rgemma_quant::packed::supports(m.ty), "{}", m.info.name);
+            }
+        }
+        if packing_possible {
+            assert!(n_packed > 0, "{}: nothing was packed", ft.name());
+        }
+        let n_vocab = packed.n_vocab();
+        for bs in [1, 512] {
+            let (mut close, mut same_top, mut total, mut worst) = (0usize, 0usize, 0usize, 0f32);
+            for seq in sequences() {
+                let mut a = context(&packed, bs);
+                let mut b = context(&stored, bs);
+                a.eval(&seq, true).unwrap();
+                b.eval(&seq, true).unwrap();
+                let rows = a.all_logits().chunks_exact(n_vocab);
+                for (pa, pb) in rows.zip(b.all_logits().chunks_exact(n_vocab)) {
+                    let d = max_abs_diff(pa, pb);
+                    worst = worst.max(d);
+                    close += (d <= 1e-4) as usize;
+                    same_top += (argmax(pa) == argmax(pb)) as usize;
+                    total += 1;
+                }
+            }
+            let name = ft.name();
+            eprintln!(
+                "{name} batch {bs}: {n_packed} matrices packed, {close}/{total} positions \
+                 within 1e-4, same top-1 at {same_top}, worst |diff| {worst}"
+            );
+            assert!(worst <= 0.5, "{name} batch {bs}: |diff| {worst}");
+            assert!(
+                close * 2 >= total,
+                "{name} batch {bs}: {close}/{total} close"
+            );
+            assert!(
+                same_top * 100 >= total * 97,
+                "{name} batch {bs}: top-1 {same_top}/{total}"
+            );
         }
     }
 }

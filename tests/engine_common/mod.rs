@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use rgemma::convert::safetensors::{Dtype, SafetensorsFile};
 use rgemma::convert::{convert, ConvertOptions, FileType};
-use rgemma::model::{Context, ContextParams, Model};
+use rgemma::model::{Context, ContextParams, LoadOptions, Model};
 
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -15,9 +15,14 @@ pub fn fixtures() -> PathBuf {
 
 /// Converts `fixtures/<dir>` to a GGUF of type `ft` (once per test binary) and loads it.
 pub fn model(dir: &str, ft: FileType) -> Arc<Model> {
+    model_with(dir, ft, &LoadOptions::default())
+}
+
+/// [`model`] loaded with `options` (cached per folder, type and repacking).
+pub fn model_with(dir: &str, ft: FileType, options: &LoadOptions) -> Arc<Model> {
     type Cache = Mutex<Vec<(String, Arc<Model>)>>;
     static CACHE: OnceLock<Cache> = OnceLock::new();
-    let key = format!("{dir}-{}", ft.name());
+    let key = format!("{dir}-{}-repack{}", ft.name(), options.repack);
     let cache = CACHE.get_or_init(|| Mutex::new(Vec::new()));
     let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
     if let Some((_, m)) = cache.iter().find(|(k, _)| *k == key) {
@@ -28,8 +33,10 @@ pub fn model(dir: &str, ft: FileType) -> Arc<Model> {
     opts.force = true;
     convert(&opts, &mut |_| {})
         .unwrap_or_else(|e| panic!("converting {dir} to {}: {e}", ft.name()));
-    let m =
-        Arc::new(Model::load(&out).unwrap_or_else(|e| panic!("loading {}: {e}", out.display())));
+    let m = Arc::new(
+        Model::load_with(&out, options)
+            .unwrap_or_else(|e| panic!("loading {}: {e}", out.display())),
+    );
     // The model keeps its memory map; the file itself is no longer needed (Unix semantics;
     // elsewhere the removal just fails and the file stays in the temp dir).
     let _ = std::fs::remove_file(&out);
