@@ -191,6 +191,16 @@ mod x86 {
         unsafe { _mm256_set1_epi32((p as *const i32).read_unaligned()) }
     }
 
+    /// An unaligned 32-byte load.
+    ///
+    /// # Safety
+    /// `p..p + 32` must be readable.
+    #[inline(always)]
+    unsafe fn load(p: *const u8) -> __m256i {
+        // SAFETY: forwarded.
+        unsafe { _mm256_loadu_si256(p as *const __m256i) }
+    }
+
     /// A super-block's scales and mins, decoded once for all columns.
     struct Scales {
         /// Scale of sub-block `j` per row, as i32 lanes.
@@ -207,8 +217,9 @@ mod x86 {
     unsafe fn scales(sb: *const u8) -> Scales {
         // SAFETY: bytes SCALES..SCALES + 96 of the super-block are readable (caller).
         unsafe {
-            let ld = |o: usize| _mm256_loadu_si256(sb.add(SCALES + o) as *const __m256i);
-            let (x0, x1, x2) = (ld(0), ld(32), ld(64));
+            let x0 = load(sb.add(SCALES));
+            let x1 = load(sb.add(SCALES + 32));
+            let x2 = load(sb.add(SCALES + 64));
             let m63 = _mm256_set1_epi8(63);
             let (m4, m30) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(0x30));
             // Bytes [j][r] for j < 4 and 4 <= j < 8: bits 6..8 of bytes 0..4 / 4..8 are the
@@ -223,17 +234,26 @@ mod x86 {
                 _mm256_and_si256(_mm256_srli_epi16(x2, 4), m4),
                 _mm256_and_si256(_mm256_srli_epi16(x1, 2), m30),
             );
-            let halves = |v: __m256i| [_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1)];
-            let (sh, mh) = (halves(s03), halves(m03));
-            let (sh47, mh47) = (halves(s47), halves(m47));
             // Each 128-bit half holds two sub-blocks' 8 bytes: [j][r], [j + 1][r].
-            let sh = [sh[0], sh[1], sh47[0], sh47[1]];
-            let mh = [mh[0], mh[1], mh47[0], mh47[1]];
-            let s = std::array::from_fn(|j| {
-                let h = sh[j / 2];
-                _mm256_cvtepu8_epi32(if j % 2 == 0 { h } else { _mm_srli_si128(h, 8) })
-            });
-            let m = mh.map(|h| _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(h, _mm_srli_si128(h, 8))));
+            let sh = [
+                _mm256_castsi256_si128(s03),
+                _mm256_extracti128_si256(s03, 1),
+                _mm256_castsi256_si128(s47),
+                _mm256_extracti128_si256(s47, 1),
+            ];
+            let mh = [
+                _mm256_castsi256_si128(m03),
+                _mm256_extracti128_si256(m03, 1),
+                _mm256_castsi256_si128(m47),
+                _mm256_extracti128_si256(m47, 1),
+            ];
+            let mut s = [_mm256_setzero_si256(); 8];
+            let mut m = [_mm256_setzero_si256(); 4];
+            for c in 0..4 {
+                s[2 * c] = _mm256_cvtepu8_epi32(sh[c]);
+                s[2 * c + 1] = _mm256_cvtepu8_epi32(_mm_srli_si128(sh[c], 8));
+                m[c] = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mh[c], _mm_srli_si128(mh[c], 8)));
+            }
             Scales { s, m }
         }
     }
@@ -250,7 +270,12 @@ mod x86 {
             let b = _mm256_loadu_si256(a.add(260) as *const __m256i);
             // Lane 0 words 0..4 = bs0..bs3, lane 1 words 0..4 = bs4..bs7 (|bs| ≤ 32·128).
             let h = _mm256_hadd_epi16(b, b);
-            [0, 1, 4, 5].map(|i| _mm256_permutevar8x32_epi32(h, _mm256_set1_epi32(i)))
+            [
+                _mm256_permutevar8x32_epi32(h, _mm256_set1_epi32(0)),
+                _mm256_permutevar8x32_epi32(h, _mm256_set1_epi32(1)),
+                _mm256_permutevar8x32_epi32(h, _mm256_set1_epi32(4)),
+                _mm256_permutevar8x32_epi32(h, _mm256_set1_epi32(5)),
+            ]
         }
     }
 
@@ -326,21 +351,30 @@ mod x86 {
                     }
                 }
                 for p in 0..4 {
-                    let mut lo = [_mm256_setzero_si256(); C];
-                    let mut hi = [_mm256_setzero_si256(); C];
-                    for t in 0..8 {
-                        let v =
-                            _mm256_loadu_si256(sb.add(CODES + 256 * p + 32 * t) as *const __m256i);
-                        let (ql, qh) = (_mm256_and_si256(v, m4), _mm256_and_si256(v, mf0));
+                    // Two accumulators per sub-block and column (t even / odd) halve the
+                    // `vpdpbusd` dependency chains, which bound the one-column case.
+                    let (mut lo0, mut lo1) =
+                        ([_mm256_setzero_si256(); C], [_mm256_setzero_si256(); C]);
+                    let (mut hi0, mut hi1) =
+                        ([_mm256_setzero_si256(); C], [_mm256_setzero_si256(); C]);
+                    for t in (0..8).step_by(2) {
+                        let v0 = load(sb.add(CODES + 256 * p + 32 * t));
+                        let v1 = load(sb.add(CODES + 256 * p + 32 * t + 32));
+                        let (ql0, qh0) = (_mm256_and_si256(v0, m4), _mm256_and_si256(v0, mf0));
+                        let (ql1, qh1) = (_mm256_and_si256(v1, m4), _mm256_and_si256(v1, mf0));
                         for c in 0..C {
                             let av = a[c].add(4 + 64 * p + 4 * t);
-                            lo[c] = _mm256_dpbusd_epi32(lo[c], ql, bcast4(av));
-                            hi[c] = _mm256_dpbusd_epi32(hi[c], qh, bcast4(av.add(32)));
+                            lo0[c] = _mm256_dpbusd_epi32(lo0[c], ql0, bcast4(av));
+                            hi0[c] = _mm256_dpbusd_epi32(hi0[c], qh0, bcast4(av.add(32)));
+                            lo1[c] = _mm256_dpbusd_epi32(lo1[c], ql1, bcast4(av.add(4)));
+                            hi1[c] = _mm256_dpbusd_epi32(hi1[c], qh1, bcast4(av.add(36)));
                         }
                     }
                     for c in 0..C {
-                        let x = _mm256_mullo_epi32(lo[c], sc.s[2 * p]);
-                        let y = _mm256_mullo_epi32(_mm256_srai_epi32(hi[c], 4), sc.s[2 * p + 1]);
+                        let l = _mm256_add_epi32(lo0[c], lo1[c]);
+                        let h = _mm256_srai_epi32(_mm256_add_epi32(hi0[c], hi1[c]), 4);
+                        let x = _mm256_mullo_epi32(l, sc.s[2 * p]);
+                        let y = _mm256_mullo_epi32(h, sc.s[2 * p + 1]);
                         tot[c] = _mm256_add_epi32(tot[c], _mm256_add_epi32(x, y));
                     }
                 }
@@ -383,8 +417,10 @@ mod x86 {
                     }
                 }
                 for p in 0..4 {
-                    let dup = |s: __m256i| _mm256_or_si256(s, _mm256_slli_epi32(s, 16));
-                    let (s_lo, s_hi) = (dup(sc.s[2 * p]), dup(sc.s[2 * p + 1]));
+                    let (s_lo, s_hi) = (sc.s[2 * p], sc.s[2 * p + 1]);
+                    // The scale in both i16 halves of each row's lane (it is below 64).
+                    let s_lo = _mm256_or_si256(s_lo, _mm256_slli_epi32(s_lo, 16));
+                    let s_hi = _mm256_or_si256(s_hi, _mm256_slli_epi32(s_hi, 16));
                     let mut lo = [_mm256_setzero_si256(); C];
                     let mut hi = [_mm256_setzero_si256(); C];
                     for t in 0..8 {

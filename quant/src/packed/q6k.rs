@@ -340,11 +340,11 @@ mod x86 {
         unsafe {
             let m4 = _mm256_set1_epi8(0x0F);
             let m30 = _mm256_set1_epi8(0x30);
-            let ld = |o: usize| _mm256_loadu_si256(unit.add(o) as *const __m256i);
-            let (h0, h1) = (ld(128), ld(160));
+            let h0 = _mm256_loadu_si256(unit.add(128) as *const __m256i);
+            let h1 = _mm256_loadu_si256(unit.add(160) as *const __m256i);
             let mut q = [_mm256_setzero_si256(); 8];
             for t in 0..4 {
-                let l = ld(32 * t);
+                let l = _mm256_loadu_si256(unit.add(32 * t) as *const __m256i);
                 let h = if t < 2 { h0 } else { h1 };
                 // Top bits of chunk (0, t) at bits 2(t%2), of chunk (1, t) at 4 + 2(t%2).
                 let (top0, top1) = if t % 2 == 0 {
@@ -444,13 +444,18 @@ mod x86 {
                     let (s0, s1, pair) = unit_scales(sb, u);
                     for c in 0..C {
                         let av = a[c].add(4 + 32 * u);
-                        let mut d0 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), q[0], bcast4(av));
-                        let mut d1 =
-                            _mm256_dpbusd_epi32(_mm256_setzero_si256(), q[4], bcast4(av.add(16)));
-                        for t in 1..4 {
-                            d0 = _mm256_dpbusd_epi32(d0, q[t], bcast4(av.add(4 * t)));
-                            d1 = _mm256_dpbusd_epi32(d1, q[4 + t], bcast4(av.add(16 + 4 * t)));
-                        }
+                        // Two chains per sub-block (t = 0, 1 and 2, 3): the one-column case
+                        // is bound by `vpdpbusd` latency otherwise.
+                        let z = _mm256_setzero_si256();
+                        let mut d0 = _mm256_dpbusd_epi32(z, q[0], bcast4(av));
+                        let mut e0 = _mm256_dpbusd_epi32(z, q[2], bcast4(av.add(8)));
+                        let mut d1 = _mm256_dpbusd_epi32(z, q[4], bcast4(av.add(16)));
+                        let mut e1 = _mm256_dpbusd_epi32(z, q[6], bcast4(av.add(24)));
+                        d0 = _mm256_dpbusd_epi32(d0, q[1], bcast4(av.add(4)));
+                        e0 = _mm256_dpbusd_epi32(e0, q[3], bcast4(av.add(12)));
+                        d1 = _mm256_dpbusd_epi32(d1, q[5], bcast4(av.add(20)));
+                        e1 = _mm256_dpbusd_epi32(e1, q[7], bcast4(av.add(28)));
+                        let (d0, d1) = (_mm256_add_epi32(d0, e0), _mm256_add_epi32(d1, e1));
                         let s = _mm256_add_epi32(
                             _mm256_mullo_epi32(d0, s0),
                             _mm256_mullo_epi32(d1, s1),
@@ -497,11 +502,22 @@ mod x86 {
                     let dup1 = _mm256_blend_epi16(s1, _mm256_slli_epi32(s1, 16), 0xAA);
                     for c in 0..C {
                         let av = a[c].add(4 + 32 * u);
-                        let m = |k: usize, o: usize| _mm256_maddubs_epi16(q[k], bcast4(av.add(o)));
-                        let x0 = _mm256_add_epi16(m(0, 0), m(1, 4));
-                        let x1 = _mm256_add_epi16(m(2, 8), m(3, 12));
-                        let y0 = _mm256_add_epi16(m(4, 16), m(5, 20));
-                        let y1 = _mm256_add_epi16(m(6, 24), m(7, 28));
+                        let x0 = _mm256_add_epi16(
+                            _mm256_maddubs_epi16(q[0], bcast4(av.add(0))),
+                            _mm256_maddubs_epi16(q[1], bcast4(av.add(4))),
+                        );
+                        let x1 = _mm256_add_epi16(
+                            _mm256_maddubs_epi16(q[2], bcast4(av.add(8))),
+                            _mm256_maddubs_epi16(q[3], bcast4(av.add(12))),
+                        );
+                        let y0 = _mm256_add_epi16(
+                            _mm256_maddubs_epi16(q[4], bcast4(av.add(16))),
+                            _mm256_maddubs_epi16(q[5], bcast4(av.add(20))),
+                        );
+                        let y1 = _mm256_add_epi16(
+                            _mm256_maddubs_epi16(q[6], bcast4(av.add(24))),
+                            _mm256_maddubs_epi16(q[7], bcast4(av.add(28))),
+                        );
                         let s = _mm256_add_epi32(
                             _mm256_add_epi32(
                                 _mm256_madd_epi16(x0, dup0),
