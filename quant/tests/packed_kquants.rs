@@ -309,3 +309,32 @@ fn extreme_codes_do_not_overflow() {
         }
     }
 }
+
+/// Packing speed (load time): `cargo test --release -p rgemma-quant --test packed_kquants
+/// -- --ignored --nocapture pack_speed`.
+#[test]
+#[ignore]
+fn pack_speed() {
+    let mut rng = Rng(0x5EED_0005);
+    let n = 2560;
+    for ty in TYPES.into_iter().filter(|&t| ready(t)) {
+        let rows = 8 * 1024;
+        let wq = weights(ty, n, rows, &mut rng);
+        let t = std::time::Instant::now();
+        let wp = pack(ty, n, &wq);
+        let secs = t.elapsed().as_secs_f64();
+        eprintln!("{ty} pack: {:.2} GB/s", wq.len() as f64 / secs / 1e9);
+        let rb = row_bytes(ty, n);
+        let gb = packed::group_bytes(ty, n).unwrap();
+        let mut row = vec![0u8; rb];
+        let t = std::time::Instant::now();
+        for g in 0..rows / GROUP_ROWS {
+            packed::unpack_row(ty, n, &wp[g * gb..(g + 1) * gb], g % 8, &mut row).unwrap();
+        }
+        let secs = t.elapsed().as_secs_f64();
+        eprintln!(
+            "{ty} unpack_row: {:.2} µs per row",
+            secs * 1e6 / (rows / GROUP_ROWS) as f64
+        );
+    }
+}

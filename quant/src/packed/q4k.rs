@@ -51,8 +51,8 @@ pub(super) fn group_bytes(n: usize) -> usize {
 
 /// Offset inside a packed super-block of byte `k` (< 128) of row `r`'s stored `qs`.
 fn code_offset(k: usize, r: usize) -> usize {
-    let (c, t, i) = (k / 32, (k % 32) / 4, k % 4);
-    CODES + 256 * c + 32 * t + 4 * r + i
+    // Stored bytes 4w..4w + 4 (w = 8c + t) of row r land at CODES + 32w + 4r.
+    CODES + 32 * (k / 4) + 4 * r + k % 4
 }
 
 pub(super) fn pack_group(n: usize, src: &[u8], src_row_bytes: usize, dst: &mut [u8]) {
@@ -65,8 +65,9 @@ pub(super) fn pack_group(n: usize, src: &[u8], src_row_bytes: usize, dst: &mut [
             for k in 0..12 {
                 out[SCALES + 8 * k + r] = blk[4 + k];
             }
-            for k in 0..128 {
-                out[code_offset(k, r)] = blk[16 + k];
+            for (w, word) in blk[16..].chunks_exact(4).enumerate() {
+                let o = code_offset(4 * w, r);
+                out[o..o + 4].copy_from_slice(word);
             }
         }
     }
@@ -81,8 +82,9 @@ pub(super) fn unpack_row(n: usize, group: &[u8], r: usize, dst: &mut [u8]) {
         for k in 0..12 {
             blk[4 + k] = sb[SCALES + 8 * k + r];
         }
-        for k in 0..128 {
-            blk[16 + k] = sb[code_offset(k, r)];
+        for (w, word) in blk[16..].chunks_exact_mut(4).enumerate() {
+            let o = code_offset(4 * w, r);
+            word.copy_from_slice(&sb[o..o + 4]);
         }
     }
 }

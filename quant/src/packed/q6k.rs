@@ -78,6 +78,15 @@ fn code_position(k: usize, r: usize) -> (usize, usize, usize, usize) {
     (low, h, high, 2 * (2 * h + t % 2))
 }
 
+fn word(b: &[u8], o: usize) -> u32 {
+    u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
+}
+
+fn or_word(b: &mut [u8], o: usize, v: u32) {
+    let x = word(b, o) | v;
+    b[o..o + 4].copy_from_slice(&x.to_le_bytes());
+}
+
 pub(super) fn pack_group(n: usize, src: &[u8], src_row_bytes: usize, dst: &mut [u8]) {
     dst.fill(0);
     for b in 0..n / QK {
@@ -88,10 +97,13 @@ pub(super) fn pack_group(n: usize, src: &[u8], src_row_bytes: usize, dst: &mut [
             for j in 0..16 {
                 out[SCALES + 8 * j + r] = blk[192 + j];
             }
-            for (k, q) in stored_codes(blk).into_iter().enumerate() {
+            // Four codes (one row's share of a chunk) at a time.
+            let q = stored_codes(blk);
+            for k in (0..QK).step_by(4) {
                 let (lo, nib, hi, shift) = code_position(k, r);
-                out[lo] |= (q & 15) << (4 * nib);
-                out[hi] |= (q >> 4) << shift;
+                let c = word(&q, k);
+                or_word(out, lo, (c & 0x0F0F_0F0F) << (4 * nib));
+                or_word(out, hi, ((c >> 4) & 0x0303_0303) << shift);
             }
         }
     }
@@ -102,9 +114,11 @@ pub(super) fn unpack_row(n: usize, group: &[u8], r: usize, dst: &mut [u8]) {
         let sb = &group[b * SB..(b + 1) * SB];
         let blk = &mut dst[b * STORED..(b + 1) * STORED];
         let mut q = [0u8; QK];
-        for (k, q) in q.iter_mut().enumerate() {
+        for k in (0..QK).step_by(4) {
             let (lo, nib, hi, shift) = code_position(k, r);
-            *q = (sb[lo] >> (4 * nib)) & 15 | ((sb[hi] >> shift) & 3) << 4;
+            let c = (word(sb, lo) >> (4 * nib)) & 0x0F0F_0F0F
+                | ((word(sb, hi) >> shift) & 0x0303_0303) << 4;
+            q[k..k + 4].copy_from_slice(&c.to_le_bytes());
         }
         // The stored encoding (see `kquants::BlockQ6K`); every bit of ql/qh is a code bit.
         for half in 0..2 {
