@@ -143,7 +143,11 @@ pub fn bench_packed_with(
     let ngroups = rows / GROUP_ROWS;
     let rb = stored.len() / rows;
     let gb = super::group_bytes(ty, n).expect("packed layout for this type");
-    let mut w = vec![0u8; ngroups * gb];
+    // Packed weights on a 64-byte boundary, as the engine should place them (see the
+    // type modules: the code loads are then cache-line friendly).
+    let mut buf = vec![0u8; ngroups * gb + 64];
+    let skew = buf.as_ptr().align_offset(64);
+    let w = &mut buf[skew..skew + ngroups * gb];
     for (g, dst) in w.chunks_exact_mut(gb).enumerate() {
         let src = &stored[g * GROUP_ROWS * rb..(g + 1) * GROUP_ROWS * rb];
         super::pack_group(ty, n, src, rb, dst).expect("lengths");

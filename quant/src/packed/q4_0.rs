@@ -1,12 +1,18 @@
 //! Packed layout of Q4_0 and its kernels.
 //!
-//! A group holds 8 rows of `n` values as `n / 32` packed blocks of [`BLOCK_BYTES`] = 144
-//! bytes (the 8 stored 18-byte blocks of the same block index), block `b` at `144·b`:
+//! A group holds 8 rows of `n` values (`nb = n / 32` blocks per row) in two regions: the
+//! codes of every block, then the scales of every block.
 //!
-//! | offset            | size | content                                                |
-//! |-------------------|------|--------------------------------------------------------|
-//! | 0                 | 16   | the 8 rows' f16 scales `d`, row `j` at `2j`            |
-//! | 16 + 32k + 4j + t | 1    | byte `qs[4k + t]` of row `j`'s stored block (k, t < 4) |
+//! | offset                   | size | content                                          |
+//! |--------------------------|------|--------------------------------------------------|
+//! | 128b + 32k + 4j + t      | 1    | byte `qs[4k + t]` of row `j`'s stored block `b`  |
+//! | 128·nb + 16b + 2j        | 2    | f16 scale `d` of row `j`'s stored block `b`      |
+//!
+//! (k, t < 4, j < 8, b < nb.) A group is as large as its 8 stored rows (`144·nb` bytes).
+//! Keeping the scales apart keeps every 32-byte code load 32-byte aligned relative to the
+//! group (a block with its scales would be 144 bytes, and a quarter of the loads would
+//! then straddle two cache lines, which costs Zen 4 a second load); groups of an even
+//! `nb` stay aligned if the packed matrix starts on a 64-byte boundary.
 //!
 //! A stored byte `qs[i]` holds value `i` in its low nibble and value `i + 16` in its high
 //! nibble, so the 32-byte chunk `k` carries values `4k..4k+4` (low nibbles) and
@@ -23,35 +29,40 @@ use crate::dot::Backend;
 
 pub(super) const READY: bool = true;
 
-/// Bytes of one packed block (8 rows × 32 values).
-const BLOCK_BYTES: usize = 144;
+/// Code bytes of one packed block (8 rows × 32 values).
+const CODE_BYTES: usize = 128;
+/// Scale bytes of one packed block (8 × f16).
+const SCALE_BYTES: usize = 16;
 /// Bytes of one stored Q4_0 block.
 const STORED: usize = 18;
 
 pub(super) fn group_bytes(n: usize) -> usize {
-    n / 32 * BLOCK_BYTES
+    n / 32 * (CODE_BYTES + SCALE_BYTES)
 }
 
 pub(super) fn pack_group(n: usize, src: &[u8], src_row_bytes: usize, dst: &mut [u8]) {
-    for (b, out) in dst.chunks_exact_mut(BLOCK_BYTES).take(n / 32).enumerate() {
+    let nb = n / 32;
+    let (codes, scales) = dst.split_at_mut(nb * CODE_BYTES);
+    for b in 0..nb {
         for j in 0..8 {
             let blk = &src[j * src_row_bytes + b * STORED..][..STORED];
-            out[2 * j..2 * j + 2].copy_from_slice(&blk[..2]);
+            scales[b * SCALE_BYTES + 2 * j..][..2].copy_from_slice(&blk[..2]);
             for k in 0..4 {
-                let o = 16 + 32 * k + 4 * j;
-                out[o..o + 4].copy_from_slice(&blk[2 + 4 * k..2 + 4 * k + 4]);
+                let o = b * CODE_BYTES + 32 * k + 4 * j;
+                codes[o..o + 4].copy_from_slice(&blk[2 + 4 * k..2 + 4 * k + 4]);
             }
         }
     }
 }
 
 pub(super) fn unpack_row(n: usize, group: &[u8], r: usize, dst: &mut [u8]) {
-    for (b, blk) in dst.chunks_exact_mut(STORED).take(n / 32).enumerate() {
-        let p = &group[b * BLOCK_BYTES..(b + 1) * BLOCK_BYTES];
-        blk[..2].copy_from_slice(&p[2 * r..2 * r + 2]);
+    let nb = n / 32;
+    let (codes, scales) = group.split_at(nb * CODE_BYTES);
+    for (b, blk) in dst.chunks_exact_mut(STORED).enumerate() {
+        blk[..2].copy_from_slice(&scales[b * SCALE_BYTES + 2 * r..][..2]);
         for k in 0..4 {
-            let o = 16 + 32 * k + 4 * r;
-            blk[2 + 4 * k..2 + 4 * k + 4].copy_from_slice(&p[o..o + 4]);
+            let o = b * CODE_BYTES + 32 * k + 4 * r;
+            blk[2 + 4 * k..2 + 4 * k + 4].copy_from_slice(&codes[o..o + 4]);
         }
     }
 }
@@ -124,14 +135,15 @@ unsafe fn tile_scalar(
         let a = unsafe { std::slice::from_raw_parts(act.add(c * act_stride), act::row_bytes(n)) };
         let mut acc = [0.0f32; 8];
         for b in 0..nb {
-            let p = &w[b * BLOCK_BYTES..(b + 1) * BLOCK_BYTES];
+            let p = &w[b * CODE_BYTES..(b + 1) * CODE_BYTES];
+            let sc = &w[nb * CODE_BYTES + b * SCALE_BYTES..][..SCALE_BYTES];
             let ab = act::block(a, b);
             for (j, acc) in acc.iter_mut().enumerate() {
-                let d = crate::f16_to_f32(u16::from_le_bytes([p[2 * j], p[2 * j + 1]]));
+                let d = crate::f16_to_f32(u16::from_le_bytes([sc[2 * j], sc[2 * j + 1]]));
                 let mut s = ab.m8;
                 for k in 0..4 {
                     for t in 0..4 {
-                        let q = p[16 + 32 * k + 4 * j + t];
+                        let q = p[32 * k + 4 * j + t];
                         let lo = ab.codes[4 * k + t] as i8 as i32;
                         let hi = ab.codes[16 + 4 * k + t] as i8 as i32;
                         s += (q & 15) as i32 * lo + (q >> 4) as i32 * hi;
@@ -156,7 +168,7 @@ mod x86 {
     #![allow(clippy::needless_range_loop)]
 
     use super::super::act_q8_0::{BLOCK_BYTES as ABLK, D_OFF, M8_OFF};
-    use super::{tile_fn, BLOCK_BYTES};
+    use super::{tile_fn, CODE_BYTES, SCALE_BYTES};
     use std::arch::x86_64::*;
 
     /// Columns per tile of the VNNI kernel.
@@ -192,24 +204,44 @@ mod x86 {
         let lo_mask = _mm256_set1_epi8(0x0F);
         let hi_mask = _mm256_set1_epi8(0xF0u8 as i8);
         let mut acc = [_mm256_setzero_ps(); C];
-        for b in 0..n / 32 {
+        let split_chains = C <= 2;
+        let nb = n / 32;
+        for b in 0..nb {
             // SAFETY: block b < n/32 of the group and of each activation row.
             unsafe {
-                let wp = w.add(b * BLOCK_BYTES);
+                let wp = w.add(b * CODE_BYTES);
+                let sp = w.add(nb * CODE_BYTES + b * SCALE_BYTES);
                 let ap: [*const u8; C] =
                     std::array::from_fn(|c| act.add(c * act_stride + b * ABLK));
                 let mut lo: [__m256i; C] = std::array::from_fn(|c| bcast4(ap[c].add(M8_OFF)));
                 let mut hi = [_mm256_setzero_si256(); C];
+                // With few columns the block's chains of dependent `vpdpbusd`s, not the
+                // issue rate, would bound the speed: split each into two (chunks 0-1, 2-3).
+                let mut lo2 = [_mm256_setzero_si256(); C];
+                let mut hi2 = [_mm256_setzero_si256(); C];
                 for k in 0..4 {
-                    let v = _mm256_loadu_si256(wp.add(16 + 32 * k) as *const __m256i);
+                    let v = _mm256_loadu_si256(wp.add(32 * k) as *const __m256i);
                     let l = _mm256_and_si256(v, lo_mask);
                     let h = _mm256_and_si256(v, hi_mask);
                     for c in 0..C {
-                        lo[c] = _mm256_dpbusd_epi32(lo[c], l, bcast4(ap[c].add(4 * k)));
-                        hi[c] = _mm256_dpbusd_epi32(hi[c], h, bcast4(ap[c].add(16 + 4 * k)));
+                        let al = bcast4(ap[c].add(4 * k));
+                        let ah = bcast4(ap[c].add(16 + 4 * k));
+                        if split_chains && k >= 2 {
+                            lo2[c] = _mm256_dpbusd_epi32(lo2[c], l, al);
+                            hi2[c] = _mm256_dpbusd_epi32(hi2[c], h, ah);
+                        } else {
+                            lo[c] = _mm256_dpbusd_epi32(lo[c], l, al);
+                            hi[c] = _mm256_dpbusd_epi32(hi[c], h, ah);
+                        }
                     }
                 }
-                let dw = _mm256_cvtph_ps(_mm_loadu_si128(wp as *const __m128i));
+                if split_chains {
+                    for c in 0..C {
+                        lo[c] = _mm256_add_epi32(lo[c], lo2[c]);
+                        hi[c] = _mm256_add_epi32(hi[c], hi2[c]);
+                    }
+                }
+                let dw = _mm256_cvtph_ps(_mm_loadu_si128(sp as *const __m128i));
                 for c in 0..C {
                     let s = _mm256_add_epi32(lo[c], _mm256_srai_epi32::<4>(hi[c]));
                     let d = _mm256_mul_ps(dw, bcast_f32(ap[c].add(D_OFF)));
@@ -240,15 +272,17 @@ mod x86 {
         let mask = _mm256_set1_epi8(0x0F);
         let ones = _mm256_set1_epi16(1);
         let mut acc = [_mm256_setzero_ps(); C];
-        for b in 0..n / 32 {
+        let nb = n / 32;
+        for b in 0..nb {
             // SAFETY: block b < n/32 of the group and of each activation row.
             unsafe {
-                let wp = w.add(b * BLOCK_BYTES);
+                let wp = w.add(b * CODE_BYTES);
+                let sp = w.add(nb * CODE_BYTES + b * SCALE_BYTES);
                 let ap: [*const u8; C] =
                     std::array::from_fn(|c| act.add(c * act_stride + b * ABLK));
                 let mut s16 = [_mm256_setzero_si256(); C];
                 for k in 0..4 {
-                    let v = _mm256_loadu_si256(wp.add(16 + 32 * k) as *const __m256i);
+                    let v = _mm256_loadu_si256(wp.add(32 * k) as *const __m256i);
                     let l = _mm256_and_si256(v, mask);
                     let h = _mm256_and_si256(_mm256_srli_epi16::<4>(v), mask);
                     for c in 0..C {
@@ -257,7 +291,7 @@ mod x86 {
                         s16[c] = _mm256_add_epi16(s16[c], _mm256_add_epi16(pl, ph));
                     }
                 }
-                let dw = _mm256_cvtph_ps(_mm_loadu_si128(wp as *const __m128i));
+                let dw = _mm256_cvtph_ps(_mm_loadu_si128(sp as *const __m128i));
                 for c in 0..C {
                     let s = _mm256_add_epi32(
                         _mm256_madd_epi16(s16[c], ones),

@@ -1,12 +1,15 @@
 //! Packed layout of Q8_0 and its kernels.
 //!
-//! A group holds 8 rows of `n` values as `n / 32` packed blocks of [`BLOCK_BYTES`] = 272
-//! bytes (the 8 stored 34-byte blocks of the same block index), block `b` at `272·b`:
+//! A group holds 8 rows of `n` values (`nb = n / 32` blocks per row) in two regions: the
+//! codes of every block, then the scales of every block.
 //!
-//! | offset            | size | content                                                     |
-//! |-------------------|------|-------------------------------------------------------------|
-//! | 0                 | 16   | the 8 rows' f16 scales `d`, row `j` at `2j`                 |
-//! | 16 + 32k + 4j + t | 1    | code `q[4k + t]` of row `j`, stored as `q ^ 0x80` (k < 8)   |
+//! | offset              | size | content                                                 |
+//! |---------------------|------|---------------------------------------------------------|
+//! | 256b + 32k + 4j + t | 1    | code `q[4k + t]` of row `j`'s block `b`, as `q ^ 0x80`  |
+//! | 256·nb + 16b + 2j   | 2    | f16 scale `d` of row `j`'s block `b`                    |
+//!
+//! (k < 8, t < 4, j < 8, b < nb.) A group is as large as its 8 stored rows (`272·nb`
+//! bytes). Keeping the scales apart keeps every 32-byte code load aligned (see `q4_0`).
 //!
 //! The 32-byte chunk `k` carries values `4k..4k+4` of every row, row `j` in 32-bit lane
 //! `j`, so one `vpdpbusd` against the 4 broadcast activation bytes `a[4k..4k+4]` advances
@@ -22,23 +25,27 @@ use crate::dot::Backend;
 
 pub(super) const READY: bool = true;
 
-/// Bytes of one packed block (8 rows × 32 values).
-const BLOCK_BYTES: usize = 272;
+/// Code bytes of one packed block (8 rows × 32 values).
+const CODE_BYTES: usize = 256;
+/// Scale bytes of one packed block (8 × f16).
+const SCALE_BYTES: usize = 16;
 /// Bytes of one stored Q8_0 block.
 const STORED: usize = 34;
 
 pub(super) fn group_bytes(n: usize) -> usize {
-    n / 32 * BLOCK_BYTES
+    n / 32 * (CODE_BYTES + SCALE_BYTES)
 }
 
 pub(super) fn pack_group(n: usize, src: &[u8], src_row_bytes: usize, dst: &mut [u8]) {
-    for (b, out) in dst.chunks_exact_mut(BLOCK_BYTES).take(n / 32).enumerate() {
+    let nb = n / 32;
+    let (codes, scales) = dst.split_at_mut(nb * CODE_BYTES);
+    for b in 0..nb {
         for j in 0..8 {
             let blk = &src[j * src_row_bytes + b * STORED..][..STORED];
-            out[2 * j..2 * j + 2].copy_from_slice(&blk[..2]);
+            scales[b * SCALE_BYTES + 2 * j..][..2].copy_from_slice(&blk[..2]);
             for k in 0..8 {
                 for t in 0..4 {
-                    out[16 + 32 * k + 4 * j + t] = blk[2 + 4 * k + t] ^ 0x80;
+                    codes[b * CODE_BYTES + 32 * k + 4 * j + t] = blk[2 + 4 * k + t] ^ 0x80;
                 }
             }
         }
@@ -46,12 +53,13 @@ pub(super) fn pack_group(n: usize, src: &[u8], src_row_bytes: usize, dst: &mut [
 }
 
 pub(super) fn unpack_row(n: usize, group: &[u8], r: usize, dst: &mut [u8]) {
-    for (b, blk) in dst.chunks_exact_mut(STORED).take(n / 32).enumerate() {
-        let p = &group[b * BLOCK_BYTES..(b + 1) * BLOCK_BYTES];
-        blk[..2].copy_from_slice(&p[2 * r..2 * r + 2]);
+    let nb = n / 32;
+    let (codes, scales) = group.split_at(nb * CODE_BYTES);
+    for (b, blk) in dst.chunks_exact_mut(STORED).enumerate() {
+        blk[..2].copy_from_slice(&scales[b * SCALE_BYTES + 2 * r..][..2]);
         for k in 0..8 {
             for t in 0..4 {
-                blk[2 + 4 * k + t] = p[16 + 32 * k + 4 * r + t] ^ 0x80;
+                blk[2 + 4 * k + t] = codes[b * CODE_BYTES + 32 * k + 4 * r + t] ^ 0x80;
             }
         }
     }
@@ -125,14 +133,15 @@ unsafe fn tile_scalar(
         let a = unsafe { std::slice::from_raw_parts(act.add(c * act_stride), act::row_bytes(n)) };
         let mut acc = [0.0f32; 8];
         for b in 0..nb {
-            let p = &w[b * BLOCK_BYTES..(b + 1) * BLOCK_BYTES];
+            let p = &w[b * CODE_BYTES..(b + 1) * CODE_BYTES];
+            let sc = &w[nb * CODE_BYTES + b * SCALE_BYTES..][..SCALE_BYTES];
             let ab = act::block(a, b);
             for (j, acc) in acc.iter_mut().enumerate() {
-                let d = crate::f16_to_f32(u16::from_le_bytes([p[2 * j], p[2 * j + 1]]));
+                let d = crate::f16_to_f32(u16::from_le_bytes([sc[2 * j], sc[2 * j + 1]]));
                 let mut s = ab.m128;
                 for k in 0..8 {
                     for t in 0..4 {
-                        let u = p[16 + 32 * k + 4 * j + t] as i32;
+                        let u = p[32 * k + 4 * j + t] as i32;
                         s += u * ab.codes[4 * k + t] as i8 as i32;
                     }
                 }
@@ -155,7 +164,7 @@ mod x86 {
     #![allow(clippy::needless_range_loop)]
 
     use super::super::act_q8_0::{BLOCK_BYTES as ABLK, D_OFF, M128_OFF};
-    use super::{tile_fn, BLOCK_BYTES};
+    use super::{tile_fn, CODE_BYTES, SCALE_BYTES};
     use std::arch::x86_64::*;
 
     /// Columns per tile of the VNNI kernel.
@@ -192,23 +201,25 @@ mod x86 {
         out_stride: usize,
     ) {
         let mut acc = [_mm256_setzero_ps(); C];
-        for b in 0..n / 32 {
+        let nb = n / 32;
+        for b in 0..nb {
             // SAFETY: block b < n/32 of the group and of each activation row.
             unsafe {
-                let wp = w.add(b * BLOCK_BYTES);
+                let wp = w.add(b * CODE_BYTES);
+                let sp = w.add(nb * CODE_BYTES + b * SCALE_BYTES);
                 let ap: [*const u8; C] =
                     std::array::from_fn(|c| act.add(c * act_stride + b * ABLK));
                 let mut s0: [__m256i; C] = std::array::from_fn(|c| bcast4(ap[c].add(M128_OFF)));
                 let mut s1 = [_mm256_setzero_si256(); C];
                 for k in (0..8).step_by(2) {
-                    let v0 = _mm256_loadu_si256(wp.add(16 + 32 * k) as *const __m256i);
-                    let v1 = _mm256_loadu_si256(wp.add(48 + 32 * k) as *const __m256i);
+                    let v0 = _mm256_loadu_si256(wp.add(32 * k) as *const __m256i);
+                    let v1 = _mm256_loadu_si256(wp.add(32 + 32 * k) as *const __m256i);
                     for c in 0..C {
                         s0[c] = _mm256_dpbusd_epi32(s0[c], v0, bcast4(ap[c].add(4 * k)));
                         s1[c] = _mm256_dpbusd_epi32(s1[c], v1, bcast4(ap[c].add(4 * k + 4)));
                     }
                 }
-                let dw = _mm256_cvtph_ps(_mm_loadu_si128(wp as *const __m128i));
+                let dw = _mm256_cvtph_ps(_mm_loadu_si128(sp as *const __m128i));
                 for c in 0..C {
                     let s = _mm256_add_epi32(s0[c], s1[c]);
                     let d = _mm256_mul_ps(dw, bcast_f32(ap[c].add(D_OFF)));
@@ -239,15 +250,17 @@ mod x86 {
         let flip = _mm256_set1_epi8(0x80u8 as i8);
         let ones = _mm256_set1_epi16(1);
         let mut acc = [_mm256_setzero_ps(); C];
-        for b in 0..n / 32 {
+        let nb = n / 32;
+        for b in 0..nb {
             // SAFETY: block b < n/32 of the group and of each activation row.
             unsafe {
-                let wp = w.add(b * BLOCK_BYTES);
+                let wp = w.add(b * CODE_BYTES);
+                let sp = w.add(nb * CODE_BYTES + b * SCALE_BYTES);
                 let ap: [*const u8; C] =
                     std::array::from_fn(|c| act.add(c * act_stride + b * ABLK));
                 let mut s = [_mm256_setzero_si256(); C];
                 for k in 0..8 {
-                    let v = _mm256_loadu_si256(wp.add(16 + 32 * k) as *const __m256i);
+                    let v = _mm256_loadu_si256(wp.add(32 * k) as *const __m256i);
                     let q = _mm256_xor_si256(v, flip);
                     let qa = _mm256_abs_epi8(q);
                     for c in 0..C {
@@ -256,7 +269,7 @@ mod x86 {
                         s[c] = _mm256_add_epi32(s[c], p);
                     }
                 }
-                let dw = _mm256_cvtph_ps(_mm_loadu_si128(wp as *const __m128i));
+                let dw = _mm256_cvtph_ps(_mm_loadu_si128(sp as *const __m128i));
                 for c in 0..C {
                     let d = _mm256_mul_ps(dw, bcast_f32(ap[c].add(D_OFF)));
                     acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[c]), d, acc[c]);
