@@ -353,8 +353,9 @@ mod x86 {
                     }
                 }
                 for p in 0..4 {
-                    // Two accumulators per sub-block and column (t even / odd) halve the
-                    // `vpdpbusd` dependency chains, which bound the one-column case.
+                    // One column: two accumulators per sub-block (t even / odd) halve the
+                    // `vpdpbusd` dependency chains, which bound that case. Several columns
+                    // have enough independent chains (and no registers to spare).
                     let (mut lo0, mut lo1) =
                         ([_mm256_setzero_si256(); C], [_mm256_setzero_si256(); C]);
                     let (mut hi0, mut hi1) =
@@ -368,8 +369,13 @@ mod x86 {
                             let av = a[c].add(4 + 64 * p + 4 * t);
                             lo0[c] = _mm256_dpbusd_epi32(lo0[c], ql0, bcast4(av));
                             hi0[c] = _mm256_dpbusd_epi32(hi0[c], qh0, bcast4(av.add(32)));
-                            lo1[c] = _mm256_dpbusd_epi32(lo1[c], ql1, bcast4(av.add(4)));
-                            hi1[c] = _mm256_dpbusd_epi32(hi1[c], qh1, bcast4(av.add(36)));
+                            if C == 1 {
+                                lo1[c] = _mm256_dpbusd_epi32(lo1[c], ql1, bcast4(av.add(4)));
+                                hi1[c] = _mm256_dpbusd_epi32(hi1[c], qh1, bcast4(av.add(36)));
+                            } else {
+                                lo0[c] = _mm256_dpbusd_epi32(lo0[c], ql1, bcast4(av.add(4)));
+                                hi0[c] = _mm256_dpbusd_epi32(hi0[c], qh1, bcast4(av.add(36)));
+                            }
                         }
                     }
                     for c in 0..C {

@@ -458,18 +458,27 @@ mod x86 {
                     let (s0, s1, pair) = unit_scales(sb, u);
                     for c in 0..C {
                         let av = a[c].add(4 + 32 * u);
-                        // Two chains per sub-block (t = 0, 1 and 2, 3): the one-column case
-                        // is bound by `vpdpbusd` latency otherwise.
                         let z = _mm256_setzero_si256();
                         let mut d0 = _mm256_dpbusd_epi32(z, q[0], bcast4(av));
-                        let mut e0 = _mm256_dpbusd_epi32(z, q[2], bcast4(av.add(8)));
                         let mut d1 = _mm256_dpbusd_epi32(z, q[4], bcast4(av.add(16)));
-                        let mut e1 = _mm256_dpbusd_epi32(z, q[6], bcast4(av.add(24)));
                         d0 = _mm256_dpbusd_epi32(d0, q[1], bcast4(av.add(4)));
-                        e0 = _mm256_dpbusd_epi32(e0, q[3], bcast4(av.add(12)));
                         d1 = _mm256_dpbusd_epi32(d1, q[5], bcast4(av.add(20)));
-                        e1 = _mm256_dpbusd_epi32(e1, q[7], bcast4(av.add(28)));
-                        let (d0, d1) = (_mm256_add_epi32(d0, e0), _mm256_add_epi32(d1, e1));
+                        if C == 1 {
+                            // Two chains per sub-block (t = 0, 1 and 2, 3): one column is
+                            // bound by `vpdpbusd` latency otherwise. Several columns have
+                            // enough independent chains.
+                            let mut e0 = _mm256_dpbusd_epi32(z, q[2], bcast4(av.add(8)));
+                            let mut e1 = _mm256_dpbusd_epi32(z, q[6], bcast4(av.add(24)));
+                            e0 = _mm256_dpbusd_epi32(e0, q[3], bcast4(av.add(12)));
+                            e1 = _mm256_dpbusd_epi32(e1, q[7], bcast4(av.add(28)));
+                            d0 = _mm256_add_epi32(d0, e0);
+                            d1 = _mm256_add_epi32(d1, e1);
+                        } else {
+                            for t in 2..4 {
+                                d0 = _mm256_dpbusd_epi32(d0, q[t], bcast4(av.add(4 * t)));
+                                d1 = _mm256_dpbusd_epi32(d1, q[4 + t], bcast4(av.add(16 + 4 * t)));
+                            }
+                        }
                         let s = _mm256_add_epi32(
                             _mm256_mullo_epi32(d0, s0),
                             _mm256_mullo_epi32(d1, s1),
