@@ -137,63 +137,67 @@ fn packed_gemm_matches_the_unpacked_kernels() {
     let backends = Backend::all_available();
     eprintln!("backends under test: {backends:?}");
     for ty in TYPES.into_iter().filter(|&t| ready(t)) {
-        for n in [256usize, 768, 2560] {
-            for ngroups in [1usize, 3] {
-                let rows = ngroups * GROUP_ROWS;
-                let rb = row_bytes(ty, n);
-                let wq = weights(ty, n, rows, &mut rng);
-                let wp = pack(ty, n, &wq);
-                for ncols in [1usize, 2, 3, 4, 5, 7, 9, 17] {
-                    let ab = packed::activation_row_bytes(ty, n).unwrap();
-                    // Activation rows ab + 8 bytes apart; column 1 has an all-zero block.
-                    let astride = ab + 8;
-                    let mut act = vec![0u8; ncols * astride];
-                    for c in 0..ncols {
-                        let mut x = rng.vec(n);
-                        if c == 1 {
-                            x[..256].iter_mut().for_each(|v| *v = 0.0);
-                        }
-                        let dst = &mut act[c * astride..c * astride + ab];
-                        packed::quantize_activation(Backend::Scalar, ty, &x, dst).unwrap();
+        // The last shape spans more than one column block of the SIMD driver (blocks of
+        // activations that fit L2: 28 columns of 7680 values).
+        let shapes = [256usize, 768, 2560]
+            .into_iter()
+            .flat_map(|n| [(n, 1usize), (n, 3)])
+            .map(|(n, g)| (n, g, vec![1usize, 2, 3, 4, 5, 7, 9, 17]))
+            .chain([(7680, 2, vec![33])]);
+        for (n, ngroups, cols) in shapes {
+            let rows = ngroups * GROUP_ROWS;
+            let rb = row_bytes(ty, n);
+            let wq = weights(ty, n, rows, &mut rng);
+            let wp = pack(ty, n, &wq);
+            for ncols in cols {
+                let ab = packed::activation_row_bytes(ty, n).unwrap();
+                // Activation rows ab + 8 bytes apart; column 1 has an all-zero block.
+                let astride = ab + 8;
+                let mut act = vec![0u8; ncols * astride];
+                for c in 0..ncols {
+                    let mut x = rng.vec(n);
+                    if c == 1 {
+                        x[..256].iter_mut().for_each(|v| *v = 0.0);
                     }
-                    let ostride = rows + 3;
-                    let mut want = vec![f32::NAN; ncols * ostride];
-                    dot::gemm(
-                        Backend::Scalar,
-                        ty,
-                        n,
-                        &wq,
-                        rb,
-                        rows,
-                        &act,
-                        astride,
-                        ncols,
-                        &mut want,
-                        ostride,
+                    let dst = &mut act[c * astride..c * astride + ab];
+                    packed::quantize_activation(Backend::Scalar, ty, &x, dst).unwrap();
+                }
+                let ostride = rows + 3;
+                let mut want = vec![f32::NAN; ncols * ostride];
+                dot::gemm(
+                    Backend::Scalar,
+                    ty,
+                    n,
+                    &wq,
+                    rb,
+                    rows,
+                    &act,
+                    astride,
+                    ncols,
+                    &mut want,
+                    ostride,
+                )
+                .unwrap();
+                for &b in &backends {
+                    let mut got = vec![f32::NAN; ncols * ostride];
+                    packed::gemm(
+                        b, ty, n, &wp, ngroups, &act, astride, ncols, &mut got, ostride,
                     )
                     .unwrap();
-                    for &b in &backends {
-                        let mut got = vec![f32::NAN; ncols * ostride];
-                        packed::gemm(
-                            b, ty, n, &wp, ngroups, &act, astride, ncols, &mut got, ostride,
-                        )
-                        .unwrap();
-                        for c in 0..ncols {
-                            let a = &act[c * astride..c * astride + ab];
-                            for r in 0..rows {
-                                let (g, w) = (got[c * ostride + r], want[c * ostride + r]);
-                                let tol =
-                                    1e-5 * abs_dot(ty, n, &wq[r * rb..(r + 1) * rb], a) + 1e-6;
-                                assert!(
-                                    ((g - w) as f64).abs() <= tol,
-                                    "{ty} {b:?} n={n} groups={ngroups} cols={ncols} r={r} c={c}: \
+                    for c in 0..ncols {
+                        let a = &act[c * astride..c * astride + ab];
+                        for r in 0..rows {
+                            let (g, w) = (got[c * ostride + r], want[c * ostride + r]);
+                            let tol = 1e-5 * abs_dot(ty, n, &wq[r * rb..(r + 1) * rb], a) + 1e-6;
+                            assert!(
+                                ((g - w) as f64).abs() <= tol,
+                                "{ty} {b:?} n={n} groups={ngroups} cols={ncols} r={r} c={c}: \
                                      {g} vs {w} (tol {tol})"
-                                );
-                            }
-                            for pad in rows..ostride {
-                                if c * ostride + pad < got.len() {
-                                    assert!(got[c * ostride + pad].is_nan(), "{ty} {b:?} pad");
-                                }
+                            );
+                        }
+                        for pad in rows..ostride {
+                            if c * ostride + pad < got.len() {
+                                assert!(got[c * ostride + pad].is_nan(), "{ty} {b:?} pad");
                             }
                         }
                     }
