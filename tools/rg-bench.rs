@@ -27,6 +27,7 @@ use std::time::Instant;
 use clap::{Parser, ValueEnum};
 use rgemma::model::{Context, ContextParams, Model};
 use rgemma_quant::dot::{self, Backend};
+use rgemma_quant::packed;
 use rgemma_quant::GgmlType;
 use serde_json::json;
 
@@ -442,6 +443,21 @@ fn main() -> ExitCode {
                     eprintln!(
                         "kernels: {ty} x {ncols} token(s), {t} thread(s): {gbps:.2} GB/s of weights ({:.1} Gop/s)",
                         gbps * 1e9 / ty.type_size() as f64 * ty.block_size() as f64 * ncols as f64 * 2.0 / 1e9
+                    );
+                }
+                if packed::supports(ty) {
+                    // Decode: 1 GiB of packed rows of 2560, one token.
+                    let rows = (1usize << 30) / ty.row_size(2560).expect("aligned") as usize;
+                    let (gbps, _) = packed::bench::bench_gemm(ty, 2560, rows, 1, t, args.reps.min(3));
+                    eprintln!(
+                        "kernels: packed {ty} x 1 token, {t} thread(s): {gbps:.2} GB/s of weights"
+                    );
+                    // Prompt: the shape of llama.cpp's `test-backend-ops perf -o MUL_MAT`
+                    // case m=4096, n=512, k=14336, for a like-for-like comparison.
+                    let (_, gops) =
+                        packed::bench::bench_gemm(ty, 14336, 4096, 512, t, args.reps.min(2));
+                    eprintln!(
+                        "kernels: packed {ty} m=4096 k=14336 x 512 tokens, {t} thread(s): {gops:.1} Gop/s"
                     );
                 }
             }
