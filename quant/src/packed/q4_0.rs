@@ -204,7 +204,6 @@ mod x86 {
         let lo_mask = _mm256_set1_epi8(0x0F);
         let hi_mask = _mm256_set1_epi8(0xF0u8 as i8);
         let mut acc = [_mm256_setzero_ps(); C];
-        let split_chains = C <= 2;
         let nb = n / 32;
         for b in 0..nb {
             // SAFETY: block b < n/32 of the group and of each activation row.
@@ -215,30 +214,13 @@ mod x86 {
                     std::array::from_fn(|c| act.add(c * act_stride + b * ABLK));
                 let mut lo: [__m256i; C] = std::array::from_fn(|c| bcast4(ap[c].add(M8_OFF)));
                 let mut hi = [_mm256_setzero_si256(); C];
-                // With few columns the block's chains of dependent `vpdpbusd`s, not the
-                // issue rate, would bound the speed: split each into two (chunks 0-1, 2-3).
-                let mut lo2 = [_mm256_setzero_si256(); C];
-                let mut hi2 = [_mm256_setzero_si256(); C];
                 for k in 0..4 {
                     let v = _mm256_loadu_si256(wp.add(32 * k) as *const __m256i);
                     let l = _mm256_and_si256(v, lo_mask);
                     let h = _mm256_and_si256(v, hi_mask);
                     for c in 0..C {
-                        let al = bcast4(ap[c].add(4 * k));
-                        let ah = bcast4(ap[c].add(16 + 4 * k));
-                        if split_chains && k >= 2 {
-                            lo2[c] = _mm256_dpbusd_epi32(lo2[c], l, al);
-                            hi2[c] = _mm256_dpbusd_epi32(hi2[c], h, ah);
-                        } else {
-                            lo[c] = _mm256_dpbusd_epi32(lo[c], l, al);
-                            hi[c] = _mm256_dpbusd_epi32(hi[c], h, ah);
-                        }
-                    }
-                }
-                if split_chains {
-                    for c in 0..C {
-                        lo[c] = _mm256_add_epi32(lo[c], lo2[c]);
-                        hi[c] = _mm256_add_epi32(hi[c], hi2[c]);
+                        lo[c] = _mm256_dpbusd_epi32(lo[c], l, bcast4(ap[c].add(4 * k)));
+                        hi[c] = _mm256_dpbusd_epi32(hi[c], h, bcast4(ap[c].add(16 + 4 * k)));
                     }
                 }
                 let dw = _mm256_cvtph_ps(_mm_loadu_si128(sp as *const __m128i));
