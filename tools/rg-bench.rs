@@ -118,6 +118,9 @@ struct Record {
     weight_gbps: Option<f64>,
     /// Peak resident set (VmHWM) after the test, KiB.
     vm_hwm_kib: Option<u64>,
+    /// Resident set (VmRSS) right after the test, KiB: flat across depths when the
+    /// state does not grow with context.
+    vm_rss_kib: Option<u64>,
 }
 
 impl Record {
@@ -313,7 +316,21 @@ fn kernel_bench(ty: GgmlType, mib: usize, threads: usize, ncols: usize, reps: us
 // ------------------------------------------------------------------ model tests
 
 fn run_model(args: &Args, path: &PathBuf, records: &mut Vec<Record>) -> Result<(), String> {
+    let t_load = Instant::now();
     let model = Model::load(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let packed = model
+        .weights()
+        .clone()
+        .matrices_mut()
+        .iter()
+        .filter(|m| m.packed.is_some())
+        .count();
+    eprintln!(
+        "rg-bench: loaded {} in {:.2} s ({packed} matrices repacked for the {} kernels)",
+        path.display(),
+        t_load.elapsed().as_secs_f64(),
+        Backend::detect().name()
+    );
     let model = Arc::new(model);
     let gguf = model.gguf();
     let model_size: u64 = gguf.tensors().iter().map(|t| t.size).sum();
@@ -356,6 +373,7 @@ fn run_model(args: &Args, path: &PathBuf, records: &mut Vec<Record>) -> Result<(
                 samples_ns,
                 weight_gbps,
                 vm_hwm_kib: proc_status_kib("VmHWM"),
+                vm_rss_kib: proc_status_kib("VmRSS"),
             };
             let (m, s) = mean_std(&r.samples_ts);
             eprintln!(
@@ -490,8 +508,8 @@ fn main() -> ExitCode {
             if records.is_empty() {
                 return ExitCode::SUCCESS;
             }
-            println!("| model | size | params | type | threads | test | t/s | weight GB/s | of membw | VmHWM |");
-            println!("| --- | ---: | ---: | --- | ---: | --- | ---: | ---: | ---: | ---: |");
+            println!("| model | size | params | type | threads | test | t/s | weight GB/s | of membw | VmRSS | VmHWM |");
+            println!("| --- | ---: | ---: | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |");
             for r in &records {
                 let (m, s) = mean_std(&r.samples_ts);
                 let gb = r.weight_gbps.map_or(String::new(), |g| format!("{g:.2}"));
@@ -499,11 +517,12 @@ fn main() -> ExitCode {
                     (Some(g), Some(c)) => format!("{:.0} %", 100.0 * g / c),
                     _ => String::new(),
                 };
-                let hwm = r
-                    .vm_hwm_kib
-                    .map_or(String::new(), |k| format!("{:.0} MiB", k as f64 / 1024.0));
+                let mib = |k: Option<u64>| {
+                    k.map_or(String::new(), |k| format!("{:.0} MiB", k as f64 / 1024.0))
+                };
+                let (rss, hwm) = (mib(r.vm_rss_kib), mib(r.vm_hwm_kib));
                 println!(
-                    "| {} | {:.2} GiB | {} | {} | {} | {} | {m:.2} ± {s:.2} | {gb} | {frac} | {hwm} |",
+                    "| {} | {:.2} GiB | {} | {} | {} | {} | {m:.2} ± {s:.2} | {gb} | {frac} | {rss} | {hwm} |",
                     r.model,
                     r.model_size as f64 / (1u64 << 30) as f64,
                     human_params(r.n_params),
@@ -539,6 +558,7 @@ fn main() -> ExitCode {
                     "weight_gbps": r.weight_gbps,
                     "membw_gbps": ceiling(r.threads),
                     "vm_hwm_kib": r.vm_hwm_kib,
+                    "vm_rss_kib": r.vm_rss_kib,
                 }));
             }
             println!("{}", serde_json::to_string_pretty(&arr).unwrap_or_default());
