@@ -189,6 +189,12 @@ mod x86 {
         unsafe { _mm256_set1_ps((p as *const f32).read_unaligned()) }
     }
 
+    /// Per block and column: 8 `vpdpbusd`, then one `vmulps` (the two scales) and one
+    /// `vfmadd` into the f32 sums. On Zen 4 those share the two pipes that run
+    /// `vpdpbusd`, so the prompt path tops out at 8/10 of the `vpdpbusd` peak (measured:
+    /// ~320 of 453 Gop/s on one core); wide tiles (up to 8 columns) amortise the
+    /// weight unpacking, which runs on the other pipes.
+    ///
     /// Safety: the CPU has AVX-512 F/BW/VL/VNNI; `TileFn` contract with `C` columns.
     // The AVX-512 intrinsics need Rust 1.89; only this backend's kernels use them.
     #[allow(clippy::incompatible_msrv)]
