@@ -51,8 +51,10 @@ pub fn tanh_fast(x: f32) -> f32 {
     ((1.0 - e) / (1.0 + e)).copysign(x)
 }
 
+/// `1 / (1 + e^{-x})` with [`exp_fast`] (vectorisable).
+#[inline(always)]
 pub fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
+    1.0 / (1.0 + exp_fast(-x))
 }
 
 /// `cap * tanh(x / cap)`; `cap == 0` leaves the values unchanged.

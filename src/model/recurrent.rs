@@ -4,7 +4,7 @@
 
 use rayon::prelude::*;
 
-use super::ops::sigmoid;
+use super::ops::{exp_fast, sigmoid};
 
 /// Causal depthwise conv over a chunk.
 ///
@@ -54,7 +54,7 @@ pub fn conv1d_chunk(x: &[f32], tail: &mut [f32], w: &[f32], b: &[f32], out: &mut
 /// in place. The output `h_t` of every step goes to `out` `[T, L]`.
 ///
 /// Per step: `log_a = -8 · σ(gate_a) · softplus(Λ)`, `a = exp(log_a)`,
-/// `m = sqrt(1 - a²)` (as `sqrt(-expm1(2 log_a))`), `h = a·h + x·σ(gate_x)·m`; at position 0
+/// `m = sqrt(1 - a²)` (as the reference: `sqrt(1 - exp(2 log_a))`), `h = a·h + x·σ(gate_x)·m`; at position 0
 /// the state is reset: `m = 1` and the previous `h` is ignored.
 pub fn rglru_chunk(
     x: &[f32],
@@ -81,23 +81,38 @@ pub fn rglru_chunk(
         .enumerate()
         .for_each(|(k, h_part)| {
             let c0 = k * CHANNELS_PER_TASK;
+            let cs = c0..c0 + h_part.len();
             for t in 0..t_len {
-                let reset = first_pos + t == 0;
-                for (j, hc) in h_part.iter_mut().enumerate() {
-                    let (c, i) = (c0 + j, t * l + c0 + j);
-                    let gated = x[i] * sigmoid(gate_x[i]);
-                    let log_a = -8.0 * sigmoid(gate_a[i]) * softplus_a[c];
-                    let state = if reset {
-                        gated
-                    } else {
-                        let a = log_a.exp();
-                        let multiplier = (-(2.0 * log_a).exp_m1()).sqrt();
-                        a * *hc + gated * multiplier
-                    };
-                    *hc = state;
-                    // SAFETY: i < t_len * l <= out.len() (asserted); channel c belongs to
-                    // this task only, so no other task writes element i.
-                    unsafe { *out_ptr.ptr().add(i) = state };
+                let row = t * l;
+                let (x, gx, ga) = (
+                    &x[row + cs.start..row + cs.end],
+                    &gate_x[row + cs.start..row + cs.end],
+                    &gate_a[row + cs.start..row + cs.end],
+                );
+                // SAFETY: row + c < t_len * l <= out.len() (asserted) for c in cs; these
+                // channels belong to this task only, so no other task writes them.
+                let out = unsafe {
+                    std::slice::from_raw_parts_mut(out_ptr.ptr().add(row + cs.start), cs.len())
+                };
+                if first_pos + t == 0 {
+                    for (((hc, o), &x), &gx) in h_part.iter_mut().zip(out).zip(x).zip(gx) {
+                        *hc = x * sigmoid(gx);
+                        *o = *hc;
+                    }
+                    continue;
+                }
+                // Branch-free and libm-free so that it vectorises across channels.
+                let sp = &softplus_a[cs.clone()];
+                for (((((hc, o), &x), &gx), &ga), &sp) in
+                    h_part.iter_mut().zip(out).zip(x).zip(gx).zip(ga).zip(sp)
+                {
+                    let gated = x * sigmoid(gx);
+                    let log_a = -8.0 * sigmoid(ga) * sp;
+                    let a = exp_fast(log_a);
+                    // 1 - a² as the reference computes it (1 - exp(2 log_a)).
+                    let multiplier = (1.0 - exp_fast(2.0 * log_a)).max(0.0).sqrt();
+                    *hc = a * *hc + gated * multiplier;
+                    *o = *hc;
                 }
             }
         });
