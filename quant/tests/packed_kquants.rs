@@ -342,3 +342,35 @@ fn pack_speed() {
         );
     }
 }
+
+/// In-cache decode speed against the alignment of the packed matrix (`-- --ignored
+/// --nocapture alignment_speed`): 64 rows × 2560, one column, one thread.
+#[test]
+#[ignore]
+fn alignment_speed() {
+    let mut rng = Rng(0x5EED_0006);
+    let (n, rows) = (2560, 64);
+    let backend = Backend::best_available();
+    for ty in TYPES.into_iter().filter(|&t| ready(t)) {
+        let wp = pack(ty, n, &weights(ty, n, rows, &mut rng));
+        let ab = packed::activation_row_bytes(ty, n).unwrap();
+        let mut act = vec![0u8; ab];
+        packed::quantize_activation(backend, ty, &rng.vec(n), &mut act).unwrap();
+        let mut buf = vec![0u8; wp.len() + 128];
+        let base = buf.as_ptr().align_offset(64);
+        for skew in [0usize, 16, 32, 48] {
+            let w = &mut buf[base + skew..base + skew + wp.len()];
+            w.copy_from_slice(&wp);
+            let mut out = vec![0.0f32; rows];
+            let mut best = f64::INFINITY;
+            for _ in 0..5 {
+                let t = std::time::Instant::now();
+                for _ in 0..2000 {
+                    packed::gemm(backend, ty, n, w, rows / 8, &act, ab, 1, &mut out, rows).unwrap();
+                }
+                best = best.min(t.elapsed().as_secs_f64() / 2000.0);
+            }
+            eprintln!("{ty} skew {skew}: {:.1} GB/s", wp.len() as f64 / best / 1e9);
+        }
+    }
+}

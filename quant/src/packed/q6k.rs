@@ -1,14 +1,23 @@
 //! Packed Q6_K: eight rows interleaved per 256-value super-block, against Q8_K activations.
 //!
-//! A packed super-block holds super-block `b` of the group's 8 rows in 1680 bytes, exactly
-//! the 8 × 210 bytes they take stored, so packing changes no memory budget:
+//! A packed group of `nsb` super-blocks takes `nsb · 1680` bytes, exactly the 8 × 210 bytes
+//! per super-block its rows take stored, so packing changes no memory budget. The codes of
+//! all super-blocks come first and the headers after them, so that code vectors stay
+//! 32-byte aligned (1536 = 48 · 32) wherever the group starts on a 32-byte boundary (a
+//! 1680-byte stride would split every other load across cache lines):
 //!
 //! | offset | bytes | field |
 //! |---|---|---|
-//! | 0 | 16 | `d` of rows 0..8 (f16): one `vcvtph2ps` |
-//! | 16 | 128 | sub-block scales (i8): byte `16 + 8j + r` = scale `j` (< 16) of row `r` |
-//! | 144 + 192u | 128 | low nibbles of values `32u..32u + 32` (unit `u` < 8) |
-//! | 272 + 192u | 64 | top 2 bits of the same values |
+//! | `1536b` | 1536 | codes of super-block `b` (below) |
+//! | `1536·nsb + 144b` | 16 | `d` of rows 0..8 (f16): one `vcvtph2ps` |
+//! | `1536·nsb + 144b + 16` | 128 | sub-block scales (i8): byte `8j + r` = scale `j` (< 16) of row `r` |
+//!
+//! Codes of one super-block, per unit `u` < 8 (values `32u..32u + 32`):
+//!
+//! | offset | bytes | field |
+//! |---|---|---|
+//! | 192u | 128 | low nibbles |
+//! | 192u + 128 | 64 | top 2 bits |
 //!
 //! Codes are the stored unsigned 6-bit `q` (value = `d·scale·(q − 32)`), because
 //! `vpdpbusd` multiplies unsigned weight bytes by signed activation bytes; the `−32` is
@@ -18,9 +27,9 @@
 //! is value `i` of row `r`, so the i32 lane `r` of `vpdpbusd` against 4 broadcast
 //! activation bytes is row `r`'s partial sum. Unit `u` holds 8 chunks `(h, t)` (`h` < 2,
 //! `t` < 4) covering values `32u + 16h + 4t + i` (sub-block `2u + h`):
-//! - low-nibble vector `t` (at `144 + 192u + 32t`) keeps chunk `(0, t)` in its low nibbles
+//! - low-nibble vector `t` (at `192u + 32t`) keeps chunk `(0, t)` in its low nibbles
 //!   and chunk `(1, t)` in its high nibbles;
-//! - high-bit vector `s` (at `272 + 192u + 32s`) keeps the top 2 bits of chunk `(h, t)` with
+//! - high-bit vector `s` (at `192u + 128 + 32s`) keeps the top 2 bits of chunk `(h, t)` with
 //!   `t / 2 = s` in bits `2p..2p + 2`, `p = 2h + t % 2`. Shifting by `4 − 2p` and masking
 //!   with `0x30` puts them in place; `p = 2` needs no shift.
 //!
@@ -38,14 +47,21 @@ pub(super) const READY: bool = true;
 const QK: usize = 256;
 /// Bytes of one stored Q6_K block.
 const STORED: usize = 210;
-/// Bytes of one packed super-block (8 rows).
+/// Bytes of one packed super-block (8 rows): codes and header.
 const SB: usize = 8 * STORED;
+/// Bytes of one super-block's codes, and of one unit (32 values) of them.
+const CODE_BYTES: usize = 1536;
+const UNIT: usize = 192;
+/// Bytes of one super-block's header (d, scales) and the scales' offset in it.
+const HEAD: usize = SB - CODE_BYTES;
+const SCALES: usize = 16;
 /// Bytes of one Q8_K activation block.
 const ACT: usize = 292;
-/// Offsets inside a packed super-block.
-const SCALES: usize = 16;
-const CODES: usize = 144;
-const UNIT: usize = 192;
+
+/// Offset of the header of super-block `b` in a group of `nsb`.
+fn head(nsb: usize, b: usize) -> usize {
+    nsb * CODE_BYTES + b * HEAD
+}
 
 pub(super) fn group_bytes(n: usize) -> usize {
     n / QK * SB
@@ -68,13 +84,13 @@ fn stored_codes(b: &[u8]) -> [u8; QK] {
     q
 }
 
-/// Byte offsets (inside a packed super-block) of the low-nibble and high-bit bytes of
+/// Byte offsets (inside a super-block's codes) of the low-nibble and high-bit bytes of
 /// value `k` of row `r`, with the nibble (0 or 1) and the bit shift of the top bits.
 fn code_position(k: usize, r: usize) -> (usize, usize, usize, usize) {
     let (u, w, i) = (k / 32, k % 32, k % 4);
     let (h, t) = (w / 16, (w % 16) / 4);
-    let low = CODES + UNIT * u + 32 * t + 4 * r + i;
-    let high = CODES + UNIT * u + 128 + 32 * (t / 2) + 4 * r + i;
+    let low = UNIT * u + 32 * t + 4 * r + i;
+    let high = UNIT * u + 128 + 32 * (t / 2) + 4 * r + i;
     (low, h, high, 2 * (2 * h + t % 2))
 }
 
@@ -89,13 +105,16 @@ fn or_word(b: &mut [u8], o: usize, v: u32) {
 
 pub(super) fn pack_group(n: usize, src: &[u8], src_row_bytes: usize, dst: &mut [u8]) {
     dst.fill(0);
-    for b in 0..n / QK {
-        let out = &mut dst[b * SB..(b + 1) * SB];
+    let nsb = n / QK;
+    let (codes, heads) = dst.split_at_mut(nsb * CODE_BYTES);
+    for b in 0..nsb {
+        let out = &mut codes[b * CODE_BYTES..(b + 1) * CODE_BYTES];
+        let hd = &mut heads[b * HEAD..(b + 1) * HEAD];
         for r in 0..8 {
             let blk = &src[r * src_row_bytes + b * STORED..][..STORED];
-            out[2 * r..2 * r + 2].copy_from_slice(&blk[208..210]);
+            hd[2 * r..2 * r + 2].copy_from_slice(&blk[208..210]);
             for j in 0..16 {
-                out[SCALES + 8 * j + r] = blk[192 + j];
+                hd[SCALES + 8 * j + r] = blk[192 + j];
             }
             // Four codes (one row's share of a chunk) at a time.
             let q = stored_codes(blk);
@@ -110,8 +129,10 @@ pub(super) fn pack_group(n: usize, src: &[u8], src_row_bytes: usize, dst: &mut [
 }
 
 pub(super) fn unpack_row(n: usize, group: &[u8], r: usize, dst: &mut [u8]) {
-    for b in 0..n / QK {
-        let sb = &group[b * SB..(b + 1) * SB];
+    let nsb = n / QK;
+    for b in 0..nsb {
+        let sb = &group[b * CODE_BYTES..(b + 1) * CODE_BYTES];
+        let hd = &group[head(nsb, b)..head(nsb, b) + HEAD];
         let blk = &mut dst[b * STORED..(b + 1) * STORED];
         let mut q = [0u8; QK];
         for k in (0..QK).step_by(4) {
@@ -133,9 +154,9 @@ pub(super) fn unpack_row(n: usize, group: &[u8], r: usize, dst: &mut [u8]) {
             }
         }
         for j in 0..16 {
-            blk[192 + j] = sb[SCALES + 8 * j + r];
+            blk[192 + j] = hd[SCALES + 8 * j + r];
         }
-        blk[208..210].copy_from_slice(&sb[2 * r..2 * r + 2]);
+        blk[208..210].copy_from_slice(&hd[2 * r..2 * r + 2]);
     }
 }
 
@@ -304,7 +325,8 @@ pub(super) unsafe fn run_tiles(
 fn scalar_group(nsb: usize, w: &[u8], act: &[u8]) -> [f32; 8] {
     let mut sums = [0.0f32; 8];
     for b in 0..nsb {
-        let sb = &w[b * SB..(b + 1) * SB];
+        let sb = &w[b * CODE_BYTES..(b + 1) * CODE_BYTES];
+        let hd = &w[head(nsb, b)..head(nsb, b) + HEAD];
         let a = &act[b * ACT..(b + 1) * ACT];
         let da = f32::from_le_bytes([a[0], a[1], a[2], a[3]]);
         let bsum = |j: usize| i16::from_le_bytes([a[260 + 2 * j], a[261 + 2 * j]]) as i32;
@@ -317,9 +339,9 @@ fn scalar_group(nsb: usize, w: &[u8], act: &[u8]) -> [f32; 8] {
                     let q = (sb[lo] >> (4 * nib)) & 15 | ((sb[hi] >> shift) & 3) << 4;
                     dot += q as i32 * a[4 + k] as i8 as i32;
                 }
-                tot += sb[SCALES + 8 * j + r] as i8 as i32 * dot;
+                tot += hd[SCALES + 8 * j + r] as i8 as i32 * dot;
             }
-            let dw = crate::f16_to_f32(u16::from_le_bytes([sb[2 * r], sb[2 * r + 1]]));
+            let dw = crate::f16_to_f32(u16::from_le_bytes([hd[2 * r], hd[2 * r + 1]]));
             *sum += dw * da * tot as f32;
         }
     }
@@ -330,7 +352,7 @@ fn scalar_group(nsb: usize, w: &[u8], act: &[u8]) -> [f32; 8] {
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{ACT, CODES, SB, SCALES, UNIT};
+    use super::{head, ACT, CODE_BYTES, SCALES, UNIT};
 
     pub(super) type Tile = super::Tile;
 
@@ -380,12 +402,12 @@ mod x86 {
     /// (`pmaddwd` against the broadcast bsum pair gives `s_2u·bsum_2u + s_2u+1·bsum_2u+1`).
     ///
     /// # Safety
-    /// `sb` must point at a packed super-block; AVX2 must be available.
+    /// `hd` must point at a super-block header; AVX2 must be available.
     #[inline(always)]
-    unsafe fn unit_scales(sb: *const u8, u: usize) -> (__m256i, __m256i, __m256i) {
-        // SAFETY: 16 scale bytes of unit u lie inside the super-block (caller).
+    unsafe fn unit_scales(hd: *const u8, u: usize) -> (__m256i, __m256i, __m256i) {
+        // SAFETY: 16 scale bytes of unit u lie inside the header (caller).
         unsafe {
-            let p = sb.add(SCALES + 16 * u);
+            let p = hd.add(SCALES + 16 * u);
             let s0 = _mm256_cvtepi8_epi32(_mm_loadl_epi64(p as *const __m128i));
             let s1 = _mm256_cvtepi8_epi32(_mm_loadl_epi64(p.add(8) as *const __m128i));
             let pair = _mm256_blend_epi16(s0, _mm256_slli_epi32(s1, 16), 0xAA);
@@ -396,10 +418,10 @@ mod x86 {
     /// Folds one super-block's integer sums into the f32 accumulators.
     ///
     /// # Safety
-    /// `sb` must point at a packed super-block and `a[c]` at a Q8_K block; AVX2/FMA/F16C.
+    /// `hd` must point at a super-block header and `a[c]` at a Q8_K block; AVX2/FMA/F16C.
     #[inline(always)]
     unsafe fn finish<const C: usize>(
-        sb: *const u8,
+        hd: *const u8,
         a: &[*const u8; C],
         tot: &[__m256i; C],
         corr: &[__m256i; C],
@@ -407,7 +429,7 @@ mod x86 {
     ) {
         // SAFETY: d of the 8 rows are the first 16 bytes, d_a the first 4 of a Q8_K block.
         unsafe {
-            let dw = _mm256_cvtph_ps(_mm_loadu_si128(sb as *const __m128i));
+            let dw = _mm256_cvtph_ps(_mm_loadu_si128(hd as *const __m128i));
             for c in 0..C {
                 let da = _mm256_set1_ps((a[c] as *const f32).read_unaligned());
                 let t = _mm256_sub_epi32(tot[c], _mm256_slli_epi32(corr[c], 5));
@@ -449,13 +471,13 @@ mod x86 {
         for b in 0..nsb {
             // SAFETY: b < nsb keeps every pointer below inside its super-block / Q8_K block.
             unsafe {
-                let sb = w.add(b * SB);
+                let (sb, hd) = (w.add(b * CODE_BYTES), w.add(head(nsb, b)));
                 let a: [*const u8; C] = std::array::from_fn(|c| act.add(c * act_stride + b * ACT));
                 let mut tot = [_mm256_setzero_si256(); C];
                 let mut corr = [_mm256_setzero_si256(); C];
                 for u in 0..8 {
-                    let q = decode_unit(sb.add(CODES + UNIT * u));
-                    let (s0, s1, pair) = unit_scales(sb, u);
+                    let q = decode_unit(sb.add(UNIT * u));
+                    let (s0, s1, pair) = unit_scales(hd, u);
                     for c in 0..C {
                         let av = a[c].add(4 + 32 * u);
                         let z = _mm256_setzero_si256();
@@ -488,7 +510,7 @@ mod x86 {
                         corr[c] = _mm256_add_epi32(corr[c], _mm256_madd_epi16(pair, bs));
                     }
                 }
-                finish(sb, &a, &tot, &corr, &mut acc);
+                finish(hd, &a, &tot, &corr, &mut acc);
             }
         }
         // SAFETY: forwarded.
@@ -514,13 +536,13 @@ mod x86 {
         for b in 0..nsb {
             // SAFETY: as in `vnni`.
             unsafe {
-                let sb = w.add(b * SB);
+                let (sb, hd) = (w.add(b * CODE_BYTES), w.add(head(nsb, b)));
                 let a: [*const u8; C] = std::array::from_fn(|c| act.add(c * act_stride + b * ACT));
                 let mut tot = [_mm256_setzero_si256(); C];
                 let mut corr = [_mm256_setzero_si256(); C];
                 for u in 0..8 {
-                    let q = decode_unit(sb.add(CODES + UNIT * u));
-                    let (s0, s1, pair) = unit_scales(sb, u);
+                    let q = decode_unit(sb.add(UNIT * u));
+                    let (s0, s1, pair) = unit_scales(hd, u);
                     let dup0 = _mm256_blend_epi16(s0, _mm256_slli_epi32(s0, 16), 0xAA);
                     let dup1 = _mm256_blend_epi16(s1, _mm256_slli_epi32(s1, 16), 0xAA);
                     for c in 0..C {
@@ -556,7 +578,7 @@ mod x86 {
                         corr[c] = _mm256_add_epi32(corr[c], _mm256_madd_epi16(pair, bs));
                     }
                 }
-                finish(sb, &a, &tot, &corr, &mut acc);
+                finish(hd, &a, &tot, &corr, &mut acc);
             }
         }
         // SAFETY: forwarded.
