@@ -332,6 +332,7 @@ pub fn matmul_same_input(
 ) -> Result<()> {
     let first = products.first().map(|p| (p.w.ty, p.w.cols));
     let fused = matches!(scratch.path, MatmulPath::Kernels(_))
+        && products.len() <= MAX_PRODUCTS
         && products
             .iter()
             .all(|p| p.w.packed.is_some() && Some((p.w.ty, p.w.cols)) == first);
@@ -357,12 +358,8 @@ pub fn matmul_same_input(
     matmul_packed(backend, products, x, x_stride, n_tok, scratch)
 }
 
-/// A packed product's share of the parallel loop.
-struct PackedTask {
-    product: usize,
-    g0: usize,
-    g1: usize,
-}
+/// Most products [`matmul_same_input`] fuses into one loop (q, k and v are three).
+const MAX_PRODUCTS: usize = 4;
 
 /// Weights repacked at load time (`super::packing`): activations are converted once into
 /// the packed kernels' format, then runs of 8-row groups of every product are spread over
@@ -380,6 +377,12 @@ fn matmul_packed(
         return Ok(());
     };
     let (ty, cols) = (first.w.ty, first.w.cols);
+    if products.len() > MAX_PRODUCTS {
+        return Err(Error::InvalidArgument(format!(
+            "matmul: {} products of one input, at most {MAX_PRODUCTS}",
+            products.len()
+        )));
+    }
     for p in products.iter() {
         let w = p.w;
         let ok = w.packed.as_deref().is_some_and(|pk| {
@@ -437,8 +440,9 @@ fn matmul_packed(
     let act: &[u8] = act;
 
     // 2. Group runs: at batch 1 a few tasks per thread for balance; for prompts one group
-    // (8 rows) per task, its weights reused from L1 by every token tile. At most a few
-    // hundred tasks, so this small list is not worth keeping between calls.
+    // (8 rows) per task, its weights reused from L1 by every token tile. Task k belongs to
+    // the product whose run of task indices (prefix sums in `first_task`) contains it; no
+    // list is built, so the per-token path does not allocate.
     let total_groups: usize = products.iter().map(|p| p.w.rows / packed::GROUP_ROWS).sum();
     let per_task = if n_tok == 1 {
         let threads = rayon::current_num_threads().max(1);
@@ -446,54 +450,55 @@ fn matmul_packed(
     } else {
         1
     };
-    let mut tasks = Vec::with_capacity(total_groups.div_ceil(per_task) + products.len());
-    for (i, p) in products.iter().enumerate() {
+    let mut first_task = [0usize; MAX_PRODUCTS + 1];
+    let mut outs = [SharedOut(std::ptr::null_mut()); MAX_PRODUCTS];
+    for (i, p) in products.iter_mut().enumerate() {
         let ngroups = p.w.rows / packed::GROUP_ROWS;
-        let mut g0 = 0;
-        while g0 < ngroups {
-            let g1 = (g0 + per_task).min(ngroups);
-            tasks.push(PackedTask { product: i, g0, g1 });
-            g0 = g1;
-        }
+        first_task[i + 1] = first_task[i] + ngroups.div_ceil(per_task);
+        outs[i] = SharedOut(p.out.as_mut_ptr());
     }
-    let outs: Vec<SharedOut> = products
-        .iter_mut()
-        .map(|p| SharedOut(p.out.as_mut_ptr()))
-        .collect();
+    let n_products = products.len();
     let products: &[Product<'_>] = products;
-    tasks.par_iter().try_for_each(|task| -> Result<()> {
-        let p = &products[task.product];
-        let (w, pk) = (p.w, p.w.packed.as_deref().expect("checked above"));
-        let rows = w.rows;
-        let gb = pk.group_bytes;
-        let (r0, r1) = (task.g0 * packed::GROUP_ROWS, task.g1 * packed::GROUP_ROWS);
-        let out = outs[task.product];
-        // SAFETY: rows r0..r1 <= rows and tokens < n_tok of this product's output (checked
-        // above to hold n_tok * rows values) are written only by this task.
-        unsafe {
-            packed::gemm_to_ptr(
-                backend,
-                ty,
-                cols,
-                &pk.bytes()[task.g0 * gb..task.g1 * gb],
-                task.g1 - task.g0,
-                act,
-                act_row,
-                n_tok,
-                out.ptr().add(r0),
-                rows,
-            )
-            .map_err(qerr)?;
-            if let Some(b) = p.bias {
-                for t in 0..n_tok {
-                    for (r, bv) in (r0..r1).zip(&b[r0..r1]) {
-                        *out.ptr().add(t * rows + r) += bv;
+    (0..first_task[n_products])
+        .into_par_iter()
+        .try_for_each(|task| -> Result<()> {
+            let i = (0..n_products)
+                .find(|&i| task < first_task[i + 1])
+                .expect("task < total");
+            let p = &products[i];
+            let (w, pk) = (p.w, p.w.packed.as_deref().expect("checked above"));
+            let rows = w.rows;
+            let gb = pk.group_bytes;
+            let g0 = (task - first_task[i]) * per_task;
+            let g1 = (g0 + per_task).min(rows / packed::GROUP_ROWS);
+            let (r0, r1) = (g0 * packed::GROUP_ROWS, g1 * packed::GROUP_ROWS);
+            let out = outs[i];
+            // SAFETY: rows r0..r1 <= rows and tokens < n_tok of this product's output
+            // (checked above to hold n_tok * rows values) are written only by this task.
+            unsafe {
+                packed::gemm_to_ptr(
+                    backend,
+                    ty,
+                    cols,
+                    &pk.bytes()[g0 * gb..g1 * gb],
+                    g1 - g0,
+                    act,
+                    act_row,
+                    n_tok,
+                    out.ptr().add(r0),
+                    rows,
+                )
+                .map_err(qerr)?;
+                if let Some(b) = p.bias {
+                    for t in 0..n_tok {
+                        for (r, bv) in (r0..r1).zip(&b[r0..r1]) {
+                            *out.ptr().add(t * rows + r) += bv;
+                        }
                     }
                 }
             }
-        }
-        Ok(())
-    })
+            Ok(())
+        })
 }
 
 /// The reference path: decode each weight row to f32, dot in f32.
