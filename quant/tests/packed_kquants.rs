@@ -142,7 +142,7 @@ fn packed_gemm_matches_the_unpacked_kernels() {
         let shapes = [256usize, 768, 2560]
             .into_iter()
             .flat_map(|n| [(n, 1usize), (n, 3)])
-            .map(|(n, g)| (n, g, vec![1usize, 2, 3, 4, 5, 7, 9, 17]))
+            .map(|(n, g)| (n, g, vec![1usize, 2, 3, 4, 5, 6, 7, 8, 9, 17]))
             .chain([(7680, 2, vec![33])]);
         for (n, ngroups, cols) in shapes {
             let rows = ngroups * GROUP_ROWS;
@@ -372,5 +372,55 @@ fn alignment_speed() {
             }
             eprintln!("{ty} skew {skew}: {:.1} GB/s", wp.len() as f64 / best / 1e9);
         }
+    }
+}
+
+/// Prompt-path speed, one thread (`-- --ignored --nocapture pp_speed`): 512 rows × 2560
+/// against 512 columns, packed and unpacked (best backend), alternated to share the noise.
+#[test]
+#[ignore]
+fn pp_speed() {
+    let mut rng = Rng(0x5EED_0007);
+    let (n, rows, ncols) = (2560, 512, 512);
+    let backend = Backend::best_available();
+    for ty in TYPES.into_iter().filter(|&t| ready(t)) {
+        let (rb, wq) = (row_bytes(ty, n), weights(ty, n, rows, &mut rng));
+        let wp = pack(ty, n, &wq);
+        let ab = packed::activation_row_bytes(ty, n).unwrap();
+        let mut act = vec![0u8; ncols * ab];
+        for dst in act.chunks_exact_mut(ab) {
+            packed::quantize_activation(backend, ty, &rng.vec(n), dst).unwrap();
+        }
+        let mut out = vec![0.0f32; ncols * rows];
+        let mut best = [f64::INFINITY; 2];
+        for _ in 0..5 {
+            let t = std::time::Instant::now();
+            dot::gemm(
+                backend, ty, n, &wq, rb, rows, &act, ab, ncols, &mut out, rows,
+            )
+            .unwrap();
+            best[0] = best[0].min(t.elapsed().as_secs_f64());
+            let t = std::time::Instant::now();
+            packed::gemm(
+                backend,
+                ty,
+                n,
+                &wp,
+                rows / 8,
+                &act,
+                ab,
+                ncols,
+                &mut out,
+                rows,
+            )
+            .unwrap();
+            best[1] = best[1].min(t.elapsed().as_secs_f64());
+        }
+        let gops = |s: f64| 2.0 * (rows * n * ncols) as f64 / s / 1e9;
+        eprintln!(
+            "{ty} pp Gop/s: unpacked {:.0}, packed {:.0}",
+            gops(best[0]),
+            gops(best[1])
+        );
     }
 }

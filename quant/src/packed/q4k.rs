@@ -118,16 +118,16 @@ pub(super) unsafe fn gemm(
     let nsb = n / QK;
     #[cfg(target_arch = "x86_64")]
     if backend.has_avx2() {
-        let tile = if backend == Backend::Avx512 {
-            x86::tile_vnni as super::q6k::Tile
+        let (tile, width) = if backend == Backend::Avx512 {
+            (x86::tile_vnni as super::q6k::Tile, 8)
         } else {
-            x86::tile_avx2 as super::q6k::Tile
+            (x86::tile_avx2 as super::q6k::Tile, 4)
         };
         // SAFETY: the backend is usable (mod.rs maps others to Scalar), so the CPU has the
         // features the tile needs; extents are the caller's contract.
         unsafe {
             super::q6k::run_tiles(
-                tile, nsb, SB, ACT, w, ngroups, act, act_stride, ncols, out, out_stride,
+                tile, width, nsb, SB, ACT, w, ngroups, act, act_stride, ncols, out, out_stride,
             )
         };
         return;

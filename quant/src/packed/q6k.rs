@@ -189,16 +189,16 @@ pub(super) unsafe fn gemm(
     let nsb = n / QK;
     #[cfg(target_arch = "x86_64")]
     if backend.has_avx2() {
-        let tile = if backend == Backend::Avx512 {
-            x86::tile_vnni as x86::Tile
+        let (tile, width) = if backend == Backend::Avx512 {
+            (x86::tile_vnni as x86::Tile, 8)
         } else {
-            x86::tile_avx2 as x86::Tile
+            (x86::tile_avx2 as x86::Tile, 4)
         };
         // SAFETY: the backend is usable (mod.rs maps others to Scalar), so the CPU has the
         // features the tile needs; extents are the caller's contract.
         unsafe {
             run_tiles(
-                tile, nsb, SB, ACT, w, ngroups, act, act_stride, ncols, out, out_stride,
+                tile, width, nsb, SB, ACT, w, ngroups, act, act_stride, ncols, out, out_stride,
             )
         };
         return;
@@ -220,7 +220,7 @@ pub(super) unsafe fn gemm(
 // ------------------------------------------------- tile driver, shared with `q4k`
 
 /// A SIMD micro-kernel: the 8 rows of one group (`nsb` packed super-blocks at `w`) against
-/// `ncols` (1..=4) activation rows at `act`, `act_stride` bytes apart; writes the 8 sums of
+/// `ncols` (1..=8) activation rows at `act`, `act_stride` bytes apart; writes the 8 sums of
 /// column `c` to `out + c·out_stride`.
 #[cfg(target_arch = "x86_64")]
 pub(super) type Tile = unsafe fn(
@@ -234,7 +234,7 @@ pub(super) type Tile = unsafe fn(
 );
 
 /// Expands a const-generic kernel `$k::<C>(nsb, w, act, act_stride, out, out_stride)` into a
-/// [`Tile`] that picks `C` from `ncols`.
+/// [`Tile`] that picks `C` (1..=8) from `ncols`.
 #[cfg(target_arch = "x86_64")]
 macro_rules! tile_fn {
     ($name:ident, $k:ident) => {
@@ -255,7 +255,11 @@ macro_rules! tile_fn {
                     1 => $k::<1>(nsb, w, act, act_stride, out, out_stride),
                     2 => $k::<2>(nsb, w, act, act_stride, out, out_stride),
                     3 => $k::<3>(nsb, w, act, act_stride, out, out_stride),
-                    _ => $k::<4>(nsb, w, act, act_stride, out, out_stride),
+                    4 => $k::<4>(nsb, w, act, act_stride, out, out_stride),
+                    5 => $k::<5>(nsb, w, act, act_stride, out, out_stride),
+                    6 => $k::<6>(nsb, w, act, act_stride, out, out_stride),
+                    7 => $k::<7>(nsb, w, act, act_stride, out, out_stride),
+                    _ => $k::<8>(nsb, w, act, act_stride, out, out_stride),
                 }
             }
         }
@@ -271,7 +275,10 @@ pub(super) use tile_fn;
 const COLUMN_BLOCK_BYTES: usize = 256 * 1024;
 
 /// Runs `tile` over all groups and columns of a packed gemm (`gemm_to_ptr`'s arguments,
-/// with `nsb` super-blocks of `sb_bytes` per group and `act_bytes` per Q8_K block).
+/// with `nsb` super-blocks of `sb_bytes` per group and `act_bytes` per Q8_K block), at most
+/// `width` (<= 8) columns per call. The VNNI kernels use 8 (with 32 registers, the decoded
+/// weights feed twice as many `vpdpbusd`: +16 % for Q6_K at 512 tokens, +5 % for Q4_K),
+/// the AVX2 ones 4 (16 registers).
 ///
 /// # Safety
 /// As `packed::gemm_to_ptr` (extents checked there), and the CPU runs `tile`.
@@ -279,6 +286,7 @@ const COLUMN_BLOCK_BYTES: usize = 256 * 1024;
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn run_tiles(
     tile: Tile,
+    width: usize,
     nsb: usize,
     sb_bytes: usize,
     act_bytes: usize,
@@ -291,14 +299,14 @@ pub(super) unsafe fn run_tiles(
     out_stride: usize,
 ) {
     let gb = nsb * sb_bytes;
-    let block = (COLUMN_BLOCK_BYTES / (nsb * act_bytes)).max(4) / 4 * 4;
+    let block = (COLUMN_BLOCK_BYTES / (nsb * act_bytes)).max(width) / width * width;
     let mut c0 = 0;
     while c0 < ncols {
         let end = (c0 + block).min(ncols);
         for g in 0..ngroups {
             let mut c = c0;
             while c < end {
-                let nc = (end - c).min(4);
+                let nc = (end - c).min(width);
                 // SAFETY: g < ngroups and c + nc <= ncols keep the weight, activation and
                 // output extents inside what gemm_to_ptr checked / was promised.
                 unsafe {
