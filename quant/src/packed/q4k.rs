@@ -1,7 +1,9 @@
 //! Packed Q4_K: eight rows interleaved per 256-value super-block, against Q8_K activations.
 //!
 //! A packed super-block holds super-block `b` of the group's 8 rows in 1152 bytes, exactly
-//! the 8 × 144 bytes they take stored; packing is a pure byte transposition:
+//! the 8 × 144 bytes they take stored; packing is a pure byte transposition. Super-block
+//! `b` starts at `1152b` (= 36 · 32b), so code loads are 32-byte aligned whenever the group
+//! is:
 //!
 //! | offset | bytes | field |
 //! |---|---|---|
@@ -21,11 +23,13 @@
 //! bytes `k` of the 8 rows side by side, the kernel decodes all 64 scales and 64 mins of a
 //! super-block with a handful of vector ops (see `kquants::get_scale_min_k4` for the bits).
 //!
-//! The kernels accumulate one i32 per row and sub-block (the high nibble is used in place,
-//! `q & 0xF0 = 16·q`, and the sum shifted right by 4), multiply by the row's scale in i32,
+//! The kernels accumulate one i32 per row and sub-block (VNNI uses the high nibble in
+//! place, `q & 0xF0 = 16·q`, and shifts the sum right by 4; AVX2 shifts the codes, as
+//! `pmaddubsw` would saturate), multiply by the row's scale in i32,
 //! and convert once per super-block: `d·d_a·Σ_j s_j·Σ q·a − dmin·d_a·Σ_j m_j·bsum32_j`,
 //! the mins term from the Q8_K block sums with `pmaddwd`. Sizes: `|Σ q·a| ≤ 32·15·128`
-//! per sub-block, times `s ≤ 63`, summed over 8 sub-blocks: below 2^28.
+//! per sub-block, times `s ≤ 63`, summed over 8 sub-blocks: below 2^28. The tiles are 8 rows
+//! × up to 8 columns (VNNI) or 4 (AVX2), driven by `q6k::run_tiles`.
 
 use crate::dot::Backend;
 use crate::GgmlType;

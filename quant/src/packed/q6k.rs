@@ -36,7 +36,8 @@
 //! The kernels accumulate one i32 per row and sub-block with `vpdpbusd` (AVX2: `pmaddubsw`
 //! pairs, whose i16 sums stay below 2·2·63·128 = 32256), multiply by the row's scale in
 //! i32, and convert to f32 once per super-block: `d_w·d_a·(Σ_j s_j·Σ q·a − 32·Σ_j s_j·bsum_j)`.
-//! All of it fits i32 (|Σ_j s_j·Σ q·a| ≤ 16·128·16·63·128 < 2^29).
+//! All of it fits i32 (|Σ_j s_j·Σ q·a| ≤ 16·128·16·63·128 < 2^29). The tiles are 8 rows ×
+//! up to 8 columns (VNNI) or 4 (AVX2); [`run_tiles`] (shared with `q4k`) walks the matrix.
 
 use crate::dot::Backend;
 use crate::GgmlType;
