@@ -230,8 +230,8 @@ fn matmul_kernels(
         return Ok(());
     }
     let qerr = |e: rgemma_quant::QuantError| Error::Format(format!("matmul {}: {e}", w.info.name));
-    let act_ty =
-        dot::activation_type(w.ty).ok_or(qerr(rgemma_quant::QuantError::Unsupported(w.ty)))?;
+    let act_ty = dot::activation_type(w.ty)
+        .ok_or_else(|| qerr(rgemma_quant::QuantError::Unsupported(w.ty)))?;
     let x_width = input_width(w, map);
     let act_row = dot::activation_row_bytes(w.ty, x_width).map_err(qerr)?;
 

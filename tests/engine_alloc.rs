@@ -1,0 +1,67 @@
+//! The decode path does not allocate: after a warm-up, evaluating one more token (matmuls
+//! on packed and stored weights, the scan, attention, the head and its soft-cap) makes no
+//! heap allocation on any thread. A counting global allocator observes every thread of
+//! this test binary, rayon's workers included.
+
+mod engine_common;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use engine_common::context;
+use rgemma::convert::FileType;
+use rgemma::model::LoadOptions;
+
+struct Counting;
+
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards to the system allocator unchanged; only counts calls.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+#[test]
+fn decoding_a_token_does_not_allocate() {
+    for (ft, repack) in [
+        (FileType::F32, false),
+        (FileType::Q4_0, true),
+        (FileType::Q4_0, false),
+        (FileType::Q8_0, true),
+    ] {
+        let model = engine_common::model_with("tiny-rg", ft, &LoadOptions { repack });
+        let mut ctx = context(&model, 8);
+        // Warm-up: the first calls size the reused buffers (and past the attention window
+        // of 16, so the ring wraps during the warm-up).
+        for t in 0..40u32 {
+            ctx.eval(&[t % 200 + 2], false).unwrap();
+        }
+        let before = ALLOCATIONS.load(Ordering::Relaxed);
+        for t in 0..20u32 {
+            ctx.eval(&[t * 7 % 200 + 2], false).unwrap();
+        }
+        let made = ALLOCATIONS.load(Ordering::Relaxed) - before;
+        assert_eq!(
+            made,
+            0,
+            "{} (repack {repack}): {made} allocations in 20 decode steps",
+            ft.name()
+        );
+    }
+}
