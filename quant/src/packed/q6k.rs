@@ -99,13 +99,11 @@ fn word(b: &[u8], o: usize) -> u32 {
     u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
 }
 
-fn or_word(b: &mut [u8], o: usize, v: u32) {
-    let x = word(b, o) | v;
-    b[o..o + 4].copy_from_slice(&x.to_le_bytes());
+fn put_word(b: &mut [u8], o: usize, v: u32) {
+    b[o..o + 4].copy_from_slice(&v.to_le_bytes());
 }
 
 pub(super) fn pack_group(n: usize, src: &[u8], src_row_bytes: usize, dst: &mut [u8]) {
-    dst.fill(0);
     let nsb = n / QK;
     let (codes, heads) = dst.split_at_mut(nsb * CODE_BYTES);
     for b in 0..nsb {
@@ -117,13 +115,22 @@ pub(super) fn pack_group(n: usize, src: &[u8], src_row_bytes: usize, dst: &mut [
             for j in 0..16 {
                 hd[SCALES + 8 * j + r] = blk[192 + j];
             }
-            // Four codes (one row's share of a chunk) at a time.
+            // Row r's 4 bytes of each vector, built from whole chunks and written once.
             let q = stored_codes(blk);
-            for k in (0..QK).step_by(4) {
-                let (lo, nib, hi, shift) = code_position(k, r);
-                let c = word(&q, k);
-                or_word(out, lo, (c & 0x0F0F_0F0F) << (4 * nib));
-                or_word(out, hi, ((c >> 4) & 0x0303_0303) << shift);
+            let chunk = |u: usize, h: usize, t: usize| word(&q, 32 * u + 16 * h + 4 * t);
+            for u in 0..8 {
+                for t in 0..4 {
+                    let low = (chunk(u, 0, t) & 0x0F0F_0F0F) | (chunk(u, 1, t) & 0x0F0F_0F0F) << 4;
+                    put_word(out, UNIT * u + 32 * t + 4 * r, low);
+                }
+                for s in 0..2 {
+                    let mut high = 0u32;
+                    for (h, t) in [(0, 2 * s), (0, 2 * s + 1), (1, 2 * s), (1, 2 * s + 1)] {
+                        let p = 2 * h + t % 2;
+                        high |= ((chunk(u, h, t) >> 4) & 0x0303_0303) << (2 * p);
+                    }
+                    put_word(out, UNIT * u + 128 + 32 * s + 4 * r, high);
+                }
             }
         }
     }
