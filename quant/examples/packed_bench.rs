@@ -37,6 +37,10 @@ fn main() {
         "best backend: {}; GB/s of weight bytes, Gop/s = 2·rows·n·ncols/s",
         best.name()
     );
+    if sections.contains(&"dram") {
+        let gbps = read_bandwidth(2);
+        println!("memory read roofline (1 GiB, 2 threads): {gbps:.1} GB/s");
+    }
     for ty in types {
         let rb = ty.row_size(n as u64).unwrap() as usize;
         for &section in &sections {
@@ -62,4 +66,24 @@ fn main() {
             }
         }
     }
+}
+
+/// Best of 8 streaming reads of a 1 GiB buffer split over `threads` threads, in GB/s: the
+/// bound on decode speed that the DRAM rows should be compared with.
+fn read_bandwidth(threads: usize) -> f64 {
+    let buf = vec![1u8; 1 << 30];
+    let per = buf.len() / threads;
+    (0..8)
+        .map(|_| {
+            let t = std::time::Instant::now();
+            std::thread::scope(|s| {
+                for part in buf.chunks(per) {
+                    s.spawn(move || {
+                        std::hint::black_box(rgemma_quant::dot::membw::read_checksum(part))
+                    });
+                }
+            });
+            buf.len() as f64 / t.elapsed().as_secs_f64() / 1e9
+        })
+        .fold(0.0, f64::max)
 }

@@ -63,7 +63,7 @@ fn both_types_are_ready() {
 fn unpack_inverts_pack_byte_for_byte() {
     let mut rng = Rng(0x9e37_79b9);
     for ty in TYPES {
-        for n in [32, 64, 96, 2560] {
+        for n in [32, 64, 96, 192, 2560] {
             let rb = row_bytes(ty, n);
             // Arbitrary bytes (NaN scales included): the layout is a permutation.
             // A source stride larger than the row checks `src_row_bytes` is honoured.
@@ -204,7 +204,7 @@ fn gemm_matches_the_unpacked_kernels() {
     let mut rng = Rng(0x1234_5678);
     eprintln!("backends under test: {:?}", Backend::all_available());
     for ty in TYPES {
-        for n in [32, 96, 2560, 7680] {
+        for n in [32, 96, 192, 2560, 7680] {
             for ngroups in [1, 3] {
                 for ncols in [1, 2, 3, 4, 5, 7, 9, 17] {
                     check_gemm(&mut rng, ty, n, ngroups, ncols, false);

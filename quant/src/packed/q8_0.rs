@@ -1,15 +1,17 @@
 //! Packed layout of Q8_0 and its kernels.
 //!
-//! A group holds 8 rows of `n` values (`nb = n / 32` blocks per row) in two regions: the
-//! codes of every block, then the scales of every block.
+//! A group holds 8 rows of `n` values (`nb = n / 32` blocks per row) as units of 4
+//! blocks (the last unit holds the `nb % 4` leftover blocks): unit `u`, of `m` blocks,
+//! starts at byte `1088·u` and holds
 //!
-//! | offset              | size | content                                                 |
-//! |---------------------|------|---------------------------------------------------------|
-//! | 256b + 32k + 4j + t | 1    | code `q[4k + t]` of row `j`'s block `b`, as `q ^ 0x80`  |
-//! | 256·nb + 16b + 2j   | 2    | f16 scale `d` of row `j`'s block `b`                    |
+//! | offset within the unit   | size | content                                              |
+//! |--------------------------|------|------------------------------------------------------|
+//! | 16r + 2j                 | 2    | f16 scale `d` of row `j`'s stored block `4u + r`     |
+//! | 16m + 256r + 32k + 4j + t| 1    | code `q[4k + t]` of row `j`'s block, as `q ^ 0x80`   |
 //!
-//! (k < 8, t < 4, j < 8, b < nb.) A group is as large as its 8 stored rows (`272·nb`
-//! bytes). Keeping the scales apart keeps every 32-byte code load aligned (see `q4_0`).
+//! (r < m, k < 8, t < 4, j < 8.) A group is as large as its 8 stored rows (`272·nb`
+//! bytes). Units keep the code loads aligned and the group one sequential stream (see
+//! `q4_0`).
 //!
 //! The 32-byte chunk `k` carries values `4k..4k+4` of every row, row `j` in 32-bit lane
 //! `j`, so one `vpdpbusd` against the 4 broadcast activation bytes `a[4k..4k+4]` advances
@@ -36,16 +38,37 @@ pub(super) fn group_bytes(n: usize) -> usize {
     n / 32 * (CODE_BYTES + SCALE_BYTES)
 }
 
+/// Blocks per unit: a unit stores its blocks' scales, then their codes.
+const UNIT_BLOCKS: usize = 4;
+
+/// Offsets of block `b`'s codes and scales in a group of `nb` blocks per row. Blocks
+/// come in units of [`UNIT_BLOCKS`]: `[4 × 16 scale bytes][4 × CODE_BYTES code bytes]`,
+/// the last unit holding the `nb % 4` leftover blocks the same way.
+#[inline(always)]
+fn offsets(nb: usize, b: usize) -> (usize, usize) {
+    let (u, r) = (b / UNIT_BLOCKS, b % UNIT_BLOCKS);
+    let base = u * UNIT_BLOCKS * (CODE_BYTES + SCALE_BYTES);
+    let m = if u < nb / UNIT_BLOCKS {
+        UNIT_BLOCKS
+    } else {
+        nb % UNIT_BLOCKS
+    };
+    (
+        base + m * SCALE_BYTES + r * CODE_BYTES,
+        base + r * SCALE_BYTES,
+    )
+}
+
 pub(super) fn pack_group(n: usize, src: &[u8], src_row_bytes: usize, dst: &mut [u8]) {
     let nb = n / 32;
-    let (codes, scales) = dst.split_at_mut(nb * CODE_BYTES);
     for b in 0..nb {
+        let (co, so) = offsets(nb, b);
         for j in 0..8 {
             let blk = &src[j * src_row_bytes + b * STORED..][..STORED];
-            scales[b * SCALE_BYTES + 2 * j..][..2].copy_from_slice(&blk[..2]);
+            dst[so + 2 * j..so + 2 * j + 2].copy_from_slice(&blk[..2]);
             for k in 0..8 {
                 for t in 0..4 {
-                    codes[b * CODE_BYTES + 32 * k + 4 * j + t] = blk[2 + 4 * k + t] ^ 0x80;
+                    dst[co + 32 * k + 4 * j + t] = blk[2 + 4 * k + t] ^ 0x80;
                 }
             }
         }
@@ -54,12 +77,12 @@ pub(super) fn pack_group(n: usize, src: &[u8], src_row_bytes: usize, dst: &mut [
 
 pub(super) fn unpack_row(n: usize, group: &[u8], r: usize, dst: &mut [u8]) {
     let nb = n / 32;
-    let (codes, scales) = group.split_at(nb * CODE_BYTES);
     for (b, blk) in dst.chunks_exact_mut(STORED).enumerate() {
-        blk[..2].copy_from_slice(&scales[b * SCALE_BYTES + 2 * r..][..2]);
+        let (co, so) = offsets(nb, b);
+        blk[..2].copy_from_slice(&group[so + 2 * r..so + 2 * r + 2]);
         for k in 0..8 {
             for t in 0..4 {
-                blk[2 + 4 * k + t] = codes[b * CODE_BYTES + 32 * k + 4 * r + t] ^ 0x80;
+                blk[2 + 4 * k + t] = group[co + 32 * k + 4 * r + t] ^ 0x80;
             }
         }
     }
@@ -133,8 +156,9 @@ unsafe fn tile_scalar(
         let a = unsafe { std::slice::from_raw_parts(act.add(c * act_stride), act::row_bytes(n)) };
         let mut acc = [0.0f32; 8];
         for b in 0..nb {
-            let p = &w[b * CODE_BYTES..(b + 1) * CODE_BYTES];
-            let sc = &w[nb * CODE_BYTES + b * SCALE_BYTES..][..SCALE_BYTES];
+            let (co, so) = offsets(nb, b);
+            let p = &w[co..co + CODE_BYTES];
+            let sc = &w[so..so + SCALE_BYTES];
             let ab = act::block(a, b);
             for (j, acc) in acc.iter_mut().enumerate() {
                 let d = crate::f16_to_f32(u16::from_le_bytes([sc[2 * j], sc[2 * j + 1]]));
@@ -164,7 +188,7 @@ mod x86 {
     #![allow(clippy::needless_range_loop)]
 
     use super::super::act_q8_0::{BLOCK_BYTES as ABLK, D_OFF, M128_OFF};
-    use super::{tile_fn, CODE_BYTES, SCALE_BYTES};
+    use super::{offsets, tile_fn};
     use std::arch::x86_64::*;
 
     /// Columns per tile of the VNNI kernel.
@@ -205,8 +229,8 @@ mod x86 {
         for b in 0..nb {
             // SAFETY: block b < n/32 of the group and of each activation row.
             unsafe {
-                let wp = w.add(b * CODE_BYTES);
-                let sp = w.add(nb * CODE_BYTES + b * SCALE_BYTES);
+                let (co, so) = offsets(nb, b);
+                let (wp, sp) = (w.add(co), w.add(so));
                 let ap: [*const u8; C] =
                     std::array::from_fn(|c| act.add(c * act_stride + b * ABLK));
                 let mut s0: [__m256i; C] = std::array::from_fn(|c| bcast4(ap[c].add(M128_OFF)));
@@ -254,8 +278,8 @@ mod x86 {
         for b in 0..nb {
             // SAFETY: block b < n/32 of the group and of each activation row.
             unsafe {
-                let wp = w.add(b * CODE_BYTES);
-                let sp = w.add(nb * CODE_BYTES + b * SCALE_BYTES);
+                let (co, so) = offsets(nb, b);
+                let (wp, sp) = (w.add(co), w.add(so));
                 let ap: [*const u8; C] =
                     std::array::from_fn(|c| act.add(c * act_stride + b * ABLK));
                 let mut s = [_mm256_setzero_si256(); C];
