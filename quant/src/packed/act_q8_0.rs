@@ -182,3 +182,37 @@ macro_rules! tile_fn {
     };
 }
 pub(super) use tile_fn;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_carry_the_reference_q8_0_codes_scale_and_sums() {
+        let n = 96;
+        let mut s = 7u32;
+        let mut x: Vec<f32> = (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (s >> 8) as f32 / (1u32 << 24) as f32 * 6.0 - 3.0
+            })
+            .collect();
+        x[32..64].iter_mut().for_each(|v| *v = 0.0);
+        let mut want = vec![0u8; n / 32 * Q8_0_BYTES];
+        crate::quantize_row(GgmlType::Q8_0, &x, &mut want).unwrap();
+        for backend in Backend::all_available() {
+            let mut got = vec![0xEEu8; row_bytes(n)];
+            quantize(backend, &x, &mut got);
+            for b in 0..n / 32 {
+                let r = &want[b * Q8_0_BYTES..(b + 1) * Q8_0_BYTES];
+                let blk = block(&got, b);
+                assert_eq!(blk.codes, &r[2..], "{backend:?} block {b}");
+                let d = crate::f16_to_f32(u16::from_le_bytes([r[0], r[1]]));
+                assert_eq!(blk.d.to_bits(), d.to_bits());
+                let sum: i32 = r[2..].iter().map(|&q| q as i8 as i32).sum();
+                assert_eq!((blk.m8, blk.m128), (-8 * sum, -128 * sum));
+                assert_eq!(&got[b * BLOCK_BYTES + 44..(b + 1) * BLOCK_BYTES], &[0; 4]);
+            }
+        }
+    }
+}
