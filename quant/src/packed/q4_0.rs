@@ -28,7 +28,7 @@
 //! block carries `−8·Σa` (see `act_q8_0`) to seed the accumulator. The 8 scales convert
 //! with one `vcvtph2ps` and scale 8 rows' sums with one FMA: no horizontal reduction.
 
-use super::act_q8_0::{self as act, drive, tile_fn, TileFn};
+use super::act_q8_0::{self as act, drive, TileFn};
 use crate::dot::Backend;
 
 pub(super) const READY: bool = true;
@@ -193,8 +193,9 @@ mod x86 {
     // The kernels index several per-column arrays with the same column index.
     #![allow(clippy::needless_range_loop)]
 
+    use super::super::act_q8_0::tile_fn;
     use super::super::act_q8_0::{BLOCK_BYTES as ABLK, D_OFF, M8_OFF};
-    use super::{tile_fn, CODE_BYTES, SCALE_BYTES, UNIT_BLOCKS};
+    use super::{CODE_BYTES, SCALE_BYTES, UNIT_BLOCKS};
     use std::arch::x86_64::*;
 
     /// Columns per tile of the VNNI kernel.

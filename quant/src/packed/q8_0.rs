@@ -22,7 +22,7 @@
 //! The XOR is a bijection, so every stored byte (even the code −128 the reference
 //! quantizer never writes) round-trips and multiplies correctly.
 
-use super::act_q8_0::{self as act, drive, tile_fn, TileFn};
+use super::act_q8_0::{self as act, drive, TileFn};
 use crate::dot::Backend;
 
 pub(super) const READY: bool = true;
@@ -187,8 +187,9 @@ mod x86 {
     // The kernels index several per-column arrays with the same column index.
     #![allow(clippy::needless_range_loop)]
 
+    use super::super::act_q8_0::tile_fn;
     use super::super::act_q8_0::{BLOCK_BYTES as ABLK, D_OFF, M128_OFF};
-    use super::{tile_fn, CODE_BYTES, SCALE_BYTES, UNIT_BLOCKS};
+    use super::{CODE_BYTES, SCALE_BYTES, UNIT_BLOCKS};
     use std::arch::x86_64::*;
 
     /// Columns per tile of the VNNI kernel.
