@@ -424,3 +424,58 @@ fn pp_speed() {
         );
     }
 }
+
+/// Decode from DRAM (`-- --ignored --nocapture dram_speed`): a 1 GiB matrix × one column
+/// on 2 threads, packed and unpacked alternated 10 times (best of each), in GB/s of
+/// weights. The matrix is one group replicated, so building it is cheap.
+#[test]
+#[ignore]
+fn dram_speed() {
+    let mut rng = Rng(0x5EED_0008);
+    let n = 2560;
+    let backend = Backend::best_available();
+    for ty in TYPES.into_iter().filter(|&t| ready(t)) {
+        let rb = row_bytes(ty, n);
+        let ngroups = (1usize << 30) / (GROUP_ROWS * rb) / 2 * 2;
+        let one = weights(ty, n, GROUP_ROWS, &mut rng);
+        let wq = one.repeat(ngroups);
+        let wp = pack(ty, n, &one).repeat(ngroups);
+        let ab = packed::activation_row_bytes(ty, n).unwrap();
+        let mut act = vec![0u8; ab];
+        packed::quantize_activation(backend, ty, &rng.vec(n), &mut act).unwrap();
+        let rows = ngroups * GROUP_ROWS;
+        let mut out = vec![0.0f32; rows];
+        let half = rows / 2;
+        let mut best = [f64::INFINITY; 2];
+        for _ in 0..10 {
+            for (k, slot) in best.iter_mut().enumerate() {
+                let (o0, o1) = out.split_at_mut(half);
+                let t = std::time::Instant::now();
+                std::thread::scope(|s| {
+                    for (i, o) in [o0, o1].into_iter().enumerate() {
+                        let (wq, wp, act) = (&wq, &wp, &act);
+                        s.spawn(move || {
+                            if k == 0 {
+                                let w = &wq[i * half * rb..(i + 1) * half * rb];
+                                dot::gemm(backend, ty, n, w, rb, half, act, ab, 1, o, half)
+                                    .unwrap();
+                            } else {
+                                let gb = wp.len() / ngroups;
+                                let g = ngroups / 2;
+                                let w = &wp[i * g * gb..(i + 1) * g * gb];
+                                packed::gemm(backend, ty, n, w, g, act, ab, 1, o, half).unwrap();
+                            }
+                        });
+                    }
+                });
+                *slot = slot.min(t.elapsed().as_secs_f64());
+            }
+        }
+        let gbps = |s: f64| wq.len() as f64 / s / 1e9;
+        eprintln!(
+            "{ty} DRAM 2 threads GB/s: unpacked {:.1}, packed {:.1}",
+            gbps(best[0]),
+            gbps(best[1])
+        );
+    }
+}
