@@ -290,7 +290,7 @@ pub(super) use tile_fn;
 
 /// Activation bytes one column block may span: the block's activations stay in L2 while
 /// every group of the matrix passes over them, and each group's weights stay in L1 while
-/// the block's columns stream past them 4 at a time.
+/// the block's columns stream past them `width` at a time.
 #[cfg(target_arch = "x86_64")]
 const COLUMN_BLOCK_BYTES: usize = 256 * 1024;
 
