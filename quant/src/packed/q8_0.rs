@@ -67,12 +67,17 @@ pub(super) fn pack_group(n: usize, src: &[u8], src_row_bytes: usize, dst: &mut [
             let blk = &src[j * src_row_bytes + b * STORED..][..STORED];
             dst[so + 2 * j..so + 2 * j + 2].copy_from_slice(&blk[..2]);
             for k in 0..8 {
-                for t in 0..4 {
-                    dst[co + 32 * k + 4 * j + t] = blk[2 + 4 * k + t] ^ 0x80;
-                }
+                let q = word(&blk[2 + 4 * k..]) ^ 0x8080_8080;
+                let o = co + 32 * k + 4 * j;
+                dst[o..o + 4].copy_from_slice(&q.to_le_bytes());
             }
         }
     }
+}
+
+/// The first 4 bytes of `b` as a little-endian word (4 codes flipped at once).
+fn word(b: &[u8]) -> u32 {
+    u32::from_le_bytes([b[0], b[1], b[2], b[3]])
 }
 
 pub(super) fn unpack_row(n: usize, group: &[u8], r: usize, dst: &mut [u8]) {
@@ -81,9 +86,8 @@ pub(super) fn unpack_row(n: usize, group: &[u8], r: usize, dst: &mut [u8]) {
         let (co, so) = offsets(nb, b);
         blk[..2].copy_from_slice(&group[so + 2 * r..so + 2 * r + 2]);
         for k in 0..8 {
-            for t in 0..4 {
-                blk[2 + 4 * k + t] = group[co + 32 * k + 4 * r + t] ^ 0x80;
-            }
+            let q = word(&group[co + 32 * k + 4 * r..]) ^ 0x8080_8080;
+            blk[2 + 4 * k..2 + 4 * k + 4].copy_from_slice(&q.to_le_bytes());
         }
     }
 }
