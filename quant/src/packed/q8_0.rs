@@ -219,7 +219,6 @@ mod x86 {
     ///
     /// Safety: the CPU has AVX-512 F/BW/VL/VNNI; `TileFn` contract with `C` columns.
     // The AVX-512 intrinsics need Rust 1.89; only this backend's kernels use them.
-    #[allow(clippy::incompatible_msrv)]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     unsafe fn k_vnni<const C: usize>(
         n: usize,
