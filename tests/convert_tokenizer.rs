@@ -31,7 +31,7 @@ fn synthetic_tokenizer() -> (String, Vec<String>, Vec<f32>, Vec<i32>) {
             let piece = format!("{a}{b}");
             scores_of.insert(piece.clone(), -((merges.len() + 1) as f32));
             // Both merge spellings tokenizers writes: "a b" and ["a", "b"].
-            merges.push(if merges.len() % 2 == 0 {
+            merges.push(if merges.len().is_multiple_of(2) {
                 format!("{a} {b}").into()
             } else {
                 serde_json::json!([a.to_string(), b.to_string()])

@@ -112,7 +112,7 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, RawTensor)]) {
         offset += t.bytes.len();
     }
     let mut h = serde_json::to_vec(&serde_json::Value::Object(header)).unwrap();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let mut file = (h.len() as u64).to_le_bytes().to_vec();
@@ -391,7 +391,7 @@ pub fn write_wide_checkpoint(dir: &Path) {
                 seed ^= seed << 17;
                 // Uniform in [-1, 1) with an occasional large value, as real weights have.
                 let u = (seed >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0;
-                if seed % 97 == 0 {
+                if seed.is_multiple_of(97) {
                     4.0 * u * scale
                 } else {
                     u * scale

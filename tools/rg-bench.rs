@@ -466,7 +466,8 @@ fn main() -> ExitCode {
                 if packed::supports(ty) {
                     // Decode: 1 GiB of packed rows of 2560, one token.
                     let rows = (1usize << 30) / ty.row_size(2560).expect("aligned") as usize;
-                    let (gbps, _) = packed::bench::bench_gemm(ty, 2560, rows, 1, t, args.reps.min(3));
+                    let (gbps, _) =
+                        packed::bench::bench_gemm(ty, 2560, rows, 1, t, args.reps.min(3));
                     eprintln!(
                         "kernels: packed {ty} x 1 token, {t} thread(s): {gbps:.2} GB/s of weights"
                     );

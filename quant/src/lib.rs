@@ -112,7 +112,7 @@ pub fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<(), Qua
         return Err(QuantError::Unsupported(ty));
     }
     let n = src.len();
-    if n % ty.block_size() != 0 {
+    if !n.is_multiple_of(ty.block_size()) {
         return Err(QuantError::NotBlockAligned { ty, n });
     }
     let expected = n / ty.block_size() * ty.type_size();
@@ -152,7 +152,7 @@ pub fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), Q
         return Err(QuantError::Unsupported(ty));
     }
     let ts = ty.type_size();
-    if src.len() % ts != 0 {
+    if !src.len().is_multiple_of(ts) {
         return Err(QuantError::NotWholeBlocks {
             ty,
             bytes: src.len(),

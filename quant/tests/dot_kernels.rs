@@ -21,7 +21,7 @@ impl Rng {
         self.0 ^= self.0 >> 17;
         self.0 ^= self.0 << 5;
         let u = (self.0 >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0;
-        if self.0 % 97 == 0 {
+        if self.0.is_multiple_of(97) {
             u * 8.0
         } else {
             u

@@ -27,7 +27,7 @@ impl Rng {
     fn next(&mut self) -> f32 {
         let x = self.u32();
         let u = (x >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0;
-        if x % 97 == 0 {
+        if x.is_multiple_of(97) {
             u * 8.0
         } else {
             u

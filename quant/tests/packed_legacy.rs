@@ -23,7 +23,7 @@ impl Rng {
     fn next(&mut self) -> f32 {
         let b = self.bits();
         let u = (b >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0;
-        if b % 97 == 0 {
+        if b.is_multiple_of(97) {
             u * 8.0
         } else {
             u

@@ -241,7 +241,10 @@ pub fn parse_config(path: &Path, text: &[u8], warnings: &mut Vec<String>) -> Res
     }
     let partial = r.rope_f64("partial_rotary_factor", 0.5)?;
     let rotary = partial * head_dim as f64;
-    if !(partial > 0.0 && partial <= 1.0) || rotary.fract() != 0.0 || (rotary as u64) % 2 != 0 {
+    if !(partial > 0.0 && partial <= 1.0)
+        || rotary.fract() != 0.0
+        || !(rotary as u64).is_multiple_of(2)
+    {
         return Err(r.err(
             "partial_rotary_factor",
             format!("{partial} x head_dim {head_dim} is not a positive even number of rotary dimensions"),

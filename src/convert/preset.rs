@@ -199,7 +199,7 @@ impl TypeChooser {
             TensorClass::TokenEmbd => {
                 // Tied embeddings: the embedding gets the output-head rule.
                 let default = self.ftype.default_type();
-                if row_len % default.block_size() as u64 != 0 || default == G::Q8_0 {
+                if !row_len.is_multiple_of(default.block_size() as u64) || default == G::Q8_0 {
                     G::Q8_0
                 } else {
                     G::Q6K
@@ -233,7 +233,7 @@ impl TypeChooser {
 /// Q5_K -> Q5_1, Q6_K -> Q8_0, and F16 when even the fallback does not fit. (llama-quantize
 /// aborts for a legacy type whose block does not fit; we use F16 there too.)
 pub fn fallback(ty: GgmlType, row_len: u64) -> GgmlType {
-    let fits = |t: GgmlType| row_len % t.block_size() as u64 == 0;
+    let fits = |t: GgmlType| row_len.is_multiple_of(t.block_size() as u64);
     if fits(ty) {
         return ty;
     }

@@ -94,7 +94,7 @@ pub fn convert_tensor(
         ))
     })?;
     let expected_src = src_row_bytes * (n / src_row_len.max(1));
-    if n % src_row_len.max(1) != 0 || expected_src != src.len() as u64 {
+    if !n.is_multiple_of(src_row_len.max(1)) || expected_src != src.len() as u64 {
         return Err(Error::Format(format!(
             "tensor {}: {} source bytes, expected {expected_src}",
             plan.source,

@@ -544,7 +544,7 @@ impl<'a> Parser<'a> {
                 .size
                 .checked_next_multiple_of(alignment)
                 .and_then(|padded| data_start.checked_add(info.offset)?.checked_add(padded));
-            if padded_end.map_or(true, |end| end > file_len) {
+            if padded_end.is_none_or(|end| end > file_len) {
                 return Err(malformed(
                     *at,
                     format!(

@@ -178,13 +178,13 @@ impl HParams {
             if self.n_heads == 0 || self.n_kv_heads == 0 || self.head_dim == 0 {
                 return bad("attention heads and head_dim must be positive".into());
             }
-            if self.n_heads % self.n_kv_heads != 0 {
+            if !self.n_heads.is_multiple_of(self.n_kv_heads) {
                 return bad(format!(
                     "head_count {} is not a multiple of head_count_kv {}",
                     self.n_heads, self.n_kv_heads
                 ));
             }
-            if self.rotary_dim > self.head_dim || self.rotary_dim % 2 != 0 {
+            if self.rotary_dim > self.head_dim || !self.rotary_dim.is_multiple_of(2) {
                 return bad(format!(
                     "rope dimension_count {} must be even and <= head_dim {}",
                     self.rotary_dim, self.head_dim
@@ -206,7 +206,7 @@ impl HParams {
                     "rglru width, conv kernel and rglru block count must be positive".into(),
                 );
             }
-            if self.lru_width % self.gate_blocks != 0 {
+            if !self.lru_width.is_multiple_of(self.gate_blocks) {
                 return bad(format!(
                     "rglru width {} is not a multiple of rglru block_count {}",
                     self.lru_width, self.gate_blocks

@@ -191,7 +191,8 @@ fn kernel_fits(w: &Matrix, map: InputMap) -> bool {
     let Some(act) = dot::activation_type(w.ty) else {
         return false;
     };
-    let aligned = w.cols % act.block_size() == 0 && w.cols % w.ty.block_size() == 0;
+    let aligned =
+        w.cols.is_multiple_of(act.block_size()) && w.cols.is_multiple_of(w.ty.block_size());
     let map_ok = match map {
         InputMap::Dense => true,
         InputMap::BlockDiag { out_per_block } => out_per_block > 0,

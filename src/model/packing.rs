@@ -73,9 +73,9 @@ pub fn repack_by_default() -> bool {
 /// Whether `m` can be packed.
 fn packable(m: &Matrix) -> bool {
     packed::supports(m.ty)
-        && m.rows % GROUP_ROWS == 0
+        && m.rows.is_multiple_of(GROUP_ROWS)
         && m.rows > 0
-        && m.cols % m.ty.block_size() == 0
+        && m.cols.is_multiple_of(m.ty.block_size())
         && m.cols > 0
 }
 

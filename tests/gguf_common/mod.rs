@@ -49,7 +49,7 @@ impl Raw {
     }
     /// Zero bytes up to the next multiple of `align`.
     pub fn pad(&mut self, align: usize) -> &mut Self {
-        while self.bytes.len() % align != 0 {
+        while !self.bytes.len().is_multiple_of(align) {
             self.bytes.push(0);
         }
         self

@@ -142,7 +142,7 @@ pub fn activation_type(weight: GgmlType) -> Option<GgmlType> {
 /// Bytes one activation row of `n` values takes in the format `weight` needs.
 pub fn activation_row_bytes(weight: GgmlType, n: usize) -> Result<usize, QuantError> {
     let act = activation_type(weight).ok_or(QuantError::Unsupported(weight))?;
-    if n % act.block_size() != 0 || n % weight.block_size() != 0 {
+    if !n.is_multiple_of(act.block_size()) || !n.is_multiple_of(weight.block_size()) {
         return Err(QuantError::NotBlockAligned { ty: weight, n });
     }
     Ok(n / act.block_size() * act.type_size())
@@ -161,7 +161,7 @@ pub fn quantize_activation(
     if !matches!(act, F32 | Q8_0 | Q8_1 | Q8K) {
         return Err(QuantError::Unsupported(act));
     }
-    if x.len() % act.block_size() != 0 {
+    if !x.len().is_multiple_of(act.block_size()) {
         return Err(QuantError::NotBlockAligned {
             ty: act,
             n: x.len(),

@@ -50,7 +50,7 @@ fn check(ty: GgmlType, n: usize) -> Result<(), QuantError> {
     if !supports(ty) {
         return Err(QuantError::Unsupported(ty));
     }
-    if n == 0 || n % ty.block_size() != 0 {
+    if n == 0 || !n.is_multiple_of(ty.block_size()) {
         return Err(QuantError::NotBlockAligned { ty, n });
     }
     Ok(())

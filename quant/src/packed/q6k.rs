@@ -485,7 +485,6 @@ mod x86 {
     /// `c < C`, `out` as in [`store`]; the CPU has AVX-512 VNNI/VL.
     // The AVX-512 intrinsics are stable since Rust 1.89; this kernel only exists for the
     // `Avx512` backend, which needs that compiler anyway.
-    #[allow(clippy::incompatible_msrv)]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     unsafe fn vnni<const C: usize>(
         nsb: usize,
