@@ -15,7 +15,11 @@
 //! step reads (every tensor in the file: the tied embedding is read in full as the output
 //! head) × t/s. `--membw` first measures the streaming read bandwidth of this machine (1 and
 //! N threads over a buffer much larger than the caches) and then shows tg as a fraction of
-//! it; `--kernels` measures the dot-product kernels alone on synthetic weights.
+//! it. The bandwidth of these shared virtual machines drifts by ±20 % within minutes, so
+//! with `--membw` every timed tg repetition is also bracketed by bandwidth probes (same
+//! threads, a fresh 512 MiB buffer, freed before the repetition) and tg is related to the
+//! mean of its own probes. VmRSS is read after the probe buffer is freed; VmHWM includes
+//! it. `--kernels` measures the dot-product kernels alone on synthetic weights.
 //!
 //! Everything except the result table/JSON goes to stderr.
 
@@ -121,6 +125,8 @@ struct Record {
     /// Resident set (VmRSS) right after the test, KiB: flat across depths when the
     /// state does not grow with context.
     vm_rss_kib: Option<u64>,
+    /// Mean read bandwidth of the probes run next to this test's repetitions, GB/s.
+    probe_gbps: Option<f64>,
 }
 
 impl Record {
@@ -227,6 +233,17 @@ fn read_bandwidth(buf: &[u8], threads: usize, reps: usize) -> (f64, f64) {
     samples.remove(0); // warm-up
     let best = samples.iter().cloned().fold(0.0, f64::max);
     (best, mean_std(&samples).0)
+}
+
+/// Best of 3 passes over a fresh 512 MiB buffer with `threads` threads, GB/s; the buffer is
+/// freed before returning (glibc gives such large blocks back to the OS at once).
+fn probe_bandwidth(threads: usize) -> f64 {
+    let mut buf = vec![0u8; 512 << 20];
+    for (i, b) in buf.iter_mut().enumerate().step_by(4096) {
+        *b = i as u8;
+    }
+    let (best, _) = read_bandwidth(&buf, threads, 3);
+    best
 }
 
 fn membw(mib: usize, threads: &[usize], reps: usize) -> Vec<(usize, f64, f64)> {
@@ -352,7 +369,11 @@ fn run_model(args: &Args, path: &PathBuf, records: &mut Vec<Record>) -> Result<(
             n_threads: threads,
         };
         let mut ctx = Context::new(model.clone(), params).map_err(|e| e.to_string())?;
-        let mut record = |n_prompt: usize, n_gen: usize, depth: usize, samples_ns: Vec<u64>| {
+        let mut record = |n_prompt: usize,
+                          n_gen: usize,
+                          depth: usize,
+                          samples_ns: Vec<u64>,
+                          probes: &[f64]| {
             let tokens = if n_gen > 0 { n_gen } else { n_prompt } as f64;
             let samples_ts: Vec<f64> = samples_ns
                 .iter()
@@ -374,6 +395,7 @@ fn run_model(args: &Args, path: &PathBuf, records: &mut Vec<Record>) -> Result<(
                 weight_gbps,
                 vm_hwm_kib: proc_status_kib("VmHWM"),
                 vm_rss_kib: proc_status_kib("VmRSS"),
+                probe_gbps: (!probes.is_empty()).then(|| mean_std(probes).0),
             };
             let (m, s) = mean_std(&r.samples_ts);
             eprintln!(
@@ -395,11 +417,12 @@ fn run_model(args: &Args, path: &PathBuf, records: &mut Vec<Record>) -> Result<(
                     samples.push(ns);
                 }
             }
-            record(p, 0, 0, samples);
+            record(p, 0, 0, samples, &[]);
         }
         for &n in args.n_gen.iter().filter(|&&n| n > 0) {
             for &depth in &args.depth {
                 let mut samples = Vec::new();
+                let mut probes = Vec::new();
                 // With a depth, the untimed prefill already warms everything up.
                 let warmup = usize::from(depth == 0);
                 for rep in 1 - warmup..args.reps + 1 {
@@ -412,6 +435,9 @@ fn run_model(args: &Args, path: &PathBuf, records: &mut Vec<Record>) -> Result<(
                         eprintln!("depth {depth}: prefill {:.2} t/s", depth as f64 / secs);
                     }
                     let gen = rng.tokens(n, n_vocab);
+                    if args.membw && rep > 0 {
+                        probes.push(probe_bandwidth(threads));
+                    }
                     let start = Instant::now();
                     for &t in &gen {
                         ctx.eval(&[t], false).map_err(|e| e.to_string())?;
@@ -419,9 +445,12 @@ fn run_model(args: &Args, path: &PathBuf, records: &mut Vec<Record>) -> Result<(
                     let ns = start.elapsed().as_nanos() as u64;
                     if rep > 0 {
                         samples.push(ns);
+                        if args.membw {
+                            probes.push(probe_bandwidth(threads));
+                        }
                     }
                 }
-                record(0, n, depth, samples);
+                record(0, n, depth, samples, &probes);
             }
         }
     }
@@ -509,13 +538,18 @@ fn main() -> ExitCode {
             if records.is_empty() {
                 return ExitCode::SUCCESS;
             }
-            println!("| model | size | params | type | threads | test | t/s | weight GB/s | of membw | VmRSS | VmHWM |");
-            println!("| --- | ---: | ---: | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |");
+            println!("| model | size | params | type | threads | test | t/s | weight GB/s | membw GB/s | of membw | VmRSS | VmHWM |");
+            println!("| --- | ---: | ---: | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |");
             for r in &records {
                 let (m, s) = mean_std(&r.samples_ts);
                 let gb = r.weight_gbps.map_or(String::new(), |g| format!("{g:.2}"));
-                let frac = match (r.weight_gbps, ceiling(r.threads)) {
+                let bw = r.probe_gbps.or(ceiling(r.threads));
+                let frac = match (r.weight_gbps, bw) {
                     (Some(g), Some(c)) => format!("{:.0} %", 100.0 * g / c),
+                    _ => String::new(),
+                };
+                let bw = match (r.weight_gbps, bw) {
+                    (Some(_), Some(c)) => format!("{c:.2}"),
                     _ => String::new(),
                 };
                 let mib = |k: Option<u64>| {
@@ -523,7 +557,7 @@ fn main() -> ExitCode {
                 };
                 let (rss, hwm) = (mib(r.vm_rss_kib), mib(r.vm_hwm_kib));
                 println!(
-                    "| {} | {:.2} GiB | {} | {} | {} | {} | {m:.2} ± {s:.2} | {gb} | {frac} | {rss} | {hwm} |",
+                    "| {} | {:.2} GiB | {} | {} | {} | {} | {m:.2} ± {s:.2} | {gb} | {bw} | {frac} | {rss} | {hwm} |",
                     r.model,
                     r.model_size as f64 / (1u64 << 30) as f64,
                     human_params(r.n_params),
@@ -558,6 +592,7 @@ fn main() -> ExitCode {
                     "samples_ts": r.samples_ts,
                     "weight_gbps": r.weight_gbps,
                     "membw_gbps": ceiling(r.threads),
+                    "probe_membw_gbps": r.probe_gbps,
                     "vm_hwm_kib": r.vm_hwm_kib,
                     "vm_rss_kib": r.vm_rss_kib,
                 }));
