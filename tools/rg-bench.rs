@@ -447,6 +447,15 @@ fn run_model(args: &Args, path: &PathBuf, records: &mut Vec<Record>) -> Result<(
                         samples.push(ns);
                         if args.membw {
                             probes.push(probe_bandwidth(threads));
+                            let k = probes.len();
+                            let gbps = n as f64 * 1e9 / ns as f64 * model_size as f64 / 1e9;
+                            eprintln!(
+                                "tg{n} rep {rep}: {gbps:.2} GB/s of weights between probes \
+                                 of {:.2} and {:.2} GB/s ({:.0} %)",
+                                probes[k - 2],
+                                probes[k - 1],
+                                200.0 * gbps / (probes[k - 2] + probes[k - 1])
+                            );
                         }
                     }
                 }
