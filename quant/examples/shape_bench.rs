@@ -1,5 +1,5 @@
 //! Packed prompt-path throughput at the 2B model's matrix shapes and at llama.cpp's
-//! `test-backend-ops` MUL_MAT shape, one thread, 512 tokens.
+//! `test-backend-ops` MUL_MAT shape, one thread, 512 tokens, best of 3 runs.
 //! `cargo run --release --example shape_bench -p rgemma-quant [-- TYPE...]`
 use rgemma_quant::packed::{self, bench};
 use rgemma_quant::GgmlType;
@@ -16,7 +16,7 @@ fn main() {
         let line: Vec<String> = shapes
             .iter()
             .map(|&(rows, n)| {
-                let (_, gops) = bench::bench_gemm(ty, n, rows, 512, 1, 2);
+                let (_, gops) = bench::bench_gemm(ty, n, rows, 512, 1, 3);
                 format!("{rows}x{n}: {gops:.0}")
             })
             .collect();

@@ -310,6 +310,23 @@ mod x86 {
         }
     }
 
+    /// The f32 accumulators of `C` columns: zero, or the partial sums already in `out` when
+    /// `add` (a later chunk of the reduction, see `run_tiles`).
+    ///
+    /// # Safety
+    /// As [`store`], readable.
+    #[inline(always)]
+    unsafe fn load_acc<const C: usize>(add: bool, out: *mut f32, out_stride: usize) -> [__m256; C] {
+        // SAFETY: forwarded.
+        std::array::from_fn(|c| unsafe {
+            if add {
+                _mm256_loadu_ps(out.add(c * out_stride))
+            } else {
+                _mm256_setzero_ps()
+            }
+        })
+    }
+
     /// Writes 8 row sums of `C` columns.
     ///
     /// # Safety
@@ -337,10 +354,12 @@ mod x86 {
         act_stride: usize,
         out: *mut f32,
         out_stride: usize,
+        add: bool,
     ) {
         let m4 = _mm256_set1_epi8(0x0F);
         let mf0 = _mm256_set1_epi8(0xF0u8 as i8);
-        let mut acc = [_mm256_setzero_ps(); C];
+        // SAFETY: the output extent is the caller's contract.
+        let mut acc = unsafe { load_acc::<C>(add, out, out_stride) };
         for b in 0..nsb {
             // SAFETY: b < nsb keeps every pointer below inside its super-block / Q8_K block.
             unsafe {
@@ -410,9 +429,11 @@ mod x86 {
         act_stride: usize,
         out: *mut f32,
         out_stride: usize,
+        add: bool,
     ) {
         let m4 = _mm256_set1_epi8(0x0F);
-        let mut acc = [_mm256_setzero_ps(); C];
+        // SAFETY: the output extent is the caller's contract.
+        let mut acc = unsafe { load_acc::<C>(add, out, out_stride) };
         for b in 0..nsb {
             // SAFETY: as in `vnni`.
             unsafe {
