@@ -285,7 +285,9 @@ mod x86 {
         }
     }
 
-    /// Folds one super-block's integer sums into the f32 accumulators.
+    /// Folds one super-block's integer sums into the f32 accumulators:
+    /// `acc += d_a·(unit·d·tot − dmin·mins)` (`unit`, a power of two, undoes a scaling of
+    /// `tot`).
     ///
     /// # Safety
     /// `sb` points at a packed super-block and `a[c]` at a Q8_K block; AVX2/FMA/F16C.
@@ -296,16 +298,21 @@ mod x86 {
         tot: &[__m256i; C],
         mins: &[__m256i; C],
         acc: &mut [__m256; C],
+        unit: f32,
     ) {
         // SAFETY: d and dmin of the 8 rows are the first 32 bytes, d_a the first 4 of a
         // Q8_K block.
         unsafe {
-            let d = _mm256_cvtph_ps(_mm_loadu_si128(sb as *const __m128i));
+            let d = _mm256_mul_ps(
+                _mm256_cvtph_ps(_mm_loadu_si128(sb as *const __m128i)),
+                _mm256_set1_ps(unit),
+            );
             let dmin = _mm256_cvtph_ps(_mm_loadu_si128(sb.add(DMIN) as *const __m128i));
             for c in 0..C {
                 let da = _mm256_set1_ps((a[c] as *const f32).read_unaligned());
-                let x = _mm256_fmadd_ps(_mm256_cvtepi32_ps(tot[c]), _mm256_mul_ps(d, da), acc[c]);
-                acc[c] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(mins[c]), _mm256_mul_ps(dmin, da), x);
+                let m = _mm256_mul_ps(_mm256_cvtepi32_ps(mins[c]), dmin);
+                let x = _mm256_fmsub_ps(_mm256_cvtepi32_ps(tot[c]), d, m);
+                acc[c] = _mm256_fmadd_ps(x, da, acc[c]);
             }
         }
     }
@@ -366,6 +373,10 @@ mod x86 {
                 let sb = w.add(b * SB);
                 let a: [*const u8; C] = std::array::from_fn(|c| act.add(c * act_stride + b * ACT));
                 let sc = scales(sb);
+                // The high nibbles' sums are 16·Σ q·a: rather than shifting each back, the
+                // low nibbles' scales are 16·s and the total 16× (below 2^29: 8 sub-blocks
+                // of 16·32·15·128·63), divided out exactly in `finish`.
+                let s16: [__m256i; 4] = std::array::from_fn(|p| _mm256_slli_epi32(sc.s[2 * p], 4));
                 let mut tot = [_mm256_setzero_si256(); C];
                 let mut mins = [_mm256_setzero_si256(); C];
                 for c in 0..C {
@@ -402,13 +413,13 @@ mod x86 {
                     }
                     for c in 0..C {
                         let l = _mm256_add_epi32(lo0[c], lo1[c]);
-                        let h = _mm256_srai_epi32(_mm256_add_epi32(hi0[c], hi1[c]), 4);
-                        let x = _mm256_mullo_epi32(l, sc.s[2 * p]);
+                        let h = _mm256_add_epi32(hi0[c], hi1[c]);
+                        let x = _mm256_mullo_epi32(l, s16[p]);
                         let y = _mm256_mullo_epi32(h, sc.s[2 * p + 1]);
                         tot[c] = _mm256_add_epi32(tot[c], _mm256_add_epi32(x, y));
                     }
                 }
-                finish(sb, &a, &tot, &mins, &mut acc);
+                finish(sb, &a, &tot, &mins, &mut acc, 1.0 / 16.0);
             }
         }
         // SAFETY: forwarded.
@@ -475,7 +486,7 @@ mod x86 {
                         tot[c] = _mm256_add_epi32(tot[c], _mm256_add_epi32(x, y));
                     }
                 }
-                finish(sb, &a, &tot, &mins, &mut acc);
+                finish(sb, &a, &tot, &mins, &mut acc, 1.0);
             }
         }
         // SAFETY: forwarded.
