@@ -385,7 +385,7 @@ mod x86 {
                         mins[c] = _mm256_add_epi32(mins[c], _mm256_madd_epi16(*m, bs[p]));
                     }
                 }
-                for p in 0..4 {
+                for (p, &s_lo) in s16.iter().enumerate() {
                     // One column: two accumulators per sub-block (t even / odd) halve the
                     // `vpdpbusd` dependency chains, which bound that case. Several columns
                     // have enough independent chains (and no registers to spare).
@@ -414,7 +414,7 @@ mod x86 {
                     for c in 0..C {
                         let l = _mm256_add_epi32(lo0[c], lo1[c]);
                         let h = _mm256_add_epi32(hi0[c], hi1[c]);
-                        let x = _mm256_mullo_epi32(l, s16[p]);
+                        let x = _mm256_mullo_epi32(l, s_lo);
                         let y = _mm256_mullo_epi32(h, sc.s[2 * p + 1]);
                         tot[c] = _mm256_add_epi32(tot[c], _mm256_add_epi32(x, y));
                     }
