@@ -138,13 +138,17 @@ fn packed_gemm_matches_the_unpacked_kernels() {
     eprintln!("backends under test: {backends:?}");
     for ty in TYPES.into_iter().filter(|&t| ready(t)) {
         // n = 7680 takes the SIMD driver three passes over the reduction (10 super-blocks
-        // each) and more than one column block; n = 5888 (23 super-blocks) passes of 8, 8
-        // and an odd 7.
+        // each), n = 5888 (23 super-blocks) passes of 8, 8 and an odd 7; 24 groups of
+        // n = 2560 span two of its L2 blocks of groups (256 KiB of weights).
         let shapes = [256usize, 768, 2560]
             .into_iter()
             .flat_map(|n| [(n, 1usize), (n, 3)])
             .map(|(n, g)| (n, g, vec![1usize, 2, 3, 4, 5, 6, 7, 8, 9, 17]))
-            .chain([(7680, 2, vec![33]), (5888, 1, vec![1, 2, 9])]);
+            .chain([
+                (7680, 2, vec![33]),
+                (5888, 1, vec![1, 2, 9]),
+                (2560, 24, vec![9]),
+            ]);
         for (n, ngroups, cols) in shapes {
             let rows = ngroups * GROUP_ROWS;
             let rb = row_bytes(ty, n);

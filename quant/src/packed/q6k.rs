@@ -291,21 +291,17 @@ macro_rules! tile_fn {
 #[cfg(target_arch = "x86_64")]
 pub(super) use tile_fn;
 
-/// Most super-blocks of the reduction one pass covers with several columns: a pass's
-/// slice of a group (10 · 1152 or 1680 bytes) and of a column block's activations then stay
-/// in L1 / L2 whatever `n` is, so every shape runs like n = 2560 (one pass there). Whole
-/// rows of large `n` do not (64 KiB of Q4_K weights per group at n = 14336): 4096 × 14336
-/// at 512 tokens measured 164 Gop/s for Q6_K in one pass, ~220 in passes of 10; passes of
-/// 4 or 6 cost 5-10 % at every shape (more calls and output round trips per multiply).
+/// Most super-blocks of the reduction one pass covers with several columns. A tile's
+/// activations for one pass (8 columns · 10 · 292 bytes = 23 KiB) then stay in L1 while a
+/// block of groups passes under them, whatever `n` is; whole rows of large `n` do not
+/// (at n = 14336, 128 KiB of activations per tile and 64 KiB of Q4_K weights per group).
 #[cfg(target_arch = "x86_64")]
 const K_CHUNK: usize = 10;
 
-/// Activation bytes one column block may span: the block's activations (of one pass over
-/// `K_CHUNK` super-blocks) stay in L2 while every group of the matrix passes over them, and
-/// each group's weights stay in L1 while the block's columns stream past them `width` at a
-/// time.
+/// Weight bytes (of one pass) a block of groups may span: the block stays in L2 while all
+/// tiles of columns pass over it.
 #[cfg(target_arch = "x86_64")]
-const COLUMN_BLOCK_BYTES: usize = 256 * 1024;
+const GROUP_BLOCK_BYTES: usize = 256 * 1024;
 
 /// Runs `tile` over all groups and columns of a packed gemm (`gemm_to_ptr`'s arguments,
 /// with `nsb` super-blocks of `sb_bytes` per group and `act_bytes` per Q8_K block), at most
@@ -313,12 +309,19 @@ const COLUMN_BLOCK_BYTES: usize = 256 * 1024;
 /// weights feed twice as many `vpdpbusd`: +16 % for Q6_K at 512 tokens, +5 % for Q4_K),
 /// the AVX2 ones 4 (16 registers).
 ///
-/// With several columns the reduction goes in equal passes of at most [`K_CHUNK`]
-/// super-blocks, an even number of them (`q6k` lays super-blocks out in pairs, so a pass
-/// starting at an even index sees the layout of a shorter group), each
-/// pass adding its partial sums to the f32 output (the first one stores): the output is
-/// re-read once per pass, 32 bytes per 8 rows and column against `K_CHUNK` · 8 · 256
-/// multiply-adds. One column (decode) reads each weight once and keeps whole rows.
+/// The loop nest (like `act_q8_0::drive`): passes over the reduction, then blocks of
+/// groups whose weights stay in L2, then tiles of columns whose activations stay in L1,
+/// then the block's groups. With several columns a pass covers at most [`K_CHUNK`]
+/// super-blocks, in equal passes of an even number of them (`q6k` lays super-blocks out
+/// in pairs, so a pass starting at an even index sees the layout of a shorter group), and
+/// every pass after the first adds its partial sums to the f32 output (32 bytes per 8
+/// rows and column, against 10 · 8 · 256 multiply-adds). One column (decode) reads each
+/// weight once and keeps whole rows.
+///
+/// Measured at 512 tokens, one thread (Gop/s, Q4_K / Q6_K): whole rows, groups outer
+/// and column blocks in L2 gave 284 / 248 at 2560 × 2560 and 230 / 164 at 4096 × 14336;
+/// this order with passes of 10 gives ~300 / ~270 and ~290 / ~260. Passes of 6 or 14
+/// measured the same within noise.
 ///
 /// # Safety
 /// As `packed::gemm_to_ptr` (extents checked there), and the CPU runs `tile`.
@@ -339,7 +342,6 @@ pub(super) unsafe fn run_tiles(
     out_stride: usize,
 ) {
     let gb = nsb * sb_bytes;
-    // Equal passes of an even number of super-blocks (the last one may be shorter).
     let kc = if ncols == 1 {
         nsb
     } else {
@@ -348,18 +350,18 @@ pub(super) unsafe fn run_tiles(
     let mut k0 = 0;
     while k0 < nsb {
         let ks = (nsb - k0).min(kc);
-        let block = (COLUMN_BLOCK_BYTES / (ks * act_bytes)).max(width) / width * width;
-        let mut c0 = 0;
-        while c0 < ncols {
-            let end = (c0 + block).min(ncols);
-            for g in 0..ngroups {
-                let mut c = c0;
-                while c < end {
-                    let nc = (end - c).min(width);
+        let gblock = (GROUP_BLOCK_BYTES / (ks * sb_bytes)).max(1);
+        let mut g0 = 0;
+        while g0 < ngroups {
+            let g1 = (g0 + gblock).min(ngroups);
+            let mut c = 0;
+            while c < ncols {
+                let nc = (ncols - c).min(width);
+                for g in g0..g1 {
                     // SAFETY: g < ngroups, k0 + ks <= nsb and c + nc <= ncols keep the
                     // weight, activation and output extents inside what gemm_to_ptr
-                    // checked / was promised; k0 is even (kc is), so super-blocks
-                    // k0.. of the group have the layout of a group of ks super-blocks.
+                    // checked / was promised; k0 is even (kc is), so super-blocks k0.. of
+                    // the group have the layout of a group of ks super-blocks.
                     unsafe {
                         tile(
                             ks,
@@ -372,10 +374,10 @@ pub(super) unsafe fn run_tiles(
                             k0 > 0,
                         )
                     };
-                    c += nc;
                 }
+                c += nc;
             }
-            c0 = end;
+            g0 = g1;
         }
         k0 += ks;
     }
