@@ -295,3 +295,32 @@ fn f32_helpers_match_f64() {
         }
     }
 }
+
+/// `f32_dots` (several rows against one shared vector) equals one f64 dot per row, for
+/// row counts around the 8-row register block and lengths around the 8-float chunk.
+#[test]
+fn f32_dots_match_per_row_dots() {
+    let mut rng = Rng(0x5eed);
+    for rows in 1..=11usize {
+        for n in [1usize, 7, 8, 16, 33, 256] {
+            let stride = n + 3;
+            let a = rng.vec(rows * stride);
+            let x = rng.vec(n);
+            let mut out = vec![f32::NAN; rows];
+            dot::f32_dots(&a, stride, &x, &mut out);
+            for (j, &o) in out.iter().enumerate() {
+                let row = &a[j * stride..j * stride + n];
+                let want: f64 = row.iter().zip(&x).map(|(&p, &q)| p as f64 * q as f64).sum();
+                let abs: f64 = row
+                    .iter()
+                    .zip(&x)
+                    .map(|(&p, &q)| (p as f64 * q as f64).abs())
+                    .sum();
+                assert!(
+                    (o as f64 - want).abs() <= 1e-6 * abs + 1e-7,
+                    "rows {rows} n {n} row {j}: {o} vs {want}"
+                );
+            }
+        }
+    }
+}

@@ -8,6 +8,7 @@
 use rayon::prelude::*;
 
 use super::matmul::ThreadScratch;
+use super::ops::exp_fast;
 
 /// Attention shape.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,9 +55,15 @@ pub fn attend_chunk(
     let group = g.n_heads / g.n_kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
     let t_len = out.len() / qw;
-    // As many heads per task as their score rows fit in the thread scratch.
-    let heads_per_task =
+    // As many heads per task as their score rows fit in the thread scratch; when there are
+    // fewer tokens than threads (decode), the heads are split so that every thread gets a
+    // share (each share reads the K/V rows again, from cache: cheaper than idling).
+    let mut heads_per_task =
         (scratch.capacity() / (win + 1)).clamp(1, group.clamp(1, MAX_HEADS_PER_TASK));
+    let threads = rayon::current_num_threads().max(1);
+    if t_len * g.n_kv_heads < threads {
+        heads_per_task = heads_per_task.min(group.div_ceil(threads)).max(1);
+    }
     let parts = group.div_ceil(heads_per_task);
     let tasks_per_token = g.n_kv_heads * parts;
     let out_ptr = SharedOut(out.as_mut_ptr());
@@ -74,11 +81,15 @@ pub fn attend_chunk(
                 let lo = pos.saturating_sub(win);
                 let n_keys = pos - lo + 1;
                 let scores = &mut buf[..nh * n_keys];
+                // The task's query heads are adjacent rows of q: one pass over each key
+                // row computes all their scores.
+                let qs = &q[t * qw + h0 * hd..t * qw + h1 * hd];
+                let mut row_scores = [0.0f32; MAX_HEADS_PER_TASK];
                 for i in 0..n_keys {
                     let kr = kv_slice(lo + i, col, first_pos, (kvw, win, hd), k, k_ring);
+                    rgemma_quant::dot::f32_dots(qs, hd, kr, &mut row_scores[..nh]);
                     for j in 0..nh {
-                        let qh = &q[t * qw + (h0 + j) * hd..t * qw + (h0 + j + 1) * hd];
-                        scores[j * n_keys + i] = rgemma_quant::dot::f32_dot(qh, kr) * scale;
+                        scores[j * n_keys + i] = row_scores[j] * scale;
                     }
                 }
                 let mut sums = [0.0f32; MAX_HEADS_PER_TASK];
@@ -86,8 +97,12 @@ pub fn attend_chunk(
                     let row = &mut scores[j * n_keys..(j + 1) * n_keys];
                     let max = row.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
                     let mut sum = 0.0f32;
+                    // libm-free exp so that this loop vectorises (2049 per head and token
+                    // at full window).
                     for s in row.iter_mut() {
-                        *s = (*s - max).exp();
+                        *s = exp_fast(*s - max);
+                    }
+                    for s in row.iter() {
                         sum += *s;
                     }
                     sums[j] = sum;

@@ -407,6 +407,29 @@ pub fn f32_dot(a: &[f32], b: &[f32]) -> f32 {
     scalar::f32_dot(&a[..n], &b[..n])
 }
 
+/// `out[j] = a[j·stride .. j·stride + x.len()] · x` for every `j < out.len()`, loading `x`
+/// once for all rows (several query heads against one key). Panics if `a` is too short.
+pub fn f32_dots(a: &[f32], stride: usize, x: &[f32], out: &mut [f32]) {
+    if out.is_empty() {
+        return;
+    }
+    assert!(
+        stride >= x.len() && a.len() >= (out.len() - 1) * stride + x.len(),
+        "f32_dots: {} rows of {} (stride {stride}) do not fit {} floats",
+        out.len(),
+        x.len(),
+        a.len()
+    );
+    #[cfg(target_arch = "x86_64")]
+    if Backend::detect().has_avx2() {
+        // SAFETY: AVX2/FMA detected; the extent of `a` was asserted above.
+        return unsafe { x86::f32_dots(a, stride, x, out) };
+    }
+    for (j, o) in out.iter_mut().enumerate() {
+        *o = scalar::f32_dot(&a[j * stride..j * stride + x.len()], x);
+    }
+}
+
 /// `y[i] += alpha·x[i]` (the shorter length is used).
 pub fn f32_axpy(y: &mut [f32], alpha: f32, x: &[f32]) {
     let n = y.len().min(x.len());

@@ -764,3 +764,60 @@ pub(super) unsafe fn f32_axpy(y: &mut [f32], alpha: f32, x: &[f32]) {
         y[j] += alpha * x[j];
     }
 }
+
+/// `out[j] = a[j·stride ..][..x.len()] · x` for up to 8 rows `j < R`: each 8-float chunk of
+/// `x` is loaded once for all rows (the query heads that share one key in multi-query
+/// attention), one accumulator per row.
+///
+/// # Safety
+/// The CPU has AVX2/FMA; `a` holds `(R - 1) * stride + x.len()` floats.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn f32_dots_rows<const R: usize>(a: &[f32], stride: usize, x: &[f32], out: &mut [f32]) {
+    let n = x.len();
+    let (pa, px) = (a.as_ptr(), x.as_ptr());
+    let mut acc = [_mm256_setzero_ps(); R];
+    let mut i = 0;
+    // SAFETY (loads): i + 8 <= n, and row j < R spans a[j*stride .. j*stride + n].
+    unsafe {
+        while i + 8 <= n {
+            let xv = _mm256_loadu_ps(px.add(i));
+            for j in 0..R {
+                acc[j] = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(j * stride + i)), xv, acc[j]);
+            }
+            i += 8;
+        }
+    }
+    for j in 0..R {
+        let mut sum = hsum_ps(acc[j]);
+        for k in i..n {
+            sum += a[j * stride + k] * x[k];
+        }
+        out[j] = sum;
+    }
+}
+
+/// [`f32_dots_rows`] for any number of rows (in runs of 8).
+///
+/// # Safety
+/// The CPU has AVX2/FMA; `a` holds `(out.len() - 1) * stride + x.len()` floats.
+pub(super) unsafe fn f32_dots(a: &[f32], stride: usize, x: &[f32], out: &mut [f32]) {
+    let mut j0 = 0;
+    while j0 < out.len() {
+        let r = (out.len() - j0).min(8);
+        let (a, o) = (&a[j0 * stride..], &mut out[j0..j0 + r]);
+        // SAFETY: forwarded; rows j0..j0+r lie inside `a`.
+        unsafe {
+            match r {
+                1 => f32_dots_rows::<1>(a, stride, x, o),
+                2 => f32_dots_rows::<2>(a, stride, x, o),
+                3 => f32_dots_rows::<3>(a, stride, x, o),
+                4 => f32_dots_rows::<4>(a, stride, x, o),
+                5 => f32_dots_rows::<5>(a, stride, x, o),
+                6 => f32_dots_rows::<6>(a, stride, x, o),
+                7 => f32_dots_rows::<7>(a, stride, x, o),
+                _ => f32_dots_rows::<8>(a, stride, x, o),
+            }
+        }
+        j0 += r;
+    }
+}
