@@ -310,9 +310,17 @@ mod x86 {
             let dmin = _mm256_cvtph_ps(_mm_loadu_si128(sb.add(DMIN) as *const __m128i));
             for c in 0..C {
                 let da = _mm256_set1_ps((a[c] as *const f32).read_unaligned());
-                let m = _mm256_mul_ps(_mm256_cvtepi32_ps(mins[c]), dmin);
-                let x = _mm256_fmsub_ps(_mm256_cvtepi32_ps(tot[c]), d, m);
-                acc[c] = _mm256_fmadd_ps(x, da, acc[c]);
+                let (t, m) = (_mm256_cvtepi32_ps(tot[c]), _mm256_cvtepi32_ps(mins[c]));
+                if C == 1 {
+                    // One column: d·d_a and dmin·d_a do not wait for the sums, so only
+                    // two dependent operations follow them (decode is latency-sensitive).
+                    let x = _mm256_fmadd_ps(t, _mm256_mul_ps(d, da), acc[c]);
+                    acc[c] = _mm256_fnmadd_ps(m, _mm256_mul_ps(dmin, da), x);
+                } else {
+                    // Several columns: one multiply less per column.
+                    let x = _mm256_fmsub_ps(t, d, _mm256_mul_ps(m, dmin));
+                    acc[c] = _mm256_fmadd_ps(x, da, acc[c]);
+                }
             }
         }
     }
