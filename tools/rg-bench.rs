@@ -369,42 +369,39 @@ fn run_model(args: &Args, path: &PathBuf, records: &mut Vec<Record>) -> Result<(
             n_threads: threads,
         };
         let mut ctx = Context::new(model.clone(), params).map_err(|e| e.to_string())?;
-        let mut record = |n_prompt: usize,
-                          n_gen: usize,
-                          depth: usize,
-                          samples_ns: Vec<u64>,
-                          probes: &[f64]| {
-            let tokens = if n_gen > 0 { n_gen } else { n_prompt } as f64;
-            let samples_ts: Vec<f64> = samples_ns
-                .iter()
-                .map(|&ns| tokens * 1e9 / ns as f64)
-                .collect();
-            let weight_gbps =
-                (n_gen > 0).then(|| mean_std(&samples_ts).0 * model_size as f64 / 1e9);
-            let r = Record {
-                model: name.clone(),
-                model_type: model_type.clone(),
-                model_size,
-                n_params,
-                threads,
-                n_prompt,
-                n_gen,
-                depth,
-                samples_ts,
-                samples_ns,
-                weight_gbps,
-                vm_hwm_kib: proc_status_kib("VmHWM"),
-                vm_rss_kib: proc_status_kib("VmRSS"),
-                probe_gbps: (!probes.is_empty()).then(|| mean_std(probes).0),
+        let mut record =
+            |n_prompt: usize, n_gen: usize, depth: usize, samples_ns: Vec<u64>, probes: &[f64]| {
+                let tokens = if n_gen > 0 { n_gen } else { n_prompt } as f64;
+                let samples_ts: Vec<f64> = samples_ns
+                    .iter()
+                    .map(|&ns| tokens * 1e9 / ns as f64)
+                    .collect();
+                let weight_gbps =
+                    (n_gen > 0).then(|| mean_std(&samples_ts).0 * model_size as f64 / 1e9);
+                let r = Record {
+                    model: name.clone(),
+                    model_type: model_type.clone(),
+                    model_size,
+                    n_params,
+                    threads,
+                    n_prompt,
+                    n_gen,
+                    depth,
+                    samples_ts,
+                    samples_ns,
+                    weight_gbps,
+                    vm_hwm_kib: proc_status_kib("VmHWM"),
+                    vm_rss_kib: proc_status_kib("VmRSS"),
+                    probe_gbps: (!probes.is_empty()).then(|| mean_std(probes).0),
+                };
+                let (m, s) = mean_std(&r.samples_ts);
+                eprintln!(
+                    "{} {} t={threads}: {m:.2} ± {s:.2} t/s",
+                    r.model,
+                    r.test_name()
+                );
+                records.push(r);
             };
-            let (m, s) = mean_std(&r.samples_ts);
-            eprintln!(
-                "{} {} t={threads}: {m:.2} ± {s:.2} t/s",
-                r.model,
-                r.test_name()
-            );
-            records.push(r);
-        };
         for &p in args.n_prompt.iter().filter(|&&p| p > 0) {
             let mut samples = Vec::new();
             for rep in 0..args.reps + 1 {

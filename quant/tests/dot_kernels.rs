@@ -324,3 +324,38 @@ fn f32_dots_match_per_row_dots() {
         }
     }
 }
+
+/// `f32_axpy_many` equals the f64 sums `y[j] + Σ_i p[j][i]·x_i` for row counts around the
+/// 8-row block, widths around the 8-float chunk and several key counts.
+#[test]
+fn f32_axpy_many_matches_f64_sums() {
+    let mut rng = Rng(0xa11ce);
+    for rows in 1..=11usize {
+        for w in [1usize, 8, 13, 256] {
+            for nk in [1usize, 3, 8] {
+                let y0 = rng.vec(rows * w);
+                let p_stride = nk + 2;
+                let p = rng.vec(rows * p_stride);
+                let xs_data: Vec<Vec<f32>> = (0..nk).map(|_| rng.vec(w + 1)).collect();
+                let xs: Vec<&[f32]> = xs_data.iter().map(|v| v.as_slice()).collect();
+                let mut y = y0.clone();
+                dot::f32_axpy_many(&mut y, w, &p, p_stride, &xs);
+                for j in 0..rows {
+                    for k in 0..w {
+                        let terms: Vec<f64> = (0..nk)
+                            .map(|i| p[j * p_stride + i] as f64 * xs[i][k] as f64)
+                            .collect();
+                        let want = y0[j * w + k] as f64 + terms.iter().sum::<f64>();
+                        let abs =
+                            y0[j * w + k].abs() as f64 + terms.iter().map(|t| t.abs()).sum::<f64>();
+                        let got = y[j * w + k] as f64;
+                        assert!(
+                            (got - want).abs() <= 1e-6 * abs + 1e-7,
+                            "rows {rows} w {w} nk {nk} ({j},{k}): {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

@@ -113,12 +113,22 @@ pub fn attend_chunk(
                     std::slice::from_raw_parts_mut(out_ptr.ptr().add(t * qw + h0 * hd), nh * hd)
                 };
                 o.fill(0.0);
-                for i in 0..n_keys {
-                    let vr = kv_slice(lo + i, col, first_pos, (kvw, win, hd), v, v_ring);
-                    for j in 0..nh {
-                        let p = scores[j * n_keys + i] / sums[j];
-                        rgemma_quant::dot::f32_axpy(&mut o[j * hd..(j + 1) * hd], p, vr);
+                for j in 0..nh {
+                    for p in &mut scores[j * n_keys..(j + 1) * n_keys] {
+                        *p /= sums[j];
                     }
+                }
+                // Value rows in blocks: each row is read once for all the task's heads,
+                // whose running sums stay in registers across the block.
+                let mut i0 = 0;
+                while i0 < n_keys {
+                    let nb = (n_keys - i0).min(VALUE_BLOCK);
+                    let mut rows: [&[f32]; VALUE_BLOCK] = [&[]; VALUE_BLOCK];
+                    for (b, row) in rows[..nb].iter_mut().enumerate() {
+                        *row = kv_slice(lo + i0 + b, col, first_pos, (kvw, win, hd), v, v_ring);
+                    }
+                    rgemma_quant::dot::f32_axpy_many(o, hd, &scores[i0..], n_keys, &rows[..nb]);
+                    i0 += nb;
                 }
             })
         });
@@ -126,6 +136,9 @@ pub fn attend_chunk(
 
 /// Upper bound on heads per task (the per-head sums live on the stack).
 const MAX_HEADS_PER_TASK: usize = 64;
+
+/// Value rows combined per `f32_axpy_many` call.
+const VALUE_BLOCK: usize = 16;
 
 /// Key/value row `[hd]` at column `col` of position `p`: from the chunk when
 /// `p >= first_pos`, else from the ring slot `p mod W`.

@@ -430,6 +430,35 @@ pub fn f32_dots(a: &[f32], stride: usize, x: &[f32], out: &mut [f32]) {
     }
 }
 
+/// `y[j·w .. (j+1)·w] += Σ_i p[j·p_stride + i] · xs[i][..w]` for every row `j` of `y`
+/// (`y.len() / w` rows): the value rows `xs` are read once for all rows of `y` (several
+/// attention heads). Panics if `p` or an `xs[i]` is too short.
+pub fn f32_axpy_many(y: &mut [f32], w: usize, p: &[f32], p_stride: usize, xs: &[&[f32]]) {
+    let rows = if w == 0 { 0 } else { y.len() / w };
+    if rows == 0 || xs.is_empty() {
+        return;
+    }
+    assert!(
+        p_stride >= xs.len()
+            && p.len() >= (rows - 1) * p_stride + xs.len()
+            && xs.iter().all(|x| x.len() >= w),
+        "f32_axpy_many: operands do not fit {rows} rows of {w}"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if Backend::detect().has_avx2() {
+        // SAFETY: AVX2/FMA detected; the extents were asserted above.
+        return unsafe { x86::f32_axpy_many(&mut y[..rows * w], w, p, p_stride, xs) };
+    }
+    for j in 0..rows {
+        for (i, x) in xs.iter().enumerate() {
+            let pj = p[j * p_stride + i];
+            for (yv, xv) in y[j * w..(j + 1) * w].iter_mut().zip(&x[..w]) {
+                *yv += pj * xv;
+            }
+        }
+    }
+}
+
 /// `y[i] += alpha·x[i]` (the shorter length is used).
 pub fn f32_axpy(y: &mut [f32], alpha: f32, x: &[f32]) {
     let n = y.len().min(x.len());

@@ -821,3 +821,83 @@ pub(super) unsafe fn f32_dots(a: &[f32], stride: usize, x: &[f32], out: &mut [f3
         j0 += r;
     }
 }
+
+/// `y[j·w ..][..w] += Σ_i p[j·p_stride + i] · xs[i][..w]` for `R` (≤ 8) rows of `y`: each
+/// chunk of every `xs[i]` is loaded once for all rows and the row sums stay in registers
+/// across the `xs` (attention: the weighted sum of value rows for several heads).
+///
+/// # Safety
+/// The CPU has AVX2/FMA; `y` holds `R * w` floats, `p` holds `(R - 1) * p_stride +
+/// xs.len()`, every `xs[i]` at least `w`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn f32_axpy_rows<const R: usize>(
+    y: &mut [f32],
+    w: usize,
+    p: &[f32],
+    p_stride: usize,
+    xs: &[&[f32]],
+) {
+    let py = y.as_mut_ptr();
+    let mut c = 0;
+    // SAFETY (pointer accesses): c + 8 <= w for every row of y and every xs[i]; p indices
+    // are below (R - 1) * p_stride + xs.len().
+    unsafe {
+        while c + 8 <= w {
+            let mut acc = [_mm256_setzero_ps(); R];
+            for j in 0..R {
+                acc[j] = _mm256_loadu_ps(py.add(j * w + c));
+            }
+            for (i, x) in xs.iter().enumerate() {
+                let v = _mm256_loadu_ps(x.as_ptr().add(c));
+                for j in 0..R {
+                    let pj = _mm256_set1_ps(*p.get_unchecked(j * p_stride + i));
+                    acc[j] = _mm256_fmadd_ps(pj, v, acc[j]);
+                }
+            }
+            for j in 0..R {
+                _mm256_storeu_ps(py.add(j * w + c), acc[j]);
+            }
+            c += 8;
+        }
+    }
+    for j in 0..R {
+        for k in c..w {
+            for (i, x) in xs.iter().enumerate() {
+                y[j * w + k] += p[j * p_stride + i] * x[k];
+            }
+        }
+    }
+}
+
+/// [`f32_axpy_rows`] for any number of rows (in runs of 8).
+///
+/// # Safety
+/// As [`f32_axpy_rows`] with `R = y.len() / w`.
+pub(super) unsafe fn f32_axpy_many(
+    y: &mut [f32],
+    w: usize,
+    p: &[f32],
+    p_stride: usize,
+    xs: &[&[f32]],
+) {
+    let rows = y.len() / w;
+    let mut j0 = 0;
+    while j0 < rows {
+        let r = (rows - j0).min(8);
+        let (y, p) = (&mut y[j0 * w..(j0 + r) * w], &p[j0 * p_stride..]);
+        // SAFETY: forwarded for rows j0..j0+r.
+        unsafe {
+            match r {
+                1 => f32_axpy_rows::<1>(y, w, p, p_stride, xs),
+                2 => f32_axpy_rows::<2>(y, w, p, p_stride, xs),
+                3 => f32_axpy_rows::<3>(y, w, p, p_stride, xs),
+                4 => f32_axpy_rows::<4>(y, w, p, p_stride, xs),
+                5 => f32_axpy_rows::<5>(y, w, p, p_stride, xs),
+                6 => f32_axpy_rows::<6>(y, w, p, p_stride, xs),
+                7 => f32_axpy_rows::<7>(y, w, p, p_stride, xs),
+                _ => f32_axpy_rows::<8>(y, w, p, p_stride, xs),
+            }
+        }
+        j0 += r;
+    }
+}
