@@ -143,7 +143,13 @@ impl Scratch {
             hp.mlp_width,
             l,
             qw,
-            if has_attn { hp.window + 1 } else { 0 },
+            // Score rows of every query head sharing one KV head, so that one attention
+            // task can serve them all with a single pass over the keys and values.
+            if has_attn {
+                (hp.n_heads / hp.n_kv_heads.max(1)).max(1) * (hp.window + 1)
+            } else {
+                0
+            },
         ]
         .into_iter()
         .max()
