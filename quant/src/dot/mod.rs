@@ -434,7 +434,7 @@ pub fn f32_dots(a: &[f32], stride: usize, x: &[f32], out: &mut [f32]) {
 /// (`y.len() / w` rows): the value rows `xs` are read once for all rows of `y` (several
 /// attention heads). Panics if `p` or an `xs[i]` is too short.
 pub fn f32_axpy_many(y: &mut [f32], w: usize, p: &[f32], p_stride: usize, xs: &[&[f32]]) {
-    let rows = if w == 0 { 0 } else { y.len() / w };
+    let rows = y.len().checked_div(w).unwrap_or(0);
     if rows == 0 || xs.is_empty() {
         return;
     }
