@@ -285,9 +285,7 @@ mod x86 {
         }
     }
 
-    /// Folds one super-block's integer sums into the f32 accumulators:
-    /// `acc += d_a·(unit·d·tot − dmin·mins)` (`unit`, a power of two, undoes a scaling of
-    /// `tot`).
+    /// Folds one super-block's integer sums into the f32 accumulators.
     ///
     /// # Safety
     /// `sb` points at a packed super-block and `a[c]` at a Q8_K block; AVX2/FMA/F16C.
@@ -298,48 +296,18 @@ mod x86 {
         tot: &[__m256i; C],
         mins: &[__m256i; C],
         acc: &mut [__m256; C],
-        unit: f32,
     ) {
         // SAFETY: d and dmin of the 8 rows are the first 32 bytes, d_a the first 4 of a
         // Q8_K block.
         unsafe {
-            let d = _mm256_mul_ps(
-                _mm256_cvtph_ps(_mm_loadu_si128(sb as *const __m128i)),
-                _mm256_set1_ps(unit),
-            );
+            let d = _mm256_cvtph_ps(_mm_loadu_si128(sb as *const __m128i));
             let dmin = _mm256_cvtph_ps(_mm_loadu_si128(sb.add(DMIN) as *const __m128i));
             for c in 0..C {
                 let da = _mm256_set1_ps((a[c] as *const f32).read_unaligned());
-                let (t, m) = (_mm256_cvtepi32_ps(tot[c]), _mm256_cvtepi32_ps(mins[c]));
-                if C == 1 {
-                    // One column: d·d_a and dmin·d_a do not wait for the sums, so only
-                    // two dependent operations follow them (decode is latency-sensitive).
-                    let x = _mm256_fmadd_ps(t, _mm256_mul_ps(d, da), acc[c]);
-                    acc[c] = _mm256_fnmadd_ps(m, _mm256_mul_ps(dmin, da), x);
-                } else {
-                    // Several columns: one multiply less per column.
-                    let x = _mm256_fmsub_ps(t, d, _mm256_mul_ps(m, dmin));
-                    acc[c] = _mm256_fmadd_ps(x, da, acc[c]);
-                }
+                let x = _mm256_fmadd_ps(_mm256_cvtepi32_ps(tot[c]), _mm256_mul_ps(d, da), acc[c]);
+                acc[c] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(mins[c]), _mm256_mul_ps(dmin, da), x);
             }
         }
-    }
-
-    /// The f32 accumulators of `C` columns: zero, or the partial sums already in `out` when
-    /// `add` (a later chunk of the reduction, see `run_tiles`).
-    ///
-    /// # Safety
-    /// As [`store`], readable.
-    #[inline(always)]
-    unsafe fn load_acc<const C: usize>(add: bool, out: *mut f32, out_stride: usize) -> [__m256; C] {
-        // SAFETY: forwarded.
-        std::array::from_fn(|c| unsafe {
-            if add {
-                _mm256_loadu_ps(out.add(c * out_stride))
-            } else {
-                _mm256_setzero_ps()
-            }
-        })
     }
 
     /// Writes 8 row sums of `C` columns.
@@ -369,22 +337,16 @@ mod x86 {
         act_stride: usize,
         out: *mut f32,
         out_stride: usize,
-        add: bool,
     ) {
         let m4 = _mm256_set1_epi8(0x0F);
         let mf0 = _mm256_set1_epi8(0xF0u8 as i8);
-        // SAFETY: the output extent is the caller's contract.
-        let mut acc = unsafe { load_acc::<C>(add, out, out_stride) };
+        let mut acc = [_mm256_setzero_ps(); C];
         for b in 0..nsb {
             // SAFETY: b < nsb keeps every pointer below inside its super-block / Q8_K block.
             unsafe {
                 let sb = w.add(b * SB);
                 let a: [*const u8; C] = std::array::from_fn(|c| act.add(c * act_stride + b * ACT));
                 let sc = scales(sb);
-                // The high nibbles' sums are 16·Σ q·a: rather than shifting each back, the
-                // low nibbles' scales are 16·s and the total 16× (below 2^29: 8 sub-blocks
-                // of 16·32·15·128·63), divided out exactly in `finish`.
-                let s16: [__m256i; 4] = std::array::from_fn(|p| _mm256_slli_epi32(sc.s[2 * p], 4));
                 let mut tot = [_mm256_setzero_si256(); C];
                 let mut mins = [_mm256_setzero_si256(); C];
                 for c in 0..C {
@@ -393,7 +355,7 @@ mod x86 {
                         mins[c] = _mm256_add_epi32(mins[c], _mm256_madd_epi16(*m, bs[p]));
                     }
                 }
-                for (p, &s_lo) in s16.iter().enumerate() {
+                for p in 0..4 {
                     // One column: two accumulators per sub-block (t even / odd) halve the
                     // `vpdpbusd` dependency chains, which bound that case. Several columns
                     // have enough independent chains (and no registers to spare).
@@ -421,13 +383,13 @@ mod x86 {
                     }
                     for c in 0..C {
                         let l = _mm256_add_epi32(lo0[c], lo1[c]);
-                        let h = _mm256_add_epi32(hi0[c], hi1[c]);
-                        let x = _mm256_mullo_epi32(l, s_lo);
+                        let h = _mm256_srai_epi32(_mm256_add_epi32(hi0[c], hi1[c]), 4);
+                        let x = _mm256_mullo_epi32(l, sc.s[2 * p]);
                         let y = _mm256_mullo_epi32(h, sc.s[2 * p + 1]);
                         tot[c] = _mm256_add_epi32(tot[c], _mm256_add_epi32(x, y));
                     }
                 }
-                finish(sb, &a, &tot, &mins, &mut acc, 1.0 / 16.0);
+                finish(sb, &a, &tot, &mins, &mut acc);
             }
         }
         // SAFETY: forwarded.
@@ -448,11 +410,9 @@ mod x86 {
         act_stride: usize,
         out: *mut f32,
         out_stride: usize,
-        add: bool,
     ) {
         let m4 = _mm256_set1_epi8(0x0F);
-        // SAFETY: the output extent is the caller's contract.
-        let mut acc = unsafe { load_acc::<C>(add, out, out_stride) };
+        let mut acc = [_mm256_setzero_ps(); C];
         for b in 0..nsb {
             // SAFETY: as in `vnni`.
             unsafe {
@@ -494,7 +454,7 @@ mod x86 {
                         tot[c] = _mm256_add_epi32(tot[c], _mm256_add_epi32(x, y));
                     }
                 }
-                finish(sb, &a, &tot, &mins, &mut acc, 1.0);
+                finish(sb, &a, &tot, &mins, &mut acc);
             }
         }
         // SAFETY: forwarded.

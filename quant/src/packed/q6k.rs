@@ -241,7 +241,7 @@ pub(super) unsafe fn gemm(
 
 /// A SIMD micro-kernel: the 8 rows of one group (`nsb` packed super-blocks at `w`) against
 /// `ncols` (1..=8) activation rows at `act`, `act_stride` bytes apart; writes the 8 sums of
-/// column `c` to `out + c·out_stride`, or adds them to what is there when `add`.
+/// column `c` to `out + c·out_stride`.
 #[cfg(target_arch = "x86_64")]
 pub(super) type Tile = unsafe fn(
     nsb: usize,
@@ -251,17 +251,15 @@ pub(super) type Tile = unsafe fn(
     ncols: usize,
     out: *mut f32,
     out_stride: usize,
-    add: bool,
 );
 
-/// Expands a const-generic kernel `$k::<C>(nsb, w, act, act_stride, out, out_stride, add)` into a
+/// Expands a const-generic kernel `$k::<C>(nsb, w, act, act_stride, out, out_stride)` into a
 /// [`Tile`] that picks `C` (1..=8) from `ncols`.
 #[cfg(target_arch = "x86_64")]
 macro_rules! tile_fn {
     ($name:ident, $k:ident) => {
         /// # Safety
         /// See `Tile`; the CPU has the kernel's target features.
-        #[allow(clippy::too_many_arguments)]
         pub(super) unsafe fn $name(
             nsb: usize,
             w: *const u8,
@@ -270,19 +268,18 @@ macro_rules! tile_fn {
             ncols: usize,
             out: *mut f32,
             out_stride: usize,
-            add: bool,
         ) {
             // SAFETY: forwarded from the Tile contract.
             unsafe {
                 match ncols {
-                    1 => $k::<1>(nsb, w, act, act_stride, out, out_stride, add),
-                    2 => $k::<2>(nsb, w, act, act_stride, out, out_stride, add),
-                    3 => $k::<3>(nsb, w, act, act_stride, out, out_stride, add),
-                    4 => $k::<4>(nsb, w, act, act_stride, out, out_stride, add),
-                    5 => $k::<5>(nsb, w, act, act_stride, out, out_stride, add),
-                    6 => $k::<6>(nsb, w, act, act_stride, out, out_stride, add),
-                    7 => $k::<7>(nsb, w, act, act_stride, out, out_stride, add),
-                    _ => $k::<8>(nsb, w, act, act_stride, out, out_stride, add),
+                    1 => $k::<1>(nsb, w, act, act_stride, out, out_stride),
+                    2 => $k::<2>(nsb, w, act, act_stride, out, out_stride),
+                    3 => $k::<3>(nsb, w, act, act_stride, out, out_stride),
+                    4 => $k::<4>(nsb, w, act, act_stride, out, out_stride),
+                    5 => $k::<5>(nsb, w, act, act_stride, out, out_stride),
+                    6 => $k::<6>(nsb, w, act, act_stride, out, out_stride),
+                    7 => $k::<7>(nsb, w, act, act_stride, out, out_stride),
+                    _ => $k::<8>(nsb, w, act, act_stride, out, out_stride),
                 }
             }
         }
@@ -291,37 +288,17 @@ macro_rules! tile_fn {
 #[cfg(target_arch = "x86_64")]
 pub(super) use tile_fn;
 
-/// Most super-blocks of the reduction one pass covers with several columns. A tile's
-/// activations for one pass (8 columns · 10 · 292 bytes = 23 KiB) then stay in L1 while a
-/// block of groups passes under them, whatever `n` is; whole rows of large `n` do not
-/// (at n = 14336, 128 KiB of activations per tile and 64 KiB of Q4_K weights per group).
+/// Activation bytes one column block may span: the block's activations stay in L2 while
+/// every group of the matrix passes over them, and each group's weights stay in L1 while
+/// the block's columns stream past them `width` at a time.
 #[cfg(target_arch = "x86_64")]
-const K_CHUNK: usize = 10;
-
-/// Weight bytes (of one pass) a block of groups may span: the block stays in L2 while all
-/// tiles of columns pass over it.
-#[cfg(target_arch = "x86_64")]
-const GROUP_BLOCK_BYTES: usize = 256 * 1024;
+const COLUMN_BLOCK_BYTES: usize = 256 * 1024;
 
 /// Runs `tile` over all groups and columns of a packed gemm (`gemm_to_ptr`'s arguments,
 /// with `nsb` super-blocks of `sb_bytes` per group and `act_bytes` per Q8_K block), at most
 /// `width` (<= 8) columns per call. The VNNI kernels use 8 (with 32 registers, the decoded
 /// weights feed twice as many `vpdpbusd`: +16 % for Q6_K at 512 tokens, +5 % for Q4_K),
 /// the AVX2 ones 4 (16 registers).
-///
-/// The loop nest (like `act_q8_0::drive`): passes over the reduction, then blocks of
-/// groups whose weights stay in L2, then tiles of columns whose activations stay in L1,
-/// then the block's groups. With several columns a pass covers at most [`K_CHUNK`]
-/// super-blocks, in equal passes of an even number of them (`q6k` lays super-blocks out
-/// in pairs, so a pass starting at an even index sees the layout of a shorter group), and
-/// every pass after the first adds its partial sums to the f32 output (32 bytes per 8
-/// rows and column, against 10 · 8 · 256 multiply-adds). One column (decode) reads each
-/// weight once and keeps whole rows.
-///
-/// Measured at 512 tokens, one thread (Gop/s, Q4_K / Q6_K): whole rows, groups outer
-/// and column blocks in L2 gave 284 / 248 at 2560 × 2560 and 230 / 164 at 4096 × 14336;
-/// this order with passes of 10 gives ~300 / ~270 and ~290 / ~260. Passes of 6 or 14
-/// measured the same within noise.
 ///
 /// # Safety
 /// As `packed::gemm_to_ptr` (extents checked there), and the CPU runs `tile`.
@@ -342,44 +319,31 @@ pub(super) unsafe fn run_tiles(
     out_stride: usize,
 ) {
     let gb = nsb * sb_bytes;
-    let kc = if ncols == 1 {
-        nsb
-    } else {
-        nsb.div_ceil(nsb.div_ceil(K_CHUNK)).next_multiple_of(2)
-    };
-    let mut k0 = 0;
-    while k0 < nsb {
-        let ks = (nsb - k0).min(kc);
-        let gblock = (GROUP_BLOCK_BYTES / (ks * sb_bytes)).max(1);
-        let mut g0 = 0;
-        while g0 < ngroups {
-            let g1 = (g0 + gblock).min(ngroups);
-            let mut c = 0;
-            while c < ncols {
-                let nc = (ncols - c).min(width);
-                for g in g0..g1 {
-                    // SAFETY: g < ngroups, k0 + ks <= nsb and c + nc <= ncols keep the
-                    // weight, activation and output extents inside what gemm_to_ptr
-                    // checked / was promised; k0 is even (kc is), so super-blocks k0.. of
-                    // the group have the layout of a group of ks super-blocks.
-                    unsafe {
-                        tile(
-                            ks,
-                            w.as_ptr().add(g * gb + k0 * sb_bytes),
-                            act.as_ptr().add(c * act_stride + k0 * act_bytes),
-                            act_stride,
-                            nc,
-                            out.add(c * out_stride + g * 8),
-                            out_stride,
-                            k0 > 0,
-                        )
-                    };
-                }
+    let block = (COLUMN_BLOCK_BYTES / (nsb * act_bytes)).max(width) / width * width;
+    let mut c0 = 0;
+    while c0 < ncols {
+        let end = (c0 + block).min(ncols);
+        for g in 0..ngroups {
+            let mut c = c0;
+            while c < end {
+                let nc = (end - c).min(width);
+                // SAFETY: g < ngroups and c + nc <= ncols keep the weight, activation and
+                // output extents inside what gemm_to_ptr checked / was promised.
+                unsafe {
+                    tile(
+                        nsb,
+                        w.as_ptr().add(g * gb),
+                        act.as_ptr().add(c * act_stride),
+                        act_stride,
+                        nc,
+                        out.add(c * out_stride + g * 8),
+                        out_stride,
+                    )
+                };
                 c += nc;
             }
-            g0 = g1;
         }
-        k0 += ks;
+        c0 = end;
     }
 }
 
@@ -502,23 +466,6 @@ mod x86 {
         }
     }
 
-    /// The f32 accumulators of `C` columns: zero, or the partial sums already in `out` when
-    /// `add` (a later chunk of the reduction, see `run_tiles`).
-    ///
-    /// # Safety
-    /// As [`store`], readable.
-    #[inline(always)]
-    unsafe fn load_acc<const C: usize>(add: bool, out: *mut f32, out_stride: usize) -> [__m256; C] {
-        // SAFETY: forwarded.
-        std::array::from_fn(|c| unsafe {
-            if add {
-                _mm256_loadu_ps(out.add(c * out_stride))
-            } else {
-                _mm256_setzero_ps()
-            }
-        })
-    }
-
     /// Writes 8 row sums of `C` columns.
     ///
     /// # Safety
@@ -546,10 +493,8 @@ mod x86 {
         act_stride: usize,
         out: *mut f32,
         out_stride: usize,
-        add: bool,
     ) {
-        // SAFETY: the output extent is the caller's contract.
-        let mut acc = unsafe { load_acc::<C>(add, out, out_stride) };
+        let mut acc = [_mm256_setzero_ps(); C];
         for b in 0..nsb {
             // SAFETY: b < nsb keeps every pointer below inside its super-block / Q8_K block.
             unsafe {
@@ -613,10 +558,8 @@ mod x86 {
         act_stride: usize,
         out: *mut f32,
         out_stride: usize,
-        add: bool,
     ) {
-        // SAFETY: the output extent is the caller's contract.
-        let mut acc = unsafe { load_acc::<C>(add, out, out_stride) };
+        let mut acc = [_mm256_setzero_ps(); C];
         for b in 0..nsb {
             // SAFETY: as in `vnni`.
             unsafe {
