@@ -1,3 +1,7 @@
+//! Packed vs stored one-column (decode) throughput from DRAM, 2 threads, 512 MiB of
+//! weights, at the two row lengths of the 2B model (2560 and 7680): the number that says
+//! whether a packed kernel keeps decoding memory-bound.
+//! `cargo run --release --example dec_bench -p rgemma-quant`
 use rgemma_quant::dot::Backend;
 use rgemma_quant::packed::bench;
 use rgemma_quant::GgmlType;
