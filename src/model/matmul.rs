@@ -124,6 +124,26 @@ impl SharedOut {
     fn ptr(self) -> *mut f32 {
         self.0
     }
+
+    /// `out[t * stride + r] += bias[r]` for `r` in `rows`, `t < n_tok`.
+    ///
+    /// # Safety
+    /// Those elements are in bounds and written by no other thread meanwhile (the caller's
+    /// task owns rows `rows`).
+    unsafe fn add_bias(
+        self,
+        bias: &[f32],
+        rows: std::ops::Range<usize>,
+        stride: usize,
+        n_tok: usize,
+    ) {
+        for t in 0..n_tok {
+            for (r, bv) in rows.clone().zip(&bias[rows.clone()]) {
+                // SAFETY: forwarded from the caller.
+                unsafe { *self.0.add(t * stride + r) += bv };
+            }
+        }
+    }
 }
 
 /// `out[t * w.rows + r] = bias[r] + Σ_c W[r, c] · x[t * x_stride + offset(r) + c]` for
@@ -200,6 +220,31 @@ fn kernel_fits(w: &Matrix, map: InputMap) -> bool {
     aligned && map_ok && w.cols > 0
 }
 
+/// Fills the first `n_tok * act_row` bytes of the reused activation buffer (growing it the
+/// first time a size is needed) with `convert(t, row_t)` for every token `t`, in parallel
+/// for prompts; returns those bytes.
+fn convert_rows(
+    buf: &mut Vec<u8>,
+    n_tok: usize,
+    act_row: usize,
+    convert: impl Fn(usize, &mut [u8]) -> std::result::Result<(), rgemma_quant::QuantError> + Sync,
+) -> std::result::Result<&[u8], rgemma_quant::QuantError> {
+    if buf.len() < n_tok * act_row {
+        buf.resize(n_tok * act_row, 0);
+    }
+    let act = &mut buf[..n_tok * act_row];
+    if n_tok > 1 {
+        act.par_chunks_mut(act_row)
+            .enumerate()
+            .try_for_each(|(t, dst)| convert(t, dst))?;
+    } else {
+        act.chunks_mut(act_row)
+            .enumerate()
+            .try_for_each(|(t, dst)| convert(t, dst))?;
+    }
+    Ok(act)
+}
+
 /// Rows per parallel task: enough tasks for load balance in decode (one token); for a
 /// prompt, few enough rows that they and one 4-token activation tile share the L1 cache
 /// (8 rows of 2560 Q4_0 values = 11.5 KB, 4 Q8_0 activation rows = 11 KB) while the
@@ -241,26 +286,11 @@ fn matmul_kernels(
         .activations
         .lock()
         .unwrap_or_else(|e| e.into_inner());
-    if act_buf.len() < n_tok * act_row {
-        act_buf.resize(n_tok * act_row, 0);
-    }
-    let act = &mut act_buf[..n_tok * act_row];
-    let convert = |(t, dst): (usize, &mut [u8])| {
+    let act = convert_rows(&mut act_buf, n_tok, act_row, |t, dst| {
         let src = &x[t * x_stride..t * x_stride + x_width];
         dot::quantize_activation(backend, act_ty, src, dst)
-    };
-    if n_tok > 1 {
-        act.par_chunks_mut(act_row)
-            .enumerate()
-            .try_for_each(convert)
-            .map_err(qerr)?;
-    } else {
-        act.chunks_mut(act_row)
-            .enumerate()
-            .try_for_each(convert)
-            .map_err(qerr)?;
-    }
-    let act: &[u8] = act;
+    })
+    .map_err(qerr)?;
 
     // 2. Row chunks (never straddling two block-diagonal groups) over the pool.
     let group = map.rows_per_group(rows);
@@ -300,11 +330,7 @@ fn matmul_kernels(
                 )
                 .map_err(qerr)?;
                 if let Some(b) = bias {
-                    for t in 0..n_tok {
-                        for (r, bv) in (r0..r1).zip(&b[r0..r1]) {
-                            *shared.ptr().add(t * rows + r) += bv;
-                        }
-                    }
+                    shared.add_bias(b, r0..r1, rows, n_tok);
                 }
             }
             Ok(())
@@ -420,25 +446,10 @@ fn matmul_packed(
         .activations
         .lock()
         .unwrap_or_else(|e| e.into_inner());
-    if act_buf.len() < n_tok * act_row {
-        act_buf.resize(n_tok * act_row, 0);
-    }
-    let act = &mut act_buf[..n_tok * act_row];
-    let convert = |(t, dst): (usize, &mut [u8])| {
+    let act = convert_rows(&mut act_buf, n_tok, act_row, |t, dst| {
         packed::quantize_activation(backend, ty, &x[t * x_stride..t * x_stride + cols], dst)
-    };
-    if n_tok > 1 {
-        act.par_chunks_mut(act_row)
-            .enumerate()
-            .try_for_each(convert)
-            .map_err(qerr)?;
-    } else {
-        act.chunks_mut(act_row)
-            .enumerate()
-            .try_for_each(convert)
-            .map_err(qerr)?;
-    }
-    let act: &[u8] = act;
+    })
+    .map_err(qerr)?;
 
     // 2. Group runs: at batch 1 a few tasks per thread for balance; for prompts one group
     // (8 rows) per task, its weights reused from L1 by every token tile. Task k belongs to
@@ -491,11 +502,7 @@ fn matmul_packed(
                 )
                 .map_err(qerr)?;
                 if let Some(b) = p.bias {
-                    for t in 0..n_tok {
-                        for (r, bv) in (r0..r1).zip(&b[r0..r1]) {
-                            *out.ptr().add(t * rows + r) += bv;
-                        }
-                    }
+                    out.add_bias(b, r0..r1, rows, n_tok);
                 }
             }
             Ok(())
