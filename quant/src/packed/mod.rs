@@ -136,8 +136,8 @@ pub fn unpack_row(
 pub fn activation_row_bytes(ty: GgmlType, n: usize) -> Result<usize, QuantError> {
     check(ty, n)?;
     Ok(match ty {
-        GgmlType::Q4_0 => q4_0::activation_row_bytes(n),
-        GgmlType::Q8_0 => q8_0::activation_row_bytes(n),
+        // Q4_0 and Q8_0 share one activation format.
+        GgmlType::Q4_0 | GgmlType::Q8_0 => act_q8_0::row_bytes(n),
         GgmlType::Q4K => q4k::activation_row_bytes(n),
         _ => q6k::activation_row_bytes(n),
     })
@@ -160,8 +160,7 @@ pub fn quantize_activation(
     }
     let backend = crate::dot::usable(backend);
     match ty {
-        GgmlType::Q4_0 => q4_0::quantize_activation(backend, x, dst),
-        GgmlType::Q8_0 => q8_0::quantize_activation(backend, x, dst),
+        GgmlType::Q4_0 | GgmlType::Q8_0 => act_q8_0::quantize(backend, x, dst),
         GgmlType::Q4K => q4k::quantize_activation(backend, x, dst),
         _ => q6k::quantize_activation(backend, x, dst),
     }

@@ -92,14 +92,6 @@ pub(super) fn unpack_row(n: usize, group: &[u8], r: usize, dst: &mut [u8]) {
     }
 }
 
-pub(super) fn activation_row_bytes(n: usize) -> usize {
-    act::row_bytes(n)
-}
-
-pub(super) fn quantize_activation(backend: Backend, x: &[f32], dst: &mut [u8]) {
-    act::quantize(backend, x, dst)
-}
-
 /// # Safety
 /// See `packed::gemm_to_ptr`.
 #[allow(clippy::too_many_arguments)]
