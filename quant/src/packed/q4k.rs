@@ -185,6 +185,7 @@ fn scalar_group(nsb: usize, w: &[u8], act: &[u8]) -> [f32; 8] {
 mod x86 {
     use std::arch::x86_64::*;
 
+    use super::super::q6k::x86::{load_acc, store};
     use super::{ACT, CODES, DMIN, SB, SCALES};
 
     /// Reads 4 activation bytes as one i32 and broadcasts them to the 8 lanes.
@@ -285,7 +286,9 @@ mod x86 {
         }
     }
 
-    /// Folds one super-block's integer sums into the f32 accumulators.
+    /// Folds one super-block's integer sums into the f32 accumulators:
+    /// `acc += d_a·(unit·d·tot − dmin·mins)`, where `unit` (a power of two) undoes a scaling
+    /// of `tot`.
     ///
     /// # Safety
     /// `sb` points at a packed super-block and `a[c]` at a Q8_K block; AVX2/FMA/F16C.
@@ -296,29 +299,30 @@ mod x86 {
         tot: &[__m256i; C],
         mins: &[__m256i; C],
         acc: &mut [__m256; C],
+        unit: f32,
     ) {
         // SAFETY: d and dmin of the 8 rows are the first 32 bytes, d_a the first 4 of a
         // Q8_K block.
         unsafe {
-            let d = _mm256_cvtph_ps(_mm_loadu_si128(sb as *const __m128i));
+            let mut d = _mm256_cvtph_ps(_mm_loadu_si128(sb as *const __m128i));
+            if unit != 1.0 {
+                d = _mm256_mul_ps(d, _mm256_set1_ps(unit));
+            }
             let dmin = _mm256_cvtph_ps(_mm_loadu_si128(sb.add(DMIN) as *const __m128i));
             for c in 0..C {
                 let da = _mm256_set1_ps((a[c] as *const f32).read_unaligned());
-                let x = _mm256_fmadd_ps(_mm256_cvtepi32_ps(tot[c]), _mm256_mul_ps(d, da), acc[c]);
-                acc[c] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(mins[c]), _mm256_mul_ps(dmin, da), x);
+                let (t, m) = (_mm256_cvtepi32_ps(tot[c]), _mm256_cvtepi32_ps(mins[c]));
+                if C == 1 {
+                    // One column: d·d_a and dmin·d_a do not wait for the sums, so only two
+                    // dependent operations follow them (decode is latency-sensitive).
+                    let x = _mm256_fmadd_ps(t, _mm256_mul_ps(d, da), acc[c]);
+                    acc[c] = _mm256_fnmadd_ps(m, _mm256_mul_ps(dmin, da), x);
+                } else {
+                    // Several columns: one multiply less per column.
+                    let x = _mm256_fmsub_ps(t, d, _mm256_mul_ps(m, dmin));
+                    acc[c] = _mm256_fmadd_ps(x, da, acc[c]);
+                }
             }
-        }
-    }
-
-    /// Writes 8 row sums of `C` columns.
-    ///
-    /// # Safety
-    /// `out + c·out_stride + 0..8` writable for `c < C`; AVX available.
-    #[inline(always)]
-    unsafe fn store<const C: usize>(acc: &[__m256; C], out: *mut f32, out_stride: usize) {
-        for (c, v) in acc.iter().enumerate() {
-            // SAFETY: forwarded.
-            unsafe { _mm256_storeu_ps(out.add(c * out_stride), *v) };
         }
     }
 
@@ -330,7 +334,7 @@ mod x86 {
     // The AVX-512 intrinsics are stable since Rust 1.89; this kernel only exists for the
     // `Avx512` backend, which needs that compiler anyway.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn vnni<const C: usize>(
+    unsafe fn vnni<const C: usize, const ADD: bool>(
         nsb: usize,
         w: *const u8,
         act: *const u8,
@@ -340,7 +344,8 @@ mod x86 {
     ) {
         let m4 = _mm256_set1_epi8(0x0F);
         let mf0 = _mm256_set1_epi8(0xF0u8 as i8);
-        let mut acc = [_mm256_setzero_ps(); C];
+        // SAFETY: the output extent is the caller's contract.
+        let mut acc = unsafe { load_acc::<C, ADD>(out, out_stride) };
         for b in 0..nsb {
             // SAFETY: b < nsb keeps every pointer below inside its super-block / Q8_K block.
             unsafe {
@@ -381,15 +386,29 @@ mod x86 {
                             }
                         }
                     }
+                    // The high nibbles' sums are 16·Σ q·a. One column shifts them back;
+                    // several columns scale the low nibbles' sums by 16 instead (one
+                    // shift per sub-block, not per column) and `finish` divides the
+                    // total by 16, exactly (below 2^29: 8 · 16·32·15·128·63).
+                    let s_lo = if C == 1 {
+                        sc.s[2 * p]
+                    } else {
+                        _mm256_slli_epi32(sc.s[2 * p], 4)
+                    };
                     for c in 0..C {
                         let l = _mm256_add_epi32(lo0[c], lo1[c]);
-                        let h = _mm256_srai_epi32(_mm256_add_epi32(hi0[c], hi1[c]), 4);
-                        let x = _mm256_mullo_epi32(l, sc.s[2 * p]);
+                        let h = if C == 1 {
+                            _mm256_srai_epi32(_mm256_add_epi32(hi0[c], hi1[c]), 4)
+                        } else {
+                            _mm256_add_epi32(hi0[c], hi1[c])
+                        };
+                        let x = _mm256_mullo_epi32(l, s_lo);
                         let y = _mm256_mullo_epi32(h, sc.s[2 * p + 1]);
                         tot[c] = _mm256_add_epi32(tot[c], _mm256_add_epi32(x, y));
                     }
                 }
-                finish(sb, &a, &tot, &mins, &mut acc);
+                let unit = if C == 1 { 1.0 } else { 1.0 / 16.0 };
+                finish(sb, &a, &tot, &mins, &mut acc, unit);
             }
         }
         // SAFETY: forwarded.
@@ -403,7 +422,7 @@ mod x86 {
     /// # Safety
     /// As [`vnni`], with AVX2/FMA/F16C.
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn avx2<const C: usize>(
+    unsafe fn avx2<const C: usize, const ADD: bool>(
         nsb: usize,
         w: *const u8,
         act: *const u8,
@@ -412,7 +431,8 @@ mod x86 {
         out_stride: usize,
     ) {
         let m4 = _mm256_set1_epi8(0x0F);
-        let mut acc = [_mm256_setzero_ps(); C];
+        // SAFETY: the output extent is the caller's contract.
+        let mut acc = unsafe { load_acc::<C, ADD>(out, out_stride) };
         for b in 0..nsb {
             // SAFETY: as in `vnni`.
             unsafe {
@@ -454,7 +474,7 @@ mod x86 {
                         tot[c] = _mm256_add_epi32(tot[c], _mm256_add_epi32(x, y));
                     }
                 }
-                finish(sb, &a, &tot, &mins, &mut acc);
+                finish(sb, &a, &tot, &mins, &mut acc, 1.0);
             }
         }
         // SAFETY: forwarded.

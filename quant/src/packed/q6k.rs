@@ -241,7 +241,8 @@ pub(super) unsafe fn gemm(
 
 /// A SIMD micro-kernel: the 8 rows of one group (`nsb` packed super-blocks at `w`) against
 /// `ncols` (1..=8) activation rows at `act`, `act_stride` bytes apart; writes the 8 sums of
-/// column `c` to `out + c·out_stride`.
+/// column `c` to `out + c·out_stride`, or adds them to what is there when `add` (a later
+/// pass over the reduction, see [`run_tiles`]).
 #[cfg(target_arch = "x86_64")]
 pub(super) type Tile = unsafe fn(
     nsb: usize,
@@ -251,15 +252,18 @@ pub(super) type Tile = unsafe fn(
     ncols: usize,
     out: *mut f32,
     out_stride: usize,
+    add: bool,
 );
 
-/// Expands a const-generic kernel `$k::<C>(nsb, w, act, act_stride, out, out_stride)` into a
-/// [`Tile`] that picks `C` (1..=8) from `ncols`.
+/// Expands a const-generic kernel `$k::<C, ADD>(nsb, w, act, act_stride, out, out_stride)`
+/// into a [`Tile`] that picks `C` (1..=8) from `ncols` and `ADD` from `add`. `ADD` is a
+/// constant so that decode's instance (`C = 1`, never adding) is the plain loop.
 #[cfg(target_arch = "x86_64")]
 macro_rules! tile_fn {
     ($name:ident, $k:ident) => {
         /// # Safety
         /// See `Tile`; the CPU has the kernel's target features.
+        #[allow(clippy::too_many_arguments)]
         pub(super) unsafe fn $name(
             nsb: usize,
             w: *const u8,
@@ -268,18 +272,28 @@ macro_rules! tile_fn {
             ncols: usize,
             out: *mut f32,
             out_stride: usize,
+            add: bool,
         ) {
+            macro_rules! pick {
+                ($add:literal) => {
+                    match ncols {
+                        1 => $k::<1, $add>(nsb, w, act, act_stride, out, out_stride),
+                        2 => $k::<2, $add>(nsb, w, act, act_stride, out, out_stride),
+                        3 => $k::<3, $add>(nsb, w, act, act_stride, out, out_stride),
+                        4 => $k::<4, $add>(nsb, w, act, act_stride, out, out_stride),
+                        5 => $k::<5, $add>(nsb, w, act, act_stride, out, out_stride),
+                        6 => $k::<6, $add>(nsb, w, act, act_stride, out, out_stride),
+                        7 => $k::<7, $add>(nsb, w, act, act_stride, out, out_stride),
+                        _ => $k::<8, $add>(nsb, w, act, act_stride, out, out_stride),
+                    }
+                };
+            }
             // SAFETY: forwarded from the Tile contract.
             unsafe {
-                match ncols {
-                    1 => $k::<1>(nsb, w, act, act_stride, out, out_stride),
-                    2 => $k::<2>(nsb, w, act, act_stride, out, out_stride),
-                    3 => $k::<3>(nsb, w, act, act_stride, out, out_stride),
-                    4 => $k::<4>(nsb, w, act, act_stride, out, out_stride),
-                    5 => $k::<5>(nsb, w, act, act_stride, out, out_stride),
-                    6 => $k::<6>(nsb, w, act, act_stride, out, out_stride),
-                    7 => $k::<7>(nsb, w, act, act_stride, out, out_stride),
-                    _ => $k::<8>(nsb, w, act, act_stride, out, out_stride),
+                if add {
+                    pick!(true)
+                } else {
+                    pick!(false)
                 }
             }
         }
@@ -288,17 +302,35 @@ macro_rules! tile_fn {
 #[cfg(target_arch = "x86_64")]
 pub(super) use tile_fn;
 
-/// Activation bytes one column block may span: the block's activations stay in L2 while
-/// every group of the matrix passes over them, and each group's weights stay in L1 while
-/// the block's columns stream past them `width` at a time.
+/// Most super-blocks of the reduction one pass covers when there are several columns. A
+/// tile's activations for one pass (8 columns · 10 · 292 bytes = 23 KiB) then stay in L1
+/// while a block of groups passes under them, whatever `n` is; whole rows of a large `n`
+/// do not (at n = 14336: 128 KiB of activations per tile, 64 KiB of Q4_K per group).
 #[cfg(target_arch = "x86_64")]
-const COLUMN_BLOCK_BYTES: usize = 256 * 1024;
+const K_CHUNK: usize = 10;
+
+/// Weight bytes (of one pass) a block of groups may span: the block stays in L2 while all
+/// tiles of columns pass over it.
+#[cfg(target_arch = "x86_64")]
+const GROUP_BLOCK_BYTES: usize = 256 * 1024;
 
 /// Runs `tile` over all groups and columns of a packed gemm (`gemm_to_ptr`'s arguments,
 /// with `nsb` super-blocks of `sb_bytes` per group and `act_bytes` per Q8_K block), at most
 /// `width` (<= 8) columns per call. The VNNI kernels use 8 (with 32 registers, the decoded
 /// weights feed twice as many `vpdpbusd`: +16 % for Q6_K at 512 tokens, +5 % for Q4_K),
 /// the AVX2 ones 4 (16 registers).
+///
+/// The loop nest (as `act_q8_0::drive`): passes over the reduction, then blocks of groups
+/// whose weights stay in L2, then tiles of columns whose activations stay in L1, then the
+/// block's groups. With several columns a pass covers at most [`K_CHUNK`] super-blocks, in
+/// equal passes of an even number of them (`q6k` lays super-blocks out in pairs, so a pass
+/// starting at an even index sees the layout of a shorter group); every pass after the
+/// first adds its partial sums to the f32 output (32 bytes per 8 rows and column, against
+/// 10 · 8 · 256 multiply-adds). One column (decode) reads each weight once, whole rows.
+///
+/// Measured at 512 tokens, one thread (Gop/s, Q4_K / Q6_K, `shape_bench`): whole rows with
+/// column blocks in L2 gave 272 / 228 at 2560 × 2560 and 232 / 158 at 4096 × 14336; passes
+/// of 10 give ~300 / ~270 at both. Passes of 6 or 14 measured the same within noise.
 ///
 /// # Safety
 /// As `packed::gemm_to_ptr` (extents checked there), and the CPU runs `tile`.
@@ -319,31 +351,44 @@ pub(super) unsafe fn run_tiles(
     out_stride: usize,
 ) {
     let gb = nsb * sb_bytes;
-    let block = (COLUMN_BLOCK_BYTES / (nsb * act_bytes)).max(width) / width * width;
-    let mut c0 = 0;
-    while c0 < ncols {
-        let end = (c0 + block).min(ncols);
-        for g in 0..ngroups {
-            let mut c = c0;
-            while c < end {
-                let nc = (end - c).min(width);
-                // SAFETY: g < ngroups and c + nc <= ncols keep the weight, activation and
-                // output extents inside what gemm_to_ptr checked / was promised.
-                unsafe {
-                    tile(
-                        nsb,
-                        w.as_ptr().add(g * gb),
-                        act.as_ptr().add(c * act_stride),
-                        act_stride,
-                        nc,
-                        out.add(c * out_stride + g * 8),
-                        out_stride,
-                    )
-                };
+    let kc = if ncols == 1 {
+        nsb
+    } else {
+        nsb.div_ceil(nsb.div_ceil(K_CHUNK)).next_multiple_of(2)
+    };
+    let mut k0 = 0;
+    while k0 < nsb {
+        let ks = (nsb - k0).min(kc);
+        let gblock = (GROUP_BLOCK_BYTES / (ks * sb_bytes)).max(1);
+        let mut g0 = 0;
+        while g0 < ngroups {
+            let g1 = (g0 + gblock).min(ngroups);
+            let mut c = 0;
+            while c < ncols {
+                let nc = (ncols - c).min(width);
+                for g in g0..g1 {
+                    // SAFETY: g < ngroups, k0 + ks <= nsb and c + nc <= ncols keep the
+                    // weight, activation and output extents inside what gemm_to_ptr
+                    // checked / was promised; k0 is even (kc is, or k0 = 0), so
+                    // super-blocks k0.. of the group have the layout of a group of ks.
+                    unsafe {
+                        tile(
+                            ks,
+                            w.as_ptr().add(g * gb + k0 * sb_bytes),
+                            act.as_ptr().add(c * act_stride + k0 * act_bytes),
+                            act_stride,
+                            nc,
+                            out.add(c * out_stride + g * 8),
+                            out_stride,
+                            k0 > 0,
+                        )
+                    };
+                }
                 c += nc;
             }
+            g0 = g1;
         }
-        c0 = end;
+        k0 += ks;
     }
 }
 
@@ -377,7 +422,7 @@ fn scalar_group(nsb: usize, w: &[u8], act: &[u8]) -> [f32; 8] {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(super) mod x86 {
     use std::arch::x86_64::*;
 
     use super::{codes, head, ACT, SCALES, UNIT};
@@ -466,12 +511,36 @@ mod x86 {
         }
     }
 
+    /// The f32 accumulators of `C` columns: zero, or the partial sums already in `out`
+    /// when `ADD` (a later pass over the reduction, see `run_tiles`).
+    ///
+    /// # Safety
+    /// As [`store`], and readable; AVX available.
+    #[inline(always)]
+    pub(in crate::packed) unsafe fn load_acc<const C: usize, const ADD: bool>(
+        out: *mut f32,
+        out_stride: usize,
+    ) -> [__m256; C] {
+        let mut acc = [_mm256_setzero_ps(); C];
+        if ADD {
+            for (c, v) in acc.iter_mut().enumerate() {
+                // SAFETY: forwarded.
+                *v = unsafe { _mm256_loadu_ps(out.add(c * out_stride)) };
+            }
+        }
+        acc
+    }
+
     /// Writes 8 row sums of `C` columns.
     ///
     /// # Safety
     /// `out + c·out_stride + 0..8` writable for `c < C`; AVX available.
     #[inline(always)]
-    unsafe fn store<const C: usize>(acc: &[__m256; C], out: *mut f32, out_stride: usize) {
+    pub(in crate::packed) unsafe fn store<const C: usize>(
+        acc: &[__m256; C],
+        out: *mut f32,
+        out_stride: usize,
+    ) {
         for (c, v) in acc.iter().enumerate() {
             // SAFETY: forwarded.
             unsafe { _mm256_storeu_ps(out.add(c * out_stride), *v) };
@@ -486,7 +555,7 @@ mod x86 {
     // The AVX-512 intrinsics are stable since Rust 1.89; this kernel only exists for the
     // `Avx512` backend, which needs that compiler anyway.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn vnni<const C: usize>(
+    unsafe fn vnni<const C: usize, const ADD: bool>(
         nsb: usize,
         w: *const u8,
         act: *const u8,
@@ -494,7 +563,8 @@ mod x86 {
         out: *mut f32,
         out_stride: usize,
     ) {
-        let mut acc = [_mm256_setzero_ps(); C];
+        // SAFETY: the output extent is the caller's contract.
+        let mut acc = unsafe { load_acc::<C, ADD>(out, out_stride) };
         for b in 0..nsb {
             // SAFETY: b < nsb keeps every pointer below inside its super-block / Q8_K block.
             unsafe {
@@ -551,7 +621,7 @@ mod x86 {
     /// # Safety
     /// As [`vnni`], with AVX2/FMA/F16C.
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn avx2<const C: usize>(
+    unsafe fn avx2<const C: usize, const ADD: bool>(
         nsb: usize,
         w: *const u8,
         act: *const u8,
@@ -559,7 +629,8 @@ mod x86 {
         out: *mut f32,
         out_stride: usize,
     ) {
-        let mut acc = [_mm256_setzero_ps(); C];
+        // SAFETY: the output extent is the caller's contract.
+        let mut acc = unsafe { load_acc::<C, ADD>(out, out_stride) };
         for b in 0..nsb {
             // SAFETY: as in `vnni`.
             unsafe {
