@@ -9,7 +9,9 @@ use super::attention::{attend_chunk, write_ring, AttnGeom};
 use super::dequant::dequantize_row;
 use super::hparams::{HParams, LayerKind};
 use super::matmul::{matmul, matmul_same_input, InputMap, MatmulPath, Product, ThreadScratch};
-use super::ops::{add_in_place, gelu_tanh, rmsnorm_rows, rope_apply, rope_tables, softcap};
+use super::ops::{
+    add_in_place, gelu_in_place, gelu_mul, rmsnorm_rows, rope_apply, rope_tables, softcap,
+};
 use super::recurrent::{conv1d_chunk, rglru_chunk};
 use super::weights::{AttentionWeights, LayerWeights, RecurrentWeights, TemporalWeights};
 use super::Model;
@@ -563,7 +565,7 @@ fn recurrent_block(
     let th = &s.threads;
     s.rg_y[..n]
         .par_chunks_mut(ELEMENTWISE_CHUNK)
-        .for_each(|c| c.iter_mut().for_each(|v| *v = gelu_tanh(*v)));
+        .for_each(gelu_in_place);
     conv1d_chunk(
         &s.rg_x[..n],
         conv_tail,
@@ -708,11 +710,7 @@ fn mlp_block(model: &Model, lw: &LayerWeights, s: &mut Scratch, t_len: usize) ->
     s.mlp_gate[..n]
         .par_chunks_mut(ELEMENTWISE_CHUNK)
         .zip(s.mlp_up[..n].par_chunks(ELEMENTWISE_CHUNK))
-        .for_each(|(gs, us)| {
-            for (g, u) in gs.iter_mut().zip(us) {
-                *g = gelu_tanh(*g) * u;
-            }
-        });
+        .for_each(|(gs, us)| gelu_mul(gs, us));
     linear(
         model,
         &lw.ffn_down,

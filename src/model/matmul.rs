@@ -388,6 +388,10 @@ pub fn matmul_same_input(
 /// Most products [`matmul_same_input`] fuses into one loop (q, k and v are three).
 const MAX_PRODUCTS: usize = 4;
 
+/// Tasks per pool thread of the packed path: enough for rayon to even out a slow thread,
+/// few enough that each task's run of groups is long.
+const TASKS_PER_THREAD: usize = 4;
+
 /// Weights repacked at load time (`super::packing`): activations are converted once into
 /// the packed kernels' format, then runs of 8-row groups of every product are spread over
 /// the pool; each kernel call handles its groups for all tokens (the kernel tiles the
@@ -451,17 +455,15 @@ fn matmul_packed(
     })
     .map_err(qerr)?;
 
-    // 2. Group runs: at batch 1 a few tasks per thread for balance; for prompts one group
-    // (8 rows) per task, its weights reused from L1 by every token tile. Task k belongs to
-    // the product whose run of task indices (prefix sums in `first_task`) contains it; no
-    // list is built, so the per-token path does not allocate.
+    // 2. Group runs, a few tasks per thread for balance. A prompt's task must span many
+    // groups: the kernels' drivers keep a block of groups in L2 while every token tile
+    // passes over it, so one group per task would stream all tokens' activations (1.5 MB
+    // at n = 2560, 8 MB at 14336) from L3 for every 8 rows. Task k belongs to the product
+    // whose run of task indices (prefix sums in `first_task`) contains it; no list is
+    // built, so the per-token path does not allocate.
     let total_groups: usize = products.iter().map(|p| p.w.rows / packed::GROUP_ROWS).sum();
-    let per_task = if n_tok == 1 {
-        let threads = rayon::current_num_threads().max(1);
-        (total_groups / (threads * 4)).clamp(1, 512)
-    } else {
-        1
-    };
+    let threads = rayon::current_num_threads().max(1);
+    let per_task = (total_groups / (threads * TASKS_PER_THREAD)).clamp(1, 512);
     let mut first_task = [0usize; MAX_PRODUCTS + 1];
     let mut outs = [SharedOut(std::ptr::null_mut()); MAX_PRODUCTS];
     for (i, p) in products.iter_mut().enumerate() {

@@ -1,20 +1,63 @@
-//! Elementwise and per-row operations of the forward pass (scalar f32).
+//! Elementwise and per-row operations of the forward pass (f32).
+//!
+//! The engine is built for baseline x86-64 (SSE2), where these loops vectorise 4 wide
+//! and `f32::clamp`/`max` scalarise. [`avx2_dispatch!`] compiles a loop a second time for
+//! AVX2 + FMA and picks that copy at run time. Rust never contracts `a * b + c` into a
+//! fused multiply-add, so both copies compute bit-identical results (tested below).
 
-/// `out = x / sqrt(mean(x^2) + eps) * weight` for each row of width `weight.len()`.
-/// `weight` is the multiplier itself (the `1 + w` of the checkpoint).
-pub fn rmsnorm_rows(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
-    let width = weight.len();
-    for (row, dst) in x.chunks_exact(width).zip(out.chunks_exact_mut(width)) {
-        let mean_sq = row.iter().map(|v| v * v).sum::<f32>() / width as f32;
-        let inv = 1.0 / (mean_sq + eps).sqrt();
-        for ((d, &v), &w) in dst.iter_mut().zip(row).zip(weight) {
-            *d = v * inv * w;
+/// Defines `pub fn $name(args)` whose body is compiled twice: for the baseline and with
+/// AVX2 + FMA enabled; the AVX2 copy runs when `Backend::detect()` (which honours
+/// `RGEMMA_SIMD=0`) has AVX2. The body must not depend on which copy runs.
+macro_rules! avx2_dispatch {
+    ($(#[$meta:meta])* pub fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+        $(#[$meta])*
+        pub fn $name($($arg: $ty),*) {
+            #[inline(always)]
+            fn generic($($arg: $ty),*) $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($arg: $ty),*) {
+                    generic($($arg),*)
+                }
+                if $crate::model::ops::use_avx2() {
+                    // SAFETY: the CPU has AVX2 and FMA (`has_avx2` implies both).
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            generic($($arg),*)
+        }
+    };
+}
+pub(super) use avx2_dispatch;
+
+/// Whether [`avx2_dispatch!`] functions run their AVX2 copy.
+#[inline]
+pub(super) fn use_avx2() -> bool {
+    #[cfg(test)]
+    if tests::PORTABLE_ONLY.load(std::sync::atomic::Ordering::Relaxed) {
+        return false;
+    }
+    rgemma_quant::dot::Backend::detect().has_avx2()
+}
+
+avx2_dispatch! {
+    /// `out = x / sqrt(mean(x^2) + eps) * weight` for each row of width `weight.len()`.
+    /// `weight` is the multiplier itself (the `1 + w` of the checkpoint).
+    pub fn rmsnorm_rows(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+        let width = weight.len();
+        for (row, dst) in x.chunks_exact(width).zip(out.chunks_exact_mut(width)) {
+            let mean_sq = row.iter().map(|v| v * v).sum::<f32>() / width as f32;
+            let inv = 1.0 / (mean_sq + eps).sqrt();
+            for ((d, &v), &w) in dst.iter_mut().zip(row).zip(weight) {
+                *d = v * inv * w;
+            }
         }
     }
 }
 
 /// GeLU, tanh approximation: `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`.
-#[inline]
+#[inline(always)]
 pub fn gelu_tanh(x: f32) -> f32 {
     const SQRT_2_OVER_PI: f32 = 0.797_884_6;
     0.5 * x * (1.0 + tanh_fast(SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)))
@@ -34,13 +77,18 @@ pub fn exp_fast(x: f32) -> f32 {
     const LN2_LO: f32 = -2.121_944_4e-4;
     const ROUND: f32 = 12_582_912.0; // 1.5 · 2^23
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * LOG2E + ROUND) - ROUND;
+    let shifted = x * LOG2E + ROUND;
+    let n = shifted - ROUND;
+    // `shifted` lies in [2^23, 2^24), where one unit is one step of the mantissa: its bits
+    // minus ROUND's are n as an integer. (`n as i32` would be a saturating conversion,
+    // which does not vectorise.)
+    let n_int = shifted.to_bits().wrapping_sub(ROUND.to_bits()) as i32;
     let r = (x - n * LN2_HI) - n * LN2_LO;
     let p = 1.0
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    p * f32::from_bits(((n_int + 127) as u32) << 23)
 }
 
 /// `tanh(x)` within 2e-7 absolute, vectorisable (see [`exp_fast`]):
@@ -57,20 +105,42 @@ pub fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + exp_fast(-x))
 }
 
-/// `cap * tanh(x / cap)`; `cap == 0` leaves the values unchanged.
-pub fn softcap(values: &mut [f32], cap: f32) {
-    if cap > 0.0 {
-        let inv = 1.0 / cap;
-        for v in values {
-            *v = cap * tanh_fast(*v * inv);
+avx2_dispatch! {
+    /// `cap * tanh(x / cap)`; `cap == 0` leaves the values unchanged.
+    pub fn softcap(values: &mut [f32], cap: f32) {
+        if cap > 0.0 {
+            let inv = 1.0 / cap;
+            for v in values {
+                *v = cap * tanh_fast(*v * inv);
+            }
         }
     }
 }
 
-/// `acc += x` elementwise.
-pub fn add_in_place(acc: &mut [f32], x: &[f32]) {
-    for (a, v) in acc.iter_mut().zip(x) {
-        *a += v;
+avx2_dispatch! {
+    /// `gate = gelu_tanh(gate) · up` elementwise (the MLP's gated activation).
+    pub fn gelu_mul(gate: &mut [f32], up: &[f32]) {
+        for (g, u) in gate.iter_mut().zip(up) {
+            *g = gelu_tanh(*g) * u;
+        }
+    }
+}
+
+avx2_dispatch! {
+    /// `values = gelu_tanh(values)` elementwise.
+    pub fn gelu_in_place(values: &mut [f32]) {
+        for v in values {
+            *v = gelu_tanh(*v);
+        }
+    }
+}
+
+avx2_dispatch! {
+    /// `acc += x` elementwise.
+    pub fn add_in_place(acc: &mut [f32], x: &[f32]) {
+        for (a, v) in acc.iter_mut().zip(x) {
+            *a += v;
+        }
     }
 }
 
@@ -109,8 +179,55 @@ pub fn rope_apply(head: &mut [f32], cos: &[f32], sin: &[f32]) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
+
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Mutex;
+
+    /// Set by [`both_copies`] to run the portable copy of `avx2_dispatch!` functions, in
+    /// every thread (the ops run on the rayon pool). Other tests running meanwhile may
+    /// see it too, which is harmless because the copies agree bit for bit.
+    pub(in crate::model) static PORTABLE_ONLY: AtomicBool = AtomicBool::new(false);
+    static BOTH_COPIES: Mutex<()> = Mutex::new(());
+
+    /// `f()` with the portable copies, then with the dispatched (AVX2 where present) ones.
+    pub(in crate::model) fn both_copies<R>(f: impl Fn() -> R) -> (R, R) {
+        let _one_at_a_time = BOTH_COPIES.lock().unwrap_or_else(|e| e.into_inner());
+        PORTABLE_ONLY.store(true, Ordering::Relaxed);
+        let portable = f();
+        PORTABLE_ONLY.store(false, Ordering::Relaxed);
+        (portable, f())
+    }
+
+    #[test]
+    fn avx2_copies_are_bit_identical() {
+        let mut seed = 7u32;
+        let mut next = || {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (seed >> 8) as f32 / (1u32 << 24) as f32 * 40.0 - 20.0
+        };
+        // 1003 values: vector bodies and scalar tails; +-20 covers saturation of tanh.
+        let x: Vec<f32> = (0..1003).map(|_| next()).collect();
+        let y: Vec<f32> = (0..1003).map(|_| next()).collect();
+        let bits = |v: Vec<f32>| v.iter().map(|f| f.to_bits()).collect::<Vec<u32>>();
+        let run = |op: &dyn Fn(&mut Vec<f32>)| {
+            let (a, b) = both_copies(|| {
+                let mut v = x.clone();
+                op(&mut v);
+                v
+            });
+            assert_eq!(bits(a), bits(b));
+        };
+        run(&|v| softcap(v, 30.0));
+        run(&|v| gelu_mul(v, &y));
+        run(&|v| gelu_in_place(v));
+        run(&|v| add_in_place(v, &y));
+        run(&|v| {
+            let src = v.clone();
+            rmsnorm_rows(&src[..1000], &y[..250], 1e-6, &mut v[..1000]);
+        });
+    }
 
     #[test]
     fn rmsnorm_matches_formula() {

@@ -4,7 +4,7 @@
 
 use rayon::prelude::*;
 
-use super::ops::{exp_fast, sigmoid};
+use super::ops::{add_in_place, avx2_dispatch, exp_fast, sigmoid};
 
 /// Causal depthwise conv over a chunk.
 ///
@@ -17,23 +17,19 @@ pub fn conv1d_chunk(x: &[f32], tail: &mut [f32], w: &[f32], b: &[f32], out: &mut
     let k = w.len() / l;
     let t_len = x.len() / l;
     let hist = k - 1;
-    // Input row j of the chunk; negative j reaches into the tail.
-    let input = |j: isize, c: usize, tail: &[f32]| -> f32 {
-        if j >= 0 {
-            x[j as usize * l + c]
-        } else {
-            tail[(hist as isize + j) as usize * l + c]
-        }
-    };
     for t in 0..t_len {
-        for c in 0..l {
-            // Same order as the reference: current tap first, bias last.
-            let mut acc = 0.0f32;
-            for shift in 0..k {
-                acc += input(t as isize - shift as isize, c, tail) * w[(hist - shift) * l + c];
-            }
-            out[t * l + c] = acc + b[c];
+        let o = &mut out[t * l..(t + 1) * l];
+        o.fill(0.0);
+        // Same order as the reference: current tap first, bias last.
+        for shift in 0..k {
+            // Input row t - shift of the chunk; before the chunk it is in the tail.
+            let input = match t.checked_sub(shift) {
+                Some(j) => &x[j * l..(j + 1) * l],
+                None => &tail[(hist + t - shift) * l..(hist + t - shift + 1) * l],
+            };
+            conv_tap(o, input, &w[(hist - shift) * l..(hist - shift + 1) * l]);
         }
+        add_in_place(o, b);
     }
     // New tail = last K-1 rows of [tail; x].
     if hist == 0 {
@@ -95,27 +91,57 @@ pub fn rglru_chunk(
                     std::slice::from_raw_parts_mut(out_ptr.ptr().add(row + cs.start), cs.len())
                 };
                 if first_pos + t == 0 {
-                    for (((hc, o), &x), &gx) in h_part.iter_mut().zip(out).zip(x).zip(gx) {
-                        *hc = x * sigmoid(gx);
-                        *o = *hc;
-                    }
-                    continue;
-                }
-                // Branch-free and libm-free so that it vectorises across channels.
-                let sp = &softplus_a[cs.clone()];
-                for (((((hc, o), &x), &gx), &ga), &sp) in
-                    h_part.iter_mut().zip(out).zip(x).zip(gx).zip(ga).zip(sp)
-                {
-                    let gated = x * sigmoid(gx);
-                    let log_a = -8.0 * sigmoid(ga) * sp;
-                    let a = exp_fast(log_a);
-                    // 1 - a² as the reference computes it (1 - exp(2 log_a)).
-                    let multiplier = (1.0 - exp_fast(2.0 * log_a)).max(0.0).sqrt();
-                    *hc = a * *hc + gated * multiplier;
-                    *o = *hc;
+                    rglru_reset(h_part, out, x, gx);
+                } else {
+                    rglru_step(h_part, out, x, gx, ga, &softplus_a[cs.clone()]);
                 }
             }
         });
+}
+
+avx2_dispatch! {
+    /// `acc += input · w` elementwise (one tap of the depthwise conv).
+    pub fn conv_tap(acc: &mut [f32], input: &[f32], w: &[f32]) {
+        for ((a, &v), &wv) in acc.iter_mut().zip(input).zip(w) {
+            *a += v * wv;
+        }
+    }
+}
+
+avx2_dispatch! {
+    /// The RG-LRU step at position 0 for a run of channels: the state resets to the gated
+    /// input (`m = 1`, the previous `h` ignored).
+    pub fn rglru_reset(h: &mut [f32], out: &mut [f32], x: &[f32], gate_x: &[f32]) {
+        for (((hc, o), &x), &gx) in h.iter_mut().zip(out).zip(x).zip(gate_x) {
+            *hc = x * sigmoid(gx);
+            *o = *hc;
+        }
+    }
+}
+
+avx2_dispatch! {
+    /// One RG-LRU step for a run of channels (see [`rglru_chunk`]); branch-free and
+    /// libm-free so that it vectorises across channels.
+    pub fn rglru_step(
+        h: &mut [f32],
+        out: &mut [f32],
+        x: &[f32],
+        gate_x: &[f32],
+        gate_a: &[f32],
+        softplus_a: &[f32],
+    ) {
+        for (((((hc, o), &x), &gx), &ga), &sp) in
+            h.iter_mut().zip(out).zip(x).zip(gate_x).zip(gate_a).zip(softplus_a)
+        {
+            let gated = x * sigmoid(gx);
+            let log_a = -8.0 * sigmoid(ga) * sp;
+            let a = exp_fast(log_a);
+            // 1 - a² as the reference computes it (1 - exp(2 log_a)).
+            let multiplier = (1.0 - exp_fast(2.0 * log_a)).max(0.0).sqrt();
+            *hc = a * *hc + gated * multiplier;
+            *o = *hc;
+        }
+    }
 }
 
 /// RG-LRU channels per parallel task.
@@ -268,5 +294,32 @@ mod tests {
         for c in 0..l {
             assert_eq!(out[c], x[c] * sigmoid(gx[c]));
         }
+    }
+
+    #[test]
+    fn avx2_copies_are_bit_identical() {
+        // 300 channels (vector bodies and a tail), 3 chunks of 7 steps, 4 conv taps.
+        let (l, n, k) = (300usize, 21usize, 4usize);
+        let mut s = 5u64;
+        let mut v = |len: usize, scale: f32| -> Vec<f32> {
+            (0..len).map(|_| scale * lcg(&mut s)).collect()
+        };
+        let (x, gx, ga) = (v(n * l, 3.0), v(n * l, 4.0), v(n * l, 4.0));
+        let (w, b, sp) = (v(k * l, 1.0), v(l, 1.0), v(l, 2.0));
+        let run = || {
+            let mut h = vec![0.0f32; l];
+            let mut tail = vec![0.0f32; (k - 1) * l];
+            let (mut conv, mut out) = (vec![0.0f32; n * l], vec![0.0f32; n * l]);
+            for c in 0..3 {
+                let r = c * 7 * l..(c + 1) * 7 * l;
+                conv1d_chunk(&x[r.clone()], &mut tail, &w, &b, &mut conv[r.clone()]);
+                let (cx, o) = (&conv[r.clone()], &mut out[r.clone()]);
+                rglru_chunk(cx, &gx[r.clone()], &ga[r.clone()], &sp, &mut h, c * 7, o);
+            }
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<u32>>();
+            (bits(&conv), bits(&out), bits(&h))
+        };
+        let (portable, dispatched) = super::super::ops::tests::both_copies(run);
+        assert!(portable == dispatched, "AVX2 and portable copies differ");
     }
 }
