@@ -27,6 +27,7 @@ mod q4_0;
 mod q4k;
 mod q6k;
 mod q8_0;
+mod tiles;
 
 use crate::dot::Backend;
 use crate::{GgmlType, QuantError};

@@ -29,7 +29,7 @@
 //! and convert once per super-block: `d·d_a·Σ_j s_j·Σ q·a − dmin·d_a·Σ_j m_j·bsum32_j`,
 //! the mins term from the Q8_K block sums with `pmaddwd`. Sizes: `|Σ q·a| ≤ 32·15·128`
 //! per sub-block, times `s ≤ 63`, summed over 8 sub-blocks: below 2^28. The tiles are 8 rows
-//! × up to 8 columns (VNNI) or 4 (AVX2), driven by `q6k::run_tiles`.
+//! × up to 8 columns (VNNI) or 4 (AVX2), driven by `tiles::run_tiles`.
 
 use crate::dot::Backend;
 use crate::GgmlType;
@@ -123,14 +123,14 @@ pub(super) unsafe fn gemm(
     #[cfg(target_arch = "x86_64")]
     if backend.has_avx2() {
         let (tile, width) = if backend == Backend::Avx512 {
-            (x86::tile_vnni as super::q6k::Tile, 8)
+            (x86::tile_vnni as super::tiles::Tile, 8)
         } else {
-            (x86::tile_avx2 as super::q6k::Tile, 4)
+            (x86::tile_avx2 as super::tiles::Tile, 4)
         };
         // SAFETY: the backend is usable (mod.rs maps others to Scalar), so the CPU has the
         // features the tile needs; extents are the caller's contract.
         unsafe {
-            super::q6k::run_tiles(
+            super::tiles::run_tiles(
                 tile, width, nsb, SB, ACT, w, ngroups, act, act_stride, ncols, out, out_stride,
             )
         };
@@ -185,7 +185,7 @@ fn scalar_group(nsb: usize, w: &[u8], act: &[u8]) -> [f32; 8] {
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::super::q6k::x86::{load_acc, store};
+    use super::super::tiles::{load_acc, store};
     use super::{ACT, CODES, DMIN, SB, SCALES};
 
     /// Reads 4 activation bytes as one i32 and broadcasts them to the 8 lanes.
@@ -481,6 +481,6 @@ mod x86 {
         unsafe { store(&acc, out, out_stride) };
     }
 
-    super::super::q6k::tile_fn!(tile_vnni, vnni);
-    super::super::q6k::tile_fn!(tile_avx2, avx2);
+    super::super::tiles::tile_fn!(tile_vnni, vnni);
+    super::super::tiles::tile_fn!(tile_avx2, avx2);
 }

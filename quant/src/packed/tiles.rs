@@ -1,0 +1,186 @@
+//! The tile driver of the packed K-quant and float kernels: it walks a packed gemm in
+//! passes over the reduction, blocks of groups that stay in L2 and tiles of up to 8
+//! activation columns that stay in L1, and calls a type's micro-kernel ([`Tile`]) on each.
+//! (Q4_0 and Q8_0 have their own driver in `act_q8_0`.)
+#![cfg(target_arch = "x86_64")]
+
+use std::arch::x86_64::*;
+
+/// A SIMD micro-kernel: the 8 rows of one group (`nsb` packed super-blocks at `w`) against
+/// `ncols` (1..=8) activation rows at `act`, `act_stride` bytes apart; writes the 8 sums of
+/// column `c` to `out + c·out_stride`, or adds them to what is there when `add` (a later
+/// pass over the reduction, see [`run_tiles`]).
+pub(super) type Tile = unsafe fn(
+    nsb: usize,
+    w: *const u8,
+    act: *const u8,
+    act_stride: usize,
+    ncols: usize,
+    out: *mut f32,
+    out_stride: usize,
+    add: bool,
+);
+
+/// Expands a const-generic kernel `$k::<C, ADD>(nsb, w, act, act_stride, out, out_stride)`
+/// into a [`Tile`] that picks `C` (1..=8) from `ncols` and `ADD` from `add`. `ADD` is a
+/// constant so that decode's instance (`C = 1`, never adding) is the plain loop.
+macro_rules! tile_fn {
+    ($name:ident, $k:ident) => {
+        /// # Safety
+        /// See `Tile`; the CPU has the kernel's target features.
+        #[allow(clippy::too_many_arguments)]
+        pub(super) unsafe fn $name(
+            nsb: usize,
+            w: *const u8,
+            act: *const u8,
+            act_stride: usize,
+            ncols: usize,
+            out: *mut f32,
+            out_stride: usize,
+            add: bool,
+        ) {
+            macro_rules! pick {
+                ($add:literal) => {
+                    match ncols {
+                        1 => $k::<1, $add>(nsb, w, act, act_stride, out, out_stride),
+                        2 => $k::<2, $add>(nsb, w, act, act_stride, out, out_stride),
+                        3 => $k::<3, $add>(nsb, w, act, act_stride, out, out_stride),
+                        4 => $k::<4, $add>(nsb, w, act, act_stride, out, out_stride),
+                        5 => $k::<5, $add>(nsb, w, act, act_stride, out, out_stride),
+                        6 => $k::<6, $add>(nsb, w, act, act_stride, out, out_stride),
+                        7 => $k::<7, $add>(nsb, w, act, act_stride, out, out_stride),
+                        _ => $k::<8, $add>(nsb, w, act, act_stride, out, out_stride),
+                    }
+                };
+            }
+            // SAFETY: forwarded from the Tile contract.
+            unsafe {
+                if add {
+                    pick!(true)
+                } else {
+                    pick!(false)
+                }
+            }
+        }
+    };
+}
+pub(super) use tile_fn;
+
+/// Most super-blocks of the reduction one pass covers when there are several columns. A
+/// tile's activations for one pass (8 columns · 10 · 292 bytes = 23 KiB) then stay in L1
+/// while a block of groups passes under them, whatever `n` is; whole rows of a large `n`
+/// do not (at n = 14336: 128 KiB of activations per tile, 64 KiB of Q4_K per group).
+const K_CHUNK: usize = 10;
+
+/// Weight bytes (of one pass) a block of groups may span: the block stays in L2 while all
+/// tiles of columns pass over it.
+const GROUP_BLOCK_BYTES: usize = 256 * 1024;
+
+/// Runs `tile` over all groups and columns of a packed gemm (`gemm_to_ptr`'s arguments,
+/// with `nsb` super-blocks of `sb_bytes` per group and `act_bytes` per Q8_K block), at most
+/// `width` (<= 8) columns per call. The VNNI kernels use 8 (with 32 registers, the decoded
+/// weights feed twice as many `vpdpbusd`: +16 % for Q6_K at 512 tokens, +5 % for Q4_K),
+/// the AVX2 ones 4 (16 registers).
+///
+/// The loop nest (as `act_q8_0::drive`): passes over the reduction, then blocks of groups
+/// whose weights stay in L2, then tiles of columns whose activations stay in L1, then the
+/// block's groups. With several columns a pass covers at most [`K_CHUNK`] super-blocks, in
+/// equal passes of an even number of them (`q6k` lays super-blocks out in pairs, so a pass
+/// starting at an even index sees the layout of a shorter group); every pass after the
+/// first adds its partial sums to the f32 output (32 bytes per 8 rows and column, against
+/// 10 · 8 · 256 multiply-adds). One column (decode) reads each weight once, whole rows.
+///
+/// Measured at 512 tokens, one thread (Gop/s, Q4_K / Q6_K, `shape_bench`): whole rows with
+/// column blocks in L2 gave 272 / 228 at 2560 × 2560 and 232 / 158 at 4096 × 14336; passes
+/// of 10 give ~300 / ~270 at both. Passes of 6 or 14 measured the same within noise.
+///
+/// # Safety
+/// As `packed::gemm_to_ptr` (extents checked there), and the CPU runs `tile`.
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn run_tiles(
+    tile: Tile,
+    width: usize,
+    nsb: usize,
+    sb_bytes: usize,
+    act_bytes: usize,
+    w: &[u8],
+    ngroups: usize,
+    act: &[u8],
+    act_stride: usize,
+    ncols: usize,
+    out: *mut f32,
+    out_stride: usize,
+) {
+    let gb = nsb * sb_bytes;
+    let kc = if ncols == 1 {
+        nsb
+    } else {
+        nsb.div_ceil(nsb.div_ceil(K_CHUNK)).next_multiple_of(2)
+    };
+    let mut k0 = 0;
+    while k0 < nsb {
+        let ks = (nsb - k0).min(kc);
+        let gblock = (GROUP_BLOCK_BYTES / (ks * sb_bytes)).max(1);
+        let mut g0 = 0;
+        while g0 < ngroups {
+            let g1 = (g0 + gblock).min(ngroups);
+            let mut c = 0;
+            while c < ncols {
+                let nc = (ncols - c).min(width);
+                for g in g0..g1 {
+                    // SAFETY: g < ngroups, k0 + ks <= nsb and c + nc <= ncols keep the
+                    // weight, activation and output extents inside what gemm_to_ptr
+                    // checked / was promised; k0 is even (kc is, or k0 = 0), so
+                    // super-blocks k0.. of the group have the layout of a group of ks.
+                    unsafe {
+                        tile(
+                            ks,
+                            w.as_ptr().add(g * gb + k0 * sb_bytes),
+                            act.as_ptr().add(c * act_stride + k0 * act_bytes),
+                            act_stride,
+                            nc,
+                            out.add(c * out_stride + g * 8),
+                            out_stride,
+                            k0 > 0,
+                        )
+                    };
+                }
+                c += nc;
+            }
+            g0 = g1;
+        }
+        k0 += ks;
+    }
+}
+
+/// The f32 accumulators of `C` columns: zero, or the partial sums already in `out`
+/// when `ADD` (a later pass over the reduction, see `run_tiles`).
+///
+/// # Safety
+/// As [`store`], and readable; AVX available.
+#[inline(always)]
+pub(super) unsafe fn load_acc<const C: usize, const ADD: bool>(
+    out: *mut f32,
+    out_stride: usize,
+) -> [__m256; C] {
+    let mut acc = [_mm256_setzero_ps(); C];
+    if ADD {
+        for (c, v) in acc.iter_mut().enumerate() {
+            // SAFETY: forwarded.
+            *v = unsafe { _mm256_loadu_ps(out.add(c * out_stride)) };
+        }
+    }
+    acc
+}
+
+/// Writes 8 row sums of `C` columns.
+///
+/// # Safety
+/// `out + c·out_stride + 0..8` writable for `c < C`; AVX available.
+#[inline(always)]
+pub(super) unsafe fn store<const C: usize>(acc: &[__m256; C], out: *mut f32, out_stride: usize) {
+    for (c, v) in acc.iter().enumerate() {
+        // SAFETY: forwarded.
+        unsafe { _mm256_storeu_ps(out.add(c * out_stride), *v) };
+    }
+}
