@@ -561,7 +561,14 @@ fn recurrent_block(
             out: &mut s.rg_x[..n],
         },
     ];
-    matmul_same_input(&mut products, &s.norm, hp.hidden, t_len, &s.threads)?;
+    matmul_same_input(
+        &mut products,
+        InputMap::Dense,
+        &s.norm,
+        hp.hidden,
+        t_len,
+        &s.threads,
+    )?;
     let th = &s.threads;
     s.rg_y[..n]
         .par_chunks_mut(ELEMENTWISE_CHUNK)
@@ -577,23 +584,22 @@ fn recurrent_block(
     let blocks = InputMap::BlockDiag {
         out_per_block: hp.gate_block_width(),
     };
-    for (gate, bias, out) in [
-        (&rw.input_gate, &rw.input_gate_bias, &mut s.rg_gate_x),
-        (&rw.a_gate, &rw.a_gate_bias, &mut s.rg_gate_a),
-    ] {
-        let data = gate.data(model.gguf());
-        matmul(
-            gate,
-            data,
-            blocks,
-            &s.rg_conv,
-            l,
-            t_len,
-            Some(bias),
-            &mut out[..n],
-            th,
-        )?;
-    }
+    // Both gates read the conv output: one conversion, one parallel loop when packed.
+    let mut gates = [
+        Product {
+            w: &rw.input_gate,
+            wdata: rw.input_gate.data(file),
+            bias: Some(&rw.input_gate_bias),
+            out: &mut s.rg_gate_x[..n],
+        },
+        Product {
+            w: &rw.a_gate,
+            wdata: rw.a_gate.data(file),
+            bias: Some(&rw.a_gate_bias),
+            out: &mut s.rg_gate_a[..n],
+        },
+    ];
+    matmul_same_input(&mut gates, blocks, &s.rg_conv, l, t_len, th)?;
     // The scan output replaces linear_x (no longer needed), then merges with the GeLU branch.
     rglru_chunk(
         &s.rg_conv[..n],
@@ -645,7 +651,14 @@ fn attention_block(
             bias: None,
             out: &mut out[..t_len * w.rows],
         });
-    matmul_same_input(&mut products, &s.norm, hp.hidden, t_len, &s.threads)?;
+    matmul_same_input(
+        &mut products,
+        InputMap::Dense,
+        &s.norm,
+        hp.hidden,
+        t_len,
+        &s.threads,
+    )?;
     let th = &s.threads;
     for t in 0..t_len {
         let cos = &s.rope_cos[t * half..(t + 1) * half];
@@ -701,6 +714,7 @@ fn mlp_block(model: &Model, lw: &LayerWeights, s: &mut Scratch, t_len: usize) ->
     ];
     matmul_same_input(
         &mut products,
+        InputMap::Dense,
         &s.norm,
         model.hparams().hidden,
         t_len,

@@ -181,14 +181,14 @@ pub fn matmul(
         )));
     }
     match scratch.path {
-        MatmulPath::Kernels(backend) if map == InputMap::Dense && w.packed.is_some() => {
+        MatmulPath::Kernels(backend) if packed_fits(w, map) => {
             let mut one = [Product {
                 w,
                 wdata,
                 bias,
                 out,
             }];
-            matmul_packed(backend, &mut one, x, x_stride, n_tok, scratch)
+            matmul_packed(backend, &mut one, map, x, x_stride, n_tok, scratch)
         }
         MatmulPath::Kernels(backend) if kernel_fits(w, map) => matmul_kernels(
             backend, w, wdata, map, x, x_stride, n_tok, bias, out, scratch,
@@ -203,6 +203,21 @@ fn input_width(w: &Matrix, map: InputMap) -> usize {
         InputMap::Dense => w.cols,
         InputMap::BlockDiag { out_per_block } => w.rows.div_ceil(out_per_block.max(1)) * w.cols,
     }
+}
+
+/// Whether `w` is packed and its groups fit `map`: every block-diagonal block is a whole
+/// number of groups and starts on an activation block of the packed kernels.
+fn packed_fits(w: &Matrix, map: InputMap) -> bool {
+    w.packed.is_some()
+        && match map {
+            InputMap::Dense => true,
+            InputMap::BlockDiag { out_per_block } => {
+                out_per_block > 0
+                    && out_per_block.is_multiple_of(packed::GROUP_ROWS)
+                    && w.rows.is_multiple_of(out_per_block)
+                    && w.cols.is_multiple_of(packed::block_values(w.ty))
+            }
+        }
 }
 
 /// Whether the kernel path handles this matrix: a dot kernel exists for its type, and each
@@ -349,9 +364,11 @@ pub struct Product<'a> {
 /// Several dense products of the same input (gate and up of the MLP, x and y of the
 /// recurrent block, q/k/v): when they are all packed with one type, the input is converted
 /// once and all their row groups share one parallel loop (one synchronisation instead of
-/// several, and better balance at batch 1). Otherwise each goes through [`matmul`].
+/// several, and better balance at batch 1). Otherwise each goes through [`matmul`]. All
+/// products read the input through `map`.
 pub fn matmul_same_input(
     products: &mut [Product<'_>],
+    map: InputMap,
     x: &[f32],
     x_stride: usize,
     n_tok: usize,
@@ -362,19 +379,11 @@ pub fn matmul_same_input(
         && products.len() <= MAX_PRODUCTS
         && products
             .iter()
-            .all(|p| p.w.packed.is_some() && Some((p.w.ty, p.w.cols)) == first);
+            .all(|p| packed_fits(p.w, map) && Some((p.w.ty, p.w.cols)) == first);
     if !fused {
         for p in products.iter_mut() {
             matmul(
-                p.w,
-                p.wdata,
-                InputMap::Dense,
-                x,
-                x_stride,
-                n_tok,
-                p.bias,
-                p.out,
-                scratch,
+                p.w, p.wdata, map, x, x_stride, n_tok, p.bias, p.out, scratch,
             )?;
         }
         return Ok(());
@@ -382,7 +391,7 @@ pub fn matmul_same_input(
     let MatmulPath::Kernels(backend) = scratch.path else {
         unreachable!("checked above");
     };
-    matmul_packed(backend, products, x, x_stride, n_tok, scratch)
+    matmul_packed(backend, products, map, x, x_stride, n_tok, scratch)
 }
 
 /// Most products [`matmul_same_input`] fuses into one loop (q, k and v are three).
@@ -395,10 +404,12 @@ const TASKS_PER_THREAD: usize = 4;
 /// Weights repacked at load time (`super::packing`): activations are converted once into
 /// the packed kernels' format, then runs of 8-row groups of every product are spread over
 /// the pool; each kernel call handles its groups for all tokens (the kernel tiles the
-/// tokens). All products have the same type and width (checked by the callers).
+/// tokens). All products have the same type and width and fit `map` (checked by the
+/// callers with [`packed_fits`]).
 fn matmul_packed(
     backend: Backend,
     products: &mut [Product<'_>],
+    map: InputMap,
     x: &[f32],
     x_stride: usize,
     n_tok: usize,
@@ -414,24 +425,28 @@ fn matmul_packed(
             products.len()
         )));
     }
+    // Every product has the same width, so the same input width.
+    let x_width = input_width(first.w, map);
     for p in products.iter() {
         let w = p.w;
-        let ok = w.packed.as_deref().is_some_and(|pk| {
-            pk.ngroups * packed::GROUP_ROWS == w.rows
-                && pk.bytes().len() >= pk.ngroups * pk.group_bytes
-        });
+        let ok = packed_fits(w, map)
+            && w.packed.as_deref().is_some_and(|pk| {
+                pk.ngroups * packed::GROUP_ROWS == w.rows
+                    && pk.bytes().len() >= pk.ngroups * pk.group_bytes
+            });
         let x_needed = if n_tok == 0 {
             0
         } else {
-            (n_tok - 1) * x_stride + cols
+            (n_tok - 1) * x_stride + x_width
         };
         if !ok
             || w.ty != ty
             || w.cols != cols
+            || input_width(w, map) != x_width
             || p.out.len() < n_tok * w.rows
             || x.len() < x_needed
             || p.bias.is_some_and(|b| b.len() < w.rows)
-            || (n_tok > 1 && x_stride < cols)
+            || (n_tok > 1 && x_stride < x_width)
         {
             return Err(Error::InvalidArgument(format!(
                 "matmul {}: shapes do not fit the packed path ({}x{}, {n_tok} tokens)",
@@ -443,7 +458,9 @@ fn matmul_packed(
         return Ok(());
     }
     let qerr = |e: rgemma_quant::QuantError| Error::Format(format!("matmul ({ty}): {e}"));
-    let act_row = packed::activation_row_bytes(ty, cols).map_err(qerr)?;
+    let act_row = packed::activation_row_bytes(ty, x_width).map_err(qerr)?;
+    // Activation bytes of one block-diagonal block's slice (its offset step).
+    let act_block = packed::activation_row_bytes(ty, cols).map_err(qerr)?;
 
     // 1. Every token's input, converted once into the reused buffer.
     let mut act_buf = scratch
@@ -451,24 +468,31 @@ fn matmul_packed(
         .lock()
         .unwrap_or_else(|e| e.into_inner());
     let act = convert_rows(&mut act_buf, n_tok, act_row, |t, dst| {
-        packed::quantize_activation(backend, ty, &x[t * x_stride..t * x_stride + cols], dst)
+        packed::quantize_activation(backend, ty, &x[t * x_stride..t * x_stride + x_width], dst)
     })
     .map_err(qerr)?;
 
     // 2. Group runs, a few tasks per thread for balance. A prompt's task must span many
     // groups: the kernels' drivers keep a block of groups in L2 while every token tile
     // passes over it, so one group per task would stream all tokens' activations (1.5 MB
-    // at n = 2560, 8 MB at 14336) from L3 for every 8 rows. Task k belongs to the product
-    // whose run of task indices (prefix sums in `first_task`) contains it; no list is
-    // built, so the per-token path does not allocate.
+    // at n = 2560, 8 MB at 14336) from L3 for every 8 rows. A run never crosses a
+    // block-diagonal block (a *span* of groups reading one input slice; a dense matrix is
+    // one span). Task k belongs to the product whose run of task indices (prefix sums in
+    // `first_task`) contains it; no list is built, so the per-token path does not allocate.
     let total_groups: usize = products.iter().map(|p| p.w.rows / packed::GROUP_ROWS).sum();
     let threads = rayon::current_num_threads().max(1);
-    let per_task = (total_groups / (threads * TASKS_PER_THREAD)).clamp(1, 512);
+    let span_groups = |rows: usize| match map {
+        InputMap::Dense => rows / packed::GROUP_ROWS,
+        InputMap::BlockDiag { out_per_block } => out_per_block / packed::GROUP_ROWS,
+    };
+    let per_task = (total_groups / (threads * TASKS_PER_THREAD))
+        .clamp(1, 512)
+        .min(span_groups(first.w.rows));
     let mut first_task = [0usize; MAX_PRODUCTS + 1];
     let mut outs = [SharedOut(std::ptr::null_mut()); MAX_PRODUCTS];
     for (i, p) in products.iter_mut().enumerate() {
-        let ngroups = p.w.rows / packed::GROUP_ROWS;
-        first_task[i + 1] = first_task[i] + ngroups.div_ceil(per_task);
+        let (ngroups, span) = (p.w.rows / packed::GROUP_ROWS, span_groups(p.w.rows));
+        first_task[i + 1] = first_task[i] + ngroups / span * span.div_ceil(per_task);
         outs[i] = SharedOut(p.out.as_mut_ptr());
     }
     let n_products = products.len();
@@ -483,9 +507,17 @@ fn matmul_packed(
             let (w, pk) = (p.w, p.w.packed.as_deref().expect("checked above"));
             let rows = w.rows;
             let gb = pk.group_bytes;
-            let g0 = (task - first_task[i]) * per_task;
-            let g1 = (g0 + per_task).min(rows / packed::GROUP_ROWS);
+            let span = span_groups(rows);
+            let tasks_per_span = span.div_ceil(per_task);
+            let local = task - first_task[i];
+            let (s, k) = (local / tasks_per_span, local % tasks_per_span);
+            let g0 = s * span + k * per_task;
+            let g1 = (g0 + per_task).min((s + 1) * span);
             let (r0, r1) = (g0 * packed::GROUP_ROWS, g1 * packed::GROUP_ROWS);
+            let in_off = match map {
+                InputMap::Dense => 0,
+                InputMap::BlockDiag { .. } => s * act_block,
+            };
             let out = outs[i];
             // SAFETY: rows r0..r1 <= rows and tokens < n_tok of this product's output
             // (checked above to hold n_tok * rows values) are written only by this task.
@@ -496,7 +528,7 @@ fn matmul_packed(
                     cols,
                     &pk.bytes()[g0 * gb..g1 * gb],
                     g1 - g0,
-                    act,
+                    &act[in_off..],
                     act_row,
                     n_tok,
                     out.ptr().add(r0),
@@ -748,6 +780,81 @@ mod tests {
                                     "{ty} {path:?} {map:?} t{t} r{r}: {got} vs {want}"
                                 );
                             }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The packed path with a block-diagonal map (blocks of 2 groups) and two fused
+    /// products against the stored layout's kernels on the same weights: every token of
+    /// 1, 5 and 17, every backend. Float weights are multiplied in f32 by both, so they
+    /// agree to f32 rounding; Q8_0 sees the same 8-bit activations in both.
+    #[test]
+    fn packed_block_diagonal_and_fused_products_match_the_stored_layout() {
+        use rgemma_quant::quantize_row;
+        let (blocks, out_per_block, cols) = (3usize, 16usize, 64usize);
+        let rows = blocks * out_per_block;
+        let map = InputMap::BlockDiag { out_per_block };
+        let width = blocks * cols;
+        for ty in [GgmlType::F16, GgmlType::BF16, GgmlType::Q8_0] {
+            let row_bytes = ty.row_size(cols as u64).unwrap() as usize;
+            let weights = |seed: u32| {
+                let mut data = vec![0u8; rows * row_bytes];
+                quantize_row(ty, &values(rows * cols, seed), &mut data).unwrap();
+                data
+            };
+            let (d1, d2) = (weights(21), weights(22));
+            let stored = matrix(ty, rows, cols);
+            let packed_of = |data: &[u8]| {
+                let mut m = matrix(ty, rows, cols);
+                m.packed = Some(std::sync::Arc::new(
+                    super::super::packing::pack_matrix(&m, data).unwrap(),
+                ));
+                m
+            };
+            let (p1, p2) = (packed_of(&d1), packed_of(&d2));
+            let b = values(rows, 23);
+            for backend in Backend::all_available() {
+                let mut scratch = ThreadScratch::new(rayon::current_num_threads(), cols);
+                scratch.set_path(MatmulPath::Kernels(backend));
+                for n_tok in [1usize, 5, 17] {
+                    let x = values(n_tok * width, 24 + n_tok as u32);
+                    let run = |m: &Matrix, data: &[u8], bias: Option<&[f32]>| {
+                        let mut out = vec![0.0; n_tok * rows];
+                        matmul(m, data, map, &x, width, n_tok, bias, &mut out, &scratch).unwrap();
+                        out
+                    };
+                    let (want1, want2) = (run(&stored, &d1, Some(&b)), run(&stored, &d2, None));
+                    assert_eq!(run(&p1, &d1, Some(&b)).len(), want1.len());
+                    let (mut got1, mut got2) = (vec![0.0; n_tok * rows], vec![0.0; n_tok * rows]);
+                    let mut products = [
+                        Product {
+                            w: &p1,
+                            wdata: &d1,
+                            bias: Some(&b),
+                            out: &mut got1,
+                        },
+                        Product {
+                            w: &p2,
+                            wdata: &d2,
+                            bias: None,
+                            out: &mut got2,
+                        },
+                    ];
+                    matmul_same_input(&mut products, map, &x, width, n_tok, &scratch).unwrap();
+                    let single = run(&p1, &d1, Some(&b));
+                    for (name, got, want) in [
+                        ("fused 1", &got1, &want1),
+                        ("fused 2", &got2, &want2),
+                        ("single", &single, &want1),
+                    ] {
+                        for (i, (g, w)) in got.iter().zip(want.iter()).enumerate() {
+                            assert!(
+                                (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                                "{ty} {backend:?} {n_tok} tokens {name} [{i}]: {g} vs {w}"
+                            );
                         }
                     }
                 }

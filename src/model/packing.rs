@@ -75,12 +75,12 @@ fn packable(m: &Matrix) -> bool {
     packed::supports(m.ty)
         && m.rows.is_multiple_of(GROUP_ROWS)
         && m.rows > 0
-        && m.cols.is_multiple_of(m.ty.block_size())
+        && m.cols.is_multiple_of(packed::block_values(m.ty))
         && m.cols > 0
 }
 
 /// Packs one matrix stored in `data` (`rows * row_bytes` bytes).
-fn pack_matrix(m: &Matrix, data: &[u8]) -> Result<PackedRows> {
+pub(super) fn pack_matrix(m: &Matrix, data: &[u8]) -> Result<PackedRows> {
     let err = |e: rgemma_quant::QuantError| Error::Format(format!("packing {}: {e}", m.info.name));
     let group_bytes = packed::group_bytes(m.ty, m.cols).map_err(err)?;
     let ngroups = m.rows / GROUP_ROWS;

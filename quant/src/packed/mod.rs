@@ -23,6 +23,7 @@
 
 mod act_q8_0;
 pub mod bench;
+mod float16;
 mod q4_0;
 mod q4k;
 mod q6k;
@@ -42,7 +43,17 @@ pub fn supports(ty: GgmlType) -> bool {
         GgmlType::Q8_0 => q8_0::READY,
         GgmlType::Q4K => q4k::READY,
         GgmlType::Q6K => q6k::READY,
+        GgmlType::F16 | GgmlType::BF16 => float16::READY,
         _ => false,
+    }
+}
+
+/// Values the packed layout of `ty` needs `n` to be a multiple of: the type's block, or
+/// for the float types the driver's block.
+pub fn block_values(ty: GgmlType) -> usize {
+    match ty {
+        GgmlType::F16 | GgmlType::BF16 => float16::BLOCK,
+        _ => ty.block_size(),
     }
 }
 
@@ -51,7 +62,7 @@ fn check(ty: GgmlType, n: usize) -> Result<(), QuantError> {
     if !supports(ty) {
         return Err(QuantError::Unsupported(ty));
     }
-    if n == 0 || !n.is_multiple_of(ty.block_size()) {
+    if n == 0 || !n.is_multiple_of(block_values(ty)) {
         return Err(QuantError::NotBlockAligned { ty, n });
     }
     Ok(())
@@ -72,6 +83,7 @@ pub fn group_bytes(ty: GgmlType, n: usize) -> Result<usize, QuantError> {
         GgmlType::Q4_0 => q4_0::group_bytes(n),
         GgmlType::Q8_0 => q8_0::group_bytes(n),
         GgmlType::Q4K => q4k::group_bytes(n),
+        GgmlType::F16 | GgmlType::BF16 => float16::group_bytes(n),
         _ => q6k::group_bytes(n),
     })
 }
@@ -99,6 +111,7 @@ pub fn pack_group(
         GgmlType::Q4_0 => q4_0::pack_group(n, src, src_row_bytes, dst),
         GgmlType::Q8_0 => q8_0::pack_group(n, src, src_row_bytes, dst),
         GgmlType::Q4K => q4k::pack_group(n, src, src_row_bytes, dst),
+        GgmlType::F16 | GgmlType::BF16 => float16::pack_group(n, src, src_row_bytes, dst),
         _ => q6k::pack_group(n, src, src_row_bytes, dst),
     }
     Ok(())
@@ -127,6 +140,7 @@ pub fn unpack_row(
         GgmlType::Q4_0 => q4_0::unpack_row(n, group, r, dst),
         GgmlType::Q8_0 => q8_0::unpack_row(n, group, r, dst),
         GgmlType::Q4K => q4k::unpack_row(n, group, r, dst),
+        GgmlType::F16 | GgmlType::BF16 => float16::unpack_row(n, group, r, dst),
         _ => q6k::unpack_row(n, group, r, dst),
     }
     Ok(())
@@ -140,6 +154,7 @@ pub fn activation_row_bytes(ty: GgmlType, n: usize) -> Result<usize, QuantError>
         // Q4_0 and Q8_0 share one activation format.
         GgmlType::Q4_0 | GgmlType::Q8_0 => act_q8_0::row_bytes(n),
         GgmlType::Q4K => q4k::activation_row_bytes(n),
+        GgmlType::F16 | GgmlType::BF16 => float16::activation_row_bytes(n),
         _ => q6k::activation_row_bytes(n),
     })
 }
@@ -163,6 +178,7 @@ pub fn quantize_activation(
     match ty {
         GgmlType::Q4_0 | GgmlType::Q8_0 => act_q8_0::quantize(backend, x, dst),
         GgmlType::Q4K => q4k::quantize_activation(backend, x, dst),
+        GgmlType::F16 | GgmlType::BF16 => float16::quantize_activation(x, dst),
         _ => q6k::quantize_activation(backend, x, dst),
     }
     Ok(())
@@ -211,6 +227,12 @@ pub unsafe fn gemm_to_ptr(
                 backend, n, w, ngroups, act, act_stride, ncols, out, out_stride,
             ),
             GgmlType::Q4K => q4k::gemm(
+                backend, n, w, ngroups, act, act_stride, ncols, out, out_stride,
+            ),
+            GgmlType::F16 => float16::gemm::<false>(
+                backend, n, w, ngroups, act, act_stride, ncols, out, out_stride,
+            ),
+            GgmlType::BF16 => float16::gemm::<true>(
                 backend, n, w, ngroups, act, act_stride, ncols, out, out_stride,
             ),
             _ => q6k::gemm(

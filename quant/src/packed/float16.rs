@@ -1,0 +1,225 @@
+//! Packed F16 and BF16: eight rows interleaved value by value, against f32 activations.
+//!
+//! A group of `n` values takes `16n` bytes, exactly its 8 stored rows:
+//!
+//! | offset | bytes | field |
+//! |---|---|---|
+//! | 16k + 2r | 2 | value `k` of row `r` (the stored f16 / bf16 bits) |
+//!
+//! so one 16-byte load is value `k` of all 8 rows, which one `vcvtph2ps` (F16) or a widen
+//! and shift (BF16) turns into 8 f32 lanes, lane `r` = row `r`. A tile of 8 rows × `C`
+//! tokens then costs per value one load and conversion and `C` broadcast-FMAs, and needs no
+//! horizontal sum: the stored layout's kernels reduce 8 lanes per row and token, which for
+//! the RG-LRU gates' 256-value rows was most of their time.
+//!
+//! Activations are the f32 values themselves (`4n` bytes per row). The sums are f32 as in
+//! the stored kernels; only their order differs. The driver (`tiles::run_tiles`) sees
+//! "super-blocks" of [`BLOCK`] values, so `n` must be a multiple of 64.
+
+use crate::dot::Backend;
+
+pub(super) const READY: bool = true;
+
+/// Values per driver block (the reduction is split into passes of whole blocks).
+pub(super) const BLOCK: usize = 64;
+/// Bytes of one packed block (8 rows × 64 values × 2 bytes) and of its activations.
+#[cfg(target_arch = "x86_64")]
+const BLOCK_BYTES: usize = 16 * BLOCK;
+#[cfg(target_arch = "x86_64")]
+const ACT_BYTES: usize = 4 * BLOCK;
+
+pub(super) fn group_bytes(n: usize) -> usize {
+    16 * n
+}
+
+pub(super) fn pack_group(n: usize, src: &[u8], src_row_bytes: usize, dst: &mut [u8]) {
+    for r in 0..8 {
+        let row = &src[r * src_row_bytes..r * src_row_bytes + 2 * n];
+        for (k, v) in row.chunks_exact(2).enumerate() {
+            dst[16 * k + 2 * r..16 * k + 2 * r + 2].copy_from_slice(v);
+        }
+    }
+}
+
+pub(super) fn unpack_row(n: usize, group: &[u8], r: usize, dst: &mut [u8]) {
+    for (k, v) in dst[..2 * n].chunks_exact_mut(2).enumerate() {
+        v.copy_from_slice(&group[16 * k + 2 * r..16 * k + 2 * r + 2]);
+    }
+}
+
+pub(super) fn activation_row_bytes(n: usize) -> usize {
+    4 * n
+}
+
+pub(super) fn quantize_activation(x: &[f32], dst: &mut [u8]) {
+    for (d, v) in dst.chunks_exact_mut(4).zip(x) {
+        d.copy_from_slice(&v.to_le_bytes());
+    }
+}
+
+/// # Safety
+/// See `packed::gemm_to_ptr`; `n` is a multiple of [`BLOCK`].
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn gemm<const BF16: bool>(
+    backend: Backend,
+    n: usize,
+    w: &[u8],
+    ngroups: usize,
+    act: &[u8],
+    act_stride: usize,
+    ncols: usize,
+    out: *mut f32,
+    out_stride: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if backend.has_avx2() {
+        // AVX-512 (EVEX broadcasts folded into the FMAs) measured no faster: 87 vs 95
+        // Gflop/s at 2560 × 256 × 512 tokens, one thread.
+        let tile: super::tiles::Tile = if BF16 { x86::tile_bf16 } else { x86::tile_f16 };
+        // SAFETY: the backend is usable (mod.rs maps others to Scalar), so the CPU has the
+        // features the tile needs; extents are the caller's contract.
+        unsafe {
+            super::tiles::run_tiles(
+                tile,
+                8,
+                n / BLOCK,
+                BLOCK_BYTES,
+                ACT_BYTES,
+                w,
+                ngroups,
+                act,
+                act_stride,
+                ncols,
+                out,
+                out_stride,
+            )
+        };
+        return;
+    }
+    let _ = backend;
+    let to_f32 = |b: &[u8]| {
+        let bits = u16::from_le_bytes([b[0], b[1]]);
+        if BF16 {
+            crate::bf16_to_f32(bits)
+        } else {
+            crate::f16_to_f32(bits)
+        }
+    };
+    for g in 0..ngroups {
+        let wg = &w[g * 16 * n..(g + 1) * 16 * n];
+        for c in 0..ncols {
+            let a = &act[c * act_stride..c * act_stride + 4 * n];
+            for r in 0..8 {
+                // The reference kernel: one f32 sum per row and token, in value order.
+                let mut sum = 0.0f32;
+                for k in 0..n {
+                    let x =
+                        f32::from_le_bytes([a[4 * k], a[4 * k + 1], a[4 * k + 2], a[4 * k + 3]]);
+                    sum += to_f32(&wg[16 * k + 2 * r..]) * x;
+                }
+                // SAFETY: row g*8 + r < ngroups*8 and column c < ncols (caller's contract).
+                unsafe { *out.add(c * out_stride + g * 8 + r) = sum };
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::super::tiles::{load_acc, store};
+    use super::BLOCK;
+
+    /// Value `k` of the 8 rows (16 bytes at `p`) as f32 lanes.
+    ///
+    /// # Safety
+    /// `p..p + 16` readable; AVX2 and F16C.
+    #[inline(always)]
+    unsafe fn load8<const BF16: bool>(p: *const u8) -> __m256 {
+        // SAFETY: forwarded.
+        let h = unsafe { _mm_loadu_si128(p as *const __m128i) };
+        if BF16 {
+            // bf16 is the top half of an f32.
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+        } else {
+            _mm256_cvtph_ps(h)
+        }
+    }
+
+    /// 8 rows of `nb` packed blocks at `w` × `C` f32 activation rows.
+    ///
+    /// # Safety
+    /// `w` holds `nb` packed blocks, `act + c·act_stride` `64·nb` f32 for `c < C`, `out`
+    /// as in `tiles::store`; AVX2/FMA/F16C (inlined into the `kernel!` instances).
+    #[inline(always)]
+    unsafe fn body<const BF16: bool, const C: usize, const ADD: bool>(
+        nb: usize,
+        w: *const u8,
+        act: *const u8,
+        act_stride: usize,
+        out: *mut f32,
+        out_stride: usize,
+    ) {
+        let n = nb * BLOCK;
+        let a = |c: usize, k: usize| -> __m256 {
+            // SAFETY: c < C and k < n are inside the activations (caller).
+            unsafe {
+                _mm256_set1_ps((act.add(c * act_stride + 4 * k) as *const f32).read_unaligned())
+            }
+        };
+        // SAFETY: the output extent is the caller's contract.
+        let mut acc = unsafe { load_acc::<C, ADD>(out, out_stride) };
+        if C == 1 {
+            // One token: four sums over k mod 4, or the FMA latency would bound the loop.
+            let mut part = [_mm256_setzero_ps(); 3];
+            for k in (0..n).step_by(4) {
+                // SAFETY: k + 3 < n (n is a multiple of 64).
+                unsafe {
+                    acc[0] = _mm256_fmadd_ps(load8::<BF16>(w.add(16 * k)), a(0, k), acc[0]);
+                    for (j, p) in part.iter_mut().enumerate() {
+                        let wv = load8::<BF16>(w.add(16 * (k + 1 + j)));
+                        *p = _mm256_fmadd_ps(wv, a(0, k + 1 + j), *p);
+                    }
+                }
+            }
+            let rest = _mm256_add_ps(part[0], _mm256_add_ps(part[1], part[2]));
+            acc[0] = _mm256_add_ps(acc[0], rest);
+        } else {
+            for k in 0..n {
+                // SAFETY: k < n.
+                let wv = unsafe { load8::<BF16>(w.add(16 * k)) };
+                for (c, s) in acc.iter_mut().enumerate() {
+                    *s = _mm256_fmadd_ps(wv, a(c, k), *s);
+                }
+            }
+        }
+        // SAFETY: forwarded.
+        unsafe { store(&acc, out, out_stride) };
+    }
+
+    /// Instantiates [`body`] for one weight type.
+    macro_rules! kernel {
+        ($name:ident, $bf16:literal) => {
+            /// # Safety
+            /// As `body`; the CPU has AVX2, FMA and F16C.
+            #[target_feature(enable = "avx2,fma,f16c")]
+            unsafe fn $name<const C: usize, const ADD: bool>(
+                nb: usize,
+                w: *const u8,
+                act: *const u8,
+                act_stride: usize,
+                out: *mut f32,
+                out_stride: usize,
+            ) {
+                // SAFETY: forwarded.
+                unsafe { body::<$bf16, C, ADD>(nb, w, act, act_stride, out, out_stride) }
+            }
+        };
+    }
+    kernel!(f16_kernel, false);
+    kernel!(bf16_kernel, true);
+
+    super::super::tiles::tile_fn!(tile_f16, f16_kernel);
+    super::super::tiles::tile_fn!(tile_bf16, bf16_kernel);
+}
