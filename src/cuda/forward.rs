@@ -788,7 +788,7 @@ pub(crate) fn linear(
         _ => None,
     };
     let small = n <= MMV_MAX_COLS;
-    if which == MatmulKernel::Auto && small && w.cols % 32 == 0 {
+    if which == MatmulKernel::Auto && small && w.cols.is_multiple_of(32) {
         if let Some(f) = mmvq {
             let act_blocks = (x_width / 32) as i32;
             if q8_input.get() != Some((x, n, x_width)) {
