@@ -13,24 +13,8 @@
 use rgemma_quant::dot::{self, Backend};
 use rgemma_quant::{dequantize_row, quantize_row, GgmlType};
 
-/// xorshift32 in [-1, 1), with occasional outliers like real weights.
-struct Rng(u32);
-impl Rng {
-    fn next(&mut self) -> f32 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 17;
-        self.0 ^= self.0 << 5;
-        let u = (self.0 >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0;
-        if self.0.is_multiple_of(97) {
-            u * 8.0
-        } else {
-            u
-        }
-    }
-    fn vec(&mut self, n: usize) -> Vec<f32> {
-        (0..n).map(|_| self.next()).collect()
-    }
-}
+mod common;
+use common::Rng;
 
 const WEIGHT_TYPES: [GgmlType; 11] = [
     GgmlType::F32,

@@ -13,23 +13,10 @@ use rgemma_quant::dot::{self, Backend};
 use rgemma_quant::packed::{self, GROUP_ROWS};
 use rgemma_quant::{bf16_to_f32, f16_to_f32, f32_to_bf16, f32_to_f16, GgmlType};
 
-const TYPES: [GgmlType; 2] = [GgmlType::F16, GgmlType::BF16];
+mod common;
+use common::Rng;
 
-/// xorshift32 in [-1, 1), with occasional outliers.
-struct Rng(u32);
-impl Rng {
-    fn next(&mut self) -> f32 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 17;
-        self.0 ^= self.0 << 5;
-        let u = (self.0 >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0;
-        if self.0.is_multiple_of(97) {
-            u * 30.0
-        } else {
-            u
-        }
-    }
-}
+const TYPES: [GgmlType; 2] = [GgmlType::F16, GgmlType::BF16];
 
 /// `rows` stored rows of `n` random values (row 2 all zero when present).
 fn weights(ty: GgmlType, n: usize, rows: usize, rng: &mut Rng) -> Vec<u8> {

@@ -13,30 +13,10 @@ use rgemma_quant::dot::{self, Backend};
 use rgemma_quant::packed::{self, GROUP_ROWS};
 use rgemma_quant::{dequantize_row, quantize_row, GgmlType};
 
-const TYPES: [GgmlType; 2] = [GgmlType::Q4K, GgmlType::Q6K];
+mod common;
+use common::Rng;
 
-/// xorshift32 in [-1, 1), with occasional outliers like real weights.
-struct Rng(u32);
-impl Rng {
-    fn u32(&mut self) -> u32 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 17;
-        self.0 ^= self.0 << 5;
-        self.0
-    }
-    fn next(&mut self) -> f32 {
-        let x = self.u32();
-        let u = (x >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0;
-        if x.is_multiple_of(97) {
-            u * 8.0
-        } else {
-            u
-        }
-    }
-    fn vec(&mut self, n: usize) -> Vec<f32> {
-        (0..n).map(|_| self.next()).collect()
-    }
-}
+const TYPES: [GgmlType; 2] = [GgmlType::Q4K, GgmlType::Q6K];
 
 fn row_bytes(ty: GgmlType, n: usize) -> usize {
     ty.row_size(n as u64).unwrap() as usize
@@ -87,7 +67,7 @@ fn pack_unpack_is_the_identity() {
             // Arbitrary bytes (any bit pattern is a block), with a source row stride
             // larger than the row, and quantized rows.
             let stride = rb + 3;
-            let random: Vec<u8> = (0..GROUP_ROWS * stride).map(|_| rng.u32() as u8).collect();
+            let random: Vec<u8> = (0..GROUP_ROWS * stride).map(|_| rng.bits() as u8).collect();
             let quantized = weights(ty, n, GROUP_ROWS, &mut rng);
             for (src, stride) in [(&random, stride), (&quantized, rb)] {
                 let mut group = vec![0xAAu8; gb];
@@ -262,7 +242,7 @@ fn extreme_codes_do_not_overflow() {
     for ty in TYPES.into_iter().filter(|&t| ready(t)) {
         let rb = row_bytes(ty, n);
         let bb = ty.type_size();
-        let mut wq: Vec<u8> = (0..GROUP_ROWS * rb).map(|_| rng.u32() as u8).collect();
+        let mut wq: Vec<u8> = (0..GROUP_ROWS * rb).map(|_| rng.bits() as u8).collect();
         for (i, blk) in wq.chunks_exact_mut(bb).enumerate() {
             let one = 0x3C00u16.to_le_bytes();
             if ty == GgmlType::Q6K {

@@ -9,33 +9,10 @@ use rgemma_quant::dot::{self, Backend};
 use rgemma_quant::packed::{self, GROUP_ROWS};
 use rgemma_quant::{dequantize_row, quantize_row, GgmlType, QuantError};
 
-const TYPES: [GgmlType; 2] = [GgmlType::Q4_0, GgmlType::Q8_0];
+mod common;
+use common::Rng;
 
-/// xorshift32; `next` in [-1, 1) with occasional outliers like real weights.
-struct Rng(u32);
-impl Rng {
-    fn bits(&mut self) -> u32 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 17;
-        self.0 ^= self.0 << 5;
-        self.0
-    }
-    fn next(&mut self) -> f32 {
-        let b = self.bits();
-        let u = (b >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0;
-        if b.is_multiple_of(97) {
-            u * 8.0
-        } else {
-            u
-        }
-    }
-    fn vec(&mut self, n: usize) -> Vec<f32> {
-        (0..n).map(|_| self.next()).collect()
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.bits() as u8).collect()
-    }
-}
+const TYPES: [GgmlType; 2] = [GgmlType::Q4_0, GgmlType::Q8_0];
 
 fn row_bytes(ty: GgmlType, n: usize) -> usize {
     ty.row_size(n as u64).unwrap() as usize
