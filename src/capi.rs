@@ -431,6 +431,7 @@ pub extern "C" fn rg_context_new(
         let params = ContextParams {
             batch_size: p.n_batch as usize,
             n_threads: p.n_threads as usize,
+            ..Default::default()
         };
         let ctx = Context::new(Arc::clone(&m.model), params)?;
         Ok(Box::into_raw(Box::new(rg_context {

@@ -35,6 +35,7 @@ fn context() -> Context {
         ContextParams {
             batch_size: 512,
             n_threads: 1,
+            ..Default::default()
         },
     )
     .unwrap()

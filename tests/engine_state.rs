@@ -98,6 +98,7 @@ fn bad_context_params_are_errors() {
     let p = ContextParams {
         batch_size: 0,
         n_threads: 1,
+        ..Default::default()
     };
     assert!(matches!(
         Context::new(m.clone(), p),
@@ -200,6 +201,7 @@ fn results_do_not_depend_on_thread_count() {
         let p = ContextParams {
             batch_size: 16,
             n_threads,
+            ..Default::default()
         };
         let mut ctx = Context::new(m.clone(), p).unwrap();
         ctx.eval(&ids, true).unwrap();

@@ -34,6 +34,7 @@ fn context(model: &Arc<Model>, batch_size: usize) -> Context {
     let params = ContextParams {
         batch_size,
         n_threads: 2,
+        ..Default::default()
     };
     Context::new(model.clone(), params).unwrap()
 }

@@ -367,6 +367,7 @@ fn run_model(args: &Args, path: &PathBuf, records: &mut Vec<Record>) -> Result<(
         let params = ContextParams {
             batch_size: args.batch,
             n_threads: threads,
+            ..Default::default()
         };
         let mut ctx = Context::new(model.clone(), params).map_err(|e| e.to_string())?;
         let mut record =

@@ -162,6 +162,7 @@ fn run(args: &Args) -> CliResult<()> {
     let params = ContextParams {
         batch_size: batch,
         n_threads: args.threads.unwrap_or(0),
+        ..Default::default()
     };
     let mut ctx = Context::new(model.clone(), params).map_err(|e| e.to_string())?;
     eprintln!(

@@ -321,6 +321,7 @@ fn run(args: &Args) -> CliResult<()> {
         ContextParams {
             batch_size: args.batch_size as usize,
             n_threads,
+            ..Default::default()
         },
     )?;
     if want_gpu {

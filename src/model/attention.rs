@@ -9,6 +9,7 @@ use rayon::prelude::*;
 
 use super::matmul::ThreadScratch;
 use super::ops::exp_fast;
+use super::state::KvElem;
 
 /// Attention shape.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,7 +32,8 @@ impl AttnGeom {
 /// Computes `out` `[T, n_heads*head_dim]` for queries `q` `[T, n_heads*head_dim]` at positions
 /// `first_pos ..`, keys/values of the chunk `k`, `v` `[T, kv_width]` (keys after RoPE), and
 /// the ring buffers `k_ring`, `v_ring` `[W, kv_width]` holding the positions before
-/// `first_pos`. `scratch` must hold at least `W + 1` floats per thread.
+/// `first_pos` (f32 or f16: ring rows are read as f32). `scratch` must hold at least
+/// [`attention_scratch_len`] floats per thread.
 ///
 /// Work is split into tasks of (token, KV head, group of the query heads sharing it): a task
 /// walks the keys once for all its heads (with multi-query attention every head reads the
@@ -40,13 +42,13 @@ impl AttnGeom {
 /// speed). Each head's arithmetic is unchanged: scores in key order, max-subtracted `exp`,
 /// their sum, then `Σ_i (e_i / sum) · v_i` in key order.
 #[allow(clippy::too_many_arguments)]
-pub fn attend_chunk(
+pub fn attend_chunk<E: KvElem>(
     g: AttnGeom,
     q: &[f32],
     k: &[f32],
     v: &[f32],
-    k_ring: &[f32],
-    v_ring: &[f32],
+    k_ring: &[E],
+    v_ring: &[E],
     first_pos: usize,
     out: &mut [f32],
     scratch: &ThreadScratch,
@@ -58,8 +60,11 @@ pub fn attend_chunk(
     // As many heads per task as their score rows fit in the thread scratch; when there are
     // fewer tokens than threads (decode), the heads are split so that every thread gets a
     // share (each share reads the K/V rows again, from cache: cheaper than idling).
+    // The end of each thread's buffer holds ring rows converted to f32 (f16 rings).
+    let row_tmp_len = (VALUE_BLOCK + 1) * hd;
+    let score_capacity = scratch.capacity().saturating_sub(row_tmp_len);
     let mut heads_per_task =
-        (scratch.capacity() / (win + 1)).clamp(1, group.clamp(1, MAX_HEADS_PER_TASK));
+        (score_capacity / (win + 1)).clamp(1, group.clamp(1, MAX_HEADS_PER_TASK));
     let threads = rayon::current_num_threads().max(1);
     if t_len * g.n_kv_heads < threads {
         heads_per_task = heads_per_task.min(group.div_ceil(threads)).max(1);
@@ -80,13 +85,14 @@ pub fn attend_chunk(
                 let pos = first_pos + t;
                 let lo = pos.saturating_sub(win);
                 let n_keys = pos - lo + 1;
-                let scores = &mut buf[..nh * n_keys];
+                let (scores, row_tmp) = buf.split_at_mut(score_capacity);
+                let scores = &mut scores[..nh * n_keys];
                 // The task's query heads are adjacent rows of q: one pass over each key
                 // row computes all their scores.
                 let qs = &q[t * qw + h0 * hd..t * qw + h1 * hd];
                 let mut row_scores = [0.0f32; MAX_HEADS_PER_TASK];
                 for i in 0..n_keys {
-                    let kr = kv_slice(lo + i, col, first_pos, (kvw, win, hd), k, k_ring);
+                    let kr = kv_row(lo + i, col, first_pos, (kvw, win, hd), k, k_ring, row_tmp);
                     rgemma_quant::dot::f32_dots(qs, hd, kr, &mut row_scores[..nh]);
                     for j in 0..nh {
                         scores[j * n_keys + i] = row_scores[j] * scale;
@@ -124,8 +130,10 @@ pub fn attend_chunk(
                 while i0 < n_keys {
                     let nb = (n_keys - i0).min(VALUE_BLOCK);
                     let mut rows: [&[f32]; VALUE_BLOCK] = [&[]; VALUE_BLOCK];
+                    let mut tmps = row_tmp.chunks_exact_mut(hd);
                     for (b, row) in rows[..nb].iter_mut().enumerate() {
-                        *row = kv_slice(lo + i0 + b, col, first_pos, (kvw, win, hd), v, v_ring);
+                        let tmp = tmps.next().expect("VALUE_BLOCK + 1 rows reserved");
+                        *row = kv_row(lo + i0 + b, col, first_pos, (kvw, win, hd), v, v_ring, tmp);
                     }
                     rgemma_quant::dot::f32_axpy_many(o, hd, &scores[i0..], n_keys, &rows[..nb]);
                     i0 += nb;
@@ -140,22 +148,31 @@ const MAX_HEADS_PER_TASK: usize = 64;
 /// Value rows combined per `f32_axpy_many` call.
 const VALUE_BLOCK: usize = 16;
 
-/// Key/value row `[hd]` at column `col` of position `p`: from the chunk when
-/// `p >= first_pos`, else from the ring slot `p mod W`.
-fn kv_slice<'a>(
+/// Floats of thread scratch [`attend_chunk`] needs: the score rows of up to `heads` query
+/// heads over `W + 1` keys, and `VALUE_BLOCK + 1` ring rows converted to f32.
+pub fn attention_scratch_len(g: AttnGeom, heads: usize) -> usize {
+    heads.clamp(1, MAX_HEADS_PER_TASK) * (g.window + 1) + (VALUE_BLOCK + 1) * g.head_dim
+}
+
+/// Key/value row `[hd]` at column `col` of position `p`, as f32: from the chunk when
+/// `p >= first_pos`, else from the ring slot `p mod W` (converted into `tmp` when the ring
+/// is not f32).
+#[allow(clippy::too_many_arguments)]
+fn kv_row<'a, E: KvElem>(
     p: usize,
     col: usize,
     first_pos: usize,
     (kvw, win, hd): (usize, usize, usize),
     chunk: &'a [f32],
-    ring: &'a [f32],
+    ring: &'a [E],
+    tmp: &'a mut [f32],
 ) -> &'a [f32] {
     if p >= first_pos {
         let r = (p - first_pos) * kvw + col;
         &chunk[r..r + hd]
     } else {
         let r = (p % win) * kvw + col;
-        &ring[r..r + hd]
+        E::load(&ring[r..r + hd], tmp)
     }
 }
 
@@ -174,20 +191,26 @@ impl SharedOut {
 
 /// Stores the chunk's keys and values (position `first_pos + t` in slot `(first_pos+t) mod W`).
 /// Only the last W rows of the chunk can survive, so earlier ones are skipped.
-pub fn write_ring(
+pub fn write_ring<E: KvElem>(
     g: AttnGeom,
     k: &[f32],
     v: &[f32],
-    k_ring: &mut [f32],
-    v_ring: &mut [f32],
+    k_ring: &mut [E],
+    v_ring: &mut [E],
     first_pos: usize,
 ) {
     let kvw = g.kv_width();
     let t_len = k.len() / kvw;
     for t in t_len.saturating_sub(g.window)..t_len {
         let slot = (first_pos + t) % g.window;
-        k_ring[slot * kvw..(slot + 1) * kvw].copy_from_slice(&k[t * kvw..(t + 1) * kvw]);
-        v_ring[slot * kvw..(slot + 1) * kvw].copy_from_slice(&v[t * kvw..(t + 1) * kvw]);
+        E::store(
+            &k[t * kvw..(t + 1) * kvw],
+            &mut k_ring[slot * kvw..(slot + 1) * kvw],
+        );
+        E::store(
+            &v[t * kvw..(t + 1) * kvw],
+            &mut v_ring[slot * kvw..(slot + 1) * kvw],
+        );
     }
 }
 
@@ -250,7 +273,7 @@ mod tests {
         let k: Vec<f32> = (0..n * g.kv_width()).map(|_| 2.0 * lcg(&mut s)).collect();
         let v: Vec<f32> = (0..n * g.kv_width()).map(|_| lcg(&mut s)).collect();
         let want = naive(g, &q, &k, &v);
-        let scratch = ThreadScratch::new(rayon::current_num_threads(), g.window + 1);
+        let scratch = ThreadScratch::new(rayon::current_num_threads(), attention_scratch_len(g, 1));
         // Chunk sizes below, at and above the window, and single tokens.
         for chunk in [1usize, 3, 5, 6, 11, n] {
             let mut k_ring = vec![f32::NAN; g.window * g.kv_width()];

@@ -2,20 +2,25 @@
 //!
 //! - [`Model`]: the memory-mapped file, its hyperparameters and typed weight views
 //!   (immutable, shareable across threads).
-//! - [`Context`]: one decoding sequence: fixed-size state (conv tails, RG-LRU states, K/V
-//!   ring buffers), scratch buffers, logits. `eval` takes any number of tokens and runs them
-//!   in chunks of `batch_size` through one code path (a chunk is a `[T, hidden]` matrix).
+//! - [`BatchContext`]: `n_seq_max` sequences, each with its fixed-size state (conv tails,
+//!   RG-LRU states, K/V rings; `state.rs`), decoded together: one `decode` call runs a batch
+//!   of rows from any sequences through the forward pass (`forward.rs`) once.
+//! - [`Context`]: one decoding sequence, the one-slot case of the same: `eval` takes any
+//!   number of tokens and runs them in chunks of `batch_size` (a `[T, hidden]` matrix).
 //!
 //! Computation is f32; weights are decoded row by row from their stored type.
 
 mod attention;
+mod batch;
 mod context;
 mod dequant;
+mod forward;
 mod hparams;
 mod matmul;
 mod ops;
 mod packing;
 mod recurrent;
+mod state;
 mod weights;
 
 use std::path::Path;
@@ -24,9 +29,11 @@ use crate::gguf::GgufFile;
 use crate::tokenizer::Tokenizer;
 use crate::Result;
 
+pub use batch::{BatchContext, BatchRow};
 pub use context::{Context, ContextParams, Offload};
 pub use hparams::{default_embed_scale, HParams, LayerKind};
 pub use matmul::MatmulPath;
+pub use state::{state_bytes_per_sequence, KvType};
 pub use weights::{
     AttentionWeights, LayerWeights, Matrix, RecurrentWeights, TemporalWeights, Weights,
 };

@@ -61,6 +61,7 @@ pub fn context(model: &Arc<Model>, batch_size: usize) -> Context {
         ContextParams {
             batch_size,
             n_threads: 2,
+            ..Default::default()
         },
     )
     .expect("context")
