@@ -74,13 +74,11 @@ pub struct Context {
 }
 
 impl Context {
-    /// A single-sequence context (`params.n_seq_max` is ignored).
+    /// A context whose single-sequence calls (`eval`, `logits`, `save_state`, ...) work on
+    /// sequence 0; with `params.n_seq_max > 1` the other sequences are reached through
+    /// [`Context::batch_mut`].
     pub fn new(model: Arc<Model>, params: ContextParams) -> Result<Context> {
         let n_vocab = model.n_vocab();
-        let params = ContextParams {
-            n_seq_max: 1,
-            ..params
-        };
         Ok(Context {
             inner: BatchContext::new(model, params)?,
             rows: Vec::with_capacity(params.batch_size),
@@ -94,6 +92,20 @@ impl Context {
 
     pub fn model(&self) -> &Arc<Model> {
         self.inner.model()
+    }
+
+    /// The batch context underneath (sequence 0 is this context's own sequence).
+    pub fn batch(&self) -> &BatchContext {
+        &self.inner
+    }
+
+    /// The batch context underneath, to decode several sequences (the single-sequence
+    /// `all_logits` of an earlier eval are dropped). Not while an offload runs the model.
+    pub fn batch_mut(&mut self) -> Result<&mut BatchContext> {
+        self.check_on_host()?;
+        self.all_logits.clear();
+        self.all_in_inner = 0;
+        Ok(&mut self.inner)
     }
 
     pub fn params(&self) -> ContextParams {
