@@ -65,3 +65,49 @@ fn decoding_a_token_does_not_allocate() {
         );
     }
 }
+
+#[test]
+fn batched_decoding_does_not_allocate() {
+    use rgemma::model::{BatchContext, BatchRow, ContextParams};
+    let model = engine_common::model_with("tiny-rg", FileType::Q4_0, &LoadOptions { repack: true });
+    let params = ContextParams {
+        batch_size: 16,
+        n_threads: 2,
+        n_seq_max: 6,
+        ..Default::default()
+    };
+    let mut ctx = BatchContext::new(model, params).unwrap();
+    let mut rows: Vec<BatchRow> = Vec::with_capacity(16);
+    // Step t decodes one token of every sequence but one (which sits out: its logits move to
+    // its own buffer), with a short prompt chunk for another, so every path is warm.
+    let mut step = |ctx: &mut BatchContext, rows: &mut Vec<BatchRow>, t: u32| {
+        rows.clear();
+        for seq in 0..6usize {
+            if seq == (t as usize) % 6 {
+                continue;
+            }
+            let n = if seq == (t as usize + 1) % 6 { 3 } else { 1 };
+            for i in 0..n {
+                rows.push(BatchRow {
+                    token: (t * 7 + seq as u32 * 13 + i) % 200 + 2,
+                    seq,
+                    logits: i + 1 == n,
+                });
+            }
+        }
+        ctx.decode(rows).unwrap();
+        // Fork now and then (a fixed-size copy).
+        if t % 5 == 0 {
+            ctx.seq_copy(1, 4).unwrap();
+        }
+    };
+    for t in 0..40 {
+        step(&mut ctx, &mut rows, t);
+    }
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    for t in 40..60 {
+        step(&mut ctx, &mut rows, t);
+    }
+    let made = ALLOCATIONS.load(Ordering::Relaxed) - before;
+    assert_eq!(made, 0, "{made} allocations in 20 batched steps");
+}

@@ -261,6 +261,16 @@ mod tests {
 
     #[test]
     fn ring_buffer_attention_matches_naive_window() {
+        check_ring_attention(f32::NAN, 1e-5);
+    }
+
+    /// F16 rings: keys and values rounded to 11 significant bits when stored.
+    #[test]
+    fn f16_ring_attention_stays_close_to_naive_window() {
+        check_ring_attention(half::f16::NAN, 1e-2);
+    }
+
+    fn check_ring_attention<E: KvElem + std::fmt::Debug>(empty: E, tol: f32) {
         let g = AttnGeom {
             n_heads: 4,
             n_kv_heads: 2,
@@ -276,8 +286,8 @@ mod tests {
         let scratch = ThreadScratch::new(rayon::current_num_threads(), attention_scratch_len(g, 1));
         // Chunk sizes below, at and above the window, and single tokens.
         for chunk in [1usize, 3, 5, 6, 11, n] {
-            let mut k_ring = vec![f32::NAN; g.window * g.kv_width()];
-            let mut v_ring = vec![f32::NAN; g.window * g.kv_width()];
+            let mut k_ring = vec![empty; g.window * g.kv_width()];
+            let mut v_ring = vec![empty; g.window * g.kv_width()];
             let mut got = vec![0.0; n * g.q_width()];
             let mut t0 = 0;
             while t0 < n {
@@ -302,7 +312,7 @@ mod tests {
             }
             for (i, (a, b)) in got.iter().zip(&want).enumerate() {
                 // NaN in never-written slots would show here if an empty slot were read.
-                assert!((a - b).abs() < 1e-5, "chunk {chunk} elem {i}: {a} vs {b}");
+                assert!((a - b).abs() < tol, "chunk {chunk} elem {i}: {a} vs {b}");
             }
         }
     }
