@@ -80,7 +80,7 @@ fn batched_decoding_does_not_allocate() {
     let mut rows: Vec<BatchRow> = Vec::with_capacity(16);
     // Step t decodes one token of every sequence but one (which sits out: its logits move to
     // its own buffer), with a short prompt chunk for another, so every path is warm.
-    let mut step = |ctx: &mut BatchContext, rows: &mut Vec<BatchRow>, t: u32| {
+    let step = |ctx: &mut BatchContext, rows: &mut Vec<BatchRow>, t: u32| {
         rows.clear();
         for seq in 0..6usize {
             if seq == (t as usize) % 6 {
@@ -97,7 +97,7 @@ fn batched_decoding_does_not_allocate() {
         }
         ctx.decode(rows).unwrap();
         // Fork now and then (a fixed-size copy).
-        if t % 5 == 0 {
+        if t.is_multiple_of(5) {
             ctx.seq_copy(1, 4).unwrap();
         }
     };
