@@ -52,21 +52,24 @@ pub fn attend_chunk<E: KvElem>(
     first_pos: usize,
     out: &mut [f32],
     scratch: &ThreadScratch,
+    concurrent_seqs: usize,
 ) {
     let (hd, qw, kvw, win) = (g.head_dim, g.q_width(), g.kv_width(), g.window);
     let group = g.n_heads / g.n_kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
     let t_len = out.len() / qw;
     // As many heads per task as their score rows fit in the thread scratch; when there are
-    // fewer tokens than threads (decode), the heads are split so that every thread gets a
-    // share (each share reads the K/V rows again, from cache: cheaper than idling).
+    // fewer tasks than threads (decoding one sequence), the heads are split so that every
+    // thread gets a share (each share reads the K/V rows again, from cache: cheaper than
+    // idling). `concurrent_seqs` other sequences attending at the same time also keep the
+    // threads busy, and then each sequence reads its ring once.
     // The end of each thread's buffer holds ring rows converted to f32 (f16 rings).
     let row_tmp_len = (VALUE_BLOCK + 1) * hd;
     let score_capacity = scratch.capacity().saturating_sub(row_tmp_len);
     let mut heads_per_task =
         (score_capacity / (win + 1)).clamp(1, group.clamp(1, MAX_HEADS_PER_TASK));
     let threads = rayon::current_num_threads().max(1);
-    if t_len * g.n_kv_heads < threads {
+    if t_len * g.n_kv_heads * concurrent_seqs.max(1) < threads {
         heads_per_task = heads_per_task.min(group.div_ceil(threads)).max(1);
     }
     let parts = group.div_ceil(heads_per_task);
@@ -306,6 +309,7 @@ mod tests {
                     t0,
                     &mut got[t0 * g.q_width()..t1 * g.q_width()],
                     &scratch,
+                    1,
                 );
                 write_ring(g, kc, vc, &mut k_ring, &mut v_ring, t0);
                 t0 = t1;

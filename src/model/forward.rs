@@ -511,6 +511,7 @@ fn attention_block(
         let (q, k, v) = (&s.q[..t_len * qw], &s.k[..t_len * kvw], &s.v[..t_len * kvw]);
         let th = &s.threads;
         let attn_out = SpanRows::new(&mut s.attn[..t_len * qw], qw);
+        let n_seqs = plan.spans.len();
         per_sequence(seqs, plan, layer, |state, sp| {
             let LayerState::Attention { k_ring, v_ring } = state else {
                 unreachable!("layer kinds are checked at load");
@@ -524,8 +525,12 @@ fn attention_block(
             // SAFETY: each span is taken once in this pass.
             let out = unsafe { attn_out.rows(sp) };
             match (k_ring, v_ring) {
-                (Ring::F32(kr), Ring::F32(vr)) => attend_and_store(g, q, k, v, kr, vr, sp, out, th),
-                (Ring::F16(kr), Ring::F16(vr)) => attend_and_store(g, q, k, v, kr, vr, sp, out, th),
+                (Ring::F32(kr), Ring::F32(vr)) => {
+                    attend_and_store(g, q, k, v, kr, vr, sp, out, th, n_seqs)
+                }
+                (Ring::F16(kr), Ring::F16(vr)) => {
+                    attend_and_store(g, q, k, v, kr, vr, sp, out, th, n_seqs)
+                }
                 _ => unreachable!("both rings of a layer have one type"),
             }
         });
@@ -554,8 +559,20 @@ fn attend_and_store<E: KvElem>(
     sp: &Span,
     out: &mut [f32],
     threads: &ThreadScratch,
+    concurrent_seqs: usize,
 ) {
-    attend_chunk(g, q, k, v, k_ring, v_ring, sp.first_pos, out, threads);
+    attend_chunk(
+        g,
+        q,
+        k,
+        v,
+        k_ring,
+        v_ring,
+        sp.first_pos,
+        out,
+        threads,
+        concurrent_seqs,
+    );
     write_ring(g, k, v, k_ring, v_ring, sp.first_pos);
 }
 
