@@ -14,6 +14,16 @@
  *   *_free function, which accepts NULL. Strings and arrays returned as `const` pointers are
  *   owned by the library; their lifetime is stated per function.
  *
+ * Many sequences
+ * - A context holds n_seq_max sequences (rg_context_params.n_seq_max, default 1), ids
+ *   0 .. n_seq_max-1, each with its own fixed-size state. rg_decode_batch decodes rows of
+ *   several sequences in one forward pass (the weights are read once per call, whatever the
+ *   number of sequences). The single-sequence calls (rg_decode, rg_get_logits,
+ *   rg_context_n_past, rg_state_*, rg_sampler_sample) work on sequence 0.
+ * - Positions are implicit: a sequence's rows continue where it stopped. A recurrent state
+ *   cannot be rewound, so there is no per-position removal; rg_seq_clear empties a sequence,
+ *   rg_seq_copy forks one, and rg_seq_state_save / _load snapshot one.
+ *
  * Thread safety
  * - An rg_model is immutable after loading and may be shared by any number of threads and
  *   contexts at once. It must outlive every context created from it.
@@ -32,14 +42,18 @@
 extern "C" {
 #endif
 
-#define RG_API_VERSION 1
+/* 2: rg_context_params gained n_seq_max and kv_type; batches and sequence calls. */
+#define RG_API_VERSION 2
 /* Pass as rg_sampler_params.seed to seed from the clock. */
 #define RG_DEFAULT_SEED 0xFFFFFFFFu
+/* Most sequences one context may hold (rg_context_params.n_seq_max). */
+#define RG_MAX_SEQ 256
 
 typedef struct rg_model rg_model;
 typedef struct rg_context rg_context;
 typedef struct rg_sampler rg_sampler;
 typedef int32_t rg_token;
+typedef int32_t rg_seq_id;
 
 typedef enum {
     RG_OK = 0,
@@ -57,12 +71,41 @@ typedef struct {
     int32_t n_gpu_layers;
 } rg_model_params;
 
+/* Element type of the attention K/V cache (llama.cpp's --cache-type-k / --cache-type-v).
+ * rgemma keeps keys and values in one type, hence one setting for both. */
+typedef enum {
+    RG_KV_F32 = 0, /* exact (the reference computes in f32); the default */
+    RG_KV_F16 = 1  /* half the cache memory; keys and values rounded to f16 when stored */
+} rg_kv_type;
+
 typedef struct {
-    /* Tokens per forward chunk when a prompt is decoded (default 512). */
+    /* Tokens per forward chunk when a prompt is decoded, and the most rows one
+     * rg_decode_batch takes (default 512). */
     int32_t n_batch;
     /* Worker threads for this context; 0 = one per core (default). */
     int32_t n_threads;
+    /* Sequences the context holds, 1 ..= RG_MAX_SEQ (default 1). Each costs one fixed-size
+     * state (recurrent state + attention window) for the context's whole life. */
+    int32_t n_seq_max;
+    /* Type of the attention K/V cache of every sequence (default RG_KV_F32). Stored as an
+     * int32_t-sized rg_kv_type; any other value makes rg_context_new fail. */
+    rg_kv_type kv_type;
 } rg_context_params;
+
+/* Rows for rg_decode_batch, in the shape of llama_batch. Row i appends token[i] to sequence
+ * seq_id[i]; when logits[i] != 0 the logits after that token are computed. Each row belongs
+ * to one sequence, and there is no position array: a row continues its sequence. To share a
+ * prompt between sequences, decode it once and fork it with rg_seq_copy.
+ * The arrays of a batch made by rg_batch_init are owned by the library (fill them, do not
+ * free them yourself, do not replace the pointers before rg_batch_free). A caller may also
+ * point the fields at arrays of its own (then it owns them and must not call rg_batch_free
+ * on that batch). */
+typedef struct {
+    int32_t n_tokens; /* rows in use, 1 ..= the arrays' length and the context's n_batch */
+    rg_token *token;
+    rg_seq_id *seq_id;
+    int8_t *logits;
+} rg_batch;
 
 typedef struct {
     float temp;           /* <= 0: greedy (argmax). Default 0.8 */
@@ -123,43 +166,110 @@ int32_t rg_token_to_piece(const rg_model *model, rg_token token, char *buf, int3
 int32_t rg_detokenize(const rg_model *model, const rg_token *tokens, int32_t n_tokens,
                       char *buf, int32_t len, bool skip_special);
 
-/* Creates a decoding context (recurrent state + attention window) on model. params may be
- * NULL. The state has a fixed size that does not grow with the tokens processed. Returns NULL
- * on failure. */
+/* Creates a decoding context (n_seq_max sequences, each a recurrent state + attention
+ * window) on model. params may be NULL (defaults: one sequence). The state has a fixed size
+ * that does not grow with the tokens processed. Returns NULL on failure (n_batch <= 0,
+ * n_threads < 0, n_seq_max outside 1 ..= RG_MAX_SEQ, an unknown kv_type, ...). */
 rg_context *rg_context_new(const rg_model *model, const rg_context_params *params);
 void rg_context_free(rg_context *ctx);
 
-/* Processes n_tokens tokens (a prompt, a chunk, or one token) at the next positions.
- * On failure the context is unchanged. */
+/* The context's n_seq_max and kv_type; -1 if ctx is NULL. */
+int32_t rg_context_n_seq_max(const rg_context *ctx);
+rg_kv_type rg_context_kv_type(const rg_context *ctx);
+
+/* Processes n_tokens tokens (a prompt, a chunk, or one token) at the next positions of
+ * sequence 0, in chunks of n_batch. On a failure found before decoding (NULL, bad length or
+ * token id) the context is unchanged. */
 rg_status rg_decode(rg_context *ctx, const rg_token *tokens, int32_t n_tokens);
 
-/* Logits (n_vocab floats) of the last position processed by rg_decode; NULL if nothing was
- * decoded since creation or reset. Valid until the next rg_decode / rg_context_reset /
- * rg_state_load / rg_context_free on ctx. */
+/* Logits (n_vocab floats) after the last token of sequence 0, i.e. rg_seq_get_logits(ctx, 0);
+ * NULL if there are none (nothing decoded since creation or reset, or the last row of
+ * sequence 0 in a batch asked for none). Owned by ctx; valid until the next call that
+ * decodes or changes a sequence of ctx (rg_decode, rg_decode_batch, rg_context_reset,
+ * rg_seq_clear / _copy / _state_load, rg_state_load) or rg_context_free. */
 const float *rg_get_logits(rg_context *ctx);
 
-/* Number of tokens processed since creation or the last reset; -1 if ctx is NULL. */
+/* Number of tokens processed in sequence 0 since creation or the last reset; -1 if ctx is
+ * NULL. */
 int32_t rg_context_n_past(const rg_context *ctx);
 
-/* Forgets everything: the next token is at position 0. */
+/* Forgets everything in every sequence: each next token is at position 0. */
 void rg_context_reset(rg_context *ctx);
 
-/* Bytes needed to save the context's state (recurrent state, conv tails, attention window,
- * position, last logits). Fixed for a model. 0 if ctx is NULL. */
+/* Bytes needed to save the state of sequence 0 (recurrent state, conv tails, attention
+ * window, position, last logits). Fixed for a model. 0 if ctx is NULL. */
 size_t rg_state_size(const rg_context *ctx);
-/* Saves the state into dst (size >= rg_state_size). Restoring it with rg_state_load and
- * continuing gives bit-identical logits to continuing without the save. */
+/* Saves the state of sequence 0 into dst (size >= rg_state_size). Restoring it with
+ * rg_state_load and continuing gives bit-identical logits to continuing without the save. */
 rg_status rg_state_save(const rg_context *ctx, uint8_t *dst, size_t size);
-/* Restores a state saved from a context of the same model. A buffer of the wrong size, a
- * corrupt one, or one from another model gives RG_ERR_INVALID_ARGUMENT and leaves ctx
- * unchanged. */
+/* Restores sequence 0 from a state saved from a context of the same model. A buffer of the
+ * wrong size, a corrupt one, or one from another model gives RG_ERR_INVALID_ARGUMENT and
+ * leaves ctx unchanged. */
 rg_status rg_state_load(rg_context *ctx, const uint8_t *src, size_t size);
+
+/* Allocates a batch whose three arrays hold n_tokens_max rows (zeroed), n_tokens = 0. The
+ * library owns the arrays; release them with rg_batch_free. On failure (n_tokens_max <= 0,
+ * out of memory) returns a batch with NULL arrays (see rg_last_error). */
+rg_batch rg_batch_init(int32_t n_tokens_max);
+/* Releases the arrays of a batch made by rg_batch_init. A batch with NULL arrays is ignored;
+ * one not made by rg_batch_init, or already freed, is refused (rg_last_error says so) and
+ * nothing is freed. */
+void rg_batch_free(rg_batch batch);
+
+/* Decodes the batch's n_tokens rows in one forward pass. Rows of one sequence are processed
+ * in their order; rows of different sequences may come in any order. Every row is checked
+ * first (n_tokens in 1 ..= n_batch and the arrays' length, arrays not NULL, each seq_id in
+ * 0 .. n_seq_max-1, each token in the vocabulary): on such an error nothing changes. If the
+ * computation itself fails, the sequences of the batch are cleared. Afterwards each sequence
+ * whose last row asked for logits has them (rg_seq_get_logits); the batch's rows are read
+ * with rg_get_logits_ith. Sequences without rows in the batch are untouched. The batch's
+ * arrays are only read. */
+rg_status rg_decode_batch(rg_context *ctx, rg_batch batch);
+
+/* Logits (n_vocab floats) after row i of the last rg_decode_batch; i < 0 counts from the end
+ * (-1 = last row). NULL with an error if row i asked for no logits, i is out of range, or
+ * rg_decode / rg_context_reset ran since that batch. Owned by ctx; valid until the next
+ * rg_decode / rg_decode_batch / rg_context_reset / rg_context_free. */
+const float *rg_get_logits_ith(rg_context *ctx, int32_t i);
+
+/* Logits (n_vocab floats) after the last token of sequence seq (decoded with logits, or
+ * carried over by rg_seq_copy / rg_seq_state_load). NULL with an error if there are none or
+ * seq is out of range. Owned by ctx; valid as rg_get_logits's. */
+const float *rg_seq_get_logits(rg_context *ctx, rg_seq_id seq);
+
+/* Tokens decoded in sequence seq since it was created or cleared (= its next position);
+ * -1 if ctx is NULL or seq out of range. */
+int32_t rg_seq_n_past(const rg_context *ctx, rg_seq_id seq);
+
+/* Empties sequence seq: position 0, zero state, no logits. */
+rg_status rg_seq_clear(rg_context *ctx, rg_seq_id seq);
+
+/* Makes sequence dst a copy of sequence src: state, position and logits (a fork; both then
+ * continue independently). Copies one fixed-size state, whatever the length decoded.
+ * src == dst does nothing. */
+rg_status rg_seq_copy(rg_context *ctx, rg_seq_id src, rg_seq_id dst);
+
+/* Bytes needed to save one sequence's state; the same as rg_state_size, and the formats are
+ * the same: a state saved from any sequence (or with rg_state_save) loads into any sequence
+ * of any context of the same model (with rg_seq_state_load or rg_state_load). 0 if ctx is
+ * NULL. */
+size_t rg_seq_state_size(const rg_context *ctx);
+/* Saves sequence seq into dst (size >= rg_seq_state_size). */
+rg_status rg_seq_state_save(const rg_context *ctx, rg_seq_id seq, uint8_t *dst, size_t size);
+/* Restores sequence seq from a saved state. A buffer of the wrong size, a corrupt one, one
+ * from another model, or seq out of range gives RG_ERR_INVALID_ARGUMENT and changes
+ * nothing. */
+rg_status rg_seq_state_load(rg_context *ctx, rg_seq_id seq, const uint8_t *src, size_t size);
 
 /* Creates a sampler. params NULL = greedy. Free with rg_sampler_free. */
 rg_sampler *rg_sampler_new(const rg_sampler_params *params);
-/* Samples a token from the context's last logits and records it in the sampler's history
- * (for the repetition penalty). Returns -1 on error (nothing decoded yet, NULL pointers). */
+/* Samples a token from the logits of sequence 0 (rg_get_logits) and records it in the
+ * sampler's history (for the repetition penalty). Returns -1 on error (no logits, NULL
+ * pointers). */
 rg_token rg_sampler_sample(rg_sampler *sampler, rg_context *ctx);
+/* The same from the logits of sequence seq (rg_seq_get_logits). Give each sequence its own
+ * sampler: the history and the random stream are the sampler's. */
+rg_token rg_sampler_sample_seq(rg_sampler *sampler, rg_context *ctx, rg_seq_id seq);
 /* Clears the sampler's history (the random stream continues). */
 void rg_sampler_reset(rg_sampler *sampler);
 void rg_sampler_free(rg_sampler *sampler);

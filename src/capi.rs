@@ -7,6 +7,12 @@
 //! A model is shared by contexts through an `Arc`, so freeing the C model handle while a
 //! context still uses it cannot dangle on the Rust side (the header still asks callers to
 //! free contexts first).
+//!
+//! Many sequences: an `rg_context` holds a [`Context`] whose batch context has `n_seq_max`
+//! sequence slots. The single-sequence calls (`rg_decode`, `rg_get_logits`, `rg_state_*`)
+//! work on sequence 0; `rg_decode_batch` and `rg_seq_*` reach every slot. The arrays of an
+//! `rg_batch` made by `rg_batch_init` are owned by a registry here (see [`BATCHES`]), so that
+//! `rg_batch_free` of a batch that is not ours, or freed twice, is an error and not a crash.
 
 #![allow(non_camel_case_types)]
 // The entry points check their pointers themselves; marking every one `unsafe` would not add
@@ -14,15 +20,28 @@
 #![allow(clippy::not_unsafe_ptr_arg_deref)]
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::ffi::{c_char, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use crate::model::{Context, ContextParams, Model};
+use crate::model::{BatchRow, Context, ContextParams, KvType, Model};
 use crate::sampling::{Sampler, SamplerParams};
 use crate::Error;
 
 pub type rg_token = i32;
+pub type rg_seq_id = i32;
+
+/// Element type of the attention K/V rings; one type for keys and values (the engine has
+/// one ring type). A C enum is int-sized; it is kept here as a plain integer so that a
+/// value outside the enum is an error rather than undefined behaviour.
+pub type rg_kv_type = i32;
+pub const RG_KV_F32: rg_kv_type = 0;
+pub const RG_KV_F16: rg_kv_type = 1;
+
+/// Most sequence slots a context may have (llama.cpp's `LLAMA_MAX_SEQ`): a clear error
+/// instead of an allocation failure when a caller passes a huge `n_seq_max`.
+pub const RG_MAX_SEQ: i32 = 256;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,6 +66,19 @@ pub struct rg_model_params {
 pub struct rg_context_params {
     pub n_batch: i32,
     pub n_threads: i32,
+    pub n_seq_max: i32,
+    pub kv_type: rg_kv_type,
+}
+
+/// Rows for `rg_decode_batch`, in the shape of `llama_batch` (one sequence per row;
+/// positions are implicit: a row continues its sequence).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct rg_batch {
+    pub n_tokens: i32,
+    pub token: *mut rg_token,
+    pub seq_id: *mut rg_seq_id,
+    pub logits: *mut i8,
 }
 
 #[repr(C)]
@@ -70,8 +102,31 @@ pub struct rg_model {
 
 pub struct rg_context {
     ctx: Context,
-    /// Whether `ctx.logits()` holds the logits of a decoded position.
-    has_logits: bool,
+    /// Rows handed to the engine by `rg_decode_batch`; capacity `n_batch` from creation, so
+    /// a decode allocates nothing.
+    rows: Vec<BatchRow>,
+    /// Rows of the last `rg_decode_batch` while `rg_get_logits_ith` may read them; 0 after
+    /// anything else that decodes or resets.
+    batch_rows: usize,
+}
+
+/// The arrays behind one `rg_batch` of `rg_batch_init`, of the same length (its rows).
+struct BatchArrays {
+    token: Vec<rg_token>,
+    seq_id: Vec<rg_seq_id>,
+    logits: Vec<i8>,
+}
+
+/// Live batches of `rg_batch_init`, keyed by the address of their token array. The
+/// registry owns the arrays (a `Vec`'s buffer does not move while it is not resized), lets
+/// `rg_batch_free` refuse a foreign or already freed batch, and tells `rg_decode_batch` the
+/// capacity of a batch's arrays.
+static BATCHES: Mutex<BTreeMap<usize, BatchArrays>> = Mutex::new(BTreeMap::new());
+
+fn batches() -> std::sync::MutexGuard<'static, BTreeMap<usize, BatchArrays>> {
+    // Only lookups, inserts and removes run under the lock and none leaves the map
+    // inconsistent, so a poisoned lock is still usable.
+    BATCHES.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 pub struct rg_sampler {
@@ -187,6 +242,34 @@ fn slice_out<'a, T>(ptr: *mut T, len: i64, what: &str) -> Result<&'a mut [T], CE
     Ok(unsafe { std::slice::from_raw_parts_mut(ptr, len as usize) })
 }
 
+/// Sequence `seq` of `c`, checked against `0 .. n_seq_max`.
+fn seq_index(c: &rg_context, seq: rg_seq_id) -> Result<usize, CError> {
+    let n_seq = c.ctx.batch().n_seq_max();
+    if seq < 0 || seq as usize >= n_seq {
+        return Err(invalid(format!(
+            "sequence id {seq} out of range (n_seq_max {n_seq})"
+        )));
+    }
+    Ok(seq as usize)
+}
+
+fn kv_type_from_c(kv: rg_kv_type) -> Result<KvType, CError> {
+    match kv {
+        RG_KV_F32 => Ok(KvType::F32),
+        RG_KV_F16 => Ok(KvType::F16),
+        _ => Err(invalid(format!(
+            "kv_type {kv}: expected RG_KV_F32 ({RG_KV_F32}) or RG_KV_F16 ({RG_KV_F16})"
+        ))),
+    }
+}
+
+fn kv_type_to_c(kv: KvType) -> rg_kv_type {
+    match kv {
+        KvType::F32 => RG_KV_F32,
+        KvType::F16 => RG_KV_F16,
+    }
+}
+
 fn token_ids(tokens: &[rg_token], n_vocab: usize) -> Result<Vec<u32>, CError> {
     tokens
         .iter()
@@ -223,6 +306,8 @@ pub extern "C" fn rg_context_default_params() -> rg_context_params {
     rg_context_params {
         n_batch: d.batch_size as i32,
         n_threads: d.n_threads as i32,
+        n_seq_max: d.n_seq_max as i32,
+        kv_type: kv_type_to_c(d.kv_type),
     }
 }
 
@@ -428,15 +513,23 @@ pub extern "C" fn rg_context_new(
                 p.n_threads
             )));
         }
+        if !(1..=RG_MAX_SEQ).contains(&p.n_seq_max) {
+            return Err(invalid(format!(
+                "n_seq_max must be in 1..={RG_MAX_SEQ}, got {}",
+                p.n_seq_max
+            )));
+        }
         let params = ContextParams {
             batch_size: p.n_batch as usize,
             n_threads: p.n_threads as usize,
-            ..Default::default()
+            n_seq_max: p.n_seq_max as usize,
+            kv_type: kv_type_from_c(p.kv_type)?,
         };
         let ctx = Context::new(Arc::clone(&m.model), params)?;
         Ok(Box::into_raw(Box::new(rg_context {
             ctx,
-            has_logits: false,
+            rows: Vec::with_capacity(params.batch_size),
+            batch_rows: 0,
         })))
     })
 }
@@ -465,8 +558,9 @@ pub extern "C" fn rg_decode(
             return Err(invalid("n_tokens must be positive"));
         }
         let ids = token_ids(tokens, c.ctx.model().n_vocab())?;
+        // The engine's per-row outputs are overwritten from here on.
+        c.batch_rows = 0;
         c.ctx.eval(&ids, false)?;
-        c.has_logits = true;
         Ok(())
     })
 }
@@ -474,13 +568,7 @@ pub extern "C" fn rg_decode(
 #[no_mangle]
 pub extern "C" fn rg_get_logits(ctx: *mut rg_context) -> *const f32 {
     guard(std::ptr::null(), || {
-        let c = ctx_mut(ctx)?;
-        if !c.has_logits {
-            return Err(invalid(
-                "no logits: nothing decoded since creation or reset",
-            ));
-        }
-        Ok(c.ctx.logits().as_ptr())
+        Ok(seq_logits(ctx_ref(ctx)?, 0)?.as_ptr())
     })
 }
 
@@ -494,7 +582,7 @@ pub extern "C" fn rg_context_reset(ctx: *mut rg_context) {
     guard((), || {
         let c = ctx_mut(ctx)?;
         c.ctx.reset();
-        c.has_logits = false;
+        c.batch_rows = 0;
         Ok(())
     })
 }
@@ -526,8 +614,271 @@ pub extern "C" fn rg_state_load(ctx: *mut rg_context, src: *const u8, size: usiz
         let c = ctx_mut(ctx)?;
         let bytes = slice_in(src, size as i64, "src")?;
         c.ctx.load_state(bytes)?;
-        c.has_logits = c.ctx.position() > 0;
+        forget_logits_of_empty(c, 0)
+    })
+}
+
+/// A state saved at position 0 holds zeros for logits; after loading it the sequence has no
+/// logits, as after creation (`rg_get_logits` answers NULL, not zeros).
+fn forget_logits_of_empty(c: &mut rg_context, seq: usize) -> Result<(), CError> {
+    let batch = c.ctx.batch_mut()?;
+    if batch.seq_position(seq)? == 0 {
+        batch.seq_clear(seq)?;
+    }
+    Ok(())
+}
+
+/// The logits after the last token of `seq`, or an error saying there are none.
+fn seq_logits(c: &rg_context, seq: usize) -> Result<&[f32], CError> {
+    c.ctx.batch().seq_logits(seq).ok_or_else(|| {
+        invalid(format!(
+            "no logits for sequence {seq}: nothing decoded with logits since it was created, \
+             cleared or reset"
+        ))
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn rg_context_n_seq_max(ctx: *const rg_context) -> i32 {
+    guard(-1, || Ok(ctx_ref(ctx)?.ctx.batch().n_seq_max() as i32))
+}
+
+#[no_mangle]
+pub extern "C" fn rg_context_kv_type(ctx: *const rg_context) -> rg_kv_type {
+    guard(-1, || Ok(kv_type_to_c(ctx_ref(ctx)?.ctx.batch().kv_type())))
+}
+
+/// The batch returned when `rg_batch_init` fails: no arrays.
+fn empty_batch() -> rg_batch {
+    rg_batch {
+        n_tokens: 0,
+        token: std::ptr::null_mut(),
+        seq_id: std::ptr::null_mut(),
+        logits: std::ptr::null_mut(),
+    }
+}
+
+/// A zeroed vector of `n` values, or an out-of-memory error instead of an abort.
+fn zeroed<T: Copy + Default>(n: usize) -> Result<Vec<T>, CError> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| {
+        CError(
+            rg_status::RG_ERR_OUT_OF_MEMORY,
+            format!("cannot allocate a batch of {n} rows"),
+        )
+    })?;
+    v.resize(n, T::default());
+    Ok(v)
+}
+
+#[no_mangle]
+pub extern "C" fn rg_batch_init(n_tokens_max: i32) -> rg_batch {
+    guard(empty_batch(), || {
+        if n_tokens_max <= 0 {
+            return Err(invalid(format!(
+                "n_tokens_max must be positive, got {n_tokens_max}"
+            )));
+        }
+        let n = n_tokens_max as usize;
+        let mut arrays = BatchArrays {
+            token: zeroed(n)?,
+            seq_id: zeroed(n)?,
+            logits: zeroed(n)?,
+        };
+        let batch = rg_batch {
+            n_tokens: 0,
+            token: arrays.token.as_mut_ptr(),
+            seq_id: arrays.seq_id.as_mut_ptr(),
+            logits: arrays.logits.as_mut_ptr(),
+        };
+        batches().insert(batch.token as usize, arrays);
+        Ok(batch)
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn rg_batch_free(batch: rg_batch) {
+    guard((), || {
+        if batch.token.is_null() {
+            return Ok(());
+        }
+        match batches().remove(&(batch.token as usize)) {
+            Some(_) => Ok(()),
+            None => Err(invalid(
+                "rg_batch_free: not a live batch of rg_batch_init (freed already?)",
+            )),
+        }
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn rg_decode_batch(ctx: *mut rg_context, batch: rg_batch) -> rg_status {
+    guard_status(|| {
+        let c = ctx_mut(ctx)?;
+        let n = batch.n_tokens;
+        if n <= 0 {
+            return Err(invalid(format!("batch.n_tokens must be positive, got {n}")));
+        }
+        let capacity = c.ctx.batch().batch_capacity();
+        if n as usize > capacity {
+            return Err(invalid(format!(
+                "batch of {n} rows, the context takes at most {capacity} (n_batch)"
+            )));
+        }
+        if let Some(arrays) = batches().get(&(batch.token as usize)) {
+            if n as usize > arrays.token.len() {
+                return Err(invalid(format!(
+                    "batch.n_tokens {n} exceeds the {} rows of rg_batch_init",
+                    arrays.token.len()
+                )));
+            }
+        }
+        let tokens = slice_in(batch.token, n as i64, "batch.token")?;
+        let seq_ids = slice_in(batch.seq_id, n as i64, "batch.seq_id")?;
+        let want_logits = slice_in(batch.logits, n as i64, "batch.logits")?;
+        let n_vocab = c.ctx.model().n_vocab();
+        // Every row is checked here, so that an engine error below can only come from the
+        // forward pass itself.
+        c.rows.clear();
+        for (i, ((&token, &seq), &logits)) in
+            tokens.iter().zip(seq_ids).zip(want_logits).enumerate()
+        {
+            let seq =
+                seq_index(c, seq).map_err(|CError(s, m)| CError(s, format!("row {i}: {m}")))?;
+            if token < 0 || token as usize >= n_vocab {
+                return Err(invalid(format!(
+                    "row {i}: token id {token} out of range (vocabulary {n_vocab})"
+                )));
+            }
+            c.rows.push(BatchRow {
+                token: token as u32,
+                seq,
+                logits: logits != 0,
+            });
+        }
+        let rg_context {
+            ctx,
+            rows,
+            batch_rows,
+        } = c;
+        match ctx.batch_mut()?.decode(rows) {
+            Ok(()) => {
+                *batch_rows = rows.len();
+                Ok(())
+            }
+            Err(e) => {
+                // The forward pass failed midway: the engine cleared the batch's sequences
+                // and its per-row outputs are not those of this batch.
+                *batch_rows = 0;
+                Err(e.into())
+            }
+        }
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn rg_get_logits_ith(ctx: *mut rg_context, i: i32) -> *const f32 {
+    guard(std::ptr::null(), || {
+        let c = ctx_ref(ctx)?;
+        let n = c.batch_rows as i64;
+        if n == 0 {
+            return Err(invalid(
+                "no batch rows: rg_get_logits_ith reads the rows of the last rg_decode_batch \
+                 (none since creation, or rg_decode / rg_context_reset came after it)",
+            ));
+        }
+        // Negative indices count from the end, as in llama_get_logits_ith.
+        let row = if i < 0 { n + i as i64 } else { i as i64 };
+        if !(0..n).contains(&row) {
+            return Err(invalid(format!(
+                "row {i} out of range: the last batch had {n} rows"
+            )));
+        }
+        let logits = c
+            .ctx
+            .batch()
+            .logits_ith(row as usize)
+            .ok_or_else(|| invalid(format!("row {i} of the last batch asked for no logits")))?;
+        Ok(logits.as_ptr())
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn rg_seq_get_logits(ctx: *mut rg_context, seq: rg_seq_id) -> *const f32 {
+    guard(std::ptr::null(), || {
+        let c = ctx_ref(ctx)?;
+        Ok(seq_logits(c, seq_index(c, seq)?)?.as_ptr())
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn rg_seq_n_past(ctx: *const rg_context, seq: rg_seq_id) -> i32 {
+    guard(-1, || {
+        let c = ctx_ref(ctx)?;
+        Ok(c.ctx.batch().seq_position(seq_index(c, seq)?)? as i32)
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn rg_seq_clear(ctx: *mut rg_context, seq: rg_seq_id) -> rg_status {
+    guard_status(|| {
+        let c = ctx_mut(ctx)?;
+        let seq = seq_index(c, seq)?;
+        c.ctx.batch_mut()?.seq_clear(seq)?;
         Ok(())
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn rg_seq_copy(ctx: *mut rg_context, src: rg_seq_id, dst: rg_seq_id) -> rg_status {
+    guard_status(|| {
+        let c = ctx_mut(ctx)?;
+        let (src, dst) = (seq_index(c, src)?, seq_index(c, dst)?);
+        c.ctx.batch_mut()?.seq_copy(src, dst)?;
+        Ok(())
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn rg_seq_state_size(ctx: *const rg_context) -> usize {
+    guard(0, || Ok(ctx_ref(ctx)?.ctx.batch().seq_state_len()))
+}
+
+#[no_mangle]
+pub extern "C" fn rg_seq_state_save(
+    ctx: *const rg_context,
+    seq: rg_seq_id,
+    dst: *mut u8,
+    size: usize,
+) -> rg_status {
+    guard_status(|| {
+        let c = ctx_ref(ctx)?;
+        let seq = seq_index(c, seq)?;
+        let need = c.ctx.batch().seq_state_len();
+        if size < need {
+            return Err(invalid(format!(
+                "state buffer of {size} bytes, {need} needed"
+            )));
+        }
+        let out = slice_out(dst, need as i64, "dst")?;
+        c.ctx.batch().seq_save(seq, out)?;
+        Ok(())
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn rg_seq_state_load(
+    ctx: *mut rg_context,
+    seq: rg_seq_id,
+    src: *const u8,
+    size: usize,
+) -> rg_status {
+    guard_status(|| {
+        let c = ctx_mut(ctx)?;
+        let seq = seq_index(c, seq)?;
+        let bytes = slice_in(src, size as i64, "src")?;
+        c.ctx.batch_mut()?.seq_load(seq, bytes)?;
+        forget_logits_of_empty(c, seq)
     })
 }
 
@@ -564,16 +915,29 @@ pub extern "C" fn rg_sampler_sample(sampler: *mut rg_sampler, ctx: *mut rg_conte
     guard(-1, || {
         // SAFETY: produced by `rg_sampler_new` and not freed (contract).
         let s = unsafe { sampler.as_mut() }.ok_or_else(|| invalid("sampler is NULL"))?;
-        let c = ctx_mut(ctx)?;
-        if !c.has_logits {
-            return Err(invalid(
-                "no logits: nothing decoded since creation or reset",
-            ));
-        }
-        let token = s.sampler.sample(c.ctx.logits());
-        s.sampler.accept(token);
-        Ok(token as rg_token)
+        sample_into(s, ctx_ref(ctx)?, 0)
     })
+}
+
+#[no_mangle]
+pub extern "C" fn rg_sampler_sample_seq(
+    sampler: *mut rg_sampler,
+    ctx: *mut rg_context,
+    seq: rg_seq_id,
+) -> rg_token {
+    guard(-1, || {
+        // SAFETY: as in `rg_sampler_sample`.
+        let s = unsafe { sampler.as_mut() }.ok_or_else(|| invalid("sampler is NULL"))?;
+        let c = ctx_ref(ctx)?;
+        sample_into(s, c, seq_index(c, seq)?)
+    })
+}
+
+/// Samples from the logits of `seq` and records the token in the sampler's history.
+fn sample_into(s: &mut rg_sampler, c: &rg_context, seq: usize) -> Result<rg_token, CError> {
+    let token = s.sampler.sample(seq_logits(c, seq)?);
+    s.sampler.accept(token);
+    Ok(token as rg_token)
 }
 
 #[no_mangle]

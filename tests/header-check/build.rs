@@ -17,7 +17,7 @@ fn main() {
     println!("cargo:rerun-if-changed={}", header.display());
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
 
-    let ours = "rg_model|rg_context|rg_sampler|rg_token|rg_status|rg_model_params|rg_context_params|rg_sampler_params";
+    let ours = "rg_model|rg_context|rg_sampler|rg_token|rg_seq_id|rg_status|rg_kv_type|rg_batch|rg_model_params|rg_context_params|rg_sampler_params";
     let generated = std::panic::catch_unwind(|| {
         let c_types = bindgen::Builder::default()
             .header(header.to_str().unwrap())

@@ -74,7 +74,18 @@ fn param_structs_have_the_same_layout() {
         return;
     }
     same_layout!(rg_model_params { n_gpu_layers });
-    same_layout!(rg_context_params { n_batch, n_threads });
+    same_layout!(rg_context_params {
+        n_batch,
+        n_threads,
+        n_seq_max,
+        kv_type
+    });
+    same_layout!(rg_batch {
+        n_tokens,
+        token,
+        seq_id,
+        logits
+    });
     same_layout!(rg_sampler_params {
         temp,
         top_k,
@@ -112,4 +123,27 @@ fn status_values_match() {
     }
     assert_eq!(size_of::<c::rg_status>(), size_of::<R>());
     assert_eq!(c::RG_DEFAULT_SEED, rgemma::capi::RG_DEFAULT_SEED);
+    assert_eq!(c::RG_MAX_SEQ as i64, rgemma::capi::RG_MAX_SEQ as i64);
+}
+
+#[cfg(header_bindings)]
+#[test]
+fn kv_type_values_match() {
+    if skipped() {
+        return;
+    }
+    use rgemma_header_check::c;
+    use std::mem::size_of;
+    assert_eq!(
+        c::rg_kv_type_RG_KV_F32 as i64,
+        rgemma::capi::RG_KV_F32 as i64
+    );
+    assert_eq!(
+        c::rg_kv_type_RG_KV_F16 as i64,
+        rgemma::capi::RG_KV_F16 as i64
+    );
+    assert_eq!(
+        size_of::<c::rg_kv_type>(),
+        size_of::<rgemma::capi::rg_kv_type>()
+    );
 }
