@@ -1,5 +1,5 @@
 //! Throughput of the CUDA backend on a model file (not a correctness test; run by
-//! tools/gpu-check.sh):
+//! scripts/gpu-check.sh):
 //!
 //! ```text
 //! RG_BENCH_MODEL=model.gguf cargo test --release --features cuda --test cuda_bench -- --ignored --nocapture

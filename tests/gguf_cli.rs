@@ -173,7 +173,7 @@ fn read_npy(path: &std::path::Path) -> (String, Vec<f32>) {
 #[test]
 fn dump_every_computable_type_equals_gguf_py_dequantize() {
     // tests/fixtures/gguf/gguf_py_small.dequant.f32: gguf.quants.dequantize of these tensors,
-    // in this order (tools/gguf_fixture.py).
+    // in this order (scripts/gguf_fixture.py).
     let tensors = [
         ("f32.vec", "(5,)"),
         ("f32.mat", "(3, 4)"),

@@ -6,7 +6,7 @@ use gguf_common::{fixture, list_dir, scratch_dir};
 use rgemma::gguf::{GgufError, GgufFile, GgufWriter, MetaArray, MetaValue, TensorSpec};
 use rgemma::quant::GgmlType;
 
-/// The metadata of tests/fixtures/gguf/gguf_py_small.gguf, in the order tools/gguf_fixture.py
+/// The metadata of tests/fixtures/gguf/gguf_py_small.gguf, in the order scripts/gguf_fixture.py
 /// adds it (general.alignment, added last there, is appended by our writer).
 fn fixture_metadata() -> Vec<(String, MetaValue)> {
     use MetaValue as V;
@@ -75,7 +75,7 @@ const FIXTURE_TENSORS: [(&str, GgmlType, &[u64]); 11] = [
     ("f16.4d", GgmlType::F16, &[1, 2, 1, 2]),
 ];
 
-/// Tensor bytes as tools/gguf_fixture.py makes them.
+/// Tensor bytes as scripts/gguf_fixture.py makes them.
 fn fixture_tensor_bytes(k: usize, name: &str, size: usize) -> Vec<u8> {
     if name == "f32.mat" {
         (0..size / 4)

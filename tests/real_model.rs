@@ -1,7 +1,7 @@
 //! The shipped tiny-fortunes model (models/README.md): a RecurrentGemma trained on Debian's fortunes,
 //! checked against what PyTorch (transformers' RecurrentGemmaForCausalLM, float32) computed with the
 //! same trained weights (models/tiny-fortunes/reference_logits.safetensors and reference.json, written
-//! by tools/train_tiny.py). Every reference sequence is shorter than the attention window (256), where
+//! by scripts/train_tiny.py). Every reference sequence is shorter than the attention window (256), where
 //! HF's window rule and the official one coincide.
 //!
 //! Also runs the `rg-run` and `rg-perplexity` binaries on it.

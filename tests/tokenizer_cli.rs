@@ -1,5 +1,5 @@
 //! `rg-tokenize` end to end on GGUFs built from the tiny HF fixture (ids from Python
-//! `tokenizers`, see tools/make_tiny_tokenizer_fixture.py), and its error handling.
+//! `tokenizers`, see scripts/make_tiny_tokenizer_fixture.py), and its error handling.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -1,6 +1,6 @@
 //! Both tokenizer sources on a small Gemma-style vocabulary, against the ids of the Hugging Face
 //! `tokenizers` library (tests/fixtures/tokenizer-tiny-hf, written by
-//! tools/make_tiny_tokenizer_fixture.py): a GGUF carrying `tokenizer.huggingface.json` (HF
+//! scripts/make_tiny_tokenizer_fixture.py): a GGUF carrying `tokenizer.huggingface.json` (HF
 //! path) and GGUFs carrying only `tokenizer.ggml.*` arrays (SentencePiece path) must give the
 //! same ids. Also: files without a tokenizer, and malformed tokenizer metadata.
 

@@ -4,7 +4,7 @@
 //! `tokenizer.ggml.*` arrays exercise the SentencePiece path.
 //!
 //! Optional: RG_GEMMA3_HF_JSON names a tokenizer.json for the same vocabulary (regenerated as
-//! the fixture README says, or built by tools/gemma3_hf_tokenizer_json.py); the same checks
+//! the fixture README says, or built by scripts/gemma3_hf_tokenizer_json.py); the same checks
 //! then also run on a GGUF carrying it as `tokenizer.huggingface.json` (the HF path).
 
 use std::io::Write;

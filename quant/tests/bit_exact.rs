@@ -1,6 +1,6 @@
 //! Bit-exactness against references produced outside this crate.
 //!
-//! The fixtures in `tests/fixtures/` were made by `tools/gen_quant_fixtures.py` from the
+//! The fixtures in `tests/fixtures/` were made by `scripts/gen_quant_fixtures.py` from the
 //! `gguf` PyPI package (numpy ports of ggml's quantizers) and from ggml's own C reference
 //! code (`quantize_row_*_ref`, `dequantize_row_*`), cross-checked against each other where
 //! both exist; `MANIFEST.txt` lists every file with its source. Nothing here compares against

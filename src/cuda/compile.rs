@@ -31,7 +31,7 @@ pub const SOURCES: [(&str, &str); 6] = [
     ("attention.cu", include_str!("../../cuda/attention.cu")),
 ];
 
-/// NVRTC options besides the architecture; tools/nvrtc_crosscheck.py uses the same.
+/// NVRTC options besides the architecture; scripts/nvrtc_crosscheck.py uses the same.
 pub const NVRTC_OPTIONS: [&str; 2] = ["--std=c++17", "--fmad=true"];
 
 /// FNV-1a, 64 bit: a stable hash for cache keys (std's hasher may change between releases).

@@ -15,8 +15,8 @@
 //! `~/.cache/rgemma`), `RGEMMA_CUDA_GRAPHS=1` (replay decode steps from CUDA graphs).
 //!
 //! Status: written on a machine without a GPU. Every kernel file compiles with NVRTC for
-//! sm_80/sm_90 in CI (tools/nvrtc_crosscheck.py); results on a GPU are checked by
-//! tools/gpu-check.sh (tests/cuda_*.rs against the CPU reference and the official fixtures).
+//! sm_80/sm_90 in CI (scripts/nvrtc_crosscheck.py); results on a GPU are checked by
+//! scripts/gpu-check.sh (tests/cuda_*.rs against the CPU reference and the official fixtures).
 
 pub mod compile;
 mod device;

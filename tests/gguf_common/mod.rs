@@ -63,7 +63,7 @@ impl Raw {
     }
 }
 
-/// The reference files written by gguf-py (tools/gguf_fixture.py).
+/// The reference files written by gguf-py (scripts/gguf_fixture.py).
 pub fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/gguf")

@@ -12,7 +12,7 @@ every preset and checks with gguf-py only:
 - Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and BF16 tensors are byte-identical to gguf.quants.quantize
   of the same f32 values; F16 tensors to numpy's float16 cast; F32 tensors to the values.
 
-    .venv/bin/python tools/convert_crosscheck.py [--bin target/release/rg-quantize] [--out DIR]
+    .venv/bin/python scripts/convert_crosscheck.py [--bin target/release/rg-quantize] [--out DIR]
 """
 
 import argparse

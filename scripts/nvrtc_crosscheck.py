@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Compiles every cuda/*.cu kernel file to PTX for sm_80 and sm_90 with NVRTC and fails on any
 error or warning, so that the CUDA backend's kernels are checked on machines without a GPU
-(CI). NVRTC comes from the `nvidia-cuda-nvrtc-cu12` wheel (tools/requirements-ci.txt) and is
+(CI). NVRTC comes from the `nvidia-cuda-nvrtc-cu12` wheel (scripts/requirements-ci.txt) and is
 driven through ctypes with the same options as src/cuda/compile.rs.
 
-Usage: python tools/nvrtc_crosscheck.py [--lib PATH/libnvrtc.so.12] [--out DIR]
+Usage: python scripts/nvrtc_crosscheck.py [--lib PATH/libnvrtc.so.12] [--out DIR]
 """
 import argparse
 import ctypes

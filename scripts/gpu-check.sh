@@ -9,9 +9,9 @@
 #      tg128 at batch 1, batched greedy decoding at 8/32/64 sequences.
 # Prints a short table last; full logs go to $OUT (when set) or ./gpu-check-logs.
 #
-#   tools/gpu-check.sh            # full 2B geometry (26 layers, vocab 256000)
-#   tools/gpu-check.sh --quick    # 2B width but 8 layers and vocab 32000 (faster to make)
-#   RG_BENCH_MODEL=x.gguf tools/gpu-check.sh   # bench an existing GGUF
+#   scripts/gpu-check.sh            # full 2B geometry (26 layers, vocab 256000)
+#   scripts/gpu-check.sh --quick    # 2B width but 8 layers and vocab 32000 (faster to make)
+#   RG_BENCH_MODEL=x.gguf scripts/gpu-check.sh   # bench an existing GGUF
 #
 # Kernels are compiled with NVRTC into $RGEMMA_CUDA_CACHE (default here: target/cuda-cache).
 # A machine with the driver but no libnvrtc can use a cache filled elsewhere:
@@ -41,7 +41,7 @@ step() { # name, command...: runs with the log in $logs/<name>.log, records pass
   fi
 }
 
-# NVRTC: the toolkit's, else the pip wheel's (tools/requirements-ci.txt) from .venv.
+# NVRTC: the toolkit's, else the pip wheel's (scripts/requirements-ci.txt) from .venv.
 if ! ldconfig -p 2>/dev/null | grep -q 'libnvrtc\.so'; then
   for d in /usr/local/cuda/lib64 .venv/lib/python3*/site-packages/nvidia/cuda_nvrtc/lib; do
     [ -d "$d" ] && export LD_LIBRARY_PATH="$(cd "$d" && pwd):${LD_LIBRARY_PATH:-}"

@@ -4,7 +4,7 @@
 tests/gguf_writer_compat.rs builds the same metadata and tensors with rgemma's GgufWriter
 and requires byte-identical output; tests/gguf_reader.rs reads them back.
 
-    .venv/bin/python tools/gguf_fixture.py          # (re)writes tests/fixtures/gguf/*.gguf
+    .venv/bin/python scripts/gguf_fixture.py          # (re)writes tests/fixtures/gguf/*.gguf
 
 Keep this file and FIXTURE_* in tests/gguf_writer_compat.rs in step.
 """

@@ -2,10 +2,10 @@
 # Held-out perplexity and KL divergence of tiny-fortunes at each quantization preset, against F32.
 # Prints the markdown table of models/README.md (also written to $OUT/table.md).
 #
-#   tools/quant_quality.sh                # all of models/tiny-fortunes/heldout.txt, 256-token chunks
-#   CHUNKS=48 tools/quant_quality.sh      # the first 48 chunks only (what models/README.md used)
+#   scripts/quant_quality.sh                # all of models/tiny-fortunes/heldout.txt, 256-token chunks
+#   CHUNKS=48 scripts/quant_quality.sh      # the first 48 chunks only (what models/README.md used)
 #
-# Source of the weights: the HF checkpoint target/tiny-fortunes-hf (written by tools/train_tiny.py)
+# Source of the weights: the HF checkpoint target/tiny-fortunes-hf (written by scripts/train_tiny.py)
 # when it exists, converted with rg-quantize to every preset; otherwise the shipped
 # models/tiny-fortunes-f32.gguf, requantized with rg-quantize --allow-requantize (identical weights:
 # the F32 GGUF holds the checkpoint's f32 values, so both routes give the same files).

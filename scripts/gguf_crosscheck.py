@@ -11,7 +11,7 @@ For each file (the gguf-py fixture in tests/fixtures/gguf/ and, when present, th
    bit for bit (NaNs: both NaN). Types rgemma cannot compute (IQ*) must fail cleanly
    (exit status 1, one line on stderr).
 
-    .venv/bin/python tools/gguf_crosscheck.py [FILE.gguf ...]
+    .venv/bin/python scripts/gguf_crosscheck.py [FILE.gguf ...]
 
 The rg-gguf binary is $RG_GGUF_BIN, else target/release/rg-gguf after `cargo build --release
 --bin rg-gguf`. $RG_CROSSCHECK_MAX_ELEMENTS (default 40M) caps the size of dumped tensors.

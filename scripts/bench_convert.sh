@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Conversion benchmark (not a test): the random-weight 2B-geometry checkpoint -> Q4_0 and
 # Q4_K_M, timed with /usr/bin/time -v (wall time, peak RSS). Writes target/rg2b/*.gguf,
-# which the speed work reuses; the checkpoint comes from tools/make_2b_checkpoint.py.
+# which the speed work reuses; the checkpoint comes from scripts/make_2b_checkpoint.py.
 #
-#   tools/bench_convert.sh [THREADS]      # default: all cores
+#   scripts/bench_convert.sh [THREADS]      # default: all cores
 set -euo pipefail
 cd "$(dirname "$0")/.."
 HF=target/rg2b/hf
 if [ ! -f "$HF/model.safetensors.index.json" ]; then
-    nice -n 19 .venv/bin/python tools/make_2b_checkpoint.py "$HF"
+    nice -n 19 .venv/bin/python scripts/make_2b_checkpoint.py "$HF"
 fi
 cargo build --release --bin rg-quantize
 THREADS=${1:-$(nproc)}

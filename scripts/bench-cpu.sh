@@ -6,8 +6,8 @@
 #  3. the packed kernels at llama.cpp's `test-backend-ops perf -o MUL_MAT` shape, 1 thread
 #     (and llama.cpp's own figure when LLAMA_TEST_BACKEND_OPS points at that binary);
 #  4. tg128 at depth 128, 4096 and 16384 (flat time, flat RSS).
-# Make the files first: tools/make_2b_checkpoint.py + rg-quantize (see tools/bench_convert.sh).
-# Usage: tools/bench-cpu.sh [DIR_WITH_rg2b-*.gguf] [OUT_DIR]
+# Make the files first: scripts/make_2b_checkpoint.py + rg-quantize (see scripts/bench_convert.sh).
+# Usage: scripts/bench-cpu.sh [DIR_WITH_rg2b-*.gguf] [OUT_DIR]
 set -euo pipefail
 dir=${1:-target/rg2b}
 out=${2:-target/bench}

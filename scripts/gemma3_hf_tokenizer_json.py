@@ -7,7 +7,7 @@ control pieces as special added tokens, user-defined pieces as plain added token
 Replace + ByteFallback + Fuse, <bos> post-processor), so tests/tokenizer_reference.rs can run
 rgemma's tokenizer.huggingface.json path at full scale:
 
-    .venv/bin/python tools/gemma3_hf_tokenizer_json.py target/gemma3/gemma-3-270m-q4_k_m.gguf \
+    .venv/bin/python scripts/gemma3_hf_tokenizer_json.py target/gemma3/gemma-3-270m-q4_k_m.gguf \
         target/gemma3/tokenizer.json
     RG_GEMMA3_GGUF=... RG_GEMMA3_HF_JSON=target/gemma3/tokenizer.json \
         cargo test --release --test tokenizer_reference

@@ -7,7 +7,7 @@ hidden 2560, 26 layers (recurrent, recurrent, attention), lru 2560, intermediate
 bf16 safetensors, sharded (model-0000X-of-0000N.safetensors + model.safetensors.index.json),
 about 5.4 GB. Tensors are generated and written in chunks, so the script needs little memory.
 
-    python tools/make_2b_checkpoint.py [OUT_DIR]     # default target/rg2b/hf
+    python scripts/make_2b_checkpoint.py [OUT_DIR]     # default target/rg2b/hf
 
 The config uses the transformers 4.x spelling of the published 2B config (`_block_types`,
 top-level `rope_theta` / `partial_rotary_factor`). No tokenizer files are written.

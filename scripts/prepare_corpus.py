@@ -22,7 +22,7 @@ During training a pre-tokenizer splits before every "▁" and around every "\n",
 word boundary or a newline; the script then checks that dropping that pre-tokenizer (the shipped form) gives
 identical ids on the whole corpus, and that every quote round-trips (decode(encode(x)) == x).
 
-Usage: python tools/prepare_corpus.py [--src /usr/share/games/fortunes] [--out target/tiny-fortunes-data]
+Usage: python scripts/prepare_corpus.py [--src /usr/share/games/fortunes] [--out target/tiny-fortunes-data]
        [--models models/tiny-fortunes] [--vocab 2048]
 Writes: OUT/train.txt, OUT/heldout.txt, OUT/tokenizer.json, MODELS/heldout.txt, MODELS/tokenizer.json.
 """

@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Train tiny-fortunes: a small real RecurrentGemma (Griffin) on the fortunes corpus, on CPU.
 
-Run tools/prepare_corpus.py first (it writes target/tiny-fortunes-data/{train,heldout}.txt and tokenizer.json).
+Run scripts/prepare_corpus.py first (it writes target/tiny-fortunes-data/{train,heldout}.txt and tokenizer.json).
 
-    nice -n 19 .venv/bin/python tools/train_tiny.py            # train, export, write the reference
-    .venv/bin/python tools/train_tiny.py --export-only          # export the last checkpoint again
+    nice -n 19 .venv/bin/python scripts/train_tiny.py            # train, export, write the reference
+    .venv/bin/python scripts/train_tiny.py --export-only          # export the last checkpoint again
 
 Model: Hugging Face transformers' RecurrentGemmaForCausalLM (the RecurrentGemma architecture), see CONFIG.
 Hyperparameters (defaults; all on the command line):

@@ -12,8 +12,8 @@ The same vocabulary is also written as llama.cpp-style `tokenizer.ggml.*` arrays
 pieces spelled with spaces, as in llama.cpp's Gemma GGUFs) so the test can build both kinds of
 GGUF.
 
-Usage: .venv/bin/python tools/make_tiny_tokenizer_fixture.py   (needs `tokenizers`, see
-tools/requirements-dev.txt)
+Usage: .venv/bin/python scripts/make_tiny_tokenizer_fixture.py   (needs `tokenizers`, see
+scripts/requirements-dev.txt)
 """
 
 import json
@@ -103,7 +103,7 @@ def main():
     types = [3] * len(CONTROL) + [4] * len(USER_DEFINED) + [6] * len(BYTES) + [1] * len(normal)
     ggml_tokens = CONTROL + list(USER_DEFINED.values()) + BYTES + normal
     expected = {
-        "generator": "tools/make_tiny_tokenizer_fixture.py",
+        "generator": "scripts/make_tiny_tokenizer_fixture.py",
         "tokenizers_version": tokenizers.__version__,
         "ggml": {
             "tokens": ggml_tokens,

