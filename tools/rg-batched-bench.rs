@@ -93,6 +93,10 @@ struct Args {
     /// Random seed for the prompt token ids.
     #[arg(long, default_value_t = 1234)]
     seed: u64,
+    /// Also write the runs as JSON lines to FILE (whatever `-o` prints), e.g. for
+    /// scripts/plot-batched-bench.py next to a markdown report.
+    #[arg(long = "jsonl-out", value_name = "FILE")]
+    jsonl_out: Option<PathBuf>,
 }
 
 /// llama-batched-bench spells these flags with one dash; clap would read `-npp` as `-n -p -p`.
@@ -531,6 +535,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(path) = &args.jsonl_out {
+        let lines: String = runs
+            .iter()
+            .map(|r| format!("{}\n", to_json(&setup, r)))
+            .collect();
+        if let Err(e) = std::fs::write(path, lines) {
+            eprintln!("error: writing {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    }
     match args.output {
         OutputFormat::Md => print_md(&setup, &runs),
         OutputFormat::Json => {
