@@ -270,7 +270,8 @@ rg_token rg_sampler_sample(rg_sampler *sampler, rg_context *ctx);
 /* The same from the logits of sequence seq (rg_seq_get_logits). Give each sequence its own
  * sampler: the history and the random stream are the sampler's. */
 rg_token rg_sampler_sample_seq(rg_sampler *sampler, rg_context *ctx, rg_seq_id seq);
-/* Clears the sampler's history (the random stream continues). */
+/* Clears the sampler's history and restarts its random stream from the seed (the same
+ * tokens again for the same logits). */
 void rg_sampler_reset(rg_sampler *sampler);
 void rg_sampler_free(rg_sampler *sampler);
 

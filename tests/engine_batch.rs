@@ -361,6 +361,11 @@ fn logits_of_a_sequence_left_out_of_a_call_are_kept() {
     ctx.seq_load(2, &saved).unwrap();
     assert_eq!(ctx.seq_logits(2).unwrap(), &a_logits[..]);
     assert_eq!(ctx.seq_position(2).unwrap(), 2);
+    // A state saved without logits loads without logits.
+    ctx.seq_save(1, &mut saved).unwrap();
+    ctx.seq_load(2, &saved).unwrap();
+    assert!(ctx.seq_logits(2).is_none());
+    assert_eq!(ctx.seq_position(2).unwrap(), 6);
 }
 
 #[test]

@@ -388,7 +388,12 @@ impl SeqState {
         for v in self.own_logits.iter_mut() {
             *v = floats.next().unwrap();
         }
-        self.logits_at = LogitsAt::Own;
+        // A state saved without logits holds zeros there (real logits are never all zero).
+        self.logits_at = if self.own_logits.iter().all(|&v| v == 0.0) {
+            LogitsAt::None
+        } else {
+            LogitsAt::Own
+        };
         for layer in &mut self.layers {
             match layer {
                 LayerState::Recurrent { conv_tail, h } => {
