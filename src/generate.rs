@@ -181,8 +181,9 @@ pub fn generate(
 }
 
 /// Token ids -> text pieces, through the tokenizer's stream decoder (or ids when there is no
-/// tokenizer) and the stop-string filter.
-struct TextStream<'a> {
+/// tokenizer) and the stop-string filter: the text side of [`generate`], one per sequence, for
+/// front ends that run their own sampling loop (several sequences decoded together).
+pub struct TextStream<'a> {
     tokenizer: Option<&'a Tokenizer>,
     decoder: StreamDecoder,
     stops: StopStrings,
@@ -191,7 +192,13 @@ struct TextStream<'a> {
 }
 
 impl<'a> TextStream<'a> {
-    fn new(tokenizer: Option<&'a Tokenizer>, stop_strings: &[String], show_special: bool) -> Self {
+    /// A stream with `stop_strings` (empty ones ignored); control tokens produce no text
+    /// unless `show_special`.
+    pub fn new(
+        tokenizer: Option<&'a Tokenizer>,
+        stop_strings: &[String],
+        show_special: bool,
+    ) -> Self {
         TextStream {
             tokenizer,
             decoder: StreamDecoder::new(),
@@ -201,8 +208,9 @@ impl<'a> TextStream<'a> {
         }
     }
 
-    /// Appends the text that may be shown after token `id` to `out`; true on a stop string.
-    fn push(&mut self, id: u32, out: &mut String) -> bool {
+    /// Appends the text that may be shown after token `id` to `out`; true on a stop string
+    /// (`out` then ends right before it; push no more tokens).
+    pub fn push(&mut self, id: u32, out: &mut String) -> bool {
         use std::fmt::Write;
         self.piece.clear();
         match self.tokenizer {
@@ -215,8 +223,9 @@ impl<'a> TextStream<'a> {
         self.stops.push(&self.piece, out)
     }
 
-    /// The text still held back (an incomplete character, a partial stop string).
-    fn finish(&mut self, out: &mut String) {
+    /// Appends the text still held back (an incomplete character, a partial stop string) to
+    /// `out`; for a generation that ended without a stop string.
+    pub fn finish(&mut self, out: &mut String) {
         if self.tokenizer.is_some() {
             let rest = self.decoder.flush();
             if !rest.is_empty() && self.stops.push(&rest, out) {

@@ -4,10 +4,17 @@
 //! rg-run -m model.gguf -p "Why is the sky blue?" -n 64
 //! rg-run -m model.gguf -cnv                       # chat with the Gemma turn template
 //! rg-run -m tiny.gguf --prompt-ids 2,17,300 -n 16 --temp 0 --ids-out ids.json --logits-out l.npy
+//! rg-run -m model.gguf -p "Once upon a time" -n 64 -np 4 --seed 1   # 4 continuations at once
 //! ```
 //!
 //! Generated text streams to stdout; timings and diagnostics go to stderr. Every error is one
 //! `error: ...` line and a non-zero exit status.
+//!
+//! With `-np N` (llama.cpp's `--parallel`) the prompt is evaluated once, forked into N
+//! sequences of one [`BatchContext`] and continued with the seeds `seed .. seed + N - 1`, one
+//! batched decode per step for all the sequences still running; continuation `i` (1..=N) is
+//! exactly what a single run with `--seed seed+i-1` prints. The continuations are printed when
+//! all are done (see [`run_parallel`]).
 
 use std::fs::File;
 use std::io::{self, BufRead, BufWriter, Seek, SeekFrom, Write};
@@ -18,8 +25,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use rgemma::generate::{generate, GenerateOptions, GenerateSink, Generation, StopReason};
-use rgemma::model::{Context, ContextParams, LoadOptions, Model};
+use rgemma::generate::{
+    generate, GenerateOptions, GenerateSink, Generation, StopReason, TextStream,
+};
+use rgemma::model::{BatchContext, BatchRow, Context, ContextParams, LoadOptions, Model};
 use rgemma::sampling::{Sampler, SamplerParams};
 use rgemma::tokenizer::Tokenizer;
 
@@ -29,12 +38,24 @@ static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
 /// Gemma's `<eos>` id, used when the model carries no tokenizer to ask.
 const GEMMA_EOS: u32 = 1;
 
+/// Most sequences `-np` takes: each holds a whole recurrent state and K/V window, so a
+/// mistyped count would otherwise end in an out-of-memory abort instead of an error line.
+const MAX_PARALLEL: i64 = 256;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "rg-run",
     version,
     about = "Generate text with a RecurrentGemma GGUF model",
-    after_help = "As in llama.cpp, -cnv means --conversation and -sp means --special.",
+    after_help = "As in llama.cpp, -cnv means --conversation, -sp means --special and -np means \
+                  --parallel.\n\n\
+                  With -np N > 1 the output is the prompt (unless --no-display-prompt), then for \
+                  each continuation i = 1..N a line\n  \
+                  --- continuation i/N (seed S) ---\n\
+                  followed by its text (a newline added if it has none), printed when all N \
+                  are done. \
+                  Continuation i uses the seed S = seed + i - 1 and is the text a single run with \
+                  --seed S gives.",
     args_override_self = true
 )]
 struct Args {
@@ -119,6 +140,19 @@ struct Args {
     #[arg(long = "seed", default_value_t = -1, allow_negative_numbers = true)]
     seed: i64,
 
+    /// Continuations of the prompt to generate together (llama.cpp's --parallel, 1..=256):
+    /// one prompt evaluation, then N sequences sampled with the seeds seed, seed+1, ... and
+    /// decoded in one batch per step; printed one after another when all are done. With N > 1,
+    /// --ids-out writes every continuation; --conversation, --logits-out and the GPU are not
+    /// available.
+    #[arg(
+        long = "parallel",
+        value_name = "N",
+        default_value_t = 1,
+        allow_negative_numbers = true
+    )]
+    parallel: i64,
+
     /// Interactive chat: read user turns from stdin, answer with the Gemma turn template.
     #[arg(long = "conversation")]
     conversation: bool,
@@ -149,7 +183,8 @@ struct Args {
     logits_out: Option<PathBuf>,
 
     /// Write {"prompt_ids": [...], "generated_ids": [...], "stop_reason": ...} as JSON
-    /// (with --conversation: {"turns": [one such object per turn]}).
+    /// (with --conversation: {"turns": [one such object per turn]}; with --parallel N > 1:
+    /// {"prompt_ids": [...], "continuations": [{"seed", "generated_ids", "stop_reason"}, ...]}).
     #[arg(long = "ids-out", value_name = "FILE.json")]
     ids_out: Option<PathBuf>,
 
@@ -207,6 +242,7 @@ fn main() -> ExitCode {
         Some("-cnv") => "--conversation".into(),
         Some("-sp") => "--special".into(),
         Some("-ngl") => "--n-gpu-layers".into(),
+        Some("-np") => "--parallel".into(),
         _ => a,
     });
     let args = Args::parse_from(argv);
@@ -270,6 +306,7 @@ fn run(args: &Args) -> CliResult<()> {
     if args.conversation && args.prompt_ids.is_some() {
         return fail("--prompt-ids cannot be used with --conversation");
     }
+    let n_parallel = parallel_count(args)?;
     let prompt_ids_arg = args.prompt_ids.as_deref().map(parse_ids).transpose()?;
     let prompt_text = match (&args.prompt, &args.file) {
         (Some(p), _) => Some(p.clone()),
@@ -304,6 +341,12 @@ fn run(args: &Args) -> CliResult<()> {
         Some(_) => true,
         None => args.n_gpu_layers.is_some_and(|n| n > 0),
     };
+    if want_gpu && n_parallel > 1 {
+        return fail(
+            "--parallel > 1 runs on the CPU only (the GPU backend decodes one sequence); \
+             drop -ngl / --device cuda",
+        );
+    }
     let t_load = Instant::now();
     // The weights are repacked for the CPU kernels unless the model is meant for the GPU
     // (the packed copy would only cost load time and memory there).
@@ -316,6 +359,18 @@ fn run(args: &Args) -> CliResult<()> {
         .threads
         .map(|t| t as usize)
         .unwrap_or_else(default_threads);
+    if n_parallel > 1 {
+        let setup = ParallelSetup {
+            n_seq: n_parallel,
+            n_threads,
+            t_load,
+            max_tokens,
+            sampler_params,
+            prompt_ids: prompt_ids_arg,
+            prompt_text,
+        };
+        return run_parallel(args, model, setup);
+    }
     let mut ctx = Context::new(
         Arc::clone(&model),
         ContextParams {
@@ -336,41 +391,16 @@ fn run(args: &Args) -> CliResult<()> {
         }
     }
 
-    let needs_tokenizer = |what: &str| -> CliResult<&Tokenizer> {
-        tokenizer.ok_or_else(|| {
-            CliError(format!(
-                "{what} needs a tokenizer, and this model file has none (use --prompt-ids)"
-            ))
-        })
-    };
-    if !args.stop.is_empty() && tokenizer.is_none() {
-        needs_tokenizer("--stop")?;
+    if !args.stop.is_empty() {
+        needs_tokenizer(tokenizer, "--stop")?;
     }
-
-    let mut stop_tokens = Vec::new();
-    if !args.ignore_eos {
-        match tokenizer {
-            Some(tok) => {
-                stop_tokens.push(tok.eos());
-                stop_tokens.extend(tok.token_id("<end_of_turn>"));
-            }
-            None => stop_tokens.push(GEMMA_EOS),
-        }
-    }
-    let opts = GenerateOptions {
-        max_tokens,
-        stop_tokens,
-        stop_strings: args.stop.clone(),
-        all_logits: args.logits_out.is_some(),
-        batch_size: args.batch_size as usize,
-        show_special: args.special,
-    };
+    let opts = generate_options(args, tokenizer, max_tokens);
     let mut sampler = Sampler::new(sampler_params);
     let mut out = StdoutSink::new(args.logits_out.as_deref(), model.n_vocab())?;
     let mut stats = Stats::default();
 
     if args.conversation {
-        let tok = needs_tokenizer("--conversation")?;
+        let tok = needs_tokenizer(tokenizer, "--conversation")?;
         let turns = chat(
             &mut ctx,
             &mut sampler,
@@ -389,24 +419,7 @@ fn run(args: &Args) -> CliResult<()> {
             write_json(path, &serde_json::json!({ "turns": turns }))?;
         }
     } else {
-        let prompt = match (&prompt_ids_arg, &prompt_text) {
-            (Some(ids), _) => ids.clone(),
-            (None, Some(text)) => {
-                let tok = needs_tokenizer("a text prompt")?;
-                let ids = tok.encode(text, add_bos(tok, args), true)?;
-                if ids.is_empty() {
-                    return fail("empty prompt: the text encodes to no tokens");
-                }
-                if !args.no_display_prompt {
-                    out.print(text)?;
-                }
-                ids
-            }
-            (None, None) => unreachable!("checked above"),
-        };
-        if args.verbose {
-            eprintln!("prompt ids ({}): {prompt:?}", prompt.len());
-        }
+        let prompt = prompt_tokens(args, tokenizer, prompt_ids_arg, prompt_text, &mut out)?;
         let gen = generate(&mut ctx, &mut sampler, tokenizer, &prompt, &opts, &mut out)?;
         out.end_of_output()?;
         stats.add(&gen);
@@ -420,6 +433,90 @@ fn run(args: &Args) -> CliResult<()> {
     out.finish_logits()?;
     print_timings(load_time, &stats, &sampler, &ctx);
     Ok(())
+}
+
+/// `--parallel` as a sequence count, with the flags that cannot go with more than one.
+fn parallel_count(args: &Args) -> CliResult<usize> {
+    let n = args.parallel;
+    if !(1..=MAX_PARALLEL).contains(&n) {
+        return fail(format!(
+            "--parallel must be between 1 and {MAX_PARALLEL}, got {n}"
+        ));
+    }
+    if n > 1 && args.conversation {
+        return fail("--parallel > 1 is not available with --conversation");
+    }
+    if n > 1 && args.logits_out.is_some() {
+        return fail(
+            "--parallel > 1 is not available with --logits-out (one sequence's logits per file)",
+        );
+    }
+    Ok(n as usize)
+}
+
+/// The model's tokenizer, or an error naming what needed it.
+fn needs_tokenizer<'a>(tokenizer: Option<&'a Tokenizer>, what: &str) -> CliResult<&'a Tokenizer> {
+    tokenizer.ok_or_else(|| {
+        CliError(format!(
+            "{what} needs a tokenizer, and this model file has none (use --prompt-ids)"
+        ))
+    })
+}
+
+/// Stop tokens, limits and text settings from the flags.
+fn generate_options(
+    args: &Args,
+    tokenizer: Option<&Tokenizer>,
+    max_tokens: Option<usize>,
+) -> GenerateOptions {
+    let mut stop_tokens = Vec::new();
+    if !args.ignore_eos {
+        match tokenizer {
+            Some(tok) => {
+                stop_tokens.push(tok.eos());
+                stop_tokens.extend(tok.token_id("<end_of_turn>"));
+            }
+            None => stop_tokens.push(GEMMA_EOS),
+        }
+    }
+    GenerateOptions {
+        max_tokens,
+        stop_tokens,
+        stop_strings: args.stop.clone(),
+        all_logits: args.logits_out.is_some(),
+        batch_size: args.batch_size as usize,
+        show_special: args.special,
+    }
+}
+
+/// The prompt's token ids (--prompt-ids verbatim, or the text encoded); a text prompt is
+/// echoed to stdout unless --no-display-prompt.
+fn prompt_tokens(
+    args: &Args,
+    tokenizer: Option<&Tokenizer>,
+    ids: Option<Vec<u32>>,
+    text: Option<String>,
+    out: &mut StdoutSink,
+) -> CliResult<Vec<u32>> {
+    let prompt = match (ids, text) {
+        (Some(ids), _) => ids,
+        (None, Some(text)) => {
+            let tok = needs_tokenizer(tokenizer, "a text prompt")?;
+            let ids = tok.encode(&text, add_bos(tok, args), true)?;
+            if ids.is_empty() {
+                return fail("empty prompt: the text encodes to no tokens");
+            }
+            if !args.no_display_prompt {
+                out.print(&text)?;
+            }
+            ids
+        }
+        (None, None) => unreachable!("checked in run"),
+    };
+    if args.verbose {
+        eprintln!("prompt ids ({}): {prompt:?}", prompt.len());
+    }
+    Ok(prompt)
 }
 
 /// BOS goes in front of a text prompt when the vocabulary asks for it
@@ -520,6 +617,259 @@ fn chat(
         unfed = gen.unfed;
         first_turn = false;
         turns.push((new_ids, gen));
+    }
+}
+
+/// What `run` has worked out for [`run_parallel`].
+struct ParallelSetup {
+    n_seq: usize,
+    n_threads: usize,
+    t_load: Instant,
+    max_tokens: Option<usize>,
+    sampler_params: SamplerParams,
+    prompt_ids: Option<Vec<u32>>,
+    prompt_text: Option<String>,
+}
+
+/// `-np N`: the prompt is evaluated once in sequence 0 (in batches of -b rows, logits only
+/// for the last one), copied into sequences 1..N, and each sequence is sampled with its own
+/// [`Sampler`] (seed `seed + i`, the prompt in its penalty history, as [`generate`] does).
+/// Each step samples one token for every running sequence from its logits and decodes all of
+/// them in one [`BatchContext::decode`]; a sequence stops, by the rules of [`generate`], at
+/// -n tokens, a stop token or a stop string while the others go on. The text is printed when
+/// all are done: the prompt (unless --no-display-prompt), then per continuation a header
+/// line and its text.
+fn run_parallel(args: &Args, model: Arc<Model>, setup: ParallelSetup) -> CliResult<()> {
+    let n_seq = setup.n_seq;
+    let prompt_batch = args.batch_size as usize;
+    // One decode carries a row for every running sequence, even with a -b smaller than N.
+    let mut ctx = BatchContext::new(
+        Arc::clone(&model),
+        ContextParams {
+            batch_size: prompt_batch.max(n_seq),
+            n_threads: setup.n_threads,
+            n_seq_max: n_seq,
+            ..Default::default()
+        },
+    )?;
+    let load_time = setup.t_load.elapsed();
+    let tokenizer = model.tokenizer();
+    if args.verbose {
+        print_model_info(&model, tokenizer, &args.model, setup.n_threads);
+        if args.ctx_size.is_some() {
+            eprintln!("note: --ctx-size is ignored (the sequence state has a fixed size)");
+        }
+    }
+    if !args.stop.is_empty() {
+        needs_tokenizer(tokenizer, "--stop")?;
+    }
+    let opts = generate_options(args, tokenizer, setup.max_tokens);
+    let mut out = StdoutSink::new(None, model.n_vocab())?;
+    let prompt = prompt_tokens(
+        args,
+        tokenizer,
+        setup.prompt_ids,
+        setup.prompt_text,
+        &mut out,
+    )?;
+    let n_vocab = model.n_vocab();
+    if let Some(&bad) = prompt.iter().find(|&&id| id as usize >= n_vocab) {
+        return fail(format!(
+            "token id {bad} is out of range (vocabulary size {n_vocab})"
+        ));
+    }
+    // The seed of continuation 1: --seed, or a drawn one below 2^62, so that every seed
+    // printed (up to base + 255) can be given back to --seed (an i64) to repeat a run.
+    let base_seed = match setup.sampler_params.seed {
+        Some(seed) => seed,
+        None => Sampler::new(setup.sampler_params.clone()).seed() >> 2,
+    };
+
+    // Prompt: once, then forked.
+    let t_prompt = Instant::now();
+    let mut rows: Vec<BatchRow> = Vec::with_capacity(ctx.batch_capacity());
+    let n_chunks = prompt.len().div_ceil(prompt_batch);
+    for (ci, chunk) in prompt.chunks(prompt_batch).enumerate() {
+        let last_chunk = ci + 1 == n_chunks;
+        rows.clear();
+        rows.extend(chunk.iter().enumerate().map(|(t, &token)| BatchRow {
+            token,
+            seq: 0,
+            logits: last_chunk && t + 1 == chunk.len(),
+        }));
+        ctx.decode(&rows)?;
+    }
+    for seq in 1..n_seq {
+        ctx.seq_copy(0, seq)?;
+    }
+    let mut conts: Vec<Continuation> = (0..n_seq)
+        .map(|i| {
+            let seed = base_seed + i as u64;
+            let params = SamplerParams {
+                seed: Some(seed),
+                ..setup.sampler_params.clone()
+            };
+            Continuation::new(Sampler::new(params), tokenizer, &opts, &prompt)
+        })
+        .collect();
+    let prompt_time = t_prompt.elapsed();
+
+    // Generation: one batched decode per step.
+    let t_gen = Instant::now();
+    let mut decodes = 0usize;
+    loop {
+        rows.clear();
+        for (seq, cont) in conts.iter_mut().enumerate() {
+            if cont.stop.is_some() {
+                continue;
+            }
+            let logits = ctx
+                .seq_logits(seq)
+                .ok_or_else(|| CliError(format!("internal error: no logits for sequence {seq}")))?;
+            if let Some(token) = cont.step(logits, &opts) {
+                rows.push(BatchRow {
+                    token,
+                    seq,
+                    logits: true,
+                });
+            }
+        }
+        if rows.is_empty() {
+            break;
+        }
+        ctx.decode(&rows)?;
+        decodes += 1;
+    }
+    let gen_time = t_gen.elapsed();
+
+    out.end_of_output()?;
+    for (i, cont) in conts.iter().enumerate() {
+        out.print(&format!(
+            "--- continuation {}/{n_seq} (seed {}) ---\n",
+            i + 1,
+            cont.sampler.seed()
+        ))?;
+        out.print(&cont.text)?;
+        out.end_of_output()?;
+        if args.verbose {
+            let stop = cont.stop.as_ref().expect("every continuation has stopped");
+            eprintln!(
+                "continuation {}: stop reason: {}",
+                i + 1,
+                describe_stop(stop)
+            );
+        }
+    }
+    if let Some(path) = &args.ids_out {
+        let continuations: Vec<serde_json::Value> = conts
+            .iter()
+            .map(|c| {
+                let mut v = serde_json::json!({
+                    "seed": c.sampler.seed(),
+                    "generated_ids": c.generated,
+                });
+                if let Some(stop) = &c.stop {
+                    v["stop_reason"] = stop.as_str().into();
+                    if let StopReason::StopToken(id) = stop {
+                        v["stop_token"] = (*id).into();
+                    }
+                }
+                v
+            })
+            .collect();
+        let json = serde_json::json!({ "prompt_ids": prompt, "continuations": continuations });
+        write_json(path, &json)?;
+    }
+
+    let generated: usize = conts.iter().map(|c| c.generated.len()).sum();
+    eprintln!();
+    eprintln!(
+        "rg-run: {:<13} = {:10.2} ms",
+        "load time",
+        load_time.as_secs_f64() * 1e3
+    );
+    eprintln!("{}", rate_line("prompt eval", prompt.len(), prompt_time));
+    eprintln!("{}", rate_line("generation", generated, gen_time));
+    eprintln!(
+        "rg-run: {:<13} = {n_seq} sequences, {decodes} batched decodes",
+        "parallel"
+    );
+    eprintln!(
+        "rg-run: {:<13} = {:10.2} MiB ({n_seq} x {:.2} MiB)",
+        "state memory",
+        (n_seq * ctx.seq_state_bytes()) as f64 / (1024.0 * 1024.0),
+        ctx.seq_state_bytes() as f64 / (1024.0 * 1024.0)
+    );
+    let last_seed = base_seed + (n_seq as u64 - 1);
+    eprintln!(
+        "rg-run: {:<13} = {base_seed} (continuations 1..{n_seq}: seeds {base_seed}..{last_seed})",
+        "seed"
+    );
+    Ok(())
+}
+
+/// One sequence of `-np`: its sampler, text and how it ended.
+struct Continuation<'a> {
+    sampler: Sampler,
+    text_stream: TextStream<'a>,
+    /// Generated ids, stop token excluded.
+    generated: Vec<u32>,
+    /// The text to print (stop strings cut, as [`generate`] streams it).
+    text: String,
+    /// `None` while running.
+    stop: Option<StopReason>,
+}
+
+impl<'a> Continuation<'a> {
+    fn new(
+        mut sampler: Sampler,
+        tokenizer: Option<&'a Tokenizer>,
+        opts: &GenerateOptions,
+        prompt: &[u32],
+    ) -> Self {
+        for &id in prompt {
+            sampler.accept(id);
+        }
+        Continuation {
+            sampler,
+            text_stream: TextStream::new(tokenizer, &opts.stop_strings, opts.show_special),
+            generated: Vec::new(),
+            text: String::new(),
+            stop: None,
+        }
+    }
+
+    /// One step of [`generate`]'s loop on `logits` (those after this sequence's last token):
+    /// the token to decode next, or `None` when the sequence has ended (`stop` is then set).
+    /// The order of the checks is [`generate`]'s, so the tokens and text are the same.
+    fn step(&mut self, logits: &[f32], opts: &GenerateOptions) -> Option<u32> {
+        let at_limit = |n: usize| opts.max_tokens.is_some_and(|max| n >= max);
+        if at_limit(self.generated.len()) {
+            return self.end(StopReason::MaxTokens);
+        }
+        let id = self.sampler.sample(logits);
+        if opts.stop_tokens.contains(&id) {
+            return self.end(StopReason::StopToken(id));
+        }
+        self.sampler.accept(id);
+        self.generated.push(id);
+        if self.text_stream.push(id, &mut self.text) {
+            // The text already ends before the stop string; nothing is held back.
+            self.stop = Some(StopReason::StopString);
+            return None;
+        }
+        if at_limit(self.generated.len()) {
+            // Nothing needs the logits after the last token: it is not decoded.
+            return self.end(StopReason::MaxTokens);
+        }
+        Some(id)
+    }
+
+    /// Ends the sequence without a stop string: the held-back text is released.
+    fn end(&mut self, reason: StopReason) -> Option<u32> {
+        self.text_stream.finish(&mut self.text);
+        self.stop = Some(reason);
+        None
     }
 }
 
