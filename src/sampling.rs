@@ -1,4 +1,6 @@
 //! Token sampling: repetition penalty, top-k, top-p, min-p, temperature, and a seeded draw.
+//! OpenAI's presence and frequency penalties ([`TokenPenalties`], off by default) join the
+//! repetition penalty, over the same window of accepted tokens, as in llama.cpp.
 //!
 //! The chain and its defaults follow llama.cpp's `common` sampler:
 //! penalties -> top-k -> top-p -> min-p -> temperature -> draw. Top-p and min-p therefore look at
@@ -83,6 +85,34 @@ impl SamplerParams {
     }
 }
 
+/// OpenAI's `presence_penalty` and `frequency_penalty` (llama.cpp's `penalty_present` and
+/// `penalty_freq`): a token seen `c > 0` times among the last `repeat_last_n` accepted tokens
+/// loses `c * frequency + presence` from its logit, after the repetition penalty. Both 0 (the
+/// default) leave the sampler exactly as without them. Set with [`Sampler::set_token_penalties`].
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct TokenPenalties {
+    pub presence: f32,
+    pub frequency: f32,
+}
+
+impl TokenPenalties {
+    /// OpenAI's range for both: [-2, 2].
+    pub fn validate(&self) -> Result<()> {
+        for (name, v) in [("presence", self.presence), ("frequency", self.frequency)] {
+            if !(v.is_finite() && (-2.0..=2.0).contains(&v)) {
+                return Err(Error::InvalidArgument(format!(
+                    "{name} penalty must be in [-2, 2], got {v}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn active(&self) -> bool {
+        self.presence != 0.0 || self.frequency != 0.0
+    }
+}
+
 /// One candidate token: its id and its current logit (or, after [`Sampler::distribution`], its
 /// probability in `p`).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -104,6 +134,10 @@ pub struct Sampler {
     candidates: Vec<TokenProb>,
     /// Scratch: the distinct ids of `history`, for applying the penalty once per token.
     penalised: Vec<u32>,
+    /// Scratch: how often each id of `penalised` occurs in `history` (filled only when
+    /// `token_penalties` are active).
+    penalised_counts: Vec<u32>,
+    token_penalties: TokenPenalties,
 }
 
 impl Sampler {
@@ -120,12 +154,24 @@ impl Sampler {
             history,
             candidates: Vec::new(),
             penalised: Vec::new(),
+            penalised_counts: Vec::new(),
+            token_penalties: TokenPenalties::default(),
             params,
         }
     }
 
     pub fn params(&self) -> &SamplerParams {
         &self.params
+    }
+
+    /// Turns on OpenAI's presence / frequency penalties (see [`TokenPenalties`]); they look at
+    /// the same `repeat_last_n` window as the repetition penalty.
+    pub fn set_token_penalties(&mut self, penalties: TokenPenalties) {
+        self.token_penalties = penalties;
+    }
+
+    pub fn token_penalties(&self) -> TokenPenalties {
+        self.token_penalties
     }
 
     /// The seed in use (the drawn one when the params had none), so a run can be repeated.
@@ -195,33 +241,59 @@ impl Sampler {
         let mut best_id = 0u32;
         let mut best = f32::NEG_INFINITY;
         let mut found = false;
-        scan_logits(
-            logits,
-            &self.penalised,
-            self.params.repeat_penalty,
-            |id, l| {
-                // Strict `>` keeps the lowest id among equal maxima.
-                if !found || l > best {
-                    best = l;
-                    best_id = id;
-                    found = true;
-                }
-            },
-        );
+        scan_logits(logits, &self.penalty(), |id, l| {
+            // Strict `>` keeps the lowest id among equal maxima.
+            if !found || l > best {
+                best = l;
+                best_id = id;
+                found = true;
+            }
+        });
         best_id
     }
 
-    /// Fills `penalised` with the sorted distinct ids the penalty applies to (empty when the
-    /// penalty is off); no allocation once grown.
+    /// Fills `penalised` with the sorted distinct ids the penalties apply to (empty when they
+    /// are off) and, with presence / frequency penalties, `penalised_counts` with their
+    /// counts; no allocation once grown.
     fn load_penalised_ids(&mut self) {
         self.penalised.clear();
+        self.penalised_counts.clear();
         let p = &self.params;
-        if p.repeat_penalty == 1.0 || p.repeat_last_n == 0 {
+        let counted = self.token_penalties.active();
+        if (p.repeat_penalty == 1.0 && !counted) || p.repeat_last_n == 0 {
             return;
         }
         self.penalised.extend(self.history.iter().copied());
         self.penalised.sort_unstable();
-        self.penalised.dedup();
+        if counted {
+            // Run lengths of the sorted ids are the counts.
+            let mut kept = 0;
+            for i in 0..self.penalised.len() {
+                let id = self.penalised[i];
+                if kept > 0 && self.penalised[kept - 1] == id {
+                    // kept > 0: the count of this id was pushed with it.
+                    self.penalised_counts[kept - 1] += 1;
+                } else {
+                    self.penalised[kept] = id;
+                    self.penalised_counts.push(1);
+                    kept += 1;
+                }
+            }
+            self.penalised.truncate(kept);
+        } else {
+            self.penalised.dedup();
+        }
+    }
+
+    /// The penalties of the next scan (after [`Sampler::load_penalised_ids`]).
+    fn penalty(&self) -> Penalty<'_> {
+        Penalty {
+            ids: &self.penalised,
+            counts: &self.penalised_counts,
+            repeat: self.params.repeat_penalty,
+            presence: self.token_penalties.presence,
+            frequency: self.token_penalties.frequency,
+        }
     }
 
     /// Runs penalties -> top-k -> top-p -> min-p -> temperature and leaves the survivors in
@@ -235,9 +307,15 @@ impl Sampler {
         // 1. Repetition penalty (llama.cpp: a positive logit is divided, a negative one
         //    multiplied, once per distinct token of the window), applied while scanning.
         self.load_penalised_ids();
+        let penalty = Penalty {
+            ids: &self.penalised,
+            counts: &self.penalised_counts,
+            repeat: self.params.repeat_penalty,
+            presence: self.token_penalties.presence,
+            frequency: self.token_penalties.frequency,
+        };
+        let penalty = &penalty;
         let params = &self.params;
-        let penalised = &self.penalised[..];
-        let penalty = params.repeat_penalty;
         let cand = &mut self.candidates;
         cand.clear();
 
@@ -251,17 +329,17 @@ impl Sampler {
         };
         let mut top_k_set_norm = None;
         if k < n {
-            collect_top_k(logits, penalised, penalty, k, cand);
+            collect_top_k(logits, penalty, k, cand);
         } else {
             let mut max = f32::NEG_INFINITY;
-            scan_logits(logits, penalised, penalty, |_, l| max = max.max(l));
+            scan_logits(logits, penalty, |_, l| max = max.max(l));
             let floor = if params.min_p > 0.0 {
                 max + params.min_p.ln()
             } else {
                 f32::NEG_INFINITY
             };
             let mut sum = 0.0f64;
-            scan_logits(logits, penalised, penalty, |id, l| {
+            scan_logits(logits, penalty, |id, l| {
                 if max > f32::NEG_INFINITY {
                     sum += ((l - max) as f64).exp();
                 }
@@ -312,22 +390,39 @@ impl Sampler {
     }
 }
 
+/// The penalties of one scan: the ids they apply to (sorted, distinct), their counts (empty
+/// unless presence / frequency penalties are on), and the three strengths.
+struct Penalty<'a> {
+    ids: &'a [u32],
+    counts: &'a [u32],
+    repeat: f32,
+    presence: f32,
+    frequency: f32,
+}
+
 /// Calls `f(id, logit)` for every token in id order, with NaN mapped to -inf and the
-/// repetition penalty applied to the ids in `penalised` (sorted, distinct).
+/// penalties applied to the ids in `penalty.ids`.
 #[inline]
-fn scan_logits(logits: &[f32], penalised: &[u32], penalty: f32, mut f: impl FnMut(u32, f32)) {
-    if penalised.is_empty() {
+fn scan_logits(logits: &[f32], penalty: &Penalty<'_>, mut f: impl FnMut(u32, f32)) {
+    if penalty.ids.is_empty() {
         for (i, &raw) in logits.iter().enumerate() {
             f(i as u32, sanitize(raw));
         }
         return;
     }
-    let mut next = penalised.iter().copied().peekable();
+    let mut next = penalty.ids.iter().copied().enumerate().peekable();
     for (i, &raw) in logits.iter().enumerate() {
         let id = i as u32;
         let mut l = sanitize(raw);
-        if next.peek() == Some(&id) {
-            l = penalise(l, penalty);
+        if let Some(&(k, _)) = next.peek().filter(|&&(_, pid)| pid == id) {
+            if penalty.repeat != 1.0 {
+                l = penalise(l, penalty.repeat);
+            }
+            if let Some(&count) = penalty.counts.get(k) {
+                // llama.cpp: logit -= count * freq + (count > 0) * present.
+                l -= count as f32 * penalty.frequency + penalty.presence;
+                l += 0.0; // as in `sanitize`: no -0.0
+            }
             next.next();
         }
         f(id, l);
@@ -338,16 +433,10 @@ fn scan_logits(logits: &[f32], penalised: &[u32], penalty: f32, mut f: impl FnMu
 /// is pruned back to the k best whenever it fills up, and a token that does not beat the
 /// current k-th best is skipped (it can never enter the top k: ids arrive in increasing order,
 /// so an equal logit also loses the tie).
-fn collect_top_k(
-    logits: &[f32],
-    penalised: &[u32],
-    penalty: f32,
-    k: usize,
-    cand: &mut Vec<TokenProb>,
-) {
+fn collect_top_k(logits: &[f32], penalty: &Penalty<'_>, k: usize, cand: &mut Vec<TokenProb>) {
     let cap = (4 * k).max(256);
     let mut kth: Option<f32> = None;
-    scan_logits(logits, penalised, penalty, |id, l| {
+    scan_logits(logits, penalty, |id, l| {
         // (`scan_logits` leaves no NaN and no -0.0, so `<=` agrees with the total order.)
         if kth.is_some_and(|t| l <= t) {
             return;
@@ -515,6 +604,99 @@ mod tests {
         let mut s = 0u64;
         assert_eq!(splitmix64(&mut s), 0xE220_A839_7B1D_CDAF);
         assert_eq!(splitmix64(&mut s), 0x6E78_9E6A_A1B9_65F4);
+    }
+
+    /// Logits 0..n as f32 (id i has logit i).
+    fn ramp(n: usize) -> Vec<f32> {
+        (0..n).map(|i| i as f32).collect()
+    }
+
+    #[test]
+    fn presence_and_frequency_penalties_follow_llama_cpp() {
+        // ids 9 (seen 3 times) and 8 (seen once): 9 - (3 * 0.5 + 1) = 6.5, 8 - (0.5 + 1) = 6.5,
+        // so 7 (unpenalised) wins greedy; with frequency 0.2 only: 9 - 1.6 = 7.4 still wins.
+        let mut s = Sampler::new(SamplerParams::greedy());
+        for id in [9, 9, 8, 9] {
+            s.accept(id);
+        }
+        let logits = ramp(10);
+        assert_eq!(s.sample(&logits), 9, "no token penalties by default");
+        s.set_token_penalties(TokenPenalties {
+            presence: 1.0,
+            frequency: 0.5,
+        });
+        assert_eq!(s.sample(&logits), 7);
+        s.set_token_penalties(TokenPenalties {
+            presence: 0.0,
+            frequency: 0.2,
+        });
+        assert_eq!(s.sample(&logits), 9);
+        // The filtered distribution sees the same penalised logits.
+        let mut t = Sampler::new(SamplerParams {
+            temp: 1.0,
+            top_k: 3,
+            top_p: 1.0,
+            min_p: 0.0,
+            seed: Some(1),
+            ..Default::default()
+        });
+        for id in [9, 9, 8, 9] {
+            t.accept(id);
+        }
+        t.set_token_penalties(TokenPenalties {
+            presence: 1.0,
+            frequency: 0.5,
+        });
+        // Penalised: 9 -> 6.5, 8 -> 6.5; top-3 = 7, then the tie 8, 9 by id.
+        let d: Vec<(u32, f32)> = t
+            .distribution(&logits)
+            .iter()
+            .map(|c| (c.id, c.logit))
+            .collect();
+        assert_eq!(d, vec![(7, 7.0), (8, 6.5), (9, 6.5)]);
+    }
+
+    #[test]
+    fn token_penalties_combine_with_repetition_penalty_and_window() {
+        // repeat 2: 9 -> 4.5, then - (0.5 + 0) = 4.0; only the last 2 accepted ids count.
+        let mut s = Sampler::new(SamplerParams {
+            repeat_penalty: 2.0,
+            repeat_last_n: 2,
+            ..SamplerParams::greedy()
+        });
+        s.set_token_penalties(TokenPenalties {
+            presence: 0.5,
+            frequency: 0.0,
+        });
+        for id in [3, 9, 8] {
+            s.accept(id); // 3 falls out of the window
+        }
+        let mut logits = ramp(10);
+        logits[3] = 4.2;
+        // 9 -> 4.0, 8 -> 3.5, 3 unpenalised 4.2, 7 = 7.0 wins.
+        assert_eq!(s.sample(&logits), 7);
+        logits[7] = 0.0;
+        logits[6] = 0.0;
+        logits[5] = 0.0;
+        logits[4] = 0.0;
+        assert_eq!(s.sample(&logits), 3);
+    }
+
+    #[test]
+    fn token_penalties_are_range_checked() {
+        assert!(TokenPenalties::default().validate().is_ok());
+        assert!(TokenPenalties {
+            presence: 2.5,
+            frequency: 0.0
+        }
+        .validate()
+        .is_err());
+        assert!(TokenPenalties {
+            presence: 0.0,
+            frequency: f32::NAN
+        }
+        .validate()
+        .is_err());
     }
 
     #[test]
