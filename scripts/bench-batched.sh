@@ -42,7 +42,7 @@ for ty in q4_0 q4_k_m; do
   if [ -n "${LLAMA_BATCHED_BENCH:-}" ] && [ -n "${llama_models[$i]:-}" ]; then
     echo "== $ty: llama-batched-bench on ${llama_models[$i]}" | tee -a "$report"
     ctx=$(( npp + ntg * ${npl##*,} + 256 ))
-    "$LLAMA_BATCHED_BENCH" -m "${llama_models[$i]}" -c "$ctx" -b 2048 -ub 512 -pps \
+    "$LLAMA_BATCHED_BENCH" -m "${llama_models[$i]}" -c "$ctx" -kvu -b 2048 -ub 512 -pps \
       -npp "$npp" -ntg "$ntg" -npl "$npl" -t "$threads" --output-format jsonl \
       2>"$out/llama-$ty.log" | tee "$out/llama-$ty.jsonl" | tee -a "$report"
     grep -E '^\|' "$out/llama-$ty.log" | tee -a "$report" || true
