@@ -10,6 +10,7 @@ pub mod gguf;
 pub mod model;
 pub mod perplexity;
 pub mod sampling;
+pub mod server;
 pub mod tokenizer;
 
 pub use error::{Error, Result};

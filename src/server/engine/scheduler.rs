@@ -1,0 +1,839 @@
+//! Continuous batching over one [`BatchContext`].
+//!
+//! Every request ("task") holds one sequence slot per choice. Each step builds one batch:
+//! 1. one row for every generating choice (the token it sampled last step), so running
+//!    streams advance by one token per step whatever else happens;
+//! 2. the few rows that close a finished chat answer (`<end_of_turn>\n`, for its snapshot);
+//! 3. the rest of the `-b` row budget goes to prompts still being run, oldest request
+//!    first, in chunks, so a long prompt never stalls the running streams for longer than
+//!    one step.
+//!
+//! After the decode, every choice that got logits samples its next token; a prompt that is
+//! complete is snapshotted for the prompt cache, forked into the task's other slots
+//! (`n` > 1) and sampled. Requests join (a free slot for each of their choices, queue
+//! order; a chat turn whose previous answer is still being closed for the cache waits the
+//! step or two that takes) and leave between steps; a request whose client has gone away (its event channel
+//! closed) or whose time is up ends at the next step. The batch buffers are allocated once.
+
+use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::time::Instant;
+
+use super::cache::PromptCache;
+use super::logprobs::LogprobScratch;
+use super::{Event, FinishReason, Job, PromptKind, Shared, Usage};
+use crate::generate::TextStream;
+use crate::model::{BatchContext, BatchRow};
+use crate::sampling::Sampler;
+use crate::server::chat_template::ChatTemplate;
+use crate::server::error::ApiError;
+use crate::tokenizer::Tokenizer;
+
+/// Why a choice ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cause {
+    StopToken,
+    StopString,
+    MaxTokens,
+    Timeout,
+}
+
+impl Cause {
+    fn reason(self) -> FinishReason {
+        match self {
+            Cause::StopToken | Cause::StopString => FinishReason::Stop,
+            Cause::MaxTokens | Cause::Timeout => FinishReason::Length,
+        }
+    }
+}
+
+enum Phase {
+    /// `to_feed` holds the token sampled last step (fed in the next batch).
+    Generating,
+    /// Finished; `tail` is being fed so that the state can be saved under `key`.
+    Closing {
+        tail: Vec<u32>,
+        fed: usize,
+        key: Vec<u32>,
+    },
+    /// Finished and its slot given back.
+    Released,
+}
+
+/// One choice of a request: its slot, sampler and text.
+struct Choice<'t> {
+    slot: usize,
+    sampler: Sampler,
+    text: TextStream<'t>,
+    generated: Vec<u32>,
+    /// The text sent so far (for the chat answer check).
+    content: String,
+    to_feed: Option<u32>,
+    phase: Phase,
+}
+
+/// An admitted request.
+struct Task<'t> {
+    job: Job,
+    /// Admission order: prompts run oldest first.
+    order: u64,
+    /// One per choice; `slots[0]` runs the prompt.
+    slots: Vec<usize>,
+    /// Prompt tokens in `slots[0]` (restored or run).
+    fed: usize,
+    cached: usize,
+    /// The whole prompt came from the cache (nothing new to snapshot).
+    exact_hit: bool,
+    /// Empty until the prompt is in.
+    choices: Vec<Choice<'t>>,
+    done_sent: bool,
+}
+
+impl Task<'_> {
+    fn prefilling(&self) -> bool {
+        self.fed < self.job.prompt.len()
+    }
+
+    fn send(&self, event: Event) {
+        // A closed channel is noticed by the next step's check.
+        let _ = self.job.events.send(event);
+    }
+}
+
+/// What a row of the current batch is for.
+#[derive(Clone, Copy, Debug)]
+enum RowMeta {
+    /// The token of generating choice `choice` of the task at `key`: sample from its logits.
+    Generated { key: usize, choice: usize },
+    /// The prompt's last token: the prompt of the task at `key` is in.
+    PromptEnd { key: usize },
+    /// A prompt or closing row with nothing to do afterwards.
+    Plain { key: usize },
+}
+
+pub(super) struct Scheduler<'t> {
+    ctx: BatchContext,
+    tok: Option<&'t Tokenizer>,
+    template: Option<&'t ChatTemplate>,
+    /// End-of-generation tokens: EOS and `<end_of_turn>`.
+    stop_tokens: Vec<u32>,
+    rx: Receiver<Job>,
+    /// The request channel is closed: finish what is there, then stop.
+    closing: bool,
+    shared: &'t Shared,
+    cache: PromptCache,
+    waiting: VecDeque<Job>,
+    /// Tasks by the id of their first slot.
+    tasks: Vec<Option<Task<'t>>>,
+    /// The key of the task holding each slot.
+    slot_owner: Vec<Option<usize>>,
+    next_order: u64,
+    rows: Vec<BatchRow>,
+    meta: Vec<RowMeta>,
+    prefill_order: Vec<(u64, usize)>,
+    logprobs: LogprobScratch,
+}
+
+impl<'t> Scheduler<'t> {
+    pub(super) fn new(
+        ctx: BatchContext,
+        tok: Option<&'t Tokenizer>,
+        template: Option<&'t ChatTemplate>,
+        rx: Receiver<Job>,
+        shared: &'t Shared,
+        cache_bytes: usize,
+    ) -> Scheduler<'t> {
+        let n_seq = ctx.n_seq_max();
+        let capacity = ctx.batch_capacity();
+        let mut stop_tokens = Vec::new();
+        if let Some(tok) = tok {
+            stop_tokens.push(tok.eos());
+            stop_tokens.extend(tok.token_id("<end_of_turn>"));
+        }
+        let m = &shared.metrics;
+        m.slots_total.store(n_seq as u64, Relaxed);
+        m.cache_limit_bytes.store(cache_bytes as u64, Relaxed);
+        Scheduler {
+            ctx,
+            tok,
+            template,
+            stop_tokens,
+            rx,
+            closing: false,
+            shared,
+            cache: PromptCache::new(cache_bytes),
+            waiting: VecDeque::new(),
+            tasks: (0..n_seq).map(|_| None).collect(),
+            slot_owner: vec![None; n_seq],
+            next_order: 0,
+            rows: Vec::with_capacity(capacity),
+            meta: Vec::with_capacity(capacity),
+            prefill_order: Vec::with_capacity(n_seq),
+            logprobs: LogprobScratch::default(),
+        }
+    }
+
+    /// Serves until the request channel is closed and every request is done.
+    pub(super) fn run(&mut self) {
+        loop {
+            if !self.intake() {
+                return;
+            }
+            let step = catch_unwind(AssertUnwindSafe(|| self.step()));
+            if step.is_err() {
+                // A bug hit one step: fail what was running, keep serving.
+                self.fail_all("internal error in the engine (panic); see the server log");
+                self.ctx.clear_all();
+            }
+            self.publish_gauges();
+        }
+    }
+
+    /// Moves new jobs into the queue; blocks while there is nothing to do. False when the
+    /// channel is closed and nothing is left.
+    fn intake(&mut self) -> bool {
+        let idle = self.waiting.is_empty() && self.tasks.iter().all(Option::is_none);
+        if idle {
+            if self.closing {
+                return false;
+            }
+            match self.rx.recv() {
+                Ok(job) => self.waiting.push_back(job),
+                Err(_) => return false,
+            }
+        }
+        loop {
+            match self.rx.try_recv() {
+                Ok(job) => self.waiting.push_back(job),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    self.closing = true;
+                    break;
+                }
+            }
+        }
+        true
+    }
+
+    /// One scheduling step: admit, expire, batch, decode, sample.
+    fn step(&mut self) {
+        self.admit();
+        self.expire();
+        if !self.build_batch() {
+            return;
+        }
+        let t0 = Instant::now();
+        let result = self.ctx.decode(&self.rows);
+        let ns = t0.elapsed().as_nanos() as u64;
+        let m = &self.shared.metrics;
+        m.decode_steps.fetch_add(1, Relaxed);
+        let has_prompt = self
+            .meta
+            .iter()
+            .any(|r| matches!(r, RowMeta::PromptEnd { .. } | RowMeta::Plain { .. }));
+        let has_gen = self
+            .meta
+            .iter()
+            .any(|r| matches!(r, RowMeta::Generated { .. }));
+        if has_prompt {
+            m.prompt_ns.fetch_add(ns, Relaxed);
+        }
+        if has_gen {
+            m.generation_ns.fetch_add(ns, Relaxed);
+        }
+        match result {
+            Ok(()) => self.after_decode(),
+            Err(e) => {
+                eprintln!("rg-server: decode failed: {e}");
+                self.fail_batch(&format!("the engine failed: {e}"));
+            }
+        }
+    }
+
+    /// Gives queued jobs their slots, in queue order; drops those whose client left and
+    /// answers 503 to those whose time ran out while waiting.
+    fn admit(&mut self) {
+        let now = Instant::now();
+        let queued = &self.shared.queued;
+        self.waiting.retain(|job| {
+            let gone = job.events.is_closed();
+            let late = job.deadline.is_some_and(|d| now >= d);
+            if late && !gone {
+                let _ = job.events.send(Event::Error(ApiError::busy(
+                    "timed out waiting for a free slot (--timeout)",
+                )));
+            }
+            if gone || late {
+                queued.fetch_sub(1, SeqCst);
+            }
+            !(gone || late)
+        });
+        while let Some(job) = self.waiting.front() {
+            if self.closing_prefix_of(&job.prompt) {
+                // Its snapshot is one or two steps away (the next turn of a chat sent right
+                // after the answer): wait for it rather than run the answer again.
+                break;
+            }
+            let free = self.slot_owner.iter().filter(|o| o.is_none()).count();
+            if free < job.params.n {
+                break;
+            }
+            let job = self.waiting.pop_front().expect("front exists");
+            self.shared.queued.fetch_sub(1, SeqCst);
+            self.start_task(job);
+        }
+    }
+
+    /// Whether an answer being closed for the cache will leave a snapshot that `prompt`
+    /// starts with.
+    fn closing_prefix_of(&self, prompt: &[u32]) -> bool {
+        self.tasks
+            .iter()
+            .flatten()
+            .flat_map(|t| &t.choices)
+            .any(|ch| matches!(&ch.phase, Phase::Closing { key, .. } if prompt.starts_with(key)))
+    }
+
+    /// Takes slots for `job`, resumes it from the longest cached snapshot of its prompt, and
+    /// starts sampling at once when the snapshot covers the whole prompt.
+    fn start_task(&mut self, job: Job) {
+        let slots: Vec<usize> = (0..self.slot_owner.len())
+            .filter(|&s| self.slot_owner[s].is_none())
+            .take(job.params.n)
+            .collect();
+        let key = slots[0];
+        for &s in &slots {
+            self.slot_owner[s] = Some(key);
+        }
+        let m = &self.shared.metrics;
+        let mut fed = 0;
+        if self.cache.enabled() {
+            match self.cache.lookup(&job.prompt) {
+                Some(hit) => match self.ctx.seq_load(key, hit.state) {
+                    Ok(()) => {
+                        fed = hit.len;
+                        m.cache_hits.fetch_add(1, Relaxed);
+                    }
+                    Err(e) => {
+                        eprintln!(
+                            "rg-server: a cached state did not load ({e}); running the prompt"
+                        );
+                        m.cache_misses.fetch_add(1, Relaxed);
+                    }
+                },
+                None => {
+                    m.cache_misses.fetch_add(1, Relaxed);
+                }
+            }
+        }
+        if fed == 0 {
+            if let Err(e) = self.ctx.seq_clear(key) {
+                let _ = job
+                    .events
+                    .send(Event::Error(ApiError::internal(e.to_string())));
+                self.release_slots(&slots);
+                return;
+            }
+        }
+        m.prompt_tokens_cached.fetch_add(fed as u64, Relaxed);
+        let exact_hit = fed == job.prompt.len();
+        self.tasks[key] = Some(Task {
+            job,
+            order: self.next_order,
+            slots,
+            fed,
+            cached: fed,
+            exact_hit,
+            choices: Vec::new(),
+            done_sent: false,
+        });
+        self.next_order += 1;
+        if exact_hit {
+            self.start_generation(key);
+        }
+    }
+
+    /// Ends requests whose client has gone (before their answer was complete) and those
+    /// whose time is up (finish reason `length`).
+    fn expire(&mut self) {
+        let now = Instant::now();
+        for key in 0..self.tasks.len() {
+            let Some(task) = &self.tasks[key] else {
+                continue;
+            };
+            if task.done_sent {
+                continue; // only closing for the cache: no client is waiting
+            }
+            if task.job.events.is_closed() {
+                self.drop_task(key);
+                continue;
+            }
+            if task.job.deadline.is_none_or(|d| now < d) {
+                continue;
+            }
+            if task.choices.is_empty() {
+                // Still running its prompt: every choice ends empty.
+                for choice in 0..task.job.params.n {
+                    task.send(Event::Finish {
+                        choice,
+                        reason: FinishReason::Length,
+                    });
+                }
+                self.send_done(key);
+                self.drop_task(key);
+                continue;
+            }
+            for c in 0..task.choices.len() {
+                let generating = self.tasks[key]
+                    .as_ref()
+                    .is_some_and(|t| matches!(t.choices[c].phase, Phase::Generating));
+                if generating {
+                    self.finish_choice(key, c, Cause::Timeout, None);
+                }
+            }
+        }
+    }
+
+    /// Fills `rows` (see the module doc); false when there is nothing to run.
+    fn build_batch(&mut self) -> bool {
+        self.rows.clear();
+        self.meta.clear();
+        let budget = self.ctx.batch_capacity();
+        // 1. One token per generating choice.
+        for (key, task) in self.tasks.iter_mut().enumerate() {
+            let Some(task) = task else { continue };
+            for (c, ch) in task.choices.iter_mut().enumerate() {
+                if let (Phase::Generating, Some(id)) = (&ch.phase, ch.to_feed.take()) {
+                    self.rows.push(BatchRow {
+                        token: id,
+                        seq: ch.slot,
+                        logits: true,
+                    });
+                    self.meta.push(RowMeta::Generated { key, choice: c });
+                }
+            }
+        }
+        // 2. Closing tails of finished chat answers.
+        let mut closing_rows = 0u64;
+        for (key, task) in self.tasks.iter_mut().enumerate() {
+            let Some(task) = task else { continue };
+            for ch in task.choices.iter_mut() {
+                if let Phase::Closing { tail, fed, .. } = &mut ch.phase {
+                    let room = budget - self.rows.len();
+                    let k = (tail.len() - *fed).min(room);
+                    for &token in &tail[*fed..*fed + k] {
+                        self.rows.push(BatchRow {
+                            token,
+                            seq: ch.slot,
+                            logits: false,
+                        });
+                        self.meta.push(RowMeta::Plain { key });
+                    }
+                    *fed += k;
+                    closing_rows += k as u64;
+                }
+            }
+        }
+        // 3. Prompt chunks, oldest request first.
+        self.prefill_order.clear();
+        for (key, task) in self.tasks.iter().enumerate() {
+            if let Some(task) = task.as_ref().filter(|t| t.prefilling()) {
+                self.prefill_order.push((task.order, key));
+            }
+        }
+        self.prefill_order.sort_unstable();
+        let mut prompt_rows = 0u64;
+        for &(_, key) in &self.prefill_order {
+            let room = budget - self.rows.len();
+            if room == 0 {
+                break;
+            }
+            let Some(task) = self.tasks[key].as_mut() else {
+                continue;
+            };
+            let prompt = &task.job.prompt;
+            let k = (prompt.len() - task.fed).min(room);
+            let ends = task.fed + k == prompt.len();
+            let seq = task.slots[0];
+            for (i, &token) in prompt[task.fed..task.fed + k].iter().enumerate() {
+                let last = ends && i + 1 == k;
+                self.rows.push(BatchRow {
+                    token,
+                    seq,
+                    logits: last,
+                });
+                self.meta.push(if last {
+                    RowMeta::PromptEnd { key }
+                } else {
+                    RowMeta::Plain { key }
+                });
+            }
+            task.fed += k;
+            prompt_rows += k as u64;
+        }
+        let m = &self.shared.metrics;
+        m.prompt_tokens.fetch_add(prompt_rows, Relaxed);
+        m.closing_tokens.fetch_add(closing_rows, Relaxed);
+        !self.rows.is_empty()
+    }
+
+    /// Samples for every row that asked for logits; snapshots and frees closed answers.
+    fn after_decode(&mut self) {
+        for i in 0..self.meta.len() {
+            match self.meta[i] {
+                RowMeta::Generated { key, choice } => {
+                    let step = {
+                        let Some(task) = self.tasks[key].as_mut() else {
+                            continue;
+                        };
+                        let Some(logits) = self.ctx.logits_ith(i) else {
+                            continue;
+                        };
+                        sample_choice(
+                            choice,
+                            task,
+                            logits,
+                            &self.stop_tokens,
+                            &mut self.logprobs,
+                            self.shared,
+                        )
+                    };
+                    if let Some((cause, unfed)) = step {
+                        self.finish_choice(key, choice, cause, unfed);
+                    }
+                }
+                RowMeta::PromptEnd { key } => self.start_generation(key),
+                RowMeta::Plain { .. } => {}
+            }
+        }
+        // Answers whose closing tokens are all in: save, free.
+        for key in 0..self.tasks.len() {
+            let Some(task) = self.tasks[key].as_mut() else {
+                continue;
+            };
+            for c in 0..task.choices.len() {
+                let ch = &mut task.choices[c];
+                let Phase::Closing {
+                    tail,
+                    fed,
+                    key: tokens,
+                } = &mut ch.phase
+                else {
+                    continue;
+                };
+                if *fed < tail.len() {
+                    continue;
+                }
+                let slot = ch.slot;
+                let tokens = std::mem::take(tokens);
+                let ctx = &self.ctx;
+                self.cache.insert(
+                    &tokens,
+                    ctx.seq_state_len(),
+                    ctx.seq_logits(slot).is_some(),
+                    |buf| ctx.seq_save(slot, buf).is_ok(),
+                );
+                ch.phase = Phase::Released;
+                self.slot_owner[slot] = None;
+            }
+            self.remove_if_released(key);
+        }
+    }
+
+    /// The prompt of the task at `key` is in: snapshot it, fork it into the other slots,
+    /// and sample every choice's first token.
+    fn start_generation(&mut self, key: usize) {
+        let Some(task) = self.tasks[key].as_mut() else {
+            return;
+        };
+        let first = task.slots[0];
+        if !task.exact_hit {
+            let ctx = &self.ctx;
+            self.cache.insert(
+                &task.job.prompt,
+                ctx.seq_state_len(),
+                ctx.seq_logits(first).is_some(),
+                |buf| ctx.seq_save(first, buf).is_ok(),
+            );
+        } else {
+            self.cache.touch(&task.job.prompt);
+        }
+        let forked = task.slots[1..]
+            .iter()
+            .try_for_each(|&slot| self.ctx.seq_copy(first, slot));
+        if let Err(e) = forked {
+            task.send(Event::Error(ApiError::internal(e.to_string())));
+            self.shared.metrics.engine_errors.fetch_add(1, Relaxed);
+            self.drop_task(key);
+            return;
+        }
+        let params = &task.job.params;
+        let prompt = &task.job.prompt;
+        let history = &prompt[prompt.len().saturating_sub(params.sampler.repeat_last_n)..];
+        for (c, &slot) in task.slots.iter().enumerate() {
+            let mut sp = params.sampler.clone();
+            sp.seed = sp.seed.map(|s| s.wrapping_add(c as u64));
+            let mut sampler = Sampler::new(sp);
+            sampler.set_token_penalties(params.penalties);
+            // The penalties see the prompt, as in generate() and llama.cpp.
+            for &id in history {
+                sampler.accept(id);
+            }
+            task.choices.push(Choice {
+                slot,
+                sampler,
+                text: TextStream::new(self.tok, &params.stop_strings, false),
+                generated: Vec::with_capacity(params.max_tokens.min(4096)),
+                content: String::new(),
+                to_feed: None,
+                phase: Phase::Generating,
+            });
+        }
+        for c in 0..task.choices.len() {
+            let step = {
+                let Some(task) = self.tasks[key].as_mut() else {
+                    return;
+                };
+                let slot = task.choices[c].slot;
+                let Some(logits) = self.ctx.seq_logits(slot) else {
+                    task.send(Event::Error(ApiError::internal(
+                        "no logits after the prompt",
+                    )));
+                    self.drop_task(key);
+                    return;
+                };
+                sample_choice(
+                    c,
+                    task,
+                    logits,
+                    &self.stop_tokens,
+                    &mut self.logprobs,
+                    self.shared,
+                )
+            };
+            if let Some((cause, unfed)) = step {
+                self.finish_choice(key, c, cause, unfed);
+            }
+        }
+    }
+
+    /// Ends choice `c` of the task at `key`: releases its held-back text, reports the
+    /// finish, then either frees its slot or (chat answers, cache on) starts closing it for
+    /// the answer snapshot. `unfed` is its last token when that was not fed to the model.
+    fn finish_choice(&mut self, key: usize, c: usize, cause: Cause, unfed: Option<u32>) {
+        let Some(task) = self.tasks[key].as_mut() else {
+            return;
+        };
+        let ch = &mut task.choices[c];
+        if cause != Cause::StopString {
+            let mut rest = String::new();
+            ch.text.finish(&mut rest);
+            if !rest.is_empty() {
+                ch.content.push_str(&rest);
+                let _ = task.job.events.send(Event::Token {
+                    choice: c,
+                    text: rest,
+                    logprob: None,
+                });
+            }
+        }
+        let _ = task.job.events.send(Event::Finish {
+            choice: c,
+            reason: cause.reason(),
+        });
+        ch.to_feed = None;
+        let slot = ch.slot;
+        ch.phase = Phase::Released;
+        if self.cache.enabled() && cause != Cause::Timeout {
+            let prompt = &task.job.prompt;
+            match task.job.kind {
+                PromptKind::Completion => {
+                    // The state is after the prompt and the fed answer tokens.
+                    let fed = ch.generated.len() - usize::from(unfed.is_some());
+                    if fed > 0 {
+                        let mut tokens = Vec::with_capacity(prompt.len() + fed);
+                        tokens.extend_from_slice(prompt);
+                        tokens.extend_from_slice(&ch.generated[..fed]);
+                        let ctx = &self.ctx;
+                        self.cache.insert(
+                            &tokens,
+                            ctx.seq_state_len(),
+                            ctx.seq_logits(slot).is_some(),
+                            |buf| ctx.seq_save(slot, buf).is_ok(),
+                        );
+                    }
+                }
+                PromptKind::Chat => {
+                    let tail = match (self.tok, self.template) {
+                        (Some(tok), Some(t)) => t.answer_tail(tok, &ch.content),
+                        _ => None,
+                    };
+                    if let Some(tail) = tail {
+                        let key_tokens = [&prompt[..], &tail[..]].concat();
+                        let n = ch.generated.len();
+                        if tail.len() >= n && tail[..n] == ch.generated[..] {
+                            // The answer's tokens are those the next prompt holds: feed the
+                            // unfed last token, if any, and `<end_of_turn>\n`.
+                            let mut feed = Vec::with_capacity(tail.len() - n + 1);
+                            feed.extend(unfed);
+                            feed.extend_from_slice(&tail[n..]);
+                            ch.phase = Phase::Closing {
+                                tail: feed,
+                                fed: 0,
+                                key: key_tokens,
+                            };
+                        } else if let Some(hit) =
+                            self.cache.lookup(prompt).filter(|h| h.len == prompt.len())
+                        {
+                            // The model wrote the answer in other tokens than the tokenizer
+                            // would: back to the prompt's snapshot, and run the answer as the
+                            // next prompt will hold it (in the background of other requests'
+                            // steps, instead of in front of the next turn).
+                            if self.ctx.seq_load(slot, hit.state).is_ok() {
+                                ch.phase = Phase::Closing {
+                                    tail,
+                                    fed: 0,
+                                    key: key_tokens,
+                                };
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if matches!(ch.phase, Phase::Released) {
+            self.slot_owner[slot] = None;
+        }
+        let all_finished = task.choices.len() == task.job.params.n
+            && task
+                .choices
+                .iter()
+                .all(|ch| !matches!(ch.phase, Phase::Generating));
+        if all_finished {
+            self.send_done(key);
+        }
+        self.remove_if_released(key);
+    }
+
+    /// Sends the usage once, when every choice has finished.
+    fn send_done(&mut self, key: usize) {
+        let Some(task) = self.tasks[key].as_mut() else {
+            return;
+        };
+        if task.done_sent {
+            return;
+        }
+        task.done_sent = true;
+        task.send(Event::Done(Usage {
+            prompt_tokens: task.job.prompt.len(),
+            cached_tokens: task.cached,
+            completion_tokens: task.choices.iter().map(|c| c.generated.len()).sum(),
+        }));
+    }
+
+    /// Removes the task at `key` once all its choices have given their slots back.
+    fn remove_if_released(&mut self, key: usize) {
+        let done = self.tasks[key].as_ref().is_some_and(|t| {
+            t.done_sent && t.choices.iter().all(|c| matches!(c.phase, Phase::Released))
+        });
+        if done {
+            self.tasks[key] = None;
+        }
+    }
+
+    /// Removes the task at `key` now and frees all its slots (client gone, error, timeout
+    /// before its prompt was in).
+    fn drop_task(&mut self, key: usize) {
+        if let Some(task) = self.tasks[key].take() {
+            self.release_slots(&task.slots);
+        }
+    }
+
+    fn release_slots(&mut self, slots: &[usize]) {
+        for &s in slots {
+            self.slot_owner[s] = None;
+        }
+    }
+
+    /// A decode failed: its requests get a 500 error, the others go on.
+    fn fail_batch(&mut self, message: &str) {
+        for i in 0..self.meta.len() {
+            let key = match self.meta[i] {
+                RowMeta::Generated { key, .. }
+                | RowMeta::PromptEnd { key }
+                | RowMeta::Plain { key } => key,
+            };
+            if let Some(task) = &self.tasks[key] {
+                if !task.done_sent {
+                    task.send(Event::Error(ApiError::internal(message)));
+                    self.shared.metrics.engine_errors.fetch_add(1, Relaxed);
+                }
+                self.drop_task(key);
+            }
+        }
+    }
+
+    /// Every running request gets a 500 error and its slots back.
+    fn fail_all(&mut self, message: &str) {
+        for key in 0..self.tasks.len() {
+            if let Some(task) = &self.tasks[key] {
+                if !task.done_sent {
+                    task.send(Event::Error(ApiError::internal(message)));
+                    self.shared.metrics.engine_errors.fetch_add(1, Relaxed);
+                }
+                self.drop_task(key);
+            }
+        }
+        self.slot_owner.fill(None);
+    }
+
+    fn publish_gauges(&self) {
+        let m = &self.shared.metrics;
+        let busy = self.slot_owner.iter().filter(|o| o.is_some()).count();
+        m.slots_busy.store(busy as u64, Relaxed);
+        m.queue_length
+            .store(self.shared.queued.load(SeqCst) as u64, Relaxed);
+        m.cache_bytes.store(self.cache.bytes() as u64, Relaxed);
+        m.cache_entries.store(self.cache.entries() as u64, Relaxed);
+    }
+}
+
+/// Samples the next token of choice `c` from `logits` and sends its text. `Some((cause,
+/// unfed))` when the choice is finished; otherwise the token waits in `to_feed`.
+fn sample_choice(
+    c: usize,
+    task: &mut Task<'_>,
+    logits: &[f32],
+    stop_tokens: &[u32],
+    scratch: &mut LogprobScratch,
+    shared: &Shared,
+) -> Option<(Cause, Option<u32>)> {
+    let params = &task.job.params;
+    let ch = &mut task.choices[c];
+    let id = ch.sampler.sample(logits);
+    if stop_tokens.contains(&id) {
+        return Some((Cause::StopToken, None));
+    }
+    ch.sampler.accept(id);
+    ch.generated.push(id);
+    shared.metrics.tokens_generated.fetch_add(1, Relaxed);
+    let logprob = params.logprobs.map(|n| scratch.compute(logits, id, n));
+    let mut text = String::new();
+    let hit_stop = ch.text.push(id, &mut text);
+    ch.content.push_str(&text);
+    let _ = task.job.events.send(Event::Token {
+        choice: c,
+        text,
+        logprob,
+    });
+    if hit_stop {
+        Some((Cause::StopString, Some(id)))
+    } else if ch.generated.len() >= params.max_tokens {
+        Some((Cause::MaxTokens, Some(id)))
+    } else {
+        ch.to_feed = Some(id);
+        None
+    }
+}

@@ -1,0 +1,172 @@
+//! Counters and gauges the server exposes at `GET /metrics` in Prometheus' text format. The
+//! engine thread and the HTTP tasks update them with relaxed atomics (each value is read on
+//! its own; no two need to agree at one instant).
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+
+#[derive(Default)]
+pub struct Metrics {
+    /// Finished HTTP requests by status code.
+    requests_by_status: Mutex<BTreeMap<u16, u64>>,
+    /// Prompt tokens run through the model (after cache reuse).
+    pub prompt_tokens: AtomicU64,
+    /// Prompt tokens restored from the prompt cache instead of being run.
+    pub prompt_tokens_cached: AtomicU64,
+    /// Tokens run after answers so that a next chat turn can resume there: `<end_of_turn>\n`,
+    /// or the whole answer when the model wrote it in other tokens than the tokenizer would.
+    pub closing_tokens: AtomicU64,
+    /// Tokens sampled (every choice).
+    pub tokens_generated: AtomicU64,
+    /// Decode steps, and nanoseconds spent in steps that ran prompt rows / sampled tokens.
+    pub decode_steps: AtomicU64,
+    pub prompt_ns: AtomicU64,
+    pub generation_ns: AtomicU64,
+    /// Requests waiting for a slot.
+    pub queue_length: AtomicU64,
+    /// Slots held by a request.
+    pub slots_busy: AtomicU64,
+    pub slots_total: AtomicU64,
+    pub cache_hits: AtomicU64,
+    pub cache_misses: AtomicU64,
+    pub cache_bytes: AtomicU64,
+    pub cache_entries: AtomicU64,
+    pub cache_limit_bytes: AtomicU64,
+    /// Requests the engine failed (an error inside the engine, answered 500).
+    pub engine_errors: AtomicU64,
+}
+
+impl Metrics {
+    pub fn count_request(&self, status: u16) {
+        if let Ok(mut map) = self.requests_by_status.lock() {
+            *map.entry(status).or_insert(0) += 1;
+        }
+    }
+
+    /// The Prometheus text exposition (version 0.0.4).
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        let mut metric = |name: &str, kind: &str, help: &str, value: String| {
+            let _ = writeln!(out, "# HELP rgemma_{name} {help}");
+            let _ = writeln!(out, "# TYPE rgemma_{name} {kind}");
+            let _ = writeln!(out, "rgemma_{name} {value}");
+        };
+        let get = |a: &AtomicU64| a.load(Relaxed);
+        let rate = |tokens: u64, ns: u64| {
+            if ns == 0 {
+                "0".to_string()
+            } else {
+                format!("{:.3}", tokens as f64 * 1e9 / ns as f64)
+            }
+        };
+        metric(
+            "prompt_tokens_total",
+            "counter",
+            "Prompt tokens run through the model.",
+            get(&self.prompt_tokens).to_string(),
+        );
+        metric(
+            "prompt_tokens_cached_total",
+            "counter",
+            "Prompt tokens restored from the prompt cache instead of being run.",
+            get(&self.prompt_tokens_cached).to_string(),
+        );
+        metric(
+            "closing_tokens_total",
+            "counter",
+            "Tokens run after chat answers so that the next turn resumes from a snapshot.",
+            get(&self.closing_tokens).to_string(),
+        );
+        metric(
+            "tokens_generated_total",
+            "counter",
+            "Tokens generated (all choices).",
+            get(&self.tokens_generated).to_string(),
+        );
+        metric(
+            "prompt_tokens_per_second",
+            "gauge",
+            "Prompt tokens run per second of the decode steps that ran prompt rows (since start).",
+            rate(get(&self.prompt_tokens), get(&self.prompt_ns)),
+        );
+        metric(
+            "tokens_per_second",
+            "gauge",
+            "Generated tokens per second of the decode steps that generated (since start).",
+            rate(get(&self.tokens_generated), get(&self.generation_ns)),
+        );
+        metric(
+            "decode_steps_total",
+            "counter",
+            "Batched decode steps.",
+            get(&self.decode_steps).to_string(),
+        );
+        metric(
+            "queue_length",
+            "gauge",
+            "Requests waiting for a free slot.",
+            get(&self.queue_length).to_string(),
+        );
+        metric(
+            "slots_busy",
+            "gauge",
+            "Sequence slots held by a request.",
+            get(&self.slots_busy).to_string(),
+        );
+        metric(
+            "slots_total",
+            "gauge",
+            "Sequence slots (--parallel).",
+            get(&self.slots_total).to_string(),
+        );
+        metric(
+            "cache_hits_total",
+            "counter",
+            "Requests that resumed from a prompt-cache snapshot.",
+            get(&self.cache_hits).to_string(),
+        );
+        metric(
+            "cache_misses_total",
+            "counter",
+            "Requests that found no prompt-cache snapshot to resume from.",
+            get(&self.cache_misses).to_string(),
+        );
+        metric(
+            "cache_bytes",
+            "gauge",
+            "Bytes held by prompt-cache snapshots.",
+            get(&self.cache_bytes).to_string(),
+        );
+        metric(
+            "cache_entries",
+            "gauge",
+            "Prompt-cache snapshots.",
+            get(&self.cache_entries).to_string(),
+        );
+        metric(
+            "cache_limit_bytes",
+            "gauge",
+            "Prompt-cache budget (--cache-ram).",
+            get(&self.cache_limit_bytes).to_string(),
+        );
+        metric(
+            "engine_errors_total",
+            "counter",
+            "Requests failed by an error inside the engine.",
+            get(&self.engine_errors).to_string(),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP rgemma_requests_total HTTP requests answered, by status."
+        );
+        let _ = writeln!(out, "# TYPE rgemma_requests_total counter");
+        if let Ok(map) = self.requests_by_status.lock() {
+            for (status, n) in map.iter() {
+                let _ = writeln!(out, "rgemma_requests_total{{status=\"{status}\"}} {n}");
+            }
+        }
+        out
+    }
+}
