@@ -6,12 +6,10 @@ Skips only when chromium or chromedriver is missing outside CI; in CI (.ci/run s
 hosted runners set CI) .ci/run installs them, so a missing browser fails.
 """
 
-import json
 import os
 import shutil
 import tempfile
 import time
-import urllib.request
 
 import pytest
 
@@ -24,6 +22,8 @@ CHROMEDRIVER = shutil.which("chromedriver") or (
 IN_CI = bool(os.environ.get("RG_CI") or os.environ.get("CI"))
 SCREENSHOT = ROOT / "target/screenshots/chat.png"
 MESSAGE = "Tell me my fortune, please."
+# Short answers, so that the screenshot shows the whole conversation.
+MAX_TOKENS = 64
 
 # The network is closed: nothing of chromium's may try to reach out (updates, sync, QUIC
 # probes), and a fresh profile keeps runs independent.
@@ -40,16 +40,19 @@ CHROMIUM_FLAGS = [
     "--window-size=1280,900",
 ]
 
-# Records every change of the page's text with its time, so that the test can tell an
-# answer that grows piece by piece from one that appears at once.
+# Records the answer being written (the page's last .msg.assistant) at every change of the
+# message list, with its time, so that the test can tell an answer that grows piece by piece
+# from one that appears at once.
 WATCH_JS = """
-window.__rgText = [];
-const note = () => window.__rgText.push([performance.now(), document.body.innerText.length]);
-note();
-new MutationObserver(note).observe(document.body,
-    {childList: true, subtree: true, characterData: true});
+window.__rgAnswer = [];
+const note = () => {
+  const all = document.querySelectorAll('#messages .msg.assistant');
+  const last = all[all.length - 1];
+  if (last) window.__rgAnswer.push([performance.now(), last.textContent.length, last.dataset.state]);
+};
+new MutationObserver(note).observe(document.getElementById('messages'),
+    {childList: true, subtree: true, characterData: true, attributes: true});
 """
-
 
 @pytest.fixture
 def browser():
@@ -82,78 +85,87 @@ def browser():
         shutil.rmtree(profile, ignore_errors=True)
 
 
-def health(server):
-    with urllib.request.urlopen(server.url + "/health", timeout=10) as r:
-        return json.loads(r.read())
-
-
-def find_input(driver):
-    """The message box: the visible textarea, else a visible text input."""
+def messages(driver, kind):
     from selenium.webdriver.common.by import By
 
-    for selector in ("textarea", "input[type=text]", "input:not([type])", "[contenteditable=true]"):
-        for element in driver.find_elements(By.CSS_SELECTOR, selector):
-            if element.is_displayed() and element.is_enabled():
-                return element
-    pytest.fail("the chat page has no visible message box (textarea or text input)")
+    return driver.find_elements(By.CSS_SELECTOR, f"#messages .msg.{kind}")
 
 
-def find_send_button(driver):
+def send_and_wait(driver, text):
+    """Types `text`, clicks Send, waits until the answer is complete; returns the samples
+    (time, answer length, state) seen while it was written."""
     from selenium.webdriver.common.by import By
 
-    for element in driver.find_elements(By.CSS_SELECTOR, "button, input[type=submit]"):
-        label = (element.text or element.get_attribute("value") or "").strip().lower()
-        kind = (element.get_attribute("type") or "").lower()
-        if element.is_displayed() and ("send" in label or kind == "submit"):
-            return element
-    return None
+    driver.execute_script("window.__rgAnswer = [];")
+    box = driver.find_element(By.ID, "input")
+    assert box.is_displayed() and box.is_enabled()
+    box.send_keys(text)
+    driver.find_element(By.ID, "send").click()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        answers = messages(driver, "assistant")
+        if answers and answers[-1].get_attribute("data-state") not in (None, "", "streaming"):
+            break
+        time.sleep(0.05)
+    else:
+        save_screenshot(driver)
+        pytest.fail(f"no complete answer within 60 s; page: {driver.find_element(By.TAG_NAME, 'body').text!r}")
+    return driver.execute_script("return window.__rgAnswer")
+
+
+def completion_tokens_logged(server, since, timeout=5.0):
+    """out=N of the first chat completion the server logged after line `since` (a stream's
+    line is written when its body ends, just after the page has seen it)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in server.lines[since:]:
+            if "POST /v1/chat/completions 200" in line and " out=" in line:
+                return int(line.split(" out=")[1].split()[0])
+        time.sleep(0.05)
+    pytest.fail(f"the server logged no chat completion: {server.lines[since:]}")
+
+
+def save_screenshot(driver):
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    assert driver.save_screenshot(str(SCREENSHOT)), f"cannot write {SCREENSHOT}"
 
 
 def test_chat_page_streams_an_answer(browser, server):
-    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.common.by import By
 
     browser.get(server.url + "/")
     assert browser.title, "the chat page has no <title>"
-    box = find_input(browser)
     browser.execute_script(WATCH_JS)
-    start_length = len(browser.find_element("tag name", "body").text)
+    max_tokens = browser.find_element(By.ID, "max-tokens")
+    max_tokens.clear()
+    max_tokens.send_keys(str(MAX_TOKENS))
+    logged = len(server.lines)
 
-    box.send_keys(MESSAGE)
-    button = find_send_button(browser)
-    if button is not None:
-        button.click()
-    else:
-        box.send_keys(Keys.ENTER)
+    samples = send_and_wait(browser, MESSAGE)
+    answer = messages(browser, "assistant")[-1]
+    assert answer.get_attribute("data-state") == "done", (
+        answer.get_attribute("data-state"),
+        [e.text for e in messages(browser, "error")],
+    )
+    assert [m.text for m in messages(browser, "user")] == [MESSAGE]
+    assert answer.text.strip(), "the answer is empty"
+    assert not messages(browser, "error")
 
-    # The answer is complete when the server has no request running and the page text has
-    # not changed for a while.
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        samples = browser.execute_script("return window.__rgText")
-        h = health(server)
-        quiet_ms = browser.execute_script("return performance.now()") - samples[-1][0]
-        grew = samples[-1][1] > start_length + len(MESSAGE)
-        if grew and h.get("slots_processing", 0) == 0 and quiet_ms > 1000:
-            break
-        time.sleep(0.1)
-    else:
-        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-        browser.save_screenshot(str(SCREENSHOT))
-        pytest.fail(f"no complete answer within 60 s; page text: {browser.find_element('tag name', 'body').text!r}")
+    # Streamed: while "streaming", the answer went through several lengths, growing.
+    streaming = [n for _, n, state in samples if state == "streaming"]
+    assert len(set(streaming)) >= 3, f"the answer did not grow piece by piece: {samples}"
+    assert streaming == sorted(streaming), f"the answer shrank while streaming: {streaming}"
+    assert browser.find_element(By.ID, "send").is_enabled()
+    # The page sent its "max tokens" setting: the server's log line for the request.
+    out = completion_tokens_logged(server, logged)
+    assert 1 <= out <= MAX_TOKENS, out
 
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    assert browser.save_screenshot(str(SCREENSHOT))
-
-    page_text = browser.find_element("tag name", "body").text
-    assert MESSAGE in page_text, "the sent message is not shown"
-    answer = page_text.split(MESSAGE, 1)[1].strip()
-    assert answer, f"no answer shown after the message: {page_text!r}"
-
-    # Streamed: the text grew through several lengths after the message appeared.
-    samples = browser.execute_script("return window.__rgText")
-    lengths = [n for _, n in samples]
-    with_message = [n for n in lengths if n >= start_length + len(MESSAGE)]
-    assert len(set(with_message)) >= 3, f"the answer did not grow piece by piece: {lengths}"
+    # A second turn continues the conversation (the page sends the history).
+    send_and_wait(browser, "And another one?")
+    assert [m.get_attribute("data-state") for m in messages(browser, "assistant")] == ["done", "done"]
+    assert len(messages(browser, "user")) == 2
+    assert messages(browser, "assistant")[-1].text.strip()
+    save_screenshot(browser)
 
     # The page asked the chat endpoint, and the browser logged no errors.
     requested = browser.execute_script(
