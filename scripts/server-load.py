@@ -160,7 +160,8 @@ def client_loop(endpoint, seed, args, deadline, stop, tally):
 
 
 def run_load(endpoint, args, seconds, seed_base, pid, label):
-    """`args.clients` clients for `seconds`; returns (tallies, wall seconds, peak RSS KiB)."""
+    """`args.clients` clients for `seconds`; returns (tallies, wall seconds, RSS samples as
+    (seconds, KiB))."""
     stop = threading.Event()
     deadline = time.monotonic() + seconds
     tallies = [Tally() for _ in range(args.clients)]
@@ -175,14 +176,14 @@ def run_load(endpoint, args, seconds, seed_base, pid, label):
     start = time.monotonic()
     for t in threads:
         t.start()
-    peak = 0
+    samples = []
     next_report = start + args.progress
     try:
         while any(t.is_alive() for t in threads):
             time.sleep(0.5)
             if pid:
                 try:
-                    peak = max(peak, sh.rss_kib(pid)[0] or 0)
+                    samples.append((time.monotonic() - start, sh.rss_kib(pid)[0] or 0))
                 except OSError:
                     pass
             if args.progress and time.monotonic() >= next_report:
@@ -190,7 +191,7 @@ def run_load(endpoint, args, seconds, seed_base, pid, label):
                 ok = sum(t.ok for t in tallies)
                 failed = sum(len(t.failures) for t in tallies)
                 busy = sum(t.busy for t in tallies)
-                rss = f", RSS {peak / 1024:.0f} MiB peak" if pid else ""
+                rss = f", RSS {samples[-1][1] / 1024:.1f} MiB" if samples else ""
                 print(
                     f"  {label} {time.monotonic() - start:5.0f} s: {ok} ok, {failed} failed, "
                     f"{busy} x 503{rss}",
@@ -205,7 +206,7 @@ def run_load(endpoint, args, seconds, seed_base, pid, label):
     # Requests still in flight at the deadline finish (bounded by --request-timeout).
     for t in threads:
         t.join()
-    return tallies, time.monotonic() - start, peak
+    return tallies, time.monotonic() - start, samples
 
 
 def wait_idle(endpoint, timeout=60.0):
@@ -289,13 +290,21 @@ def main():
         tallies += warm
     idle_before = wait_idle(endpoint)
     rss_before = sh.rss_kib(pid)[0] if pid else None
+    cache_before = endpoint.metrics().get("rgemma_cache_bytes")
 
-    main_tallies, wall, peak = run_load(endpoint, args, args.duration, args.seed * 7_919, pid, "load")
+    main_tallies, wall, samples = run_load(endpoint, args, args.duration, args.seed * 7_919, pid, "load")
+    peak = max((kib for _, kib in samples), default=0)
+    # RSS at each quarter of the run: a leak climbs steadily, a cache or allocator settles.
+    quarters = []
+    for q in (0.25, 0.5, 0.75, 1.0):
+        before_q = [kib for t, kib in samples if t <= q * wall]
+        quarters.append(before_q[-1] / 1024.0 if before_q else None)
     tallies_run = main_tallies
     tallies += main_tallies
     idle_after = wait_idle(endpoint)
     time.sleep(1.0)
     rss_after, hwm = sh.rss_kib(pid) if pid else (None, None)
+    cache_after = endpoint.metrics().get("rgemma_cache_bytes")
     try:
         health_after = endpoint.get("/health")[0]
     except OSError:
@@ -326,8 +335,11 @@ def main():
         "rss_before_mib": mib(rss_before),
         "rss_peak_mib": mib(max(peak, rss_after or 0)) if pid else None,
         "rss_after_mib": mib(rss_after),
+        "rss_quarters_mib": quarters,
         "rss_hwm_mib": mib(hwm),
         "rss_budget_mib": budget_mib,
+        "cache_before_mib": None if cache_before is None else cache_before / (1 << 20),
+        "cache_after_mib": None if cache_after is None else cache_after / (1 << 20),
         "idle_after": idle_after,
         "health_after": health_after,
     }
@@ -365,7 +377,11 @@ def main():
     print(f"RSS MiB fresh / before / peak / after   {fmt_mib(report['rss_fresh_mib'])} / "
           f"{fmt_mib(report['rss_before_mib'])} / {fmt_mib(report['rss_peak_mib'])} / "
           f"{fmt_mib(report['rss_after_mib'])}")
+    print("RSS MiB at 1/4 .. 4/4 of the run     " + " / ".join(fmt_mib(q) for q in quarters))
     print(f"RSS growth              {fmt_mib(growth)} MiB (budget {budget_mib:.0f} MiB: {budget_why})")
+    if cache_before is not None and cache_after is not None:
+        print(f"prompt cache MiB        {fmt_mib(report['cache_before_mib'])} before, "
+              f"{fmt_mib(report['cache_after_mib'])} after (rgemma_cache_bytes)")
     if failures:
         kinds = {}
         for status, reason in failures:
