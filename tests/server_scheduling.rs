@@ -6,6 +6,7 @@
 
 mod server_common;
 
+use std::io::Write;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -140,6 +141,21 @@ fn disconnect_mid_stream_frees_the_slot() {
     assert_eq!(v["usage"]["completion_tokens"], 5);
     // The stream's log line is written when it ends.
     server.wait_log("POST /v1/completions 200 in=2 out=0");
+
+    // The same for a request that is not streamed: the client sends it and goes away.
+    let body = json!({"prompt": "The", "max_tokens": 16000, "temperature": 0}).to_string();
+    let mut c = server.connect().unwrap();
+    let head = format!(
+        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    c.write_all(head.as_bytes()).unwrap();
+    c.write_all(body.as_bytes()).unwrap();
+    server.wait_metric("rgemma_slots_busy", 1.0);
+    drop(c);
+    server.wait_metric("rgemma_slots_busy", 0.0);
+    server.wait_log("POST /v1/completions 499");
+    assert!(server.metric("rgemma_tokens_generated_total") < generated + 16000.0);
 }
 
 /// -np 1 and a queue of 1: with one request running and one waiting, the next gets 503 with

@@ -48,6 +48,10 @@ impl RequestLog {
 
     /// `rg-server: POST /v1/chat/completions 200 in=25 out=64 0.412s`, once.
     pub fn write(&self, status: u16) {
+        self.write_status(&status.to_string());
+    }
+
+    fn write_status(&self, status: &str) {
         let Ok(mut written) = self.written.lock() else {
             return;
         };
@@ -63,6 +67,14 @@ impl RequestLog {
             self.tokens_out.load(Relaxed),
             self.start.elapsed().as_secs_f64()
         );
+    }
+}
+
+impl Drop for RequestLog {
+    /// A request whose client left before the answer was ready (its handler was dropped)
+    /// still gets its line, with nginx's status for it.
+    fn drop(&mut self) {
+        self.write_status("499");
     }
 }
 

@@ -77,7 +77,7 @@ async fn serve(config: ServerConfig) -> Result<(), String> {
     let n_parallel = config.n_parallel;
     tokio::spawn(async move {
         match ready_rx.await {
-            Ok(Ok(())) => eprintln!("rg-server: model loaded, {n_parallel} slots, ready"),
+            Ok(Ok(())) => eprintln!("rg-server: model loaded, ready (slots: {n_parallel})"),
             Ok(Err(e)) => {
                 let _ = fail_tx.send(Some(e));
             }

@@ -112,8 +112,11 @@ impl PromptCache {
         if !self.enabled() || tokens.is_empty() || need > self.limit_bytes {
             return;
         }
+        // An evicted snapshot's buffer is reused: its pages are already mapped, where a new
+        // one of tens of MB would fault them in again.
+        let mut reuse: Option<Vec<u8>> = None;
         if let Some(i) = self.entries.iter().position(|e| e.tokens == tokens) {
-            self.remove(i);
+            reuse = Some(self.remove(i));
         }
         while self.bytes + need > self.limit_bytes {
             let Some(lru) = self
@@ -125,9 +128,15 @@ impl PromptCache {
             else {
                 break;
             };
-            self.remove(lru);
+            let freed = self.remove(lru);
+            if freed.len() == state_len {
+                reuse = Some(freed);
+            }
         }
-        let mut state = vec![0u8; state_len];
+        let mut state = match reuse {
+            Some(buf) if buf.len() == state_len => buf,
+            _ => vec![0u8; state_len],
+        };
         if !save(&mut state) {
             return;
         }
@@ -142,9 +151,11 @@ impl PromptCache {
         self.entries.push(entry);
     }
 
-    fn remove(&mut self, i: usize) {
+    /// Drops entry `i`; returns its state buffer.
+    fn remove(&mut self, i: usize) -> Vec<u8> {
         let e = self.entries.swap_remove(i);
         self.bytes -= e.bytes();
+        e.state
     }
 }
 

@@ -3,7 +3,8 @@
 //! Every request ("task") holds one sequence slot per choice. Each step builds one batch:
 //! 1. one row for every generating choice (the token it sampled last step), so running
 //!    streams advance by one token per step whatever else happens;
-//! 2. the few rows that close a finished chat answer (`<end_of_turn>\n`, for its snapshot);
+//! 2. the few rows that close a finished chat answer (`<end_of_turn>\n`, for its snapshot;
+//!    at most a quarter of the budget);
 //! 3. the rest of the `-b` row budget goes to prompts still being run, oldest request
 //!    first, in chunks, so a long prompt never stalls the running streams for longer than
 //!    one step.
@@ -415,13 +416,15 @@ impl<'t> Scheduler<'t> {
                 }
             }
         }
-        // 2. Closing tails of finished chat answers.
+        // 2. Closing tails of finished chat answers: at most a quarter of the budget, so
+        //    that re-running a long answer does not hold back new prompts (nor they it).
         let mut closing_rows = 0u64;
+        let closing_budget = self.rows.len() + (budget / 4).max(4);
         for (key, task) in self.tasks.iter_mut().enumerate() {
             let Some(task) = task else { continue };
             for ch in task.choices.iter_mut() {
                 if let Phase::Closing { tail, fed, .. } = &mut ch.phase {
-                    let room = budget - self.rows.len();
+                    let room = budget.min(closing_budget).saturating_sub(self.rows.len());
                     let k = (tail.len() - *fed).min(room);
                     for &token in &tail[*fed..*fed + k] {
                         self.rows.push(BatchRow {
