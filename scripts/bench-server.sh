@@ -68,7 +68,8 @@ wait_ready() {
   local port=$1 deadline=$((SECONDS + load_timeout))
   while [ $SECONDS -lt $deadline ]; do
     kill -0 "$pid" 2>/dev/null || { echo "error: the server exited while loading" >&2; return 1; }
-    if python3 -c "import sys, urllib.request as u; sys.exit(u.urlopen('http://127.0.0.1:$port/health', timeout=5).status != 200)" 2>/dev/null; then
+    if python3 -c "import sys, urllib.request as u
+sys.exit(u.urlopen('http://127.0.0.1:$port/health', timeout=5).status != 200)" 2>/dev/null; then
       return 0
     fi
     sleep 0.5
@@ -80,7 +81,8 @@ wait_ready() {
 {
   echo "# Serving speed, $(date -u +%Y-%m-%dT%H:%MZ)"
   echo
-  echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), $(nproc) cores; $threads threads, -np $np"
+  cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')
+  echo "CPU: $cpu, $(nproc) cores; $threads threads, -np $np"
   echo "rgemma $(git describe --always --dirty 2>/dev/null || echo '?')"
   echo "Load: clients $clients; prompts of $prompt random token ids; $gen tokens each, streamed, greedy;"
   echo "max(C x $rounds, $min_requests) requests per level (scripts/server-latency.py)"

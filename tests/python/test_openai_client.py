@@ -324,7 +324,9 @@ BAD_CHAT = [
 ]
 
 
-@pytest.mark.parametrize("field, kwargs", BAD_CHAT, ids=[f"{f}-{i}" for i, (f, _) in enumerate(BAD_CHAT)])
+@pytest.mark.parametrize(
+    "field, kwargs", BAD_CHAT, ids=[f"{f}-{i}" for i, (f, _) in enumerate(BAD_CHAT)]
+)
 def test_bad_chat_request_names_the_field(client, field, kwargs):
     kwargs = {"messages": FORTUNE, "max_tokens": 4, **kwargs}
     with pytest.raises(openai.BadRequestError) as e:
