@@ -117,6 +117,53 @@ fn long_prompts_do_not_stall_running_streams() {
     });
 }
 
+/// The choices of an `n` > 1 request leave their slots one by one; a new request can take a
+/// freed slot while the other choices go on, and everything ends cleanly.
+#[test]
+fn a_slot_freed_by_one_choice_serves_a_new_request() {
+    let server = Server::start(&["-np", "2"]);
+    let body = |seed: u64| {
+        json!({"prompt": "The", "max_tokens": 400, "n": 2, "seed": seed, "temperature": 1.0,
+               "stop": ["%"], "logprobs": 0})
+    };
+    let n_tokens = |v: &Value, i: usize| {
+        v["choices"][i]["logprobs"]["tokens"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    // A seed whose first choice ends well before the second.
+    let seed = (0..40)
+        .find(|&seed| {
+            let v = server.post_ok("/v1/completions", &body(seed));
+            n_tokens(&v, 1) >= n_tokens(&v, 0) + 150
+        })
+        .expect("a seed whose first choice ends 150 tokens before the second");
+    let mut stream_body = body(seed);
+    stream_body["stream"] = json!(true);
+    let mut s = server.stream("/v1/completions", &stream_body);
+    loop {
+        let data = s.next_data().expect("the first choice finishes");
+        let c: Value = serde_json::from_str(&data).unwrap();
+        let ch = &c["choices"][0];
+        if ch["index"] == 0 && !ch["finish_reason"].is_null() {
+            break;
+        }
+    }
+    // Choice 1 is still generating in the other slot.
+    let v = server.post_ok("/v1/completions", &json!({"prompt": "A", "max_tokens": 5}));
+    assert_eq!(v["usage"]["completion_tokens"], 5);
+    let rest = s.rest();
+    assert_eq!(rest.last().map(String::as_str), Some("[DONE]"), "{rest:?}");
+    let finished_second = rest.iter().any(|d| {
+        serde_json::from_str::<Value>(d).is_ok_and(|c| {
+            c["choices"][0]["index"] == 1 && !c["choices"][0]["finish_reason"].is_null()
+        })
+    });
+    assert!(finished_second);
+    server.wait_metric("rgemma_slots_busy", 0.0);
+}
+
 /// A client that disconnects mid-stream cancels its generation: the slot is free again
 /// (with -np 1 the next request is served) and no more tokens are generated for it.
 #[test]

@@ -126,7 +126,8 @@ pub(super) struct Scheduler<'t> {
     shared: &'t Shared,
     cache: PromptCache,
     waiting: VecDeque<Job>,
-    /// Tasks by the id of their first slot.
+    /// The admitted requests, at most one per slot (each holds at least one); a task's
+    /// index here is its key.
     tasks: Vec<Option<Task<'t>>>,
     /// The key of the task holding each slot.
     slot_owner: Vec<Option<usize>>,
@@ -304,7 +305,13 @@ impl<'t> Scheduler<'t> {
             .filter(|&s| self.slot_owner[s].is_none())
             .take(job.params.n)
             .collect();
-        let key = slots[0];
+        // Every task holds at least one slot, so with a slot free an entry is free too.
+        let key = self
+            .tasks
+            .iter()
+            .position(Option::is_none)
+            .expect("fewer tasks than slots");
+        let first = slots[0];
         for &s in &slots {
             self.slot_owner[s] = Some(key);
         }
@@ -312,7 +319,7 @@ impl<'t> Scheduler<'t> {
         let mut fed = 0;
         if self.cache.enabled() {
             match self.cache.lookup(&job.prompt) {
-                Some(hit) => match self.ctx.seq_load(key, hit.state) {
+                Some(hit) => match self.ctx.seq_load(first, hit.state) {
                     Ok(()) => {
                         fed = hit.len;
                         m.cache_hits.fetch_add(1, Relaxed);
@@ -330,7 +337,7 @@ impl<'t> Scheduler<'t> {
             }
         }
         if fed == 0 {
-            if let Err(e) = self.ctx.seq_clear(key) {
+            if let Err(e) = self.ctx.seq_clear(first) {
                 let _ = job
                     .events
                     .send(Event::Error(ApiError::internal(e.to_string())));
