@@ -120,12 +120,21 @@ impl<'a> Fields<'a> {
         let Some(v) = self.get(name) else {
             return Ok(None);
         };
-        let x = as_integer(v).ok_or_else(|| Self::wrong_type(name, "an integer", v))?;
-        if x < lo as i128 || x > hi as i128 {
-            return Err(ApiError::invalid_field(
+        let out_of_range = |x: &dyn std::fmt::Display| {
+            ApiError::invalid_field(
                 name,
                 format!("'{name}' must be between {lo} and {hi}, got {x}"),
-            ));
+            )
+        };
+        let Some(x) = as_integer(v) else {
+            // An integral number too large for 64 bits is out of range, not of another type.
+            return Err(match v.as_f64() {
+                Some(f) if f.fract() == 0.0 => out_of_range(v),
+                _ => Self::wrong_type(name, "an integer", v),
+            });
+        };
+        if x < lo as i128 || x > hi as i128 {
+            return Err(out_of_range(&x));
         }
         Ok(Some(x as i64))
     }

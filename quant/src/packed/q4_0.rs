@@ -241,10 +241,8 @@ mod x86 {
                 // prefetch never faults, so running past the matrix is harmless.
                 let unit = w.wrapping_add(b0 * (CODE_BYTES + SCALE_BYTES) + PREFETCH_AHEAD);
                 for line in 0..(UNIT_BLOCKS * (CODE_BYTES + SCALE_BYTES)).div_ceil(64) {
-                    // SAFETY: a prefetch reads nothing architecturally; any address is fine.
-                    unsafe {
-                        _mm_prefetch::<_MM_HINT_T0>(unit.wrapping_add(64 * line) as *const i8)
-                    };
+                    // A prefetch reads nothing architecturally: any address is fine.
+                    _mm_prefetch::<_MM_HINT_T0>(unit.wrapping_add(64 * line) as *const i8);
                 }
             }
             for r in 0..m {
