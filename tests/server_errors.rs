@@ -100,7 +100,10 @@ fn bad_requests_name_the_field() {
     expect_400(&server, c, &msg(json!({"n": 0})), Some("n"));
     expect_400(&server, c, &msg(json!({"seed": "x"})), Some("seed"));
     // An integer beyond 64 bits is out of range (said so), not "a number".
-    let body = msg(json!({})).replace("\"messages\"", "\"seed\": 18446744073709551616, \"messages\"");
+    let body = msg(json!({})).replace(
+        "\"messages\"",
+        "\"seed\": 18446744073709551616, \"messages\"",
+    );
     let m = expect_400(&server, c, &body, Some("seed"));
     assert!(m.contains("between"), "{m}");
     expect_400(&server, c, &msg(json!({"stop": 5})), Some("stop"));
