@@ -37,8 +37,17 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
+/// The counter sees every thread of the process, so the tests of this file must not run at
+/// the same time (the harness runs tests in parallel): each holds this lock throughout.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[test]
 fn decoding_a_token_does_not_allocate() {
+    let _serial = one_at_a_time();
     for (ft, repack) in [
         (FileType::F32, false),
         (FileType::Q4_0, true),
@@ -68,6 +77,7 @@ fn decoding_a_token_does_not_allocate() {
 
 #[test]
 fn batched_decoding_does_not_allocate() {
+    let _serial = one_at_a_time();
     use rgemma::model::{BatchContext, BatchRow, ContextParams};
     let model = engine_common::model_with("tiny-rg", FileType::Q4_0, &LoadOptions { repack: true });
     let params = ContextParams {
