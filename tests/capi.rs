@@ -197,14 +197,13 @@ fn c_example_matches_the_rust_engine() {
     );
 }
 
-#[test]
-fn c_example_is_clean_under_valgrind() {
+/// Runs `exe args` under valgrind (definite or indirect leaks and memory errors fail the
+/// run) and returns its stdout; `None` when valgrind is not installed.
+fn run_clean_under_valgrind(exe: &Path, args: &[&str]) -> Option<String> {
     if Command::new("valgrind").arg("--version").output().is_err() {
         eprintln!("skipped: valgrind not installed");
-        return;
+        return None;
     }
-    let model = converted("Q8_0");
-    let exe = build_c_example();
     let out = Command::new("valgrind")
         .args([
             "--error-exitcode=99",
@@ -212,10 +211,8 @@ fn c_example_is_clean_under_valgrind() {
             "--errors-for-leak-kinds=definite,indirect",
             "--show-leak-kinds=definite,indirect",
         ])
-        .arg(&exe)
-        .arg(&model)
-        .arg("2,17,300")
-        .arg("3")
+        .arg(exe)
+        .args(args)
         .env("LD_LIBRARY_PATH", lib_dir())
         .output()
         .unwrap();
@@ -225,6 +222,15 @@ fn c_example_is_clean_under_valgrind() {
         "valgrind reported errors or leaks:\n{stderr}"
     );
     assert!(stderr.contains("ERROR SUMMARY: 0 errors"), "{stderr}");
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn c_example_is_clean_under_valgrind() {
+    let model = converted("Q8_0");
+    let exe = build_c_example();
+    let model = model.to_str().expect("utf-8 path");
+    run_clean_under_valgrind(&exe, &[model, "2,17,300", "3"]);
 }
 
 #[test]
@@ -1472,35 +1478,13 @@ fn parallel_c_example_matches_each_sequence_sampled_alone() {
 
 #[test]
 fn parallel_c_example_is_clean_under_valgrind() {
-    if Command::new("valgrind").arg("--version").output().is_err() {
-        eprintln!("skipped: valgrind not installed");
-        return;
-    }
     let exe = build_c("parallel");
     let n_seq = 3;
-    let out = Command::new("valgrind")
-        .args([
-            "--error-exitcode=99",
-            "--leak-check=full",
-            "--errors-for-leak-kinds=definite,indirect",
-            "--show-leak-kinds=definite,indirect",
-        ])
-        .arg(&exe)
-        .arg(TEXT_MODEL)
-        .arg("A fortune:")
-        .arg(n_seq.to_string())
-        .arg("8")
-        .arg("3")
-        .env("LD_LIBRARY_PATH", lib_dir())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "valgrind reported errors or leaks:\n{stderr}"
-    );
-    assert!(stderr.contains("ERROR SUMMARY: 0 errors"), "{stderr}");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let n = n_seq.to_string();
+    let Some(stdout) = run_clean_under_valgrind(&exe, &[TEXT_MODEL, "A fortune:", &n, "8", "3"])
+    else {
+        return;
+    };
     for i in 0..n_seq {
         assert!(
             stdout.contains(&format!("=== sequence {i} ===\n")),
