@@ -157,11 +157,10 @@ impl Context {
                 }));
             self.inner.decode(&self.rows)?;
             if all_logits && !one_batch {
-                for t in 0..chunk.len() {
-                    let row = self.inner.logits_ith(t).expect("asked for every row");
-                    let at = (ci * batch + t) * n_vocab;
-                    self.all_logits[at..at + n_vocab].copy_from_slice(row);
-                }
+                // Every row asked for logits: the outputs are the chunk's rows, in order.
+                let rows = self.inner.outputs_prefix(chunk.len() * n_vocab);
+                let at = ci * batch * n_vocab;
+                self.all_logits[at..at + rows.len()].copy_from_slice(rows);
             }
         }
         if all_logits && one_batch {
