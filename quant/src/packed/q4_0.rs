@@ -187,6 +187,7 @@ mod x86 {
 
     use super::super::act_q8_0::tile_fn;
     use super::super::act_q8_0::{BLOCK_BYTES as ABLK, D_OFF, M8_OFF};
+    use super::super::tiles::{prefetch_ahead, PREFETCH_MAX_COLS};
     use super::{CODE_BYTES, SCALE_BYTES, UNIT_BLOCKS};
     use std::arch::x86_64::*;
 
@@ -235,15 +236,9 @@ mod x86 {
         while b0 < nb {
             let m = (nb - b0).min(UNIT_BLOCKS);
             if C <= PREFETCH_MAX_COLS {
-                // Few columns: the weights stream from DRAM once per call and the compute
-                // per byte is small, so ask for the bytes PREFETCH_AHEAD further on now
-                // (past the group's end this is the next group, which follows it). A
-                // prefetch never faults, so running past the matrix is harmless.
-                let unit = w.wrapping_add(b0 * (CODE_BYTES + SCALE_BYTES) + PREFETCH_AHEAD);
-                for line in 0..(UNIT_BLOCKS * (CODE_BYTES + SCALE_BYTES)).div_ceil(64) {
-                    // A prefetch reads nothing architecturally: any address is fine.
-                    _mm_prefetch::<_MM_HINT_T0>(unit.wrapping_add(64 * line) as *const i8);
-                }
+                // Few columns: ask for the weights ahead (see `tiles::prefetch_ahead`).
+                let unit_bytes = UNIT_BLOCKS * (CODE_BYTES + SCALE_BYTES);
+                prefetch_ahead(w.wrapping_add(b0 * (CODE_BYTES + SCALE_BYTES)), unit_bytes);
             }
             for r in 0..m {
                 let b = b0 + r;
@@ -284,11 +279,6 @@ mod x86 {
         }
     }
     tile_fn!(pub(super) tile_vnni, k_vnni, 1 2 3 4 5 6 7 8);
-
-    /// Tiles of at most this many columns prefetch their weights (see `k_vnni`).
-    const PREFETCH_MAX_COLS: usize = 4;
-    /// How far ahead in the weight stream: about the bytes one core has in flight from DRAM.
-    const PREFETCH_AHEAD: usize = 2048;
 
     /// Plain AVX2: `pmaddubsw` products of a whole block summed in i16 (8 pairs of at most
     /// 2·15·128 = 3840 each: at most 30720, no saturation), widened once by `pmaddwd`.
