@@ -61,6 +61,12 @@ struct Args {
     #[arg(short = 'b', long = "batch-size", default_value_t = 512)]
     batch_size: usize,
 
+    /// While requests are streaming, a step carries only the prompt rows that fit in this
+    /// many milliseconds (at the measured speed), so new prompts never stall running streams
+    /// for longer than about this; 0 = no limit (each step fills -b).
+    #[arg(long = "max-step-ms", default_value_t = 1000, value_name = "MS")]
+    max_step_ms: u64,
+
     /// Element type of the attention K/V rings (must equal --cache-type-v).
     #[arg(long = "cache-type-k", value_name = "TYPE", default_value = "f32")]
     cache_type_k: String,
@@ -179,6 +185,7 @@ fn config(args: &Args) -> Result<ServerConfig, String> {
     config.n_parallel = args.parallel;
     config.n_threads = args.threads.unwrap_or(0);
     config.batch_size = args.batch_size;
+    config.max_step = (args.max_step_ms > 0).then(|| Duration::from_millis(args.max_step_ms));
     config.kv_type = k;
     config.api_key = args.api_key.clone();
     config.metrics_no_auth = args.metrics_no_auth;

@@ -50,6 +50,9 @@ pub struct ServerConfig {
     pub n_threads: usize,
     /// Rows per decode step (tokens of all sequences together).
     pub batch_size: usize,
+    /// While streams are generating, a step takes only the prompt rows that fit in this
+    /// time (at the measured rate); `None` = every step may fill the batch.
+    pub max_step: Option<Duration>,
     pub kv_type: KvType,
     pub api_key: Option<String>,
     /// `/metrics` without the API key.
@@ -76,6 +79,7 @@ impl ServerConfig {
             n_parallel: 4,
             n_threads: 0,
             batch_size: 512,
+            max_step: Some(Duration::from_millis(1000)),
             kv_type: KvType::F32,
             api_key: None,
             metrics_no_auth: false,

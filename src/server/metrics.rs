@@ -24,6 +24,8 @@ pub struct Metrics {
     pub decode_steps: AtomicU64,
     pub prompt_ns: AtomicU64,
     pub generation_ns: AtomicU64,
+    /// The engine's measured nanoseconds per batch row (what `--max-step-ms` paces by).
+    pub step_row_ns: AtomicU64,
     /// Requests waiting for a slot.
     pub queue_length: AtomicU64,
     /// Slots held by a request.
@@ -102,6 +104,12 @@ impl Metrics {
             "counter",
             "Batched decode steps.",
             get(&self.decode_steps).to_string(),
+        );
+        metric(
+            "step_seconds_per_row",
+            "gauge",
+            "Measured seconds per row of large decode steps (recent average; 0 until measured).",
+            format!("{:.6}", get(&self.step_row_ns) as f64 * 1e-9),
         );
         metric(
             "queue_length",

@@ -13,6 +13,7 @@
 
 mod cache;
 mod logprobs;
+mod pacing;
 mod scheduler;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -211,6 +212,7 @@ pub fn spawn(
                 rx,
                 &shared,
                 config.cache_ram_bytes,
+                config.max_step,
             );
             let _ = ready.send(Ok(()));
             scheduler.run();

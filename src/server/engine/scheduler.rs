@@ -5,9 +5,10 @@
 //!    streams advance by one token per step whatever else happens;
 //! 2. the few rows that close a finished chat answer (`<end_of_turn>\n`, for its snapshot;
 //!    at most a quarter of the budget);
-//! 3. the rest of the `-b` row budget goes to prompts still being run, oldest request
-//!    first, in chunks, so a long prompt never stalls the running streams for longer than
-//!    one step.
+//! 3. the rest of the row budget goes to prompts still being run, oldest request first, in
+//!    chunks. The budget is `-b` rows, but a step that carries generating streams takes only
+//!    the prompt rows that fit in `--max-step-ms` (`pacing.rs`), so a long prompt never
+//!    stalls the running streams for longer than about that.
 //!
 //! After the decode, every choice that got logits samples its next token; a prompt that is
 //! complete is snapshotted for the prompt cache, forked into the task's other slots
@@ -20,10 +21,11 @@ use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::sync::mpsc::{Receiver, TryRecvError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::cache::PromptCache;
 use super::logprobs::LogprobScratch;
+use super::pacing::StepPacer;
 use super::{Event, FinishReason, Job, PromptKind, Shared, Usage};
 use crate::generate::TextStream;
 use crate::model::{BatchContext, BatchRow};
@@ -136,6 +138,7 @@ pub(super) struct Scheduler<'t> {
     meta: Vec<RowMeta>,
     prefill_order: Vec<(u64, usize)>,
     logprobs: LogprobScratch,
+    pacer: StepPacer,
 }
 
 impl<'t> Scheduler<'t> {
@@ -146,6 +149,7 @@ impl<'t> Scheduler<'t> {
         rx: Receiver<Job>,
         shared: &'t Shared,
         cache_bytes: usize,
+        max_step: Option<Duration>,
     ) -> Scheduler<'t> {
         let n_seq = ctx.n_seq_max();
         let capacity = ctx.batch_capacity();
@@ -174,6 +178,7 @@ impl<'t> Scheduler<'t> {
             meta: Vec::with_capacity(capacity),
             prefill_order: Vec::with_capacity(n_seq),
             logprobs: LogprobScratch::default(),
+            pacer: StepPacer::new(max_step),
         }
     }
 
@@ -228,7 +233,8 @@ impl<'t> Scheduler<'t> {
         }
         let t0 = Instant::now();
         let result = self.ctx.decode(&self.rows);
-        let ns = t0.elapsed().as_nanos() as u64;
+        let elapsed = t0.elapsed();
+        let ns = elapsed.as_nanos() as u64;
         let m = &self.shared.metrics;
         m.decode_steps.fetch_add(1, Relaxed);
         let has_prompt = self
@@ -246,7 +252,10 @@ impl<'t> Scheduler<'t> {
             m.generation_ns.fetch_add(ns, Relaxed);
         }
         match result {
-            Ok(()) => self.after_decode(),
+            Ok(()) => {
+                self.pacer.record(self.rows.len(), elapsed);
+                self.after_decode()
+            }
             Err(e) => {
                 eprintln!("rg-server: decode failed: {e}");
                 self.fail_batch(&format!("the engine failed: {e}"));
@@ -408,7 +417,7 @@ impl<'t> Scheduler<'t> {
     fn build_batch(&mut self) -> bool {
         self.rows.clear();
         self.meta.clear();
-        let budget = self.ctx.batch_capacity();
+        let capacity = self.ctx.batch_capacity();
         // 1. One token per generating choice.
         for (key, task) in self.tasks.iter_mut().enumerate() {
             let Some(task) = task else { continue };
@@ -423,10 +432,12 @@ impl<'t> Scheduler<'t> {
                 }
             }
         }
+        // The rows of steps 2 and 3: all that is left, or what fits beside the streams.
+        let budget = self.rows.len() + self.pacer.extra_rows(self.rows.len(), capacity);
         // 2. Closing tails of finished chat answers: at most a quarter of the budget, so
         //    that re-running a long answer does not hold back new prompts (nor they it).
         let mut closing_rows = 0u64;
-        let closing_budget = self.rows.len() + (budget / 4).max(4);
+        let closing_budget = self.rows.len() + ((budget - self.rows.len()) / 4).max(4);
         for (key, task) in self.tasks.iter_mut().enumerate() {
             let Some(task) = task else { continue };
             for ch in task.choices.iter_mut() {
@@ -807,6 +818,8 @@ impl<'t> Scheduler<'t> {
             .store(self.shared.queued.load(SeqCst) as u64, Relaxed);
         m.cache_bytes.store(self.cache.bytes() as u64, Relaxed);
         m.cache_entries.store(self.cache.entries() as u64, Relaxed);
+        let row_ns = self.pacer.secs_per_row().map_or(0.0, |s| s * 1e9);
+        m.step_row_ns.store(row_ns as u64, Relaxed);
     }
 }
 
