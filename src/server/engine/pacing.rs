@@ -4,18 +4,21 @@
 //! time grows with its rows: on 2 cores a 512-row prompt chunk of the 2B model takes about
 //! 8 s, so a stream that shared steps with new prompts stalled for 8 s at a time. Hence,
 //! while streams are generating, the other rows of a step (prompt chunks, closing rows) are
-//! cut to what fits in the target time at the engine's measured rate. A step without
-//! generating rows keeps the whole `-b` budget (nobody waits on it), and a floor of rows
-//! keeps prompts moving when the streams alone fill the target. The rate adapts to the
-//! machine and model: the same target means small chunks on a laptop and no cut at all on a
-//! machine fast enough to run `-b` rows within it.
+//! limited to an allowance that is steered so that such steps take the target time: after
+//! each one, the allowance is scaled by target / measured time (a step costs a fixed part,
+//! the streams' rows and the allowance's rows, so this converges on the allowance that fills
+//! the target without a model of those costs, and follows them as streams come and go). It
+//! starts from the measured seconds per row of large steps. A step without generating rows
+//! keeps the whole `-b` budget (nobody waits on it), and a floor of rows keeps prompts moving
+//! when the streams alone take the target. The same target means small chunks on a laptop
+//! and no cut at all on a machine that runs `-b` rows within it.
 
 use std::time::Duration;
 
 /// Rows a step beside streams always gets for prompts, whatever the target: new requests
 /// still progress when the running streams alone take the whole target.
 const MIN_EXTRA_ROWS: usize = 16;
-/// Rows beside streams before the rate is known (the first steps of a server whose first
+/// Rows beside streams before anything is measured (the first steps of a server whose first
 /// prompts were short).
 const UNMEASURED_EXTRA_ROWS: usize = 64;
 /// Steps with fewer rows are bound by streaming the weights, not by their rows: their time per
@@ -23,6 +26,9 @@ const UNMEASURED_EXTRA_ROWS: usize = 64;
 const RATE_MIN_ROWS: usize = 32;
 /// Weight of the newest step in the moving average of the time per row.
 const RATE_SMOOTHING: f64 = 0.25;
+/// Most the allowance grows after one step (a step far under the target, e.g. while the
+/// cache was cold, must not make the next one overshoot it by as much).
+const MAX_GROWTH: f64 = 2.0;
 
 /// Paces prompt chunks against a target step time.
 #[derive(Debug)]
@@ -30,8 +36,10 @@ pub(super) struct StepPacer {
     /// `None`: no cut, every step may fill the batch.
     target: Option<Duration>,
     /// Seconds per row of recent steps with at least `RATE_MIN_ROWS` rows (a moving average;
-    /// it includes the step's fixed cost, so it errs on the short side of the target).
+    /// it includes the step's fixed cost): the first guess of the allowance.
     secs_per_row: Option<f64>,
+    /// Rows beside streams that fit the target, steered by the steps that used them.
+    allowance: Option<f64>,
 }
 
 impl StepPacer {
@@ -39,6 +47,7 @@ impl StepPacer {
         StepPacer {
             target,
             secs_per_row: None,
+            allowance: None,
         }
     }
 
@@ -46,27 +55,54 @@ impl StepPacer {
     /// batch's `capacity`.
     pub(super) fn extra_rows(&self, gen_rows: usize, capacity: usize) -> usize {
         let free = capacity.saturating_sub(gen_rows);
-        let Some(target) = self.target.filter(|_| gen_rows > 0) else {
+        if self.target.is_none() || gen_rows == 0 {
             return free;
-        };
-        let fits = match self.secs_per_row {
-            // `as usize` saturates: a rate of ~0 (a tiny model) means no cut.
-            Some(secs) => ((target.as_secs_f64() / secs) as usize).saturating_sub(gen_rows),
-            None => UNMEASURED_EXTRA_ROWS,
-        };
-        fits.max(MIN_EXTRA_ROWS).min(free)
+        }
+        // `as usize` saturates: a huge allowance (a fast machine) means no cut.
+        let rows = self
+            .allowance
+            .map_or_else(|| self.first_guess(gen_rows), |a| a as usize);
+        rows.max(MIN_EXTRA_ROWS).min(free)
     }
 
-    /// Takes the time of a step of `rows` rows into the rate.
-    pub(super) fn record(&mut self, rows: usize, elapsed: Duration) {
-        if rows < RATE_MIN_ROWS {
+    /// The allowance before any paced step: what the rate says fits beside `gen_rows`.
+    fn first_guess(&self, gen_rows: usize) -> usize {
+        match (self.target, self.secs_per_row) {
+            (Some(target), Some(secs)) => {
+                ((target.as_secs_f64() / secs) as usize).saturating_sub(gen_rows)
+            }
+            _ => UNMEASURED_EXTRA_ROWS,
+        }
+    }
+
+    /// Takes a step of `gen_rows` generating and `other_rows` other rows that took `elapsed`
+    /// into the rate and, if streams waited on it, into the allowance.
+    pub(super) fn record(&mut self, gen_rows: usize, other_rows: usize, elapsed: Duration) {
+        let rows = gen_rows + other_rows;
+        let secs = elapsed.as_secs_f64();
+        if rows >= RATE_MIN_ROWS {
+            let per_row = secs / rows as f64;
+            self.secs_per_row = Some(match self.secs_per_row {
+                None => per_row,
+                Some(old) => old + RATE_SMOOTHING * (per_row - old),
+            });
+        }
+        let Some(target) = self.target else { return };
+        if gen_rows == 0 || other_rows == 0 || secs <= 0.0 {
             return;
         }
-        let secs = elapsed.as_secs_f64() / rows as f64;
-        self.secs_per_row = Some(match self.secs_per_row {
-            None => secs,
-            Some(old) => old + RATE_SMOOTHING * (secs - old),
-        });
+        let allowed = self
+            .allowance
+            .unwrap_or_else(|| self.first_guess(gen_rows) as f64);
+        let scaled = other_rows as f64 * (target.as_secs_f64() / secs).min(MAX_GROWTH);
+        let over = secs > target.as_secs_f64();
+        if other_rows >= allowed as usize {
+            self.allowance = Some(scaled.max(MIN_EXTRA_ROWS as f64));
+        } else if over {
+            // Fewer rows than allowed (the prompts ran out) and still over the target.
+            self.allowance = Some(scaled.min(allowed).max(MIN_EXTRA_ROWS as f64));
+        }
+        // Fewer rows than allowed within the target says nothing about the allowance.
     }
 
     /// The measured seconds per row, if any (for `/metrics`).
@@ -84,21 +120,21 @@ mod tests {
     #[test]
     fn without_streams_or_target_a_step_fills_the_batch() {
         let mut p = StepPacer::new(Some(1000 * MS));
-        p.record(512, 8000 * MS);
+        p.record(0, 512, 8000 * MS);
         assert_eq!(p.extra_rows(0, 512), 512, "no stream waits on this step");
         let off = StepPacer::new(None);
         assert_eq!(off.extra_rows(10, 512), 502);
     }
 
     #[test]
-    fn beside_streams_the_prompt_rows_fit_the_target() {
+    fn the_first_allowance_comes_from_the_rate() {
         let mut p = StepPacer::new(Some(1000 * MS));
         assert_eq!(
             p.extra_rows(4, 512),
             UNMEASURED_EXTRA_ROWS,
-            "rate not known yet"
+            "nothing measured yet"
         );
-        p.record(512, 8192 * MS); // 16 ms per row: 62 rows per second
+        p.record(0, 512, 8192 * MS); // 16 ms per row: 62 rows per second
         assert_eq!(p.extra_rows(4, 512), 62 - 4);
         assert_eq!(p.extra_rows(32, 512), 62 - 32);
         // Streams alone fill the target: prompts still get the floor.
@@ -106,22 +142,60 @@ mod tests {
         // Never more than the batch holds.
         assert_eq!(p.extra_rows(500, 512), 12);
         assert_eq!(p.extra_rows(512, 512), 0);
-        // A faster machine: the cut loosens, up to no cut at all.
-        for _ in 0..40 {
-            p.record(256, 256 * MS);
-        }
-        assert_eq!(p.extra_rows(4, 512), 508);
     }
 
     #[test]
     fn small_steps_do_not_move_the_rate() {
-        let mut p = StepPacer::new(Some(1000 * MS));
-        p.record(64, 1024 * MS);
+        let mut p = StepPacer::new(None);
+        p.record(0, 64, 1024 * MS);
         // A one-row step costs the whole weight stream: 150 ms per row would be wrong.
-        p.record(1, 150 * MS);
-        p.record(RATE_MIN_ROWS - 1, 2000 * MS);
+        p.record(1, 0, 150 * MS);
+        p.record(RATE_MIN_ROWS - 1, 0, 2000 * MS);
         assert_eq!(p.secs_per_row(), Some(0.016));
-        p.record(64, 2048 * MS);
+        p.record(64, 0, 2048 * MS);
         assert!((p.secs_per_row().unwrap() - 0.02).abs() < 1e-12);
+    }
+
+    /// Against a machine whose step costs 120 ms + 22 ms per stream row + 16 ms per prompt
+    /// row, the paced steps settle at the target, and follow it as streams join.
+    #[test]
+    fn the_allowance_settles_where_steps_take_the_target() {
+        let cost = |gen: usize, other: usize| {
+            Duration::from_secs_f64(0.120 + 0.022 * gen as f64 + 0.016 * other as f64)
+        };
+        let mut p = StepPacer::new(Some(1000 * MS));
+        p.record(0, 512, cost(0, 512)); // a prompt alone: the rate
+        for gen in [1usize, 8, 20] {
+            let mut t = Duration::ZERO;
+            for _ in 0..30 {
+                let other = p.extra_rows(gen, 512);
+                t = cost(gen, other);
+                p.record(gen, other, t);
+            }
+            let ms = t.as_secs_f64() * 1e3;
+            assert!(
+                (975.0..=1005.0).contains(&ms),
+                "{gen} streams: steps of {ms:.0} ms"
+            );
+        }
+        // More streams than the target holds: the floor.
+        for _ in 0..30 {
+            let other = p.extra_rows(60, 512);
+            p.record(60, other, cost(60, other));
+        }
+        assert_eq!(p.extra_rows(60, 512), MIN_EXTRA_ROWS);
+    }
+
+    #[test]
+    fn a_step_under_its_allowance_and_the_target_keeps_the_allowance() {
+        let mut p = StepPacer::new(Some(1000 * MS));
+        p.record(0, 512, 8192 * MS);
+        assert_eq!(p.extra_rows(2, 512), 60);
+        // The last 10 rows of a prompt, quickly: no reason to shrink to 10 · 2.
+        p.record(2, 10, 300 * MS);
+        assert_eq!(p.extra_rows(2, 512), 60);
+        // The allowance used and over the target: it shrinks.
+        p.record(2, 60, 2000 * MS);
+        assert_eq!(p.extra_rows(2, 512), 30);
     }
 }

@@ -241,19 +241,21 @@ impl<'t> Scheduler<'t> {
             .meta
             .iter()
             .any(|r| matches!(r, RowMeta::PromptEnd { .. } | RowMeta::Plain { .. }));
-        let has_gen = self
+        let gen_rows = self
             .meta
             .iter()
-            .any(|r| matches!(r, RowMeta::Generated { .. }));
+            .filter(|r| matches!(r, RowMeta::Generated { .. }))
+            .count();
         if has_prompt {
             m.prompt_ns.fetch_add(ns, Relaxed);
         }
-        if has_gen {
+        if gen_rows > 0 {
             m.generation_ns.fetch_add(ns, Relaxed);
         }
         match result {
             Ok(()) => {
-                self.pacer.record(self.rows.len(), elapsed);
+                self.pacer
+                    .record(gen_rows, self.rows.len() - gen_rows, elapsed);
                 self.after_decode()
             }
             Err(e) => {
