@@ -212,9 +212,10 @@ fn disconnect_mid_stream_frees_the_slot() {
 #[test]
 fn full_queue_answers_503_with_retry_after() {
     let server = Server::start(&["-np", "1", "--max-queue", "1"]);
+    // Greedy: a sampled stream could end on its own (EOS) and free the slot too early.
     let mut running = server.stream(
         "/v1/completions",
-        &json!({"prompt": "The", "max_tokens": 16000, "stream": true}),
+        &json!({"prompt": "The", "max_tokens": 16000, "temperature": 0, "stream": true}),
     );
     assert!(running.next_data().is_some());
     std::thread::scope(|scope| {
@@ -246,7 +247,7 @@ fn timeout_bounds_a_request() {
         let long = scope.spawn(move || {
             server.post_ok(
                 "/v1/completions",
-                &json!({"prompt": "The", "max_tokens": 16000}),
+                &json!({"prompt": "The", "max_tokens": 16000, "temperature": 0}),
             )
         });
         server.wait_metric("rgemma_slots_busy", 1.0);
