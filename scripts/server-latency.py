@@ -6,7 +6,7 @@ whose prompts are exactly P token ids, each asking for T tokens, and the script 
 - aggregate generated tokens/s: all generated tokens / wall time of the level (first request
   sent to last answer complete);
 - time to first token (TTFT) p50/p95: request sent -> first streamed token;
-- time between tokens (TBT) p50/p95: gaps between consecutive streamed token chunks, over all
+- time between tokens (TBT) p50/p95/p99/max: gaps between consecutive streamed token chunks, over all
   requests (a chunk that carries several tokens, e.g. held back for UTF-8, is one gap; the
   `chunks/tok` column shows how often that happened).
 
@@ -156,13 +156,16 @@ def summarize(label, clients, prompt_len, max_tokens, results, wall):
         "ttft_p95_s": sh.percentile([r.ttft for r in ok], 95),
         "tbt_p50_s": sh.percentile(gaps, 50),
         "tbt_p95_s": sh.percentile(gaps, 95),
+        "tbt_p99_s": sh.percentile(gaps, 99),
+        "tbt_max_s": max(gaps) if gaps else None,
         "chunks_per_token": round(chunks / tokens, 3) if tokens else None,
     }
 
 
 HEADER = (
     f"{'server':<14} {'C':>3} {'reqs':>4} {'fail':>4} {'prompt':>6} {'gen':>5} {'wall s':>8} "
-    f"{'gen tok/s':>9} {'TTFT p50':>9} {'TTFT p95':>9} {'TBT p50':>8} {'TBT p95':>8} {'chunks/tok':>10}"
+    f"{'gen tok/s':>9} {'TTFT p50':>9} {'TTFT p95':>9} {'TBT p50':>8} {'TBT p95':>8} "
+    f"{'TBT p99':>8} {'TBT max':>8} {'chunks/tok':>10}"
 )
 
 
@@ -176,7 +179,8 @@ def row(s):
         f"{s['server']:<14} {s['clients']:>3} {s['requests']:>4} {s['failed']:>4} {prompt:>6} "
         f"{s['tokens_generated']:>5} {s['wall_s']:>8.2f} {s['gen_tokens_per_s'] or 0:>9.2f} "
         f"{ms(s['ttft_p50_s']):>9} {ms(s['ttft_p95_s']):>9} {ms(s['tbt_p50_s']):>8} "
-        f"{ms(s['tbt_p95_s']):>8} {s['chunks_per_token'] or 0:>10.3f}"
+        f"{ms(s['tbt_p95_s']):>8} {ms(s.get('tbt_p99_s')):>8} {ms(s.get('tbt_max_s')):>8} "
+        f"{s['chunks_per_token'] or 0:>10.3f}"
     )
 
 
