@@ -18,7 +18,8 @@
 //! once at run time (AVX2+FMA+F16C on x86-64, NEON on aarch64) and caches the answer, so one
 //! x86-64 binary runs on any x86-64 CPU; [`Backend::Scalar`] is the portable fallback and
 //! the reference the SIMD kernels are tested against. Setting the environment variable
-//! `RGEMMA_SIMD=0` before the first call forces the scalar kernels.
+//! `RGEMMA_SIMD=0` before the first call forces the scalar kernels, `RGEMMA_SIMD=avx2` the
+//! AVX2 ones on a CPU with AVX-512 (to measure what an AVX2-only machine runs).
 
 mod act;
 pub mod membw;
@@ -51,14 +52,17 @@ pub enum Backend {
 
 impl Backend {
     /// The best backend this CPU supports, detected on the first call and cached.
-    /// `RGEMMA_SIMD=0` in the environment selects [`Backend::Scalar`].
+    /// `RGEMMA_SIMD=0` in the environment selects [`Backend::Scalar`], `RGEMMA_SIMD=avx2`
+    /// [`Backend::Avx2`] where the CPU would get [`Backend::Avx512`].
     pub fn detect() -> Backend {
         static DETECTED: OnceLock<Backend> = OnceLock::new();
         *DETECTED.get_or_init(|| {
-            if std::env::var("RGEMMA_SIMD").is_ok_and(|v| v == "0") {
-                return Backend::Scalar;
+            let best = Backend::best_available();
+            match std::env::var("RGEMMA_SIMD").as_deref() {
+                Ok("0") => Backend::Scalar,
+                Ok("avx2") if best == Backend::Avx512 => Backend::Avx2,
+                _ => best,
             }
-            Backend::best_available()
         })
     }
 

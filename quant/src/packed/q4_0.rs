@@ -302,6 +302,11 @@ mod x86 {
         let mut b0 = 0;
         while b0 < nb {
             let m = (nb - b0).min(UNIT_BLOCKS);
+            if C <= PREFETCH_MAX_COLS {
+                // As in `k_vnni`.
+                let unit_bytes = UNIT_BLOCKS * (CODE_BYTES + SCALE_BYTES);
+                prefetch_ahead(w.wrapping_add(b0 * (CODE_BYTES + SCALE_BYTES)), unit_bytes);
+            }
             for r in 0..m {
                 let b = b0 + r;
                 // SAFETY: block b < n/32 of the group (unit at block b0, `m` blocks, as in

@@ -459,6 +459,9 @@ mod x86 {
         // SAFETY: the output extent is the caller's contract.
         let mut acc = unsafe { load_acc::<C, ADD>(out, out_stride) };
         for b in 0..nsb {
+            if C <= PREFETCH_MAX_COLS {
+                prefetch_ahead(w.wrapping_add(b * SB), SB);
+            }
             // SAFETY: as in `vnni`.
             unsafe {
                 let sb = w.add(b * SB);

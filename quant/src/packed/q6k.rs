@@ -445,6 +445,9 @@ mod x86 {
         // SAFETY: the output extent is the caller's contract.
         let mut acc = unsafe { load_acc::<C, ADD>(out, out_stride) };
         for b in 0..nsb {
+            if C <= PREFETCH_MAX_COLS {
+                prefetch_ahead(w.wrapping_add(b * SB), SB);
+            }
             // SAFETY: as in `vnni`.
             unsafe {
                 let (sb, hd) = (w.add(codes(b)), w.add(head(b)));
