@@ -187,7 +187,7 @@ mod x86 {
 
     use super::super::act_q8_0::tile_fn;
     use super::super::act_q8_0::{BLOCK_BYTES as ABLK, D_OFF, M8_OFF};
-    use super::super::tiles::{prefetch_ahead, PREFETCH_MAX_COLS};
+    use super::super::tiles::prefetch_ahead;
     use super::{CODE_BYTES, SCALE_BYTES, UNIT_BLOCKS};
     use std::arch::x86_64::*;
 
@@ -235,11 +235,7 @@ mod x86 {
         let mut b0 = 0;
         while b0 < nb {
             let m = (nb - b0).min(UNIT_BLOCKS);
-            if C <= PREFETCH_MAX_COLS {
-                // Few columns: ask for the weights ahead (see `tiles::prefetch_ahead`).
-                let unit_bytes = UNIT_BLOCKS * (CODE_BYTES + SCALE_BYTES);
-                prefetch_ahead(w.wrapping_add(b0 * (CODE_BYTES + SCALE_BYTES)), unit_bytes);
-            }
+            prefetch_unit::<C>(w, b0);
             for r in 0..m {
                 let b = b0 + r;
                 // SAFETY: block b < n/32 of the group (unit at block b0, `m` blocks, as in
@@ -280,6 +276,14 @@ mod x86 {
     }
     tile_fn!(pub(super) tile_vnni, k_vnni, 1 2 3 4 5 6 7 8);
 
+    /// Few columns: asks for the weights of the unit after the one at block `b0` ahead of
+    /// their loads (see `tiles::prefetch_ahead`).
+    #[inline(always)]
+    fn prefetch_unit<const C: usize>(w: *const u8, b0: usize) {
+        let unit_bytes = UNIT_BLOCKS * (CODE_BYTES + SCALE_BYTES);
+        prefetch_ahead::<C>(w.wrapping_add(b0 * (CODE_BYTES + SCALE_BYTES)), unit_bytes);
+    }
+
     /// Plain AVX2: `pmaddubsw` products of a whole block summed in i16 (8 pairs of at most
     /// 2·15·128 = 3840 each: at most 30720, no saturation), widened once by `pmaddwd`.
     ///
@@ -302,11 +306,7 @@ mod x86 {
         let mut b0 = 0;
         while b0 < nb {
             let m = (nb - b0).min(UNIT_BLOCKS);
-            if C <= PREFETCH_MAX_COLS {
-                // As in `k_vnni`.
-                let unit_bytes = UNIT_BLOCKS * (CODE_BYTES + SCALE_BYTES);
-                prefetch_ahead(w.wrapping_add(b0 * (CODE_BYTES + SCALE_BYTES)), unit_bytes);
-            }
+            prefetch_unit::<C>(w, b0);
             for r in 0..m {
                 let b = b0 + r;
                 // SAFETY: block b < n/32 of the group (unit at block b0, `m` blocks, as in

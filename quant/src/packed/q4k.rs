@@ -185,7 +185,7 @@ fn scalar_group(nsb: usize, w: &[u8], act: &[u8]) -> [f32; 8] {
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::super::tiles::{load_acc, prefetch_ahead, store, PREFETCH_MAX_COLS};
+    use super::super::tiles::{load_acc, prefetch_ahead, store};
     use super::{ACT, CODES, DMIN, SB, SCALES};
 
     /// Reads 4 activation bytes as one i32 and broadcasts them to the 8 lanes.
@@ -364,9 +364,7 @@ mod x86 {
         // SAFETY: the output extent is the caller's contract.
         let mut acc = unsafe { load_acc::<C, ADD>(out, out_stride) };
         for b in 0..nsb {
-            if C <= PREFETCH_MAX_COLS {
-                prefetch_ahead(w.wrapping_add(b * SB), SB);
-            }
+            prefetch_ahead::<C>(w.wrapping_add(b * SB), SB);
             // SAFETY: b < nsb keeps every pointer below inside its super-block / Q8_K block.
             unsafe {
                 let sb = w.add(b * SB);
@@ -459,9 +457,7 @@ mod x86 {
         // SAFETY: the output extent is the caller's contract.
         let mut acc = unsafe { load_acc::<C, ADD>(out, out_stride) };
         for b in 0..nsb {
-            if C <= PREFETCH_MAX_COLS {
-                prefetch_ahead(w.wrapping_add(b * SB), SB);
-            }
+            prefetch_ahead::<C>(w.wrapping_add(b * SB), SB);
             // SAFETY: as in `vnni`.
             unsafe {
                 let sb = w.add(b * SB);

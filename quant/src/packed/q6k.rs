@@ -270,7 +270,7 @@ fn scalar_group(nsb: usize, w: &[u8], act: &[u8]) -> [f32; 8] {
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::super::tiles::{load_acc, prefetch_ahead, store, PREFETCH_MAX_COLS};
+    use super::super::tiles::{load_acc, prefetch_ahead, store};
     use super::{codes, head, ACT, SB, SCALES, UNIT};
 
     /// Reads 4 activation bytes as one i32 and broadcasts them to the 8 lanes.
@@ -374,11 +374,9 @@ mod x86 {
         // SAFETY: the output extent is the caller's contract.
         let mut acc = unsafe { load_acc::<C, ADD>(out, out_stride) };
         for b in 0..nsb {
-            if C <= PREFETCH_MAX_COLS {
-                // The group's super-blocks take SB bytes each, in order (pairs interleave
-                // codes and heads, but a pair spans its two super-blocks' bytes).
-                prefetch_ahead(w.wrapping_add(b * SB), SB);
-            }
+            // The group's super-blocks take SB bytes each, in order (pairs interleave codes
+            // and heads, but a pair spans its two super-blocks' bytes).
+            prefetch_ahead::<C>(w.wrapping_add(b * SB), SB);
             // SAFETY: b < nsb keeps every pointer below inside its super-block / Q8_K block.
             unsafe {
                 let (sb, hd) = (w.add(codes(b)), w.add(head(b)));
@@ -445,9 +443,7 @@ mod x86 {
         // SAFETY: the output extent is the caller's contract.
         let mut acc = unsafe { load_acc::<C, ADD>(out, out_stride) };
         for b in 0..nsb {
-            if C <= PREFETCH_MAX_COLS {
-                prefetch_ahead(w.wrapping_add(b * SB), SB);
-            }
+            prefetch_ahead::<C>(w.wrapping_add(b * SB), SB);
             // SAFETY: as in `vnni`.
             unsafe {
                 let (sb, hd) = (w.add(codes(b)), w.add(head(b)));

@@ -25,16 +25,21 @@ pub(super) type Tile = unsafe fn(
 /// stream from DRAM once per call and the compute per byte is small, so the loads of one
 /// block wait on memory unless asked for ahead (Q4_0 at 4 columns: +14 % decode of 4
 /// sequences on a Xeon with AVX-512 VNNI). Wider tiles are bound by compute.
-pub(super) const PREFETCH_MAX_COLS: usize = 4;
+const PREFETCH_MAX_COLS: usize = 4;
 /// How far ahead in the weight stream: about the bytes one core has in flight from DRAM.
-pub(super) const PREFETCH_AHEAD: usize = 2048;
+const PREFETCH_AHEAD: usize = 2048;
 
-/// Asks for the `bytes` of the weight stream that lie `PREFETCH_AHEAD` past `p`, into L1.
-/// Kernels call it once per block they are about to read, so the requests run ahead of the
-/// loads by a constant distance; past a group's end they fetch the next group, which is
-/// the next to be read when a pass covers whole rows.
+/// For a kernel of `C` columns: asks for the `bytes` of the weight stream that lie
+/// `PREFETCH_AHEAD` past `p`, into L1, when `C <= PREFETCH_MAX_COLS` (nothing otherwise; `C`
+/// is a constant, so the test is compiled away). Kernels call it once per block they are
+/// about to read, so the requests run ahead of the loads by a constant distance; past a
+/// group's end they fetch the next group, which is the next to be read when a pass covers
+/// whole rows.
 #[inline(always)]
-pub(super) fn prefetch_ahead(p: *const u8, bytes: usize) {
+pub(super) fn prefetch_ahead<const C: usize>(p: *const u8, bytes: usize) {
+    if C > PREFETCH_MAX_COLS {
+        return;
+    }
     let ahead = p.wrapping_add(PREFETCH_AHEAD);
     for line in 0..bytes.div_ceil(64) {
         // SAFETY: a prefetch is a hint that reads nothing architecturally and never

@@ -237,16 +237,14 @@ impl<'t> Scheduler<'t> {
         let ns = elapsed.as_nanos() as u64;
         let m = &self.shared.metrics;
         m.decode_steps.fetch_add(1, Relaxed);
-        let has_prompt = self
-            .meta
-            .iter()
-            .any(|r| matches!(r, RowMeta::PromptEnd { .. } | RowMeta::Plain { .. }));
         let gen_rows = self
             .meta
             .iter()
             .filter(|r| matches!(r, RowMeta::Generated { .. }))
             .count();
-        if has_prompt {
+        // Prompt chunks and closing rows.
+        let other_rows = self.rows.len() - gen_rows;
+        if other_rows > 0 {
             m.prompt_ns.fetch_add(ns, Relaxed);
         }
         if gen_rows > 0 {
@@ -254,8 +252,7 @@ impl<'t> Scheduler<'t> {
         }
         match result {
             Ok(()) => {
-                self.pacer
-                    .record(gen_rows, self.rows.len() - gen_rows, elapsed);
+                self.pacer.record(gen_rows, other_rows, elapsed);
                 self.after_decode()
             }
             Err(e) => {
