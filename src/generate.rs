@@ -64,6 +64,11 @@ pub trait GenerateSink {
     fn logits_row(&mut self, _row: &[f32]) -> Result<()> {
         Ok(())
     }
+    /// Called between prompt chunks and before each generated token: an error stops the
+    /// generation there (a front end's cancellation, e.g. Python's Ctrl-C).
+    fn poll(&mut self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// The result of one [`generate`] call.
@@ -94,6 +99,50 @@ pub fn generate(
     opts: &GenerateOptions,
     sink: &mut dyn GenerateSink,
 ) -> Result<Generation> {
+    let t0 = Instant::now();
+    feed_prompt(ctx, sampler, prompt, opts, sink)?;
+    let prompt_time = t0.elapsed();
+
+    let t1 = Instant::now();
+    let mut tokens = TokenLoop::new(opts);
+    let mut emitted = String::new();
+    let stop = loop {
+        sink.poll()?;
+        emitted.clear();
+        let next = tokens.step(ctx.logits(), sampler, tokenizer, &mut emitted);
+        if !emitted.is_empty() {
+            sink.text(&emitted)?;
+        }
+        match next {
+            Next::Feed(id) => {
+                ctx.eval(&[id], false)?;
+                if opts.all_logits {
+                    sink.logits_row(ctx.logits())?;
+                }
+            }
+            Next::Stop(stop) => break stop,
+        }
+    };
+    Ok(Generation {
+        unfed: tokens.unfed(),
+        generated: tokens.generated,
+        stop,
+        prompt_tokens: prompt.len(),
+        prompt_time,
+        gen_time: t1.elapsed(),
+    })
+}
+
+/// The prompt half of [`generate`]: checks the ids, evaluates `prompt` in chunks of
+/// `opts.batch_size` (sending every row to the sink when `opts.all_logits`, polling it between
+/// chunks) and passes every prompt token to [`Sampler::accept`].
+pub fn feed_prompt(
+    ctx: &mut Context,
+    sampler: &mut Sampler,
+    prompt: &[u32],
+    opts: &GenerateOptions,
+    sink: &mut dyn GenerateSink,
+) -> Result<()> {
     if prompt.is_empty() {
         return Err(Error::InvalidArgument("empty prompt".into()));
     }
@@ -103,15 +152,13 @@ pub fn generate(
             "token id {bad} is out of range (vocabulary size {n_vocab})"
         )));
     }
-
-    // Prompt.
-    let t0 = Instant::now();
     let chunk = if opts.batch_size == 0 {
         prompt.len()
     } else {
         opts.batch_size
     };
     for part in prompt.chunks(chunk) {
+        sink.poll()?;
         ctx.eval(part, opts.all_logits)?;
         if opts.all_logits {
             for row in ctx.all_logits().chunks_exact(n_vocab).take(part.len()) {
@@ -122,85 +169,123 @@ pub fn generate(
     for &id in prompt {
         sampler.accept(id);
     }
-    let prompt_time = t0.elapsed();
+    Ok(())
+}
 
-    // Generation.
-    let t1 = Instant::now();
-    let mut text = TextStream::new(tokenizer, &opts.stop_strings, opts.show_special);
-    let mut generated = Vec::new();
-    let mut emitted = String::new();
-    let stop;
-    let mut unfed = None;
-    loop {
-        if opts.max_tokens.is_some_and(|n| generated.len() >= n) {
-            stop = StopReason::MaxTokens;
-            unfed = generated.last().copied();
-            break;
+/// The sampling half of [`generate`], one token per [`TokenLoop::step`], for front ends that
+/// feed the tokens themselves (several sequences in one batch, Python's `stream`): sample,
+/// stop on a stop token, the token limit or a stop string, else hand the token back to feed.
+#[derive(Debug)]
+pub struct TokenLoop {
+    max_tokens: Option<usize>,
+    stop_tokens: Vec<u32>,
+    text: TextStream,
+    /// Generated ids, stop token excluded.
+    pub generated: Vec<u32>,
+    stopped: Option<StopReason>,
+}
+
+/// What [`TokenLoop::step`] asks of its caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Evaluate this token, then step again with the logits after it.
+    Feed(u32),
+    /// The generation is over.
+    Stop(StopReason),
+}
+
+impl TokenLoop {
+    pub fn new(opts: &GenerateOptions) -> TokenLoop {
+        TokenLoop {
+            max_tokens: opts.max_tokens,
+            stop_tokens: opts.stop_tokens.clone(),
+            text: TextStream::new(&opts.stop_strings, opts.show_special),
+            generated: Vec::new(),
+            stopped: None,
         }
-        let id = sampler.sample(ctx.logits());
-        if opts.stop_tokens.contains(&id) {
-            stop = StopReason::StopToken(id);
-            break;
+    }
+
+    /// Samples the next token from `logits` (those after the sequence's last token) and
+    /// appends its text to `out`. On [`Next::Stop`], `out` also holds the text still held
+    /// back, and later calls return the same stop and do nothing.
+    pub fn step(
+        &mut self,
+        logits: &[f32],
+        sampler: &mut Sampler,
+        tokenizer: Option<&Tokenizer>,
+        out: &mut String,
+    ) -> Next {
+        if let Some(stop) = self.stopped {
+            return Next::Stop(stop);
+        }
+        if self.at_limit() {
+            return self.stop(StopReason::MaxTokens, tokenizer, out);
+        }
+        let id = sampler.sample(logits);
+        if self.stop_tokens.contains(&id) {
+            return self.stop(StopReason::StopToken(id), tokenizer, out);
         }
         sampler.accept(id);
-        generated.push(id);
+        self.generated.push(id);
+        if self.text.push(tokenizer, id, out) {
+            // `out` already ends before the stop string; nothing is held back.
+            self.stopped = Some(StopReason::StopString);
+            return Next::Stop(StopReason::StopString);
+        }
+        if self.at_limit() {
+            // Nothing needs the logits after the last token: it is not fed.
+            return self.stop(StopReason::MaxTokens, tokenizer, out);
+        }
+        Next::Feed(id)
+    }
 
-        emitted.clear();
-        let hit_stop_string = text.push(id, &mut emitted);
-        if !emitted.is_empty() {
-            sink.text(&emitted)?;
-        }
-        if hit_stop_string {
-            stop = StopReason::StopString;
-            unfed = Some(id);
-            break;
-        }
-        if opts.max_tokens.is_some_and(|n| generated.len() >= n) {
-            continue; // the check at the top ends the loop without feeding this token
-        }
-        ctx.eval(&[id], false)?;
-        if opts.all_logits {
-            sink.logits_row(ctx.logits())?;
+    /// Why the loop ended, once it has.
+    pub fn stopped(&self) -> Option<StopReason> {
+        self.stopped
+    }
+
+    /// The last generated token when it was not fed (see [`Generation::unfed`]).
+    pub fn unfed(&self) -> Option<u32> {
+        match self.stopped {
+            Some(StopReason::MaxTokens | StopReason::StopString) => self.generated.last().copied(),
+            _ => None,
         }
     }
-    if stop != StopReason::StopString {
-        emitted.clear();
-        text.finish(&mut emitted);
-        if !emitted.is_empty() {
-            sink.text(&emitted)?;
-        }
+
+    fn at_limit(&self) -> bool {
+        self.max_tokens.is_some_and(|n| self.generated.len() >= n)
     }
-    Ok(Generation {
-        generated,
-        stop,
-        unfed,
-        prompt_tokens: prompt.len(),
-        prompt_time,
-        gen_time: t1.elapsed(),
-    })
+
+    /// Ends without a stop string: the held-back text is released.
+    fn stop(
+        &mut self,
+        reason: StopReason,
+        tokenizer: Option<&Tokenizer>,
+        out: &mut String,
+    ) -> Next {
+        self.text.finish(tokenizer, out);
+        self.stopped = Some(reason);
+        Next::Stop(reason)
+    }
 }
 
 /// Token ids -> text pieces, through the tokenizer's stream decoder (or ids when there is no
 /// tokenizer) and the stop-string filter: the text side of [`generate`], one per sequence, for
-/// front ends that run their own sampling loop (several sequences decoded together).
-pub struct TextStream<'a> {
-    tokenizer: Option<&'a Tokenizer>,
+/// front ends that run their own sampling loop (several sequences decoded together). The
+/// tokenizer is passed to each call, so a stream can live beside the model that owns it.
+#[derive(Debug)]
+pub struct TextStream {
     decoder: StreamDecoder,
     stops: StopStrings,
     piece: String,
     show_special: bool,
 }
 
-impl<'a> TextStream<'a> {
+impl TextStream {
     /// A stream with `stop_strings` (empty ones ignored); control tokens produce no text
     /// unless `show_special`.
-    pub fn new(
-        tokenizer: Option<&'a Tokenizer>,
-        stop_strings: &[String],
-        show_special: bool,
-    ) -> Self {
+    pub fn new(stop_strings: &[String], show_special: bool) -> Self {
         TextStream {
-            tokenizer,
             decoder: StreamDecoder::new(),
             stops: StopStrings::new(stop_strings),
             piece: String::new(),
@@ -210,10 +295,10 @@ impl<'a> TextStream<'a> {
 
     /// Appends the text that may be shown after token `id` to `out`; true on a stop string
     /// (`out` then ends right before it; push no more tokens).
-    pub fn push(&mut self, id: u32, out: &mut String) -> bool {
+    pub fn push(&mut self, tokenizer: Option<&Tokenizer>, id: u32, out: &mut String) -> bool {
         use std::fmt::Write;
         self.piece.clear();
-        match self.tokenizer {
+        match tokenizer {
             Some(tok) if !self.show_special && tok.is_control(id) => {}
             Some(tok) => self.piece.push_str(&self.decoder.push(tok, id)),
             None => {
@@ -225,8 +310,8 @@ impl<'a> TextStream<'a> {
 
     /// Appends the text still held back (an incomplete character, a partial stop string) to
     /// `out`; for a generation that ended without a stop string.
-    pub fn finish(&mut self, out: &mut String) {
-        if self.tokenizer.is_some() {
+    pub fn finish(&mut self, tokenizer: Option<&Tokenizer>, out: &mut String) {
+        if tokenizer.is_some() {
             let rest = self.decoder.flush();
             if !rest.is_empty() && self.stops.push(&rest, out) {
                 return;

@@ -1,6 +1,7 @@
 //! rgemma: an inference engine for Google's RecurrentGemma (Griffin) models.
 
 pub mod capi;
+pub mod chat;
 pub mod convert;
 #[cfg(feature = "cuda")]
 pub mod cuda;
@@ -10,6 +11,7 @@ pub mod gguf;
 pub mod model;
 pub mod perplexity;
 pub mod sampling;
+#[cfg(feature = "server")]
 pub mod server;
 pub mod tokenizer;
 

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use rgemma::generate::{
-    generate, GenerateOptions, GenerateSink, Generation, StopReason, TextStream,
+    generate, GenerateOptions, GenerateSink, Generation, Next, StopReason, TokenLoop,
 };
 use rgemma::model::{BatchContext, BatchRow, Context, ContextParams, LoadOptions, Model};
 use rgemma::sampling::{Sampler, SamplerParams};
@@ -709,7 +709,7 @@ fn run_parallel(args: &Args, model: Arc<Model>, setup: ParallelSetup) -> CliResu
                 seed: Some(seed),
                 ..setup.sampler_params.clone()
             };
-            Continuation::new(Sampler::new(params), tokenizer, &opts, &prompt)
+            Continuation::new(Sampler::new(params), &opts, &prompt)
         })
         .collect();
     let prompt_time = t_prompt.elapsed();
@@ -720,13 +720,13 @@ fn run_parallel(args: &Args, model: Arc<Model>, setup: ParallelSetup) -> CliResu
     loop {
         rows.clear();
         for (seq, cont) in conts.iter_mut().enumerate() {
-            if cont.stop.is_some() {
+            if cont.tokens.stopped().is_some() {
                 continue;
             }
             let logits = ctx
                 .seq_logits(seq)
                 .ok_or_else(|| CliError(format!("internal error: no logits for sequence {seq}")))?;
-            if let Some(token) = cont.step(logits, &opts) {
+            if let Some(token) = cont.step(logits, tokenizer) {
                 rows.push(BatchRow {
                     token,
                     seq,
@@ -752,11 +752,14 @@ fn run_parallel(args: &Args, model: Arc<Model>, setup: ParallelSetup) -> CliResu
         out.print(&cont.text)?;
         out.end_of_output()?;
         if args.verbose {
-            let stop = cont.stop.as_ref().expect("every continuation has stopped");
+            let stop = cont
+                .tokens
+                .stopped()
+                .expect("every continuation has stopped");
             eprintln!(
                 "continuation {}: stop reason: {}",
                 i + 1,
-                describe_stop(stop)
+                describe_stop(&stop)
             );
         }
     }
@@ -766,12 +769,12 @@ fn run_parallel(args: &Args, model: Arc<Model>, setup: ParallelSetup) -> CliResu
             .map(|c| {
                 let mut v = serde_json::json!({
                     "seed": c.sampler.seed(),
-                    "generated_ids": c.generated,
+                    "generated_ids": c.tokens.generated,
                 });
-                if let Some(stop) = &c.stop {
+                if let Some(stop) = c.tokens.stopped() {
                     v["stop_reason"] = stop.as_str().into();
                     if let StopReason::StopToken(id) = stop {
-                        v["stop_token"] = (*id).into();
+                        v["stop_token"] = id.into();
                     }
                 }
                 v
@@ -781,7 +784,7 @@ fn run_parallel(args: &Args, model: Arc<Model>, setup: ParallelSetup) -> CliResu
         write_json(path, &json)?;
     }
 
-    let generated: usize = conts.iter().map(|c| c.generated.len()).sum();
+    let generated: usize = conts.iter().map(|c| c.tokens.generated.len()).sum();
     eprintln!();
     eprintln!(
         "rg-run: {:<13} = {:10.2} ms",
@@ -808,68 +811,36 @@ fn run_parallel(args: &Args, model: Arc<Model>, setup: ParallelSetup) -> CliResu
     Ok(())
 }
 
-/// One sequence of `-np`: its sampler, text and how it ended.
-struct Continuation<'a> {
+/// One sequence of `-np`: its sampler, generation loop and text.
+struct Continuation {
     sampler: Sampler,
-    text_stream: TextStream<'a>,
-    /// Generated ids, stop token excluded.
-    generated: Vec<u32>,
+    tokens: TokenLoop,
     /// The text to print (stop strings cut, as [`generate`] streams it).
     text: String,
-    /// `None` while running.
-    stop: Option<StopReason>,
 }
 
-impl<'a> Continuation<'a> {
-    fn new(
-        mut sampler: Sampler,
-        tokenizer: Option<&'a Tokenizer>,
-        opts: &GenerateOptions,
-        prompt: &[u32],
-    ) -> Self {
+impl Continuation {
+    fn new(mut sampler: Sampler, opts: &GenerateOptions, prompt: &[u32]) -> Self {
         for &id in prompt {
             sampler.accept(id);
         }
         Continuation {
             sampler,
-            text_stream: TextStream::new(tokenizer, &opts.stop_strings, opts.show_special),
-            generated: Vec::new(),
+            tokens: TokenLoop::new(opts),
             text: String::new(),
-            stop: None,
         }
     }
 
     /// One step of [`generate`]'s loop on `logits` (those after this sequence's last token):
-    /// the token to decode next, or `None` when the sequence has ended (`stop` is then set).
-    /// The order of the checks is [`generate`]'s, so the tokens and text are the same.
-    fn step(&mut self, logits: &[f32], opts: &GenerateOptions) -> Option<u32> {
-        let at_limit = |n: usize| opts.max_tokens.is_some_and(|max| n >= max);
-        if at_limit(self.generated.len()) {
-            return self.end(StopReason::MaxTokens);
+    /// the token to decode next, or `None` when the sequence has ended.
+    fn step(&mut self, logits: &[f32], tokenizer: Option<&Tokenizer>) -> Option<u32> {
+        match self
+            .tokens
+            .step(logits, &mut self.sampler, tokenizer, &mut self.text)
+        {
+            Next::Feed(id) => Some(id),
+            Next::Stop(_) => None,
         }
-        let id = self.sampler.sample(logits);
-        if opts.stop_tokens.contains(&id) {
-            return self.end(StopReason::StopToken(id));
-        }
-        self.sampler.accept(id);
-        self.generated.push(id);
-        if self.text_stream.push(id, &mut self.text) {
-            // The text already ends before the stop string; nothing is held back.
-            self.stop = Some(StopReason::StopString);
-            return None;
-        }
-        if at_limit(self.generated.len()) {
-            // Nothing needs the logits after the last token: it is not decoded.
-            return self.end(StopReason::MaxTokens);
-        }
-        Some(id)
-    }
-
-    /// Ends the sequence without a stop string: the held-back text is released.
-    fn end(&mut self, reason: StopReason) -> Option<u32> {
-        self.text_stream.finish(&mut self.text);
-        self.stop = Some(reason);
-        None
     }
 }
 

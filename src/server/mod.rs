@@ -5,7 +5,6 @@
 //!   snapshots); requests and tokens travel over channels.
 //! - `http.rs`, `handlers.rs`: axum routes, the API key, the per-request log line.
 //! - `request.rs`, `response.rs`: OpenAI's request and response schemas.
-//! - `chat_template.rs`: the Gemma turn template.
 //! - `metrics.rs`: the Prometheus counters of `GET /metrics`.
 //! - `chat.html`: the chat page of `GET /`.
 //!
@@ -14,7 +13,6 @@
 //! answers 200 once the model is in. SIGINT / SIGTERM stop accepting connections, let the
 //! requests in flight finish for up to `shutdown_grace`, and return.
 
-mod chat_template;
 mod config;
 mod engine;
 mod error;
@@ -30,7 +28,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 
-pub use chat_template::{ChatTemplate, Message, Role};
+pub use crate::chat::{ChatTemplate, Message, Role};
 pub use config::{default_max_queue, Limits, ServerConfig};
 pub use error::ApiError;
 

@@ -11,10 +11,10 @@
 
 use serde_json::{Map, Value};
 
-use super::chat_template::{Message, Role};
 use super::config::Limits;
 use super::engine::GenParams;
 use super::error::ApiError;
+use crate::chat::{Message, Role};
 use crate::sampling::{SamplerParams, TokenPenalties};
 
 /// What the prompt is.

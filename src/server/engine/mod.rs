@@ -23,10 +23,10 @@ use std::time::Instant;
 
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::chat_template::ChatTemplate;
 use super::config::ServerConfig;
 use super::error::ApiError;
 use super::metrics::Metrics;
+use crate::chat::ChatTemplate;
 use crate::model::{BatchContext, ContextParams, Model};
 use crate::sampling::{SamplerParams, TokenPenalties};
 

@@ -27,10 +27,10 @@ use super::cache::PromptCache;
 use super::logprobs::LogprobScratch;
 use super::pacing::StepPacer;
 use super::{Event, FinishReason, Job, PromptKind, Shared, Usage};
+use crate::chat::ChatTemplate;
 use crate::generate::TextStream;
 use crate::model::{BatchContext, BatchRow};
 use crate::sampling::Sampler;
-use crate::server::chat_template::ChatTemplate;
 use crate::server::error::ApiError;
 use crate::tokenizer::Tokenizer;
 
@@ -66,10 +66,10 @@ enum Phase {
 }
 
 /// One choice of a request: its slot, sampler and text.
-struct Choice<'t> {
+struct Choice {
     slot: usize,
     sampler: Sampler,
-    text: TextStream<'t>,
+    text: TextStream,
     generated: Vec<u32>,
     /// The text sent so far (for the chat answer check).
     content: String,
@@ -78,7 +78,7 @@ struct Choice<'t> {
 }
 
 /// An admitted request.
-struct Task<'t> {
+struct Task {
     job: Job,
     /// Admission order: prompts run oldest first.
     order: u64,
@@ -90,11 +90,11 @@ struct Task<'t> {
     /// The whole prompt came from the cache (nothing new to snapshot).
     exact_hit: bool,
     /// Empty until the prompt is in.
-    choices: Vec<Choice<'t>>,
+    choices: Vec<Choice>,
     done_sent: bool,
 }
 
-impl Task<'_> {
+impl Task {
     fn prefilling(&self) -> bool {
         self.fed < self.job.prompt.len()
     }
@@ -130,7 +130,7 @@ pub(super) struct Scheduler<'t> {
     waiting: VecDeque<Job>,
     /// The admitted requests, at most one per slot (each holds at least one); a task's
     /// index here is its key.
-    tasks: Vec<Option<Task<'t>>>,
+    tasks: Vec<Option<Task>>,
     /// The key of the task holding each slot.
     slot_owner: Vec<Option<usize>>,
     next_order: u64,
@@ -514,6 +514,7 @@ impl<'t> Scheduler<'t> {
                         sample_choice(
                             choice,
                             task,
+                            self.tok,
                             logits,
                             &self.stop_tokens,
                             &mut self.logprobs,
@@ -604,7 +605,7 @@ impl<'t> Scheduler<'t> {
             task.choices.push(Choice {
                 slot,
                 sampler,
-                text: TextStream::new(self.tok, &params.stop_strings, false),
+                text: TextStream::new(&params.stop_strings, false),
                 generated: Vec::with_capacity(params.max_tokens.min(4096)),
                 content: String::new(),
                 to_feed: None,
@@ -627,6 +628,7 @@ impl<'t> Scheduler<'t> {
                 sample_choice(
                     c,
                     task,
+                    self.tok,
                     logits,
                     &self.stop_tokens,
                     &mut self.logprobs,
@@ -649,7 +651,7 @@ impl<'t> Scheduler<'t> {
         let ch = &mut task.choices[c];
         if cause != Cause::StopString {
             let mut rest = String::new();
-            ch.text.finish(&mut rest);
+            ch.text.finish(self.tok, &mut rest);
             if !rest.is_empty() {
                 ch.content.push_str(&rest);
                 let _ = task.job.events.send(Event::Token {
@@ -826,7 +828,8 @@ impl<'t> Scheduler<'t> {
 /// unfed))` when the choice is finished; otherwise the token waits in `to_feed`.
 fn sample_choice(
     c: usize,
-    task: &mut Task<'_>,
+    task: &mut Task,
+    tok: Option<&Tokenizer>,
     logits: &[f32],
     stop_tokens: &[u32],
     scratch: &mut LogprobScratch,
@@ -843,7 +846,7 @@ fn sample_choice(
     shared.metrics.tokens_generated.fetch_add(1, Relaxed);
     let logprob = params.logprobs.map(|n| scratch.compute(logits, id, n));
     let mut text = String::new();
-    let hit_stop = ch.text.push(id, &mut text);
+    let hit_stop = ch.text.push(tok, id, &mut text);
     ch.content.push_str(&text);
     let _ = task.job.events.send(Event::Token {
         choice: c,
