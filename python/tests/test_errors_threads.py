@@ -148,22 +148,36 @@ def test_two_threads_two_contexts_of_one_model(model_q8):
     assert texts == [model_q8.generate(p, max_tokens=32, temperature=0) for p in prompts]
 
 
-def test_ctrl_c_stops_a_long_generation(model_q8):
+@pytest.fixture
+def sigint_raises():
+    """SIGINT raises KeyboardInterrupt during the test, even where the test runner was started
+    with SIGINT ignored (a background job of a non-interactive shell)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def interrupt_in(seconds):
+    timer = threading.Timer(seconds, lambda: os.kill(os.getpid(), signal.SIGINT))
+    timer.start()
+    return timer
+
+
+def test_ctrl_c_stops_a_long_generation(model_q8, sigint_raises):
     prompt = model_q8.tokenize("The best way to")
     sampler = rgemma.Sampler(temperature=1.0, seed=1)
-    timer = threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT))
-    timer.start()
+    # No stop token: only the interrupt (or, if it failed, the bound) ends these.
+    bound = 200_000
+    timer = interrupt_in(0.5)
     t0 = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
-        # No stop tokens and no limit: only the interrupt ends it.
-        model_q8._complete(prompt, sampler, None, [], [])
+        model_q8._complete(prompt, sampler, bound, [], [])
     assert time.monotonic() - t0 < 30
     timer.join()
     # The model is still usable, and so is a stream after an interrupt.
     assert model_q8.generate("The best way to", max_tokens=4, temperature=0)
-    stream = model_q8._stream(prompt, sampler, None, [], [])
-    timer = threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT))
-    timer.start()
+    stream = model_q8._stream(prompt, sampler, bound, [], [])
+    timer = interrupt_in(0.5)
     with pytest.raises(KeyboardInterrupt):
         for _ in stream:
             pass
