@@ -64,15 +64,18 @@ impl PackedRows {
     }
 }
 
-/// Whether load-time repacking is on: the CPU runs the AVX2 kernels and `RGEMMA_REPACK` is
-/// not `0`.
+/// Whether load-time repacking is on: the CPU has packed kernels (x86-64 with AVX2, aarch64
+/// with the dot product) and `RGEMMA_REPACK` is not `0`.
 pub fn repack_by_default() -> bool {
-    Backend::detect().has_avx2() && !std::env::var("RGEMMA_REPACK").is_ok_and(|v| v == "0")
+    let backend = Backend::detect();
+    (backend.has_avx2() || backend == Backend::NeonDot)
+        && !std::env::var("RGEMMA_REPACK").is_ok_and(|v| v == "0")
 }
 
-/// Whether `m` can be packed.
+/// Whether `m` can be packed: a SIMD kernel of this CPU multiplies its type in the packed
+/// layout, and its shape fits the layout.
 fn packable(m: &Matrix) -> bool {
-    packed::supports(m.ty)
+    packed::has_simd_kernel(Backend::detect(), m.ty)
         && m.rows.is_multiple_of(GROUP_ROWS)
         && m.rows > 0
         && m.cols.is_multiple_of(packed::block_values(m.ty))

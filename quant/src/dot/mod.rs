@@ -15,11 +15,13 @@
 //! f32 accumulators once per block (legacy) or super-block (K-quants).
 //!
 //! [`Backend`] is the instruction set the kernels use. [`Backend::detect`] checks the CPU
-//! once at run time (AVX2+FMA+F16C on x86-64, NEON on aarch64) and caches the answer, so one
-//! x86-64 binary runs on any x86-64 CPU; [`Backend::Scalar`] is the portable fallback and
-//! the reference the SIMD kernels are tested against. Setting the environment variable
-//! `RGEMMA_SIMD=0` before the first call forces the scalar kernels, `RGEMMA_SIMD=avx2` the
-//! AVX2 ones on a CPU with AVX-512 (to measure what an AVX2-only machine runs).
+//! once at run time (AVX2+FMA+F16C, then AVX-512 VNNI, on x86-64; NEON, then the dot-product
+//! extension, on aarch64) and caches the answer, so one binary runs on any CPU of its
+//! architecture; [`Backend::Scalar`] is the portable fallback and the reference the SIMD
+//! kernels are tested against. Setting the environment variable `RGEMMA_SIMD=0` before the
+//! first call forces the scalar kernels, `RGEMMA_SIMD=avx2` the AVX2 ones on a CPU with
+//! AVX-512, `RGEMMA_SIMD=neon` plain NEON on a CPU with the dot product (to measure what an
+//! older machine runs).
 
 mod act;
 pub mod membw;
@@ -46,14 +48,19 @@ pub enum Backend {
     /// [`Backend::Avx2`] plus AVX-512 F/BW/VL and VNNI (Ice Lake, Zen 4 and later): the
     /// packed kernels use `vpdpbusd` on 256-bit registers; the rest is the AVX2 code.
     Avx512,
-    /// aarch64 Advanced SIMD (always present on aarch64).
+    /// aarch64 Advanced SIMD (always present on aarch64, e.g. Cortex-A72).
     Neon,
+    /// [`Backend::Neon`] plus the dot-product instructions (`sdot`; Armv8.2+, every Apple
+    /// M-series and Neoverse core): the packed kernels advance 4 rows by 4 values per
+    /// instruction; the rest is the NEON code.
+    NeonDot,
 }
 
 impl Backend {
     /// The best backend this CPU supports, detected on the first call and cached.
     /// `RGEMMA_SIMD=0` in the environment selects [`Backend::Scalar`], `RGEMMA_SIMD=avx2`
-    /// [`Backend::Avx2`] where the CPU would get [`Backend::Avx512`].
+    /// [`Backend::Avx2`] where the CPU would get [`Backend::Avx512`], `RGEMMA_SIMD=neon`
+    /// [`Backend::Neon`] where it would get [`Backend::NeonDot`].
     pub fn detect() -> Backend {
         static DETECTED: OnceLock<Backend> = OnceLock::new();
         *DETECTED.get_or_init(|| {
@@ -61,6 +68,7 @@ impl Backend {
             match std::env::var("RGEMMA_SIMD").as_deref() {
                 Ok("0") => Backend::Scalar,
                 Ok("avx2") if best == Backend::Avx512 => Backend::Avx2,
+                Ok("neon") if best == Backend::NeonDot => Backend::Neon,
                 _ => best,
             }
         })
@@ -87,6 +95,9 @@ impl Backend {
         #[cfg(target_arch = "aarch64")]
         {
             if std::arch::is_aarch64_feature_detected!("neon") {
+                if std::arch::is_aarch64_feature_detected!("dotprod") {
+                    return Backend::NeonDot;
+                }
                 return Backend::Neon;
             }
         }
@@ -99,6 +110,7 @@ impl Backend {
         match Backend::best_available() {
             Backend::Scalar => {}
             Backend::Avx512 => v.extend([Backend::Avx2, Backend::Avx512]),
+            Backend::NeonDot => v.extend([Backend::Neon, Backend::NeonDot]),
             best => v.push(best),
         }
         v
@@ -109,6 +121,11 @@ impl Backend {
         matches!(self, Backend::Avx2 | Backend::Avx512)
     }
 
+    /// Whether this backend runs the NEON kernels (aarch64).
+    pub fn has_neon(self) -> bool {
+        matches!(self, Backend::Neon | Backend::NeonDot)
+    }
+
     /// A short name for logs and benchmark tables.
     pub fn name(self) -> &'static str {
         match self {
@@ -116,6 +133,7 @@ impl Backend {
             Backend::Avx2 => "avx2",
             Backend::Avx512 => "avx512",
             Backend::Neon => "neon",
+            Backend::NeonDot => "neon-dotprod",
         }
     }
 
@@ -125,7 +143,8 @@ impl Backend {
         match self {
             Backend::Scalar => true,
             Backend::Avx2 => best.has_avx2(),
-            Backend::Avx512 | Backend::Neon => best == self,
+            Backend::Neon => best.has_neon(),
+            Backend::Avx512 | Backend::NeonDot => best == self,
         }
     }
 }
@@ -351,7 +370,7 @@ fn tile_fn(backend: Backend, ty: GgmlType) -> Option<TileFn> {
         #[cfg(target_arch = "x86_64")]
         Backend::Avx2 | Backend::Avx512 => x86::tile_fn(ty),
         #[cfg(target_arch = "aarch64")]
-        Backend::Neon => neon::tile_fn(ty),
+        Backend::Neon | Backend::NeonDot => neon::tile_fn(ty),
         #[allow(unreachable_patterns)]
         _ => scalar::tile_fn(ty),
     }

@@ -2,10 +2,11 @@
 //! (1..=4) activation rows per call, the weight block unpacked once per call.
 //!
 //! Integer products use `vmull_s8` (i8 × i8 → i16, exact: |q·a| ≤ 127·127) and
-//! `vpadalq_s16` (pairwise add into i32 lanes) — the portable form of `SDOT`, whose Rust
-//! intrinsic is not stable yet. NEON is part of the aarch64 baseline, so these functions
-//! need no runtime check; `Backend::Neon` is still only selected after
-//! `is_aarch64_feature_detected!("neon")`.
+//! `vpadalq_s16` (pairwise add into i32 lanes) — the baseline form of `SDOT`, so that they
+//! run on every aarch64 core. They serve `Backend::Neon` and `Backend::NeonDot` for the
+//! matrices that stay in the stored layout; with the dot product, Q4_0 and Q8_0 matrices are
+//! repacked and multiplied by the `sdot` kernels of `packed/`. NEON is part of the aarch64
+//! baseline, so these functions need no runtime check.
 
 // The kernels index several per-column arrays with the same column index.
 #![allow(clippy::needless_range_loop)]

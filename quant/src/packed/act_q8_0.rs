@@ -160,7 +160,7 @@ pub(super) unsafe fn drive(
 
 /// Expands a const-generic kernel `$k::<C>(n, w, act, act_stride, out, out_stride)` into a
 /// [`TileFn`] that picks `C` (one of the listed widths) from `ncols`.
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 macro_rules! tile_fn {
     ($vis:vis $name:ident, $k:ident, $($c:literal)+) => {
         $vis unsafe fn $name(
@@ -182,7 +182,7 @@ macro_rules! tile_fn {
         }
     };
 }
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 pub(super) use tile_fn;
 
 #[cfg(test)]

@@ -24,6 +24,7 @@
 mod act_q8_0;
 pub mod bench;
 mod float16;
+mod neon;
 mod q4_0;
 mod q4k;
 mod q6k;
@@ -45,6 +46,20 @@ pub fn supports(ty: GgmlType) -> bool {
         GgmlType::Q6K => q6k::READY,
         GgmlType::F16 | GgmlType::BF16 => float16::READY,
         _ => false,
+    }
+}
+
+/// Whether `backend` has a SIMD kernel for the packed layout of `ty` (every type may also
+/// run the scalar reference kernel, but packing pays only with a SIMD one). x86-64: every
+/// packed type with AVX2; aarch64: Q4_0 and Q8_0 with the dot-product extension.
+pub fn has_simd_kernel(backend: Backend, ty: GgmlType) -> bool {
+    if !supports(ty) {
+        return false;
+    }
+    match backend {
+        Backend::Avx2 | Backend::Avx512 => true,
+        Backend::NeonDot => matches!(ty, GgmlType::Q4_0 | GgmlType::Q8_0),
+        Backend::Scalar | Backend::Neon => false,
     }
 }
 

@@ -111,6 +111,8 @@ pub(super) unsafe fn gemm(
         Backend::Avx512 => (x86::tile_vnni, x86::VNNI_COLS),
         #[cfg(target_arch = "x86_64")]
         Backend::Avx2 => (x86::tile_avx2, x86::AVX2_COLS),
+        #[cfg(target_arch = "aarch64")]
+        Backend::NeonDot => (arm::tile_dot, arm::DOT_COLS),
         _ => (tile_scalar, 4),
     };
     // SAFETY: forwarded; `backend` is usable on this CPU (`packed::gemm_to_ptr` mapped it).
@@ -349,4 +351,120 @@ mod x86 {
         }
     }
     tile_fn!(pub(super) tile_avx2, k_avx2, 1 2 3 4);
+}
+
+#[cfg(target_arch = "aarch64")]
+mod arm {
+    //! The dot-product kernel. The 32-byte chunk `k` of a block holds 4 values of every
+    //! row, rows 0..4 in its first 16 bytes and rows 4..8 in the second, so one `sdot` by
+    //! element against the activation's 4-byte group advances 4 row sums: 8 `sdot` per
+    //! block and column (low and high nibbles of both halves). The codes are `q + 8` in
+    //! 0..16, positive as signed bytes too, so the unsigned trick of the x86 kernels carries
+    //! over with the same `−8·Σa` seed; the high nibble is shifted down instead of masked.
+
+    // The kernels index several per-column arrays with the same column index.
+    #![allow(clippy::needless_range_loop)]
+
+    use super::super::act_q8_0::tile_fn;
+    use super::super::act_q8_0::{BLOCK_BYTES as ABLK, D_OFF, M8_OFF};
+    use super::super::neon::{f16x8_to_f32, sdot_lane};
+    use super::{CODE_BYTES, SCALE_BYTES, UNIT_BLOCKS};
+    use std::arch::aarch64::*;
+
+    /// Columns per tile: 2 activation, 2 integer and 2 f32 registers per column.
+    pub(super) const DOT_COLS: usize = 4;
+
+    /// Chunk `K` of the block at `wp` against the activation groups `K` of each column.
+    ///
+    /// Safety: dot-product CPU; 32 bytes at `wp + 32K`.
+    #[inline(always)]
+    unsafe fn chunk<const K: i32, const C: usize>(
+        wp: *const u8,
+        a: &[[int8x16_t; 2]; C],
+        s: &mut [[int32x4_t; 2]; C],
+    ) {
+        // SAFETY: the caller's bounds and CPU.
+        unsafe {
+            let mask = vdupq_n_u8(0x0F);
+            let v0 = vld1q_u8(wp.add(32 * K as usize));
+            let v1 = vld1q_u8(wp.add(32 * K as usize + 16));
+            let (l0, h0) = (
+                vreinterpretq_s8_u8(vandq_u8(v0, mask)),
+                vreinterpretq_s8_u8(vshrq_n_u8::<4>(v0)),
+            );
+            let (l1, h1) = (
+                vreinterpretq_s8_u8(vandq_u8(v1, mask)),
+                vreinterpretq_s8_u8(vshrq_n_u8::<4>(v1)),
+            );
+            for c in 0..C {
+                s[c][0] = sdot_lane::<K>(s[c][0], l0, a[c][0]);
+                s[c][1] = sdot_lane::<K>(s[c][1], l1, a[c][0]);
+                s[c][0] = sdot_lane::<K>(s[c][0], h0, a[c][1]);
+                s[c][1] = sdot_lane::<K>(s[c][1], h1, a[c][1]);
+            }
+        }
+    }
+
+    /// Safety: the CPU has the dot-product extension; `TileFn` contract with `C` columns.
+    #[target_feature(enable = "dotprod")]
+    unsafe fn k_dot<const C: usize>(
+        n: usize,
+        w: *const u8,
+        act: *const u8,
+        act_stride: usize,
+        out: *mut f32,
+        out_stride: usize,
+    ) {
+        let mut acc = [[vdupq_n_f32(0.0); 2]; C];
+        let nb = n / 32;
+        let mut b0 = 0;
+        while b0 < nb {
+            let m = (nb - b0).min(UNIT_BLOCKS);
+            for r in 0..m {
+                let b = b0 + r;
+                // SAFETY: block b < n/32 of the group (unit at block b0, `m` blocks, as in
+                // `offsets`) and of each activation row.
+                unsafe {
+                    let unit = w.add(b0 * (CODE_BYTES + SCALE_BYTES));
+                    let (wp, sp) = (
+                        unit.add(m * SCALE_BYTES + r * CODE_BYTES),
+                        unit.add(r * SCALE_BYTES),
+                    );
+                    let ap: [*const u8; C] =
+                        std::array::from_fn(|c| act.add(c * act_stride + b * ABLK));
+                    let a: [[int8x16_t; 2]; C] = std::array::from_fn(|c| {
+                        [
+                            vld1q_s8(ap[c] as *const i8),
+                            vld1q_s8(ap[c].add(16) as *const i8),
+                        ]
+                    });
+                    let mut s: [[int32x4_t; 2]; C] = std::array::from_fn(|c| {
+                        let m8 = vld1q_dup_s32(ap[c].add(M8_OFF) as *const i32);
+                        [m8, m8]
+                    });
+                    chunk::<0, C>(wp, &a, &mut s);
+                    chunk::<1, C>(wp, &a, &mut s);
+                    chunk::<2, C>(wp, &a, &mut s);
+                    chunk::<3, C>(wp, &a, &mut s);
+                    let dw = f16x8_to_f32(sp);
+                    for c in 0..C {
+                        let da = vld1q_dup_f32(ap[c].add(D_OFF) as *const f32);
+                        for h in 0..2 {
+                            let d = vmulq_f32(dw[h], da);
+                            acc[c][h] = vfmaq_f32(acc[c][h], vcvtq_f32_s32(s[c][h]), d);
+                        }
+                    }
+                }
+            }
+            b0 += m;
+        }
+        for c in 0..C {
+            // SAFETY: 8 floats of output row c (TileFn contract).
+            unsafe {
+                vst1q_f32(out.add(c * out_stride), acc[c][0]);
+                vst1q_f32(out.add(c * out_stride + 4), acc[c][1]);
+            }
+        }
+    }
+    tile_fn!(pub(super) tile_dot, k_dot, 1 2 3 4);
 }

@@ -1,0 +1,57 @@
+//! aarch64 instructions the packed kernels need whose Rust intrinsics are not stable yet
+//! (`vdotq_laneq_s32` is behind `stdarch_neon_dotprod`, the f16 vector types behind
+//! `f16`): one-instruction `asm!` blocks. Each is `pure, nomem, nostack`: it reads only
+//! its register operands and writes only its output, so the compiler may schedule it like
+//! an intrinsic.
+#![cfg(target_arch = "aarch64")]
+
+use std::arch::aarch64::*;
+use std::arch::asm;
+
+/// `acc[i] += Σ_t w[4i + t] · a[4·LANE + t]` for the 4 lanes `i` (`sdot` by element: the 4
+/// bytes of group `LANE` of `a` against each 4-byte group of `w`).
+///
+/// Safety: the CPU has the dot-product extension (`Backend::NeonDot`).
+#[inline(always)]
+pub(super) unsafe fn sdot_lane<const LANE: i32>(
+    mut acc: int32x4_t,
+    w: int8x16_t,
+    a: int8x16_t,
+) -> int32x4_t {
+    // SAFETY: register-only; the caller guarantees the instruction exists. The directive
+    // lets the assembler take `sdot` wherever this is inlined.
+    unsafe {
+        asm!(
+            ".arch_extension dotprod",
+            "sdot {acc:v}.4s, {w:v}.16b, {a:v}.4b[{lane}]",
+            acc = inout(vreg) acc,
+            w = in(vreg) w,
+            a = in(vreg) a,
+            lane = const LANE,
+            options(pure, nomem, nostack, preserves_flags)
+        );
+    }
+    acc
+}
+
+/// The 8 f16 values at `p` as two f32x4 (`fcvtl`, `fcvtl2`).
+///
+/// Safety: 16 readable bytes at `p`.
+#[inline(always)]
+pub(super) unsafe fn f16x8_to_f32(p: *const u8) -> [float32x4_t; 2] {
+    // SAFETY: the caller guarantees 16 bytes; the conversions are register-only
+    // (fp16 conversions are part of the aarch64 baseline).
+    unsafe {
+        let h = vld1q_u16(p as *const u16);
+        let (lo, hi): (float32x4_t, float32x4_t);
+        asm!(
+            "fcvtl {lo:v}.4s, {h:v}.4h",
+            "fcvtl2 {hi:v}.4s, {h:v}.8h",
+            h = in(vreg) h,
+            lo = out(vreg) lo,
+            hi = out(vreg) hi,
+            options(pure, nomem, nostack, preserves_flags)
+        );
+        [lo, hi]
+    }
+}
