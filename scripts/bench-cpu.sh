@@ -15,7 +15,17 @@ mkdir -p "$out"
 cargo build --release --bin rg-bench >/dev/null
 bench=target/release/rg-bench
 models=(-m "$dir/rg2b-q4_0.gguf" -m "$dir/rg2b-q8_0.gguf" -m "$dir/rg2b-q4_k_m.gguf")
-echo "== 1. tg128 / pp512, 2 threads, bandwidth probes" | tee "$out/report.md"
+# The machine, with the figures: CPU model and SIMD flags (Linux: /proc/cpuinfo; macOS: sysctl).
+if [ -r /proc/cpuinfo ]; then
+  cpu=$(grep -m1 -E "^(model name|Model)" /proc/cpuinfo | cut -d: -f2- | sed 's/^ //' || true)
+  flags=$(grep -m1 -E "^(flags|Features)" /proc/cpuinfo | cut -d: -f2- |
+    tr ' ' '\n' | grep -E "^(avx2|avx512f|avx512_vnni|avx_vnni|amx_int8|asimddp|i8mm|asimdhp)$" | tr '\n' ' ' || true)
+else
+  cpu=$(sysctl -n machdep.cpu.brand_string 2>/dev/null || uname -m)
+  flags=$(sysctl -a 2>/dev/null | grep -E "hw.optional.arm.FEAT_(DotProd|I8MM|FP16): 1" | cut -d: -f1 | tr '\n' ' ' || true)
+fi
+echo "machine: ${cpu:-unknown} ($(uname -sm)); flags: ${flags:-n/a}" | tee "$out/report.md"
+echo "== 1. tg128 / pp512, 2 threads, bandwidth probes" | tee -a "$out/report.md"
 $bench "${models[@]}" -p 512 -n 128 -t 2 -r 3 --membw 2>"$out/tg.log" | tee -a "$out/report.md"
 grep "rep " "$out/tg.log" | tee -a "$out/report.md"
 echo "== 2. pp512, 1 thread" | tee -a "$out/report.md"

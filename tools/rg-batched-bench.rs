@@ -162,16 +162,25 @@ fn proc_kib(file: &str, field: &str) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// The CPU's marketing name from /proc/cpuinfo (x86: `model name`), or `unknown`.
+/// The CPU's marketing name: /proc/cpuinfo's `model name` on Linux (x86), `sysctl
+/// machdep.cpu.brand_string` on macOS ("Apple M2"), else `unknown`.
 fn cpu_name() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
+    let linux = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|s| {
+        s.lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+    });
+    let macos = || {
+        let out = std::process::Command::new("sysctl")
+            .args(["-n", "machdep.cpu.brand_string"])
+            .output()
+            .ok()?;
+        let name = String::from_utf8(out.stdout).ok()?.trim().to_string();
+        (out.status.success() && !name.is_empty()).then_some(name)
+    };
+    linux
+        .or_else(|| cfg!(target_os = "macos").then(macos).flatten())
         .unwrap_or_else(|| "unknown".into())
 }
 

@@ -31,8 +31,10 @@ macro_rules! avx2_dispatch {
 }
 pub(super) use avx2_dispatch;
 
-/// Whether [`avx2_dispatch!`] functions run their AVX2 copy.
+/// Whether [`avx2_dispatch!`] functions run their AVX2 copy (x86-64 only: elsewhere the
+/// macro compiles one copy).
 #[inline]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(super) fn use_avx2() -> bool {
     #[cfg(test)]
     if tests::PORTABLE_ONLY.load(std::sync::atomic::Ordering::Relaxed) {
