@@ -58,7 +58,10 @@ pub fn has_simd_kernel(backend: Backend, ty: GgmlType) -> bool {
     }
     match backend {
         Backend::Avx2 | Backend::Avx512 => true,
-        Backend::NeonDot => matches!(ty, GgmlType::Q4_0 | GgmlType::Q8_0),
+        Backend::NeonDot => matches!(
+            ty,
+            GgmlType::Q4_0 | GgmlType::Q8_0 | GgmlType::Q4K | GgmlType::Q6K
+        ),
         Backend::Scalar | Backend::Neon => false,
     }
 }

@@ -55,3 +55,44 @@ pub(super) unsafe fn f16x8_to_f32(p: *const u8) -> [float32x4_t; 2] {
         [lo, hi]
     }
 }
+
+/// The f32 accumulators of `C` columns (8 rows each, as two f32x4): zero, or the partial
+/// sums already in `out` when `ADD` (a later pass over the reduction, see
+/// `tiles::run_tiles`).
+///
+/// Safety: as [`store`], and readable.
+#[inline(always)]
+pub(super) unsafe fn load_acc<const C: usize, const ADD: bool>(
+    out: *mut f32,
+    out_stride: usize,
+) -> [[float32x4_t; 2]; C] {
+    let mut acc = [[vdupq_n_f32(0.0); 2]; C];
+    if ADD {
+        for (c, v) in acc.iter_mut().enumerate() {
+            // SAFETY: forwarded.
+            unsafe {
+                v[0] = vld1q_f32(out.add(c * out_stride));
+                v[1] = vld1q_f32(out.add(c * out_stride + 4));
+            }
+        }
+    }
+    acc
+}
+
+/// Writes 8 row sums of `C` columns.
+///
+/// Safety: `out + c·out_stride + 0..8` writable for `c < C`.
+#[inline(always)]
+pub(super) unsafe fn store<const C: usize>(
+    acc: &[[float32x4_t; 2]; C],
+    out: *mut f32,
+    out_stride: usize,
+) {
+    for (c, v) in acc.iter().enumerate() {
+        // SAFETY: forwarded.
+        unsafe {
+            vst1q_f32(out.add(c * out_stride), v[0]);
+            vst1q_f32(out.add(c * out_stride + 4), v[1]);
+        }
+    }
+}

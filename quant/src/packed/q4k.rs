@@ -136,6 +136,27 @@ pub(super) unsafe fn gemm(
         };
         return;
     }
+    #[cfg(target_arch = "aarch64")]
+    if backend == Backend::NeonDot {
+        // SAFETY: as above, for the dot-product kernel.
+        unsafe {
+            super::tiles::run_tiles(
+                arm::tile_dot,
+                arm::DOT_COLS,
+                nsb,
+                SB,
+                ACT,
+                w,
+                ngroups,
+                act,
+                act_stride,
+                ncols,
+                out,
+                out_stride,
+            )
+        };
+        return;
+    }
     let _ = backend;
     for g in 0..ngroups {
         let wg = &w[g * nsb * SB..(g + 1) * nsb * SB];
@@ -501,4 +522,180 @@ mod x86 {
 
     super::super::tiles::tile_fn!(tile_vnni, vnni);
     super::super::tiles::tile_fn!(tile_avx2, avx2);
+}
+
+#[cfg(target_arch = "aarch64")]
+mod arm {
+    //! The dot-product kernel. Code vector `(p, t)` is 32 bytes: rows 0..4 in the first 16,
+    //! rows 4..8 in the second, 4 bytes per row; its low nibbles are values `64p + 4t..`
+    //! (sub-block `2p`), its high nibbles values `64p + 32 + 4t..` (sub-block `2p + 1`). One
+    //! `sdot` by element against the activation's matching 4-byte group advances 4 rows'
+    //! sums; each sub-block's sum is multiplied by the row's scale in i32 and the
+    //! super-block converts to f32 once (see the module doc for the sizes).
+
+    // The kernels index several per-column arrays with the same column index.
+    #![allow(clippy::needless_range_loop)]
+
+    use super::super::neon::{f16x8_to_f32, load_acc, sdot_lane, store};
+    use super::{ACT, CODES, DMIN, SB, SCALES};
+    use std::arch::aarch64::*;
+
+    /// Columns per tile: the sums of one sub-block pair take 4 registers per column.
+    pub(super) const DOT_COLS: usize = 4;
+
+    /// The 6-bit scales and mins of the 8 rows of a super-block, as bytes: `s[j]` holds
+    /// sub-blocks `2j`, `2j + 1` (8 rows each), likewise `m[j]` (`kquants::get_scale_min_k4`).
+    ///
+    /// Safety: `sb` points at a packed super-block.
+    #[inline(always)]
+    unsafe fn scales_mins(sb: *const u8) -> ([uint8x16_t; 4], [uint8x16_t; 4]) {
+        // SAFETY: the 96 scale bytes of the super-block (caller).
+        unsafe {
+            // x[i] = stored bytes 2i, 2i + 1 of the 8 rows.
+            let x: [uint8x16_t; 6] = std::array::from_fn(|i| vld1q_u8(sb.add(SCALES + 16 * i)));
+            let m63 = vdupq_n_u8(63);
+            let m15 = vdupq_n_u8(15);
+            let top = |v: uint8x16_t| vshlq_n_u8::<4>(vshrq_n_u8::<6>(v));
+            let s = [
+                vandq_u8(x[0], m63),
+                vandq_u8(x[1], m63),
+                vorrq_u8(vandq_u8(x[4], m15), top(x[0])),
+                vorrq_u8(vandq_u8(x[5], m15), top(x[1])),
+            ];
+            let m = [
+                vandq_u8(x[2], m63),
+                vandq_u8(x[3], m63),
+                vorrq_u8(vshrq_n_u8::<4>(x[4]), top(x[2])),
+                vorrq_u8(vshrq_n_u8::<4>(x[5]), top(x[3])),
+            ];
+            (s, m)
+        }
+    }
+
+    /// Bytes 0..8 (`HI` false) or 8..16 of `v` as 8 i32 in two registers (rows 0..4, 4..8).
+    #[inline(always)]
+    fn widen<const HI: bool>(v: uint8x16_t) -> [int32x4_t; 2] {
+        // SAFETY: register-only NEON arithmetic.
+        unsafe {
+            let h = if HI {
+                vmovl_high_u8(v)
+            } else {
+                vmovl_u8(vget_low_u8(v))
+            };
+            let h = vreinterpretq_s16_u16(h);
+            [vmovl_s16(vget_low_s16(h)), vmovl_high_s16(h)]
+        }
+    }
+
+    /// Four code vectors `t = T..T + 4` of pair `p` against activation groups `T % 4..` of
+    /// the 16-byte registers `alo` / `ahi` (sub-blocks `2p` / `2p + 1`).
+    ///
+    /// Safety: dot-product CPU; the pair's code bytes at `codes`.
+    #[inline(always)]
+    unsafe fn quarter<const C: usize>(
+        codes: *const u8,
+        alo: &[int8x16_t; C],
+        ahi: &[int8x16_t; C],
+        lo: &mut [[int32x4_t; 2]; C],
+        hi: &mut [[int32x4_t; 2]; C],
+    ) {
+        macro_rules! step {
+            ($lane:literal) => {{
+                // SAFETY: 32 code bytes at `codes + 32·lane` (caller).
+                let (v0, v1) = unsafe {
+                    (
+                        vld1q_u8(codes.add(32 * $lane)),
+                        vld1q_u8(codes.add(32 * $lane + 16)),
+                    )
+                };
+                let m15 = vdupq_n_u8(15);
+                let l0 = vreinterpretq_s8_u8(vandq_u8(v0, m15));
+                let l1 = vreinterpretq_s8_u8(vandq_u8(v1, m15));
+                let h0 = vreinterpretq_s8_u8(vshrq_n_u8::<4>(v0));
+                let h1 = vreinterpretq_s8_u8(vshrq_n_u8::<4>(v1));
+                for c in 0..C {
+                    // SAFETY: the caller's CPU has the dot product.
+                    unsafe {
+                        lo[c][0] = sdot_lane::<$lane>(lo[c][0], l0, alo[c]);
+                        lo[c][1] = sdot_lane::<$lane>(lo[c][1], l1, alo[c]);
+                        hi[c][0] = sdot_lane::<$lane>(hi[c][0], h0, ahi[c]);
+                        hi[c][1] = sdot_lane::<$lane>(hi[c][1], h1, ahi[c]);
+                    }
+                }
+            }};
+        }
+        step!(0);
+        step!(1);
+        step!(2);
+        step!(3);
+    }
+
+    /// Safety: the CPU has the dot-product extension; `Tile` contract with `C` columns.
+    #[target_feature(enable = "dotprod")]
+    unsafe fn k_dot<const C: usize, const ADD: bool>(
+        nsb: usize,
+        w: *const u8,
+        act: *const u8,
+        act_stride: usize,
+        out: *mut f32,
+        out_stride: usize,
+    ) {
+        // SAFETY: the output extent is the caller's contract.
+        let mut acc = unsafe { load_acc::<C, ADD>(out, out_stride) };
+        for b in 0..nsb {
+            // SAFETY: b < nsb keeps every pointer below inside its super-block / Q8_K block.
+            unsafe {
+                let sb = w.add(b * SB);
+                let a: [*const u8; C] = std::array::from_fn(|c| act.add(c * act_stride + b * ACT));
+                let (s, m) = scales_mins(sb);
+                let mut tot = [[vdupq_n_s32(0); 2]; C];
+                let mut mins = [[vdupq_n_s32(0); 2]; C];
+                for p in 0..4 {
+                    let mut lo = [[vdupq_n_s32(0); 2]; C];
+                    let mut hi = [[vdupq_n_s32(0); 2]; C];
+                    let codes = sb.add(CODES + 256 * p);
+                    for half in 0..2 {
+                        let alo: [int8x16_t; C] = std::array::from_fn(|c| {
+                            vld1q_s8(a[c].add(4 + 64 * p + 16 * half) as *const i8)
+                        });
+                        let ahi: [int8x16_t; C] = std::array::from_fn(|c| {
+                            vld1q_s8(a[c].add(4 + 64 * p + 32 + 16 * half) as *const i8)
+                        });
+                        quarter::<C>(codes.add(128 * half), &alo, &ahi, &mut lo, &mut hi);
+                    }
+                    // s[p] / m[p]: bytes 0..8 sub-block 2p, bytes 8..16 sub-block 2p + 1.
+                    let (s_lo, s_hi) = (widen::<false>(s[p]), widen::<true>(s[p]));
+                    let (m_lo, m_hi) = (widen::<false>(m[p]), widen::<true>(m[p]));
+                    for c in 0..C {
+                        // Σ of the activations over sub-blocks 2p and 2p + 1 (Q8_K keeps
+                        // one i16 per 16 values at byte 260).
+                        let bs = |k: usize| {
+                            (a[c].add(260 + 2 * k) as *const i16).read_unaligned() as i32
+                        };
+                        let (b_lo, b_hi) =
+                            (bs(4 * p) + bs(4 * p + 1), bs(4 * p + 2) + bs(4 * p + 3));
+                        for h in 0..2 {
+                            tot[c][h] = vmlaq_s32(tot[c][h], lo[c][h], s_lo[h]);
+                            tot[c][h] = vmlaq_s32(tot[c][h], hi[c][h], s_hi[h]);
+                            mins[c][h] = vmlaq_n_s32(mins[c][h], m_lo[h], b_lo);
+                            mins[c][h] = vmlaq_n_s32(mins[c][h], m_hi[h], b_hi);
+                        }
+                    }
+                }
+                // acc += d_a·(d·Σ s·(q·a) − dmin·Σ m·bsum), per row.
+                let d = f16x8_to_f32(sb);
+                let dmin = f16x8_to_f32(sb.add(DMIN));
+                for c in 0..C {
+                    let da = vld1q_dup_f32(a[c] as *const f32);
+                    for h in 0..2 {
+                        let x = vfmaq_f32(acc[c][h], vcvtq_f32_s32(tot[c][h]), vmulq_f32(d[h], da));
+                        acc[c][h] = vfmsq_f32(x, vcvtq_f32_s32(mins[c][h]), vmulq_f32(dmin[h], da));
+                    }
+                }
+            }
+        }
+        // SAFETY: forwarded.
+        unsafe { store(&acc, out, out_stride) };
+    }
+    super::super::tiles::tile_fn!(tile_dot, k_dot);
 }

@@ -223,6 +223,27 @@ pub(super) unsafe fn gemm(
         };
         return;
     }
+    #[cfg(target_arch = "aarch64")]
+    if backend == Backend::NeonDot {
+        // SAFETY: as above, for the dot-product kernel.
+        unsafe {
+            super::tiles::run_tiles(
+                arm::tile_dot,
+                arm::DOT_COLS,
+                nsb,
+                SB,
+                ACT,
+                w,
+                ngroups,
+                act,
+                act_stride,
+                ncols,
+                out,
+                out_stride,
+            )
+        };
+        return;
+    }
     let _ = backend;
     for g in 0..ngroups {
         let wg = &w[g * nsb * SB..(g + 1) * nsb * SB];
@@ -497,4 +518,137 @@ mod x86 {
 
     super::super::tiles::tile_fn!(tile_vnni, vnni);
     super::super::tiles::tile_fn!(tile_avx2, avx2);
+}
+
+#[cfg(target_arch = "aarch64")]
+mod arm {
+    //! The dot-product kernel. A 32-byte chunk vector holds rows 0..4 in its first 16 bytes
+    //! and rows 4..8 in the second, so one `sdot` by element against the activation's
+    //! 4-byte group advances 4 rows' sums; the 6-bit codes (0..64) are positive as signed
+    //! bytes too, and the `−32` is applied per sub-block with the Q8_K sums, as on x86.
+
+    // The kernels index several per-column arrays with the same column index.
+    #![allow(clippy::needless_range_loop)]
+
+    use super::super::neon::{f16x8_to_f32, load_acc, sdot_lane, store};
+    use super::{codes, head, ACT, SCALES, UNIT};
+    use std::arch::aarch64::*;
+
+    /// Columns per tile.
+    pub(super) const DOT_COLS: usize = 4;
+
+    /// 8 signed bytes at `p` as 8 i32 in two registers (rows 0..4, 4..8).
+    ///
+    /// Safety: 8 readable bytes at `p`.
+    #[inline(always)]
+    unsafe fn scales8(p: *const u8) -> [int32x4_t; 2] {
+        // SAFETY: the caller's 8 bytes; register-only widening.
+        unsafe {
+            let h = vmovl_s8(vld1_s8(p as *const i8));
+            [vmovl_s16(vget_low_s16(h)), vmovl_high_s16(h)]
+        }
+    }
+
+    /// Chunk vectors `(0, T)` and `(1, T)` of the unit at `unit`, both 8-row halves, as
+    /// 6-bit codes: `[(0, T) rows 0..4, (0, T) rows 4..8, (1, T) rows 0..4, (1, T) rows 4..8]`.
+    ///
+    /// Safety: the unit's 192 bytes at `unit`.
+    #[inline(always)]
+    unsafe fn chunk_pair<const T: usize>(unit: *const u8) -> [int8x16_t; 4] {
+        // SAFETY: bytes 32T..32T + 32 and the high-bit vector T / 2 of the unit (caller).
+        unsafe {
+            let m15 = vdupq_n_u8(15);
+            let m30 = vdupq_n_u8(0x30);
+            let mut out = [vdupq_n_s8(0); 4];
+            for half in 0..2 {
+                let l = vld1q_u8(unit.add(32 * T + 16 * half));
+                let h = vld1q_u8(unit.add(128 + 32 * (T / 2) + 16 * half));
+                // Top bits of chunk (0, T) at bits 2(T % 2), of chunk (1, T) at 4 + 2(T % 2).
+                let (top0, top1) = if T.is_multiple_of(2) {
+                    (vshlq_n_u8::<4>(h), h)
+                } else {
+                    (vshlq_n_u8::<2>(h), vshrq_n_u8::<2>(h))
+                };
+                let q0 = vorrq_u8(vandq_u8(l, m15), vandq_u8(top0, m30));
+                let q1 = vorrq_u8(vshrq_n_u8::<4>(l), vandq_u8(top1, m30));
+                out[half] = vreinterpretq_s8_u8(q0);
+                out[2 + half] = vreinterpretq_s8_u8(q1);
+            }
+            out
+        }
+    }
+
+    /// Safety: the CPU has the dot-product extension; `Tile` contract with `C` columns.
+    #[target_feature(enable = "dotprod")]
+    unsafe fn k_dot<const C: usize, const ADD: bool>(
+        nsb: usize,
+        w: *const u8,
+        act: *const u8,
+        act_stride: usize,
+        out: *mut f32,
+        out_stride: usize,
+    ) {
+        // SAFETY: the output extent is the caller's contract.
+        let mut acc = unsafe { load_acc::<C, ADD>(out, out_stride) };
+        for b in 0..nsb {
+            // SAFETY: b < nsb keeps every pointer below inside its super-block / Q8_K block.
+            unsafe {
+                let (sb, hd) = (w.add(codes(b)), w.add(head(b)));
+                let a: [*const u8; C] = std::array::from_fn(|c| act.add(c * act_stride + b * ACT));
+                let mut tot = [[vdupq_n_s32(0); 2]; C];
+                let mut corr = [[vdupq_n_s32(0); 2]; C];
+                for u in 0..8 {
+                    let unit = sb.add(UNIT * u);
+                    // Activations of sub-blocks 2u (values 0..16 of the unit) and 2u + 1.
+                    let alo: [int8x16_t; C] =
+                        std::array::from_fn(|c| vld1q_s8(a[c].add(4 + 32 * u) as *const i8));
+                    let ahi: [int8x16_t; C] =
+                        std::array::from_fn(|c| vld1q_s8(a[c].add(20 + 32 * u) as *const i8));
+                    let mut d0 = [[vdupq_n_s32(0); 2]; C];
+                    let mut d1 = [[vdupq_n_s32(0); 2]; C];
+                    macro_rules! step {
+                        ($t:literal) => {{
+                            let q = chunk_pair::<$t>(unit);
+                            for c in 0..C {
+                                d0[c][0] = sdot_lane::<$t>(d0[c][0], q[0], alo[c]);
+                                d0[c][1] = sdot_lane::<$t>(d0[c][1], q[1], alo[c]);
+                                d1[c][0] = sdot_lane::<$t>(d1[c][0], q[2], ahi[c]);
+                                d1[c][1] = sdot_lane::<$t>(d1[c][1], q[3], ahi[c]);
+                            }
+                        }};
+                    }
+                    step!(0);
+                    step!(1);
+                    step!(2);
+                    step!(3);
+                    let s0 = scales8(hd.add(SCALES + 16 * u));
+                    let s1 = scales8(hd.add(SCALES + 16 * u + 8));
+                    for c in 0..C {
+                        let bs = |j: usize| {
+                            (a[c].add(260 + 2 * j) as *const i16).read_unaligned() as i32
+                        };
+                        let (b0, b1) = (bs(2 * u), bs(2 * u + 1));
+                        for h in 0..2 {
+                            tot[c][h] = vmlaq_s32(tot[c][h], d0[c][h], s0[h]);
+                            tot[c][h] = vmlaq_s32(tot[c][h], d1[c][h], s1[h]);
+                            corr[c][h] = vmlaq_n_s32(corr[c][h], s0[h], b0);
+                            corr[c][h] = vmlaq_n_s32(corr[c][h], s1[h], b1);
+                        }
+                    }
+                }
+                // acc += d·d_a·(Σ s·(q·a) − 32·Σ s·bsum), per row.
+                let dw = f16x8_to_f32(hd);
+                for c in 0..C {
+                    let da = vld1q_dup_f32(a[c] as *const f32);
+                    for h in 0..2 {
+                        let t = vsubq_s32(tot[c][h], vshlq_n_s32::<5>(corr[c][h]));
+                        acc[c][h] = vfmaq_f32(acc[c][h], vcvtq_f32_s32(t), vmulq_f32(dw[h], da));
+                    }
+                }
+            }
+        }
+        // SAFETY: forwarded.
+        unsafe { store(&acc, out, out_stride) };
+    }
+    super::super::tiles::tile_fn!(tile_dot, k_dot);
 }

@@ -1,9 +1,11 @@
 //! The tile driver of the packed K-quant and float kernels: it walks a packed gemm in
 //! passes over the reduction, blocks of groups that stay in L2 and tiles of up to 8
 //! activation columns that stay in L1, and calls a type's micro-kernel ([`Tile`]) on each.
-//! (Q4_0 and Q8_0 have their own driver in `act_q8_0`.)
-#![cfg(target_arch = "x86_64")]
+//! (Q4_0 and Q8_0 have their own driver in `act_q8_0`.) The driver is the same on every
+//! architecture; the x86 kernels' accumulator and prefetch helpers follow it.
+#![cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 
+#[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
 /// A SIMD micro-kernel: the 8 rows of one group (`nsb` packed super-blocks at `w`) against
@@ -21,12 +23,14 @@ pub(super) type Tile = unsafe fn(
     add: bool,
 );
 
+#[cfg(target_arch = "x86_64")]
 /// Tiles of at most this many columns prefetch their weights: with few columns the weights
 /// stream from DRAM once per call and the compute per byte is small, so the loads of one
 /// block wait on memory unless asked for ahead (Q4_0 at 4 columns: +14 % decode of 4
 /// sequences on a Xeon with AVX-512 VNNI). Wider tiles are bound by compute.
 const PREFETCH_MAX_COLS: usize = 4;
 /// How far ahead in the weight stream: about the bytes one core has in flight from DRAM.
+#[cfg(target_arch = "x86_64")]
 const PREFETCH_AHEAD: usize = 2048;
 
 /// For a kernel of `C` columns: asks for the `bytes` of the weight stream that lie
@@ -35,6 +39,7 @@ const PREFETCH_AHEAD: usize = 2048;
 /// about to read, so the requests run ahead of the loads by a constant distance; past a
 /// group's end they fetch the next group, which is the next to be read when a pass covers
 /// whole rows.
+#[cfg(target_arch = "x86_64")]
 #[inline(always)]
 pub(super) fn prefetch_ahead<const C: usize>(p: *const u8, bytes: usize) {
     if C > PREFETCH_MAX_COLS {
@@ -185,6 +190,7 @@ pub(super) unsafe fn run_tiles(
 ///
 /// # Safety
 /// As [`store`], and readable; AVX available.
+#[cfg(target_arch = "x86_64")]
 #[inline(always)]
 pub(super) unsafe fn load_acc<const C: usize, const ADD: bool>(
     out: *mut f32,
@@ -204,6 +210,7 @@ pub(super) unsafe fn load_acc<const C: usize, const ADD: bool>(
 ///
 /// # Safety
 /// `out + c·out_stride + 0..8` writable for `c < C`; AVX available.
+#[cfg(target_arch = "x86_64")]
 #[inline(always)]
 pub(super) unsafe fn store<const C: usize>(acc: &[__m256; C], out: *mut f32, out_stride: usize) {
     for (c, v) in acc.iter().enumerate() {
