@@ -204,7 +204,12 @@ fn repacked_weights_give_the_stored_layouts_logits() {
             .clone()
             .matrices_mut()
             .into_iter()
-            .any(|m| rgemma_quant::packed::has_simd_kernel(backend, m.ty));
+            .any(|m| {
+                rgemma_quant::packed::has_simd_kernel(backend, m.ty)
+                    && m.rows.is_multiple_of(rgemma_quant::packed::GROUP_ROWS)
+                    && m.cols
+                        .is_multiple_of(rgemma_quant::packed::block_values(m.ty))
+            });
         let mut n_packed = 0;
         let mut w = packed.weights().clone();
         for m in w.matrices_mut() {

@@ -64,11 +64,11 @@ impl PackedRows {
     }
 }
 
-/// Whether load-time repacking is on: the CPU has packed kernels (x86-64 with AVX2, aarch64
-/// with the dot product) and `RGEMMA_REPACK` is not `0`.
+/// Whether load-time repacking is on: the CPU has packed kernels (x86-64 with AVX2, aarch64;
+/// which types, [`packed::has_simd_kernel`] says) and `RGEMMA_REPACK` is not `0`.
 pub fn repack_by_default() -> bool {
     let backend = Backend::detect();
-    (backend.has_avx2() || backend == Backend::NeonDot)
+    (backend.has_avx2() || backend.has_neon())
         && !std::env::var("RGEMMA_REPACK").is_ok_and(|v| v == "0")
 }
 

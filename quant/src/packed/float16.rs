@@ -23,9 +23,9 @@ pub(super) const READY: bool = true;
 /// Values per driver block (the reduction is split into passes of whole blocks).
 pub(super) const BLOCK: usize = 64;
 /// Bytes of one packed block (8 rows × 64 values × 2 bytes) and of its activations.
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 const BLOCK_BYTES: usize = 16 * BLOCK;
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 const ACT_BYTES: usize = 4 * BLOCK;
 
 pub(super) fn group_bytes(n: usize) -> usize {
@@ -82,6 +82,28 @@ pub(super) unsafe fn gemm<const BF16: bool>(
             super::tiles::run_tiles(
                 tile,
                 8,
+                n / BLOCK,
+                BLOCK_BYTES,
+                ACT_BYTES,
+                w,
+                ngroups,
+                act,
+                act_stride,
+                ncols,
+                out,
+                out_stride,
+            )
+        };
+        return;
+    }
+    #[cfg(target_arch = "aarch64")]
+    if backend.has_neon() {
+        let tile: super::tiles::Tile = if BF16 { arm::tile_bf16 } else { arm::tile_f16 };
+        // SAFETY: NEON is in every aarch64 CPU; extents are the caller's contract.
+        unsafe {
+            super::tiles::run_tiles(
+                tile,
+                4,
                 n / BLOCK,
                 BLOCK_BYTES,
                 ACT_BYTES,
@@ -219,6 +241,122 @@ mod x86 {
     }
     kernel!(f16_kernel, false);
     kernel!(bf16_kernel, true);
+
+    super::super::tiles::tile_fn!(tile_f16, f16_kernel);
+    super::super::tiles::tile_fn!(tile_bf16, bf16_kernel);
+}
+
+#[cfg(target_arch = "aarch64")]
+mod arm {
+    //! NEON: value `k` of the 8 rows (16 bytes) widens to two f32x4 (`fcvtl` for F16, a
+    //! 16-bit left shift for BF16) and meets each token's activation in a multiply-add by
+    //! scalar; plain NEON, so every aarch64 core runs it.
+
+    use super::super::neon::{f16x8_to_f32, load_acc, store};
+    use super::BLOCK;
+    use std::arch::aarch64::*;
+
+    /// Value `k` of the 8 rows (16 bytes at `p`) as f32: rows 0..4, 4..8.
+    ///
+    /// Safety: `p..p + 16` readable.
+    #[inline(always)]
+    unsafe fn load8<const BF16: bool>(p: *const u8) -> [float32x4_t; 2] {
+        // SAFETY: forwarded; register-only conversions.
+        unsafe {
+            if BF16 {
+                // bf16 is the top half of an f32.
+                let h = vld1q_u16(p as *const u16);
+                [
+                    vreinterpretq_f32_u32(vshll_n_u16::<16>(vget_low_u16(h))),
+                    vreinterpretq_f32_u32(vshll_high_n_u16::<16>(h)),
+                ]
+            } else {
+                f16x8_to_f32(p)
+            }
+        }
+    }
+
+    /// 8 rows of `nb` packed blocks at `w` × `C` f32 activation rows.
+    ///
+    /// Safety: `w` holds `nb` packed blocks, `act + c·act_stride` `64·nb` f32 for `c < C`,
+    /// `out` as in `neon::store`.
+    unsafe fn kernel<const BF16: bool, const C: usize, const ADD: bool>(
+        nb: usize,
+        w: *const u8,
+        act: *const u8,
+        act_stride: usize,
+        out: *mut f32,
+        out_stride: usize,
+    ) {
+        let n = nb * BLOCK;
+        let a = |c: usize, k: usize| -> f32 {
+            // SAFETY: c < C and k < n are inside the activations (caller).
+            unsafe { (act.add(c * act_stride + 4 * k) as *const f32).read_unaligned() }
+        };
+        // SAFETY: the output extent is the caller's contract.
+        let mut acc = unsafe { load_acc::<C, ADD>(out, out_stride) };
+        if C == 1 {
+            // One token: four sums over k mod 4, or the FMA latency would bound the loop.
+            let mut part = [[vdupq_n_f32(0.0); 2]; 3];
+            for k in (0..n).step_by(4) {
+                // SAFETY: k + 3 < n (n is a multiple of 64).
+                unsafe {
+                    let wv = load8::<BF16>(w.add(16 * k));
+                    for h in 0..2 {
+                        acc[0][h] = vfmaq_n_f32(acc[0][h], wv[h], a(0, k));
+                    }
+                    for (j, p) in part.iter_mut().enumerate() {
+                        let wv = load8::<BF16>(w.add(16 * (k + 1 + j)));
+                        for h in 0..2 {
+                            p[h] = vfmaq_n_f32(p[h], wv[h], a(0, k + 1 + j));
+                        }
+                    }
+                }
+            }
+            for h in 0..2 {
+                let rest = vaddq_f32(part[0][h], vaddq_f32(part[1][h], part[2][h]));
+                acc[0][h] = vaddq_f32(acc[0][h], rest);
+            }
+        } else {
+            for k in 0..n {
+                // SAFETY: k < n.
+                let wv = unsafe { load8::<BF16>(w.add(16 * k)) };
+                for (c, s) in acc.iter_mut().enumerate() {
+                    for h in 0..2 {
+                        s[h] = vfmaq_n_f32(s[h], wv[h], a(c, k));
+                    }
+                }
+            }
+        }
+        // SAFETY: forwarded.
+        unsafe { store(&acc, out, out_stride) };
+    }
+
+    /// Safety: as `kernel`.
+    unsafe fn f16_kernel<const C: usize, const ADD: bool>(
+        nb: usize,
+        w: *const u8,
+        act: *const u8,
+        act_stride: usize,
+        out: *mut f32,
+        out_stride: usize,
+    ) {
+        // SAFETY: forwarded.
+        unsafe { kernel::<false, C, ADD>(nb, w, act, act_stride, out, out_stride) }
+    }
+
+    /// Safety: as `kernel`.
+    unsafe fn bf16_kernel<const C: usize, const ADD: bool>(
+        nb: usize,
+        w: *const u8,
+        act: *const u8,
+        act_stride: usize,
+        out: *mut f32,
+        out_stride: usize,
+    ) {
+        // SAFETY: forwarded.
+        unsafe { kernel::<true, C, ADD>(nb, w, act, act_stride, out, out_stride) }
+    }
 
     super::super::tiles::tile_fn!(tile_f16, f16_kernel);
     super::super::tiles::tile_fn!(tile_bf16, bf16_kernel);

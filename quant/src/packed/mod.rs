@@ -51,18 +51,18 @@ pub fn supports(ty: GgmlType) -> bool {
 
 /// Whether `backend` has a SIMD kernel for the packed layout of `ty` (every type may also
 /// run the scalar reference kernel, but packing pays only with a SIMD one). x86-64: every
-/// packed type with AVX2; aarch64: Q4_0 and Q8_0 with the dot-product extension.
+/// packed type with AVX2; aarch64: every packed type with the dot product, F16 and BF16
+/// with plain NEON.
 pub fn has_simd_kernel(backend: Backend, ty: GgmlType) -> bool {
     if !supports(ty) {
         return false;
     }
     match backend {
         Backend::Avx2 | Backend::Avx512 => true,
-        Backend::NeonDot => matches!(
-            ty,
-            GgmlType::Q4_0 | GgmlType::Q8_0 | GgmlType::Q4K | GgmlType::Q6K
-        ),
-        Backend::Scalar | Backend::Neon => false,
+        Backend::NeonDot => true,
+        // F16 / BF16 need only NEON (f32 multiply-adds).
+        Backend::Neon => matches!(ty, GgmlType::F16 | GgmlType::BF16),
+        Backend::Scalar => false,
     }
 }
 
