@@ -21,6 +21,7 @@ from collections import defaultdict
 PER_COLUMN = {
     ("q4_0::arm", "sdot"): 16, ("q8_0::arm", "sdot"): 16,
     ("q4_0::x86::k_vnni", "vpdpbusd"): 8, ("q8_0::x86::k_vnni", "vpdpbusd"): 8,
+    ("q4_0::x86::k_avxvnni", "vpdpbusd"): 8, ("q8_0::x86::k_avxvnni", "vpdpbusd"): 8,
     ("q4_0::x86::k_avx2", "vpmaddubsw"): 8, ("q8_0::x86::k_avx2", "vpmaddubsw"): 8,
 }
 

@@ -20,7 +20,8 @@
 //! architecture; [`Backend::Scalar`] is the portable fallback and the reference the SIMD
 //! kernels are tested against. Setting the environment variable `RGEMMA_SIMD=0` before the
 //! first call forces the scalar kernels, `RGEMMA_SIMD=avx2` the AVX2 ones on a CPU with
-//! AVX-512, `RGEMMA_SIMD=neon` plain NEON on a CPU with the dot product (to measure what an
+//! AVX-512 or AVX-VNNI, `RGEMMA_SIMD=avxvnni` the AVX-VNNI ones on a CPU with AVX-512 and
+//! AVX-VNNI (what a laptop runs), `RGEMMA_SIMD=neon` plain NEON on a CPU with the dot product (to measure what an
 //! older machine runs).
 
 mod act;
@@ -45,6 +46,10 @@ pub enum Backend {
     Scalar,
     /// x86-64 with AVX2, FMA and F16C (every x86-64 CPU since Haswell / Zen 1).
     Avx2,
+    /// [`Backend::Avx2`] plus AVX-VNNI (`vpdpbusd` in VEX encoding on 256-bit registers:
+    /// Intel Alder Lake and later, AMD Zen 5): the packed kernels are the VNNI ones with
+    /// 4-column tiles (16 registers); the rest is the AVX2 code.
+    AvxVnni,
     /// [`Backend::Avx2`] plus AVX-512 F/BW/VL and VNNI (Ice Lake, Zen 4 and later): the
     /// packed kernels use `vpdpbusd` on 256-bit registers; the rest is the AVX2 code.
     Avx512,
@@ -67,7 +72,8 @@ impl Backend {
             let best = Backend::best_available();
             match std::env::var("RGEMMA_SIMD").as_deref() {
                 Ok("0") => Backend::Scalar,
-                Ok("avx2") if best == Backend::Avx512 => Backend::Avx2,
+                Ok("avx2") if best == Backend::Avx512 || best == Backend::AvxVnni => Backend::Avx2,
+                Ok("avxvnni") if best == Backend::Avx512 && has_avx_vnni() => Backend::AvxVnni,
                 Ok("neon") if best == Backend::NeonDot => Backend::Neon,
                 _ => best,
             }
@@ -89,6 +95,9 @@ impl Backend {
                 {
                     return Backend::Avx512;
                 }
+                if has_avx_vnni() {
+                    return Backend::AvxVnni;
+                }
                 return Backend::Avx2;
             }
         }
@@ -109,7 +118,11 @@ impl Backend {
         let mut v = vec![Backend::Scalar];
         match Backend::best_available() {
             Backend::Scalar => {}
+            Backend::Avx512 if has_avx_vnni() => {
+                v.extend([Backend::Avx2, Backend::AvxVnni, Backend::Avx512])
+            }
             Backend::Avx512 => v.extend([Backend::Avx2, Backend::Avx512]),
+            Backend::AvxVnni => v.extend([Backend::Avx2, Backend::AvxVnni]),
             Backend::NeonDot => v.extend([Backend::Neon, Backend::NeonDot]),
             best => v.push(best),
         }
@@ -118,7 +131,7 @@ impl Backend {
 
     /// Whether this backend runs the AVX2 kernels (x86-64 with AVX2, FMA and F16C).
     pub fn has_avx2(self) -> bool {
-        matches!(self, Backend::Avx2 | Backend::Avx512)
+        matches!(self, Backend::Avx2 | Backend::AvxVnni | Backend::Avx512)
     }
 
     /// Whether this backend runs the NEON kernels (aarch64).
@@ -131,6 +144,7 @@ impl Backend {
         match self {
             Backend::Scalar => "scalar",
             Backend::Avx2 => "avx2",
+            Backend::AvxVnni => "avx-vnni",
             Backend::Avx512 => "avx512",
             Backend::Neon => "neon",
             Backend::NeonDot => "neon-dotprod",
@@ -143,9 +157,22 @@ impl Backend {
         match self {
             Backend::Scalar => true,
             Backend::Avx2 => best.has_avx2(),
+            Backend::AvxVnni => best.has_avx2() && has_avx_vnni(),
             Backend::Neon => best.has_neon(),
             Backend::Avx512 | Backend::NeonDot => best == self,
         }
+    }
+}
+
+/// Whether the CPU has AVX-VNNI (VEX `vpdpbusd`).
+fn has_avx_vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avxvnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
     }
 }
 
@@ -368,7 +395,7 @@ fn tile_fn(backend: Backend, ty: GgmlType) -> Option<TileFn> {
     match backend {
         Backend::Scalar => scalar::tile_fn(ty),
         #[cfg(target_arch = "x86_64")]
-        Backend::Avx2 | Backend::Avx512 => x86::tile_fn(ty),
+        Backend::Avx2 | Backend::AvxVnni | Backend::Avx512 => x86::tile_fn(ty),
         #[cfg(target_arch = "aarch64")]
         Backend::Neon | Backend::NeonDot => neon::tile_fn(ty),
         #[allow(unreachable_patterns)]

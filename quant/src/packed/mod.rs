@@ -58,7 +58,7 @@ pub fn has_simd_kernel(backend: Backend, ty: GgmlType) -> bool {
         return false;
     }
     match backend {
-        Backend::Avx2 | Backend::Avx512 => true,
+        Backend::Avx2 | Backend::AvxVnni | Backend::Avx512 => true,
         Backend::NeonDot => true,
         // F16 / BF16 need only NEON (f32 multiply-adds).
         Backend::Neon => matches!(ty, GgmlType::F16 | GgmlType::BF16),

@@ -111,6 +111,8 @@ pub(super) unsafe fn gemm(
         Backend::Avx512 => (x86::tile_vnni, x86::VNNI_COLS),
         #[cfg(target_arch = "x86_64")]
         Backend::Avx2 => (x86::tile_avx2, x86::AVX2_COLS),
+        #[cfg(target_arch = "x86_64")]
+        Backend::AvxVnni => (x86::tile_avxvnni, x86::AVX2_COLS),
         #[cfg(target_arch = "aarch64")]
         Backend::NeonDot => (arm::tile_dot, arm::DOT_COLS),
         _ => (tile_scalar, 4),
@@ -189,6 +191,7 @@ mod x86 {
 
     use super::super::act_q8_0::tile_fn;
     use super::super::act_q8_0::{BLOCK_BYTES as ABLK, D_OFF, M8_OFF};
+    use super::super::tiles::dpbusd;
     use super::super::tiles::prefetch_ahead;
     use super::{CODE_BYTES, SCALE_BYTES, UNIT_BLOCKS};
     use std::arch::x86_64::*;
@@ -217,10 +220,11 @@ mod x86 {
     /// ~320 of 453 Gop/s on one core); wide tiles (up to 8 columns) amortise the
     /// weight unpacking, which runs on the other pipes.
     ///
-    /// Safety: the CPU has AVX-512 F/BW/VL/VNNI; `TileFn` contract with `C` columns.
-    // The AVX-512 intrinsics need Rust 1.89; only this backend's kernels use them.
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn k_vnni<const C: usize>(
+    /// Safety: the CPU has what `k_vnni` (AVX-512 F/BW/VL/VNNI) or `k_avxvnni` (AVX-VNNI)
+    /// enable, whichever inlines this body (`VEX` says which); `TileFn` contract with `C`
+    /// columns.
+    #[inline(always)]
+    unsafe fn vnni_body<const VEX: bool, const C: usize>(
         n: usize,
         w: *const u8,
         act: *const u8,
@@ -257,8 +261,8 @@ mod x86 {
                         let l = _mm256_and_si256(v, lo_mask);
                         let h = _mm256_and_si256(v, hi_mask);
                         for c in 0..C {
-                            lo[c] = _mm256_dpbusd_epi32(lo[c], l, bcast4(ap[c].add(4 * k)));
-                            hi[c] = _mm256_dpbusd_epi32(hi[c], h, bcast4(ap[c].add(16 + 4 * k)));
+                            lo[c] = dpbusd::<VEX>(lo[c], l, bcast4(ap[c].add(4 * k)));
+                            hi[c] = dpbusd::<VEX>(hi[c], h, bcast4(ap[c].add(16 + 4 * k)));
                         }
                     }
                     let dw = _mm256_cvtph_ps(_mm_loadu_si128(sp as *const __m128i));
@@ -276,7 +280,43 @@ mod x86 {
             unsafe { _mm256_storeu_ps(out.add(c * out_stride), acc[c]) };
         }
     }
+
+    /// The kernel above with AVX-512 VNNI (EVEX `vpdpbusd`, 32 registers: tiles up to 8 wide).
+    ///
+    /// # Safety
+    /// As the kernel; the CPU has AVX-512 F/BW/VL/VNNI.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn k_vnni<const C: usize>(
+        n: usize,
+        w: *const u8,
+        act: *const u8,
+        act_stride: usize,
+        out: *mut f32,
+        out_stride: usize,
+    ) {
+        // SAFETY: forwarded.
+        unsafe { vnni_body::<false, C>(n, w, act, act_stride, out, out_stride) }
+    }
+
+    /// The kernel above with AVX-VNNI (VEX `vpdpbusd`; Alder Lake and later, Zen 5: 16
+    /// registers, tiles up to 4 wide).
+    ///
+    /// # Safety
+    /// As the kernel; the CPU has AVX2/FMA/F16C and AVX-VNNI.
+    #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+    unsafe fn k_avxvnni<const C: usize>(
+        n: usize,
+        w: *const u8,
+        act: *const u8,
+        act_stride: usize,
+        out: *mut f32,
+        out_stride: usize,
+    ) {
+        // SAFETY: forwarded.
+        unsafe { vnni_body::<true, C>(n, w, act, act_stride, out, out_stride) }
+    }
     tile_fn!(pub(super) tile_vnni, k_vnni, 1 2 3 4 5 6 7 8);
+    tile_fn!(pub(super) tile_avxvnni, k_avxvnni, 1 2 3 4);
 
     /// Few columns: asks for the weights of the unit after the one at block `b0` ahead of
     /// their loads (see `tiles::prefetch_ahead`).

@@ -122,10 +122,10 @@ pub(super) unsafe fn gemm(
     let nsb = n / QK;
     #[cfg(target_arch = "x86_64")]
     if backend.has_avx2() {
-        let (tile, width) = if backend == Backend::Avx512 {
-            (x86::tile_vnni as super::tiles::Tile, 8)
-        } else {
-            (x86::tile_avx2 as super::tiles::Tile, 4)
+        let (tile, width) = match backend {
+            Backend::Avx512 => (x86::tile_vnni as super::tiles::Tile, 8),
+            Backend::AvxVnni => (x86::tile_avxvnni as super::tiles::Tile, 4),
+            _ => (x86::tile_avx2 as super::tiles::Tile, 4),
         };
         // SAFETY: the backend is usable (mod.rs maps others to Scalar), so the CPU has the
         // features the tile needs; extents are the caller's contract.
@@ -206,7 +206,7 @@ fn scalar_group(nsb: usize, w: &[u8], act: &[u8]) -> [f32; 8] {
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::super::tiles::{load_acc, prefetch_ahead, store};
+    use super::super::tiles::{dpbusd, load_acc, prefetch_ahead, store};
     use super::{ACT, CODES, DMIN, SB, SCALES};
 
     /// Reads 4 activation bytes as one i32 and broadcasts them to the 8 lanes.
@@ -368,11 +368,10 @@ mod x86 {
     ///
     /// # Safety
     /// `w` holds `nsb` packed super-blocks, `act + c·act_stride` `nsb` Q8_K blocks for
-    /// `c < C`, `out` as in [`store`]; the CPU has AVX-512 VNNI/VL.
-    // The AVX-512 intrinsics are stable since Rust 1.89; this kernel only exists for the
-    // `Avx512` backend, which needs that compiler anyway.
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn vnni<const C: usize, const ADD: bool>(
+    /// `c < C`, `out` as in [`store`]; the CPU has what `vnni` (AVX-512
+    /// VNNI/VL) or `avxvnni` (AVX-VNNI) enable, whichever inlines this body (`VEX` says which).
+    #[inline(always)]
+    unsafe fn vnni_body<const VEX: bool, const C: usize, const ADD: bool>(
         nsb: usize,
         w: *const u8,
         act: *const u8,
@@ -412,14 +411,14 @@ mod x86 {
                         let (ql1, qh1) = (_mm256_and_si256(v1, m4), _mm256_and_si256(v1, mf0));
                         for c in 0..C {
                             let av = a[c].add(4 + 64 * p + 4 * t);
-                            lo0[c] = _mm256_dpbusd_epi32(lo0[c], ql0, bcast4(av));
-                            hi0[c] = _mm256_dpbusd_epi32(hi0[c], qh0, bcast4(av.add(32)));
+                            lo0[c] = dpbusd::<VEX>(lo0[c], ql0, bcast4(av));
+                            hi0[c] = dpbusd::<VEX>(hi0[c], qh0, bcast4(av.add(32)));
                             if C == 1 {
-                                lo1[c] = _mm256_dpbusd_epi32(lo1[c], ql1, bcast4(av.add(4)));
-                                hi1[c] = _mm256_dpbusd_epi32(hi1[c], qh1, bcast4(av.add(36)));
+                                lo1[c] = dpbusd::<VEX>(lo1[c], ql1, bcast4(av.add(4)));
+                                hi1[c] = dpbusd::<VEX>(hi1[c], qh1, bcast4(av.add(36)));
                             } else {
-                                lo0[c] = _mm256_dpbusd_epi32(lo0[c], ql1, bcast4(av.add(4)));
-                                hi0[c] = _mm256_dpbusd_epi32(hi0[c], qh1, bcast4(av.add(36)));
+                                lo0[c] = dpbusd::<VEX>(lo0[c], ql1, bcast4(av.add(4)));
+                                hi0[c] = dpbusd::<VEX>(hi0[c], qh1, bcast4(av.add(36)));
                             }
                         }
                     }
@@ -457,6 +456,41 @@ mod x86 {
         }
         // SAFETY: forwarded.
         unsafe { store(&acc, out, out_stride) };
+    }
+
+    /// The kernel above with AVX-512 VNNI (EVEX `vpdpbusd`, 32 registers: tiles up to 8 wide).
+    ///
+    /// # Safety
+    /// As the kernel; the CPU has AVX-512 F/BW/VL/VNNI.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn vnni<const C: usize, const ADD: bool>(
+        nsb: usize,
+        w: *const u8,
+        act: *const u8,
+        act_stride: usize,
+        out: *mut f32,
+        out_stride: usize,
+    ) {
+        // SAFETY: forwarded.
+        unsafe { vnni_body::<false, C, ADD>(nsb, w, act, act_stride, out, out_stride) }
+    }
+
+    /// The kernel above with AVX-VNNI (VEX `vpdpbusd`; Alder Lake and later, Zen 5: 16
+    /// registers, tiles up to 4 wide).
+    ///
+    /// # Safety
+    /// As the kernel; the CPU has AVX2/FMA/F16C and AVX-VNNI.
+    #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+    unsafe fn avxvnni<const C: usize, const ADD: bool>(
+        nsb: usize,
+        w: *const u8,
+        act: *const u8,
+        act_stride: usize,
+        out: *mut f32,
+        out_stride: usize,
+    ) {
+        // SAFETY: forwarded.
+        unsafe { vnni_body::<true, C, ADD>(nsb, w, act, act_stride, out, out_stride) }
     }
 
     /// AVX2 kernel: as [`vnni`] with `pmaddubsw`: the 8 products of a sub-block's row
@@ -521,6 +555,7 @@ mod x86 {
     }
 
     super::super::tiles::tile_fn!(tile_vnni, vnni);
+    super::super::tiles::tile_fn!(tile_avxvnni, avxvnni);
     super::super::tiles::tile_fn!(tile_avx2, avx2);
 }
 

@@ -209,10 +209,10 @@ pub(super) unsafe fn gemm(
     let nsb = n / QK;
     #[cfg(target_arch = "x86_64")]
     if backend.has_avx2() {
-        let (tile, width) = if backend == Backend::Avx512 {
-            (x86::tile_vnni as super::tiles::Tile, 8)
-        } else {
-            (x86::tile_avx2 as super::tiles::Tile, 4)
+        let (tile, width) = match backend {
+            Backend::Avx512 => (x86::tile_vnni as super::tiles::Tile, 8),
+            Backend::AvxVnni => (x86::tile_avxvnni as super::tiles::Tile, 4),
+            _ => (x86::tile_avx2 as super::tiles::Tile, 4),
         };
         // SAFETY: the backend is usable (mod.rs maps others to Scalar), so the CPU has the
         // features the tile needs; extents are the caller's contract.
@@ -291,7 +291,7 @@ fn scalar_group(nsb: usize, w: &[u8], act: &[u8]) -> [f32; 8] {
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::super::tiles::{load_acc, prefetch_ahead, store};
+    use super::super::tiles::{dpbusd, load_acc, prefetch_ahead, store};
     use super::{codes, head, ACT, SB, SCALES, UNIT};
 
     /// Reads 4 activation bytes as one i32 and broadcasts them to the 8 lanes.
@@ -380,11 +380,10 @@ mod x86 {
     ///
     /// # Safety
     /// `w` holds `nsb` packed super-blocks, `act + c·act_stride` `nsb` Q8_K blocks for
-    /// `c < C`, `out` as in [`store`]; the CPU has AVX-512 VNNI/VL.
-    // The AVX-512 intrinsics are stable since Rust 1.89; this kernel only exists for the
-    // `Avx512` backend, which needs that compiler anyway.
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn vnni<const C: usize, const ADD: bool>(
+    /// `c < C`, `out` as in [`store`]; the CPU has what `vnni` (AVX-512
+    /// VNNI/VL) or `avxvnni` (AVX-VNNI) enable, whichever inlines this body (`VEX` says which).
+    #[inline(always)]
+    unsafe fn vnni_body<const VEX: bool, const C: usize, const ADD: bool>(
         nsb: usize,
         w: *const u8,
         act: *const u8,
@@ -410,24 +409,24 @@ mod x86 {
                     for c in 0..C {
                         let av = a[c].add(4 + 32 * u);
                         let z = _mm256_setzero_si256();
-                        let mut d0 = _mm256_dpbusd_epi32(z, q[0], bcast4(av));
-                        let mut d1 = _mm256_dpbusd_epi32(z, q[4], bcast4(av.add(16)));
-                        d0 = _mm256_dpbusd_epi32(d0, q[1], bcast4(av.add(4)));
-                        d1 = _mm256_dpbusd_epi32(d1, q[5], bcast4(av.add(20)));
+                        let mut d0 = dpbusd::<VEX>(z, q[0], bcast4(av));
+                        let mut d1 = dpbusd::<VEX>(z, q[4], bcast4(av.add(16)));
+                        d0 = dpbusd::<VEX>(d0, q[1], bcast4(av.add(4)));
+                        d1 = dpbusd::<VEX>(d1, q[5], bcast4(av.add(20)));
                         if C == 1 {
                             // Two chains per sub-block (t = 0, 1 and 2, 3): one column is
                             // bound by `vpdpbusd` latency otherwise. Several columns have
                             // enough independent chains.
-                            let mut e0 = _mm256_dpbusd_epi32(z, q[2], bcast4(av.add(8)));
-                            let mut e1 = _mm256_dpbusd_epi32(z, q[6], bcast4(av.add(24)));
-                            e0 = _mm256_dpbusd_epi32(e0, q[3], bcast4(av.add(12)));
-                            e1 = _mm256_dpbusd_epi32(e1, q[7], bcast4(av.add(28)));
+                            let mut e0 = dpbusd::<VEX>(z, q[2], bcast4(av.add(8)));
+                            let mut e1 = dpbusd::<VEX>(z, q[6], bcast4(av.add(24)));
+                            e0 = dpbusd::<VEX>(e0, q[3], bcast4(av.add(12)));
+                            e1 = dpbusd::<VEX>(e1, q[7], bcast4(av.add(28)));
                             d0 = _mm256_add_epi32(d0, e0);
                             d1 = _mm256_add_epi32(d1, e1);
                         } else {
                             for t in 2..4 {
-                                d0 = _mm256_dpbusd_epi32(d0, q[t], bcast4(av.add(4 * t)));
-                                d1 = _mm256_dpbusd_epi32(d1, q[4 + t], bcast4(av.add(16 + 4 * t)));
+                                d0 = dpbusd::<VEX>(d0, q[t], bcast4(av.add(4 * t)));
+                                d1 = dpbusd::<VEX>(d1, q[4 + t], bcast4(av.add(16 + 4 * t)));
                             }
                         }
                         let s = _mm256_add_epi32(
@@ -444,6 +443,41 @@ mod x86 {
         }
         // SAFETY: forwarded.
         unsafe { store(&acc, out, out_stride) };
+    }
+
+    /// The kernel above with AVX-512 VNNI (EVEX `vpdpbusd`, 32 registers: tiles up to 8 wide).
+    ///
+    /// # Safety
+    /// As the kernel; the CPU has AVX-512 F/BW/VL/VNNI.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn vnni<const C: usize, const ADD: bool>(
+        nsb: usize,
+        w: *const u8,
+        act: *const u8,
+        act_stride: usize,
+        out: *mut f32,
+        out_stride: usize,
+    ) {
+        // SAFETY: forwarded.
+        unsafe { vnni_body::<false, C, ADD>(nsb, w, act, act_stride, out, out_stride) }
+    }
+
+    /// The kernel above with AVX-VNNI (VEX `vpdpbusd`; Alder Lake and later, Zen 5: 16
+    /// registers, tiles up to 4 wide).
+    ///
+    /// # Safety
+    /// As the kernel; the CPU has AVX2/FMA/F16C and AVX-VNNI.
+    #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+    unsafe fn avxvnni<const C: usize, const ADD: bool>(
+        nsb: usize,
+        w: *const u8,
+        act: *const u8,
+        act_stride: usize,
+        out: *mut f32,
+        out_stride: usize,
+    ) {
+        // SAFETY: forwarded.
+        unsafe { vnni_body::<true, C, ADD>(nsb, w, act, act_stride, out, out_stride) }
     }
 
     /// AVX2 kernel: as [`vnni`] with `pmaddubsw` (two chunks summed in i16, at most
@@ -517,6 +551,7 @@ mod x86 {
     }
 
     super::super::tiles::tile_fn!(tile_vnni, vnni);
+    super::super::tiles::tile_fn!(tile_avxvnni, avxvnni);
     super::super::tiles::tile_fn!(tile_avx2, avx2);
 }
 

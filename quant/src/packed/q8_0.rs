@@ -111,6 +111,8 @@ pub(super) unsafe fn gemm(
         Backend::Avx512 => (x86::tile_vnni, x86::VNNI_COLS),
         #[cfg(target_arch = "x86_64")]
         Backend::Avx2 => (x86::tile_avx2, x86::AVX2_COLS),
+        #[cfg(target_arch = "x86_64")]
+        Backend::AvxVnni => (x86::tile_avxvnni, x86::AVX2_COLS),
         #[cfg(target_arch = "aarch64")]
         Backend::NeonDot => (arm::tile_dot, arm::DOT_COLS),
         _ => (tile_scalar, 4),
@@ -187,6 +189,7 @@ mod x86 {
 
     use super::super::act_q8_0::tile_fn;
     use super::super::act_q8_0::{BLOCK_BYTES as ABLK, D_OFF, M128_OFF};
+    use super::super::tiles::dpbusd;
     use super::{CODE_BYTES, SCALE_BYTES, UNIT_BLOCKS};
     use std::arch::x86_64::*;
 
@@ -211,10 +214,11 @@ mod x86 {
     /// Two integer accumulators per column (even / odd chunks) halve the `vpdpbusd`
     /// dependency chain of a block.
     ///
-    /// Safety: the CPU has AVX-512 F/BW/VL/VNNI; `TileFn` contract with `C` columns.
-    // The AVX-512 intrinsics need Rust 1.89; only this backend's kernels use them.
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn k_vnni<const C: usize>(
+    /// Safety: the CPU has what `k_vnni` (AVX-512 F/BW/VL/VNNI) or `k_avxvnni` (AVX-VNNI)
+    /// enable, whichever inlines this body (`VEX` says which); `TileFn` contract with `C`
+    /// columns.
+    #[inline(always)]
+    unsafe fn vnni_body<const VEX: bool, const C: usize>(
         n: usize,
         w: *const u8,
         act: *const u8,
@@ -247,8 +251,8 @@ mod x86 {
                         let v0 = _mm256_loadu_si256(wp.add(32 * k) as *const __m256i);
                         let v1 = _mm256_loadu_si256(wp.add(32 + 32 * k) as *const __m256i);
                         for c in 0..C {
-                            s0[c] = _mm256_dpbusd_epi32(s0[c], v0, bcast4(ap[c].add(4 * k)));
-                            s1[c] = _mm256_dpbusd_epi32(s1[c], v1, bcast4(ap[c].add(4 * k + 4)));
+                            s0[c] = dpbusd::<VEX>(s0[c], v0, bcast4(ap[c].add(4 * k)));
+                            s1[c] = dpbusd::<VEX>(s1[c], v1, bcast4(ap[c].add(4 * k + 4)));
                         }
                     }
                     let dw = _mm256_cvtph_ps(_mm_loadu_si128(sp as *const __m128i));
@@ -266,7 +270,43 @@ mod x86 {
             unsafe { _mm256_storeu_ps(out.add(c * out_stride), acc[c]) };
         }
     }
+
+    /// The kernel above with AVX-512 VNNI (EVEX `vpdpbusd`, 32 registers: tiles up to 8 wide).
+    ///
+    /// # Safety
+    /// As the kernel; the CPU has AVX-512 F/BW/VL/VNNI.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn k_vnni<const C: usize>(
+        n: usize,
+        w: *const u8,
+        act: *const u8,
+        act_stride: usize,
+        out: *mut f32,
+        out_stride: usize,
+    ) {
+        // SAFETY: forwarded.
+        unsafe { vnni_body::<false, C>(n, w, act, act_stride, out, out_stride) }
+    }
+
+    /// The kernel above with AVX-VNNI (VEX `vpdpbusd`; Alder Lake and later, Zen 5: 16
+    /// registers, tiles up to 4 wide).
+    ///
+    /// # Safety
+    /// As the kernel; the CPU has AVX2/FMA/F16C and AVX-VNNI.
+    #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+    unsafe fn k_avxvnni<const C: usize>(
+        n: usize,
+        w: *const u8,
+        act: *const u8,
+        act_stride: usize,
+        out: *mut f32,
+        out_stride: usize,
+    ) {
+        // SAFETY: forwarded.
+        unsafe { vnni_body::<true, C>(n, w, act, act_stride, out, out_stride) }
+    }
     tile_fn!(pub(super) tile_vnni, k_vnni, 1 2 3 4 5 6 7 8);
+    tile_fn!(pub(super) tile_avxvnni, k_avxvnni, 1 2 3 4);
 
     /// Plain AVX2 with the sign trick: `pmaddubsw(|q|, sign(a, q))` pairs are at most
     /// 2·128·127 = 32512 (no saturation), widened by `pmaddwd` per chunk.

@@ -53,6 +53,24 @@ pub(super) fn prefetch_ahead<const C: usize>(p: *const u8, bytes: usize) {
     }
 }
 
+/// `vpdpbusd` on 256-bit registers in its EVEX (AVX-512 VNNI + VL, `VEX` false) or VEX
+/// (AVX-VNNI) encoding: the VNNI kernels are written once and compiled for both.
+///
+/// # Safety
+/// The CPU has the chosen instruction set (the kernel's target features).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(super) unsafe fn dpbusd<const VEX: bool>(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
+    // SAFETY: the caller's CPU; `VEX` is a constant, so only one branch is compiled.
+    unsafe {
+        if VEX {
+            _mm256_dpbusd_avx_epi32(acc, a, b)
+        } else {
+            _mm256_dpbusd_epi32(acc, a, b)
+        }
+    }
+}
+
 /// Expands a const-generic kernel `$k::<C, ADD>(nsb, w, act, act_stride, out, out_stride)`
 /// into a [`Tile`] that picks `C` (1..=8) from `ncols` and `ADD` from `add`. `ADD` is a
 /// constant so that decode's instance (`C = 1`, never adding) is the plain loop.
