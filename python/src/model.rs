@@ -66,6 +66,29 @@ impl Shared {
     }
 }
 
+/// `Model.tokenize` / `Tokenizer.tokenize`, with the GIL released.
+fn encode(
+    py: Python<'_>,
+    tok: &rgemma::tokenizer::Tokenizer,
+    text: &str,
+    add_bos: bool,
+    special: bool,
+) -> PyResult<Vec<u32>> {
+    py.detach(|| tok.encode(text, add_bos, special))
+        .map_err(to_py)
+}
+
+/// `Model.detokenize` / `Tokenizer.detokenize`: control tokens only with `special`.
+fn decode(
+    py: Python<'_>,
+    tok: &rgemma::tokenizer::Tokenizer,
+    ids: Vec<i64>,
+    special: bool,
+) -> PyResult<String> {
+    let ids = token_ids(ids)?;
+    py.detach(|| tok.decode(&ids, !special)).map_err(to_py)
+}
+
 /// Threads for a new context: `None` = every core the process may use.
 pub(crate) fn thread_count(n_threads: Option<i64>) -> PyResult<usize> {
     match n_threads {
@@ -140,18 +163,14 @@ impl Model {
         add_bos: bool,
         special: bool,
     ) -> PyResult<Vec<u32>> {
-        let tok = self.shared.tokenizer()?;
-        py.detach(|| tok.encode(text, add_bos, special))
-            .map_err(to_py)
+        encode(py, self.shared.tokenizer()?, text, add_bos, special)
     }
 
     /// The text of `ids`; control tokens (`<bos>`, `<end_of_turn>`) are left out unless
     /// `special`.
     #[pyo3(signature = (ids, special = false))]
     fn detokenize(&self, py: Python<'_>, ids: Vec<i64>, special: bool) -> PyResult<String> {
-        let tok = self.shared.tokenizer()?;
-        let ids = token_ids(ids)?;
-        py.detach(|| tok.decode(&ids, !special)).map_err(to_py)
+        decode(py, self.shared.tokenizer()?, ids, special)
     }
 
     /// The prompt of a chat, `(role, content)` pairs, in the Gemma turn template (system
@@ -302,17 +321,13 @@ impl Tokenizer {
         add_bos: bool,
         special: bool,
     ) -> PyResult<Vec<u32>> {
-        let tok = self.get();
-        py.detach(|| tok.encode(text, add_bos, special))
-            .map_err(to_py)
+        encode(py, self.get(), text, add_bos, special)
     }
 
     /// See `Model.detokenize`.
     #[pyo3(signature = (ids, special = false))]
     fn detokenize(&self, py: Python<'_>, ids: Vec<i64>, special: bool) -> PyResult<String> {
-        let tok = self.get();
-        let ids = token_ids(ids)?;
-        py.detach(|| tok.decode(&ids, !special)).map_err(to_py)
+        decode(py, self.get(), ids, special)
     }
 
     #[getter]

@@ -105,6 +105,22 @@ pub(super) fn quantize_activation(backend: Backend, x: &[f32], dst: &mut [u8]) {
     );
 }
 
+/// The SIMD tile of `backend` and the most columns it takes, or `None` (scalar kernel).
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+fn simd_tile(backend: Backend) -> Option<(super::tiles::Tile, usize)> {
+    #[cfg(target_arch = "x86_64")]
+    let tile: Option<(super::tiles::Tile, usize)> = match backend {
+        Backend::Avx512 => Some((x86::tile_vnni, 8)),
+        Backend::AvxVnni => Some((x86::tile_avxvnni, 4)),
+        Backend::Avx2 => Some((x86::tile_avx2, 4)),
+        _ => None,
+    };
+    #[cfg(target_arch = "aarch64")]
+    let tile: Option<(super::tiles::Tile, usize)> =
+        (backend == Backend::NeonDot).then_some((arm::tile_dot, arm::DOT_COLS));
+    tile
+}
+
 /// # Safety
 /// See `packed::gemm_to_ptr`.
 #[allow(clippy::too_many_arguments)]
@@ -120,39 +136,13 @@ pub(super) unsafe fn gemm(
     out_stride: usize,
 ) {
     let nsb = n / QK;
-    #[cfg(target_arch = "x86_64")]
-    if backend.has_avx2() {
-        let (tile, width) = match backend {
-            Backend::Avx512 => (x86::tile_vnni as super::tiles::Tile, 8),
-            Backend::AvxVnni => (x86::tile_avxvnni as super::tiles::Tile, 4),
-            _ => (x86::tile_avx2 as super::tiles::Tile, 4),
-        };
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    if let Some((tile, width)) = simd_tile(backend) {
         // SAFETY: the backend is usable (mod.rs maps others to Scalar), so the CPU has the
         // features the tile needs; extents are the caller's contract.
         unsafe {
             super::tiles::run_tiles(
                 tile, width, nsb, SB, ACT, w, ngroups, act, act_stride, ncols, out, out_stride,
-            )
-        };
-        return;
-    }
-    #[cfg(target_arch = "aarch64")]
-    if backend == Backend::NeonDot {
-        // SAFETY: as above, for the dot-product kernel.
-        unsafe {
-            super::tiles::run_tiles(
-                arm::tile_dot,
-                arm::DOT_COLS,
-                nsb,
-                SB,
-                ACT,
-                w,
-                ngroups,
-                act,
-                act_stride,
-                ncols,
-                out,
-                out_stride,
             )
         };
         return;
@@ -458,41 +448,6 @@ mod x86 {
         unsafe { store(&acc, out, out_stride) };
     }
 
-    /// The kernel above with AVX-512 VNNI (EVEX `vpdpbusd`, 32 registers: tiles up to 8 wide).
-    ///
-    /// # Safety
-    /// As the kernel; the CPU has AVX-512 F/BW/VL/VNNI.
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn vnni<const C: usize, const ADD: bool>(
-        nsb: usize,
-        w: *const u8,
-        act: *const u8,
-        act_stride: usize,
-        out: *mut f32,
-        out_stride: usize,
-    ) {
-        // SAFETY: forwarded.
-        unsafe { vnni_body::<false, C, ADD>(nsb, w, act, act_stride, out, out_stride) }
-    }
-
-    /// The kernel above with AVX-VNNI (VEX `vpdpbusd`; Alder Lake and later, Zen 5: 16
-    /// registers, tiles up to 4 wide).
-    ///
-    /// # Safety
-    /// As the kernel; the CPU has AVX2/FMA/F16C and AVX-VNNI.
-    #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
-    unsafe fn avxvnni<const C: usize, const ADD: bool>(
-        nsb: usize,
-        w: *const u8,
-        act: *const u8,
-        act_stride: usize,
-        out: *mut f32,
-        out_stride: usize,
-    ) {
-        // SAFETY: forwarded.
-        unsafe { vnni_body::<true, C, ADD>(nsb, w, act, act_stride, out, out_stride) }
-    }
-
     /// AVX2 kernel: as [`vnni`] with `pmaddubsw`: the 8 products of a sub-block's row
     /// lane sum in i16 (at most 8·2·15·128 = 30720), then `pmaddwd` against the scale
     /// duplicated in both halves of the row's lane applies the scale.
@@ -554,31 +509,7 @@ mod x86 {
         unsafe { store(&acc, out, out_stride) };
     }
 
-    super::super::tiles::tile_fn!(tile_vnni, vnni);
-    /// The AVX-VNNI kernel for several columns, the AVX2 one for one (decode, bound by
-    /// memory: with 16 registers the one-column VNNI loop was not faster on the Xeon it was
-    /// measured on; packed Q4_K × 1 token, one thread: 9.5-10.0 against 10.6-11.4 GB/s).
-    ///
-    /// # Safety
-    /// As [`avxvnni`]; the CPU has AVX2/FMA/F16C and AVX-VNNI.
-    unsafe fn avxvnni_or_avx2<const C: usize, const ADD: bool>(
-        nsb: usize,
-        w: *const u8,
-        act: *const u8,
-        act_stride: usize,
-        out: *mut f32,
-        out_stride: usize,
-    ) {
-        // SAFETY: forwarded; the CPU has both kernels' features.
-        unsafe {
-            if C == 1 {
-                avx2::<C, ADD>(nsb, w, act, act_stride, out, out_stride)
-            } else {
-                avxvnni::<C, ADD>(nsb, w, act, act_stride, out, out_stride)
-            }
-        }
-    }
-    super::super::tiles::tile_fn!(tile_avxvnni, avxvnni_or_avx2);
+    super::super::tiles::vnni_tiles!(vnni_body, avx2);
     super::super::tiles::tile_fn!(tile_avx2, avx2);
 }
 

@@ -71,6 +71,79 @@ pub(super) unsafe fn dpbusd<const VEX: bool>(acc: __m256i, a: __m256i, b: __m256
     }
 }
 
+/// For a K-quant kernel body `$body::<VEX, C, ADD>` (the [`Tile`] arguments, `vpdpbusd` through
+/// [`dpbusd`]) and the type's AVX2 kernel `$avx2::<C, ADD>`: the body compiled for AVX-512
+/// VNNI (`vnni`) and for AVX-VNNI (`avxvnni`), and their tiles `tile_vnni` (up to 8 columns,
+/// 32 registers) and `tile_avxvnni` (up to 4). The AVX-VNNI tile runs `$avx2` for one column
+/// (decode, bound by memory): with 16 registers the one-column VNNI loop was not faster on
+/// the Xeon it was measured on (packed Q4_K × 1 token, one thread: 9.5-10.0 against
+/// 10.6-11.4 GB/s), while 512 tokens ran 20 % faster.
+#[cfg(target_arch = "x86_64")]
+macro_rules! vnni_tiles {
+    ($body:ident, $avx2:ident) => {
+        /// The VNNI body with AVX-512 VNNI (EVEX `vpdpbusd`).
+        ///
+        /// # Safety
+        /// As the body; the CPU has AVX-512 F/BW/VL/VNNI.
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+        unsafe fn vnni<const C: usize, const ADD: bool>(
+            nsb: usize,
+            w: *const u8,
+            act: *const u8,
+            act_stride: usize,
+            out: *mut f32,
+            out_stride: usize,
+        ) {
+            // SAFETY: forwarded.
+            unsafe { $body::<false, C, ADD>(nsb, w, act, act_stride, out, out_stride) }
+        }
+
+        /// The VNNI body with AVX-VNNI (VEX `vpdpbusd`).
+        ///
+        /// # Safety
+        /// As the body; the CPU has AVX2/FMA/F16C and AVX-VNNI.
+        #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+        unsafe fn avxvnni<const C: usize, const ADD: bool>(
+            nsb: usize,
+            w: *const u8,
+            act: *const u8,
+            act_stride: usize,
+            out: *mut f32,
+            out_stride: usize,
+        ) {
+            // SAFETY: forwarded.
+            unsafe { $body::<true, C, ADD>(nsb, w, act, act_stride, out, out_stride) }
+        }
+
+        /// AVX-VNNI for several columns, the AVX2 kernel for one.
+        ///
+        /// # Safety
+        /// As the body; the CPU has AVX2/FMA/F16C and AVX-VNNI.
+        unsafe fn avxvnni_or_avx2<const C: usize, const ADD: bool>(
+            nsb: usize,
+            w: *const u8,
+            act: *const u8,
+            act_stride: usize,
+            out: *mut f32,
+            out_stride: usize,
+        ) {
+            // SAFETY: forwarded; the CPU has both kernels' features.
+            unsafe {
+                if C == 1 {
+                    $avx2::<C, ADD>(nsb, w, act, act_stride, out, out_stride)
+                } else {
+                    avxvnni::<C, ADD>(nsb, w, act, act_stride, out, out_stride)
+                }
+            }
+        }
+
+        super::super::tiles::tile_fn!(tile_vnni, vnni);
+        super::super::tiles::tile_fn!(tile_avxvnni, avxvnni_or_avx2);
+    };
+}
+#[cfg(target_arch = "x86_64")]
+pub(super) use vnni_tiles;
+
 /// Expands a const-generic kernel `$k::<C, ADD>(nsb, w, act, act_stride, out, out_stride)`
 /// into a [`Tile`] that picks `C` (1..=8) from `ncols` and `ADD` from `add`. `ADD` is a
 /// constant so that decode's instance (`C = 1`, never adding) is the plain loop.
