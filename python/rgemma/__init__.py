@@ -41,6 +41,14 @@ def _stop_list(stop: Stop) -> List[str]:
     return stops
 
 
+def _sampler(temperature, top_k, top_p, min_p, repeat_penalty, presence_penalty,
+             frequency_penalty, seed) -> Sampler:
+    """The sampler of one generate / stream / chat call (the penalties look back 64 tokens,
+    llama.cpp's default)."""
+    return Sampler(temperature, top_k, top_p, min_p, repeat_penalty, 64,
+                   presence_penalty, frequency_penalty, seed)
+
+
 class Model(_rgemma.Model):
     """A RecurrentGemma model loaded from a GGUF file.
 
@@ -76,8 +84,8 @@ class Model(_rgemma.Model):
         limit), or before the first of the `stop` strings. `temperature=0` is greedy. The same
         `seed` and arguments give the same text.
         """
-        sampler = Sampler(temperature, top_k, top_p, min_p, repeat_penalty, 64,
-                          presence_penalty, frequency_penalty, seed)
+        sampler = _sampler(temperature, top_k, top_p, min_p, repeat_penalty,
+                           presence_penalty, frequency_penalty, seed)
         text, _, _, _ = self._complete(self._prompt_ids(prompt), sampler, max_tokens, _stop_list(stop))
         return text
 
@@ -98,8 +106,8 @@ class Model(_rgemma.Model):
         """Like `generate`, but yields the text in pieces as it is decoded; the pieces join to
         the text `generate` returns. After the last piece the iterator's `finish_reason`,
         `prompt_tokens` and `tokens` tell how it ended."""
-        sampler = Sampler(temperature, top_k, top_p, min_p, repeat_penalty, 64,
-                          presence_penalty, frequency_penalty, seed)
+        sampler = _sampler(temperature, top_k, top_p, min_p, repeat_penalty,
+                           presence_penalty, frequency_penalty, seed)
         return self._stream(self._prompt_ids(prompt), sampler, max_tokens, _stop_list(stop))
 
     def create_chat_completion(
@@ -131,8 +139,8 @@ class Model(_rgemma.Model):
         if max_completion_tokens is not None:
             max_tokens = max_completion_tokens
         prompt = self._chat_prompt(pairs)
-        sampler = Sampler(temperature, top_k, top_p, min_p, repeat_penalty, 64,
-                          presence_penalty, frequency_penalty, seed)
+        sampler = _sampler(temperature, top_k, top_p, min_p, repeat_penalty,
+                           presence_penalty, frequency_penalty, seed)
         ident = "chatcmpl-" + uuid.uuid4().hex
         created = int(time.time())
         name = model if model is not None else str(self.path)
