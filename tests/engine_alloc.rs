@@ -1,7 +1,10 @@
 //! The decode path does not allocate: after a warm-up, evaluating one more token (matmuls
 //! on packed and stored weights, the scan, attention, the head and its soft-cap) makes no
-//! heap allocation on any thread. A counting global allocator observes every thread of
-//! this test binary, rayon's workers included.
+//! heap allocation on any thread of the context. A counting global allocator observes the
+//! test's own thread and every thread started after the context under test was created
+//! (its rayon workers). Threads of contexts dropped earlier are left out: their pools wind
+//! down in the background, and a worker's exit allocates (crossbeam-epoch hands its garbage
+//! bag to the global queue), at a time only the scheduler decides.
 
 mod engine_common;
 
@@ -16,10 +19,42 @@ struct Counting;
 
 static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
 
+/// Bumped before each context under test is created; a thread's first allocation stamps it
+/// with the current value, so threads born later carry a newer stamp.
+static GENERATION: AtomicUsize = AtomicUsize::new(1);
+/// Stamp of the test's own thread: always counted.
+const TEST_THREAD: usize = usize::MAX;
+
+thread_local! {
+    // Const-initialised and without a destructor: safe to touch inside the allocator, even
+    // while the thread exits.
+    static BORN: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+fn count_this_allocation() {
+    let generation = GENERATION.load(Ordering::Relaxed);
+    let born = BORN.with(|b| {
+        if b.get() == 0 {
+            b.set(generation);
+        }
+        b.get()
+    });
+    if born == TEST_THREAD || born == generation {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Marks the calling thread as the test's and starts a new generation: call it just before
+/// creating the context under test.
+fn new_generation() {
+    BORN.with(|b| b.set(TEST_THREAD));
+    GENERATION.fetch_add(1, Ordering::Relaxed);
+}
+
 // SAFETY: forwards to the system allocator unchanged; only counts calls.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        count_this_allocation();
         // SAFETY: same contract as the caller's.
         unsafe { System.alloc(layout) }
     }
@@ -28,7 +63,7 @@ unsafe impl GlobalAlloc for Counting {
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        count_this_allocation();
         // SAFETY: same contract as the caller's.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -55,6 +90,7 @@ fn decoding_a_token_does_not_allocate() {
         (FileType::Q8_0, true),
     ] {
         let model = engine_common::model_with("tiny-rg", ft, &LoadOptions { repack });
+        new_generation();
         let mut ctx = context(&model, 8);
         // Warm-up: the first calls size the reused buffers (and past the attention window
         // of 16, so the ring wraps during the warm-up).
@@ -86,6 +122,7 @@ fn batched_decoding_does_not_allocate() {
         n_seq_max: 6,
         ..Default::default()
     };
+    new_generation();
     let mut ctx = BatchContext::new(model, params).unwrap();
     let mut rows: Vec<BatchRow> = Vec::with_capacity(16);
     // Step t decodes one token of every sequence but one (which sits out: its logits move to

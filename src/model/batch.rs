@@ -73,6 +73,10 @@ impl BatchContext {
             .map_err(|e| {
                 Error::InvalidArgument(format!("cannot start {n_threads} threads: {e}"))
             })?;
+        // Building a pool only spawns its threads; wait until each has started and run a job,
+        // so the first decode does not pay for thread start-up (and no start-up work lands
+        // later, in the middle of decoding).
+        pool.broadcast(|_| ());
         let hp = model.hparams();
         let seqs: Vec<SeqState> = (0..params.n_seq_max)
             .map(|_| SeqState::new(hp, params.kv_type))
