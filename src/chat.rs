@@ -15,8 +15,9 @@
 //! `<end_of_turn>\n`): the engine snapshots the state after exactly those tokens, so the
 //! next turn resumes there and runs only its new turn.
 
+use crate::gguf::GgufFile;
 use crate::tokenizer::Tokenizer;
-use crate::Result;
+use crate::{Error, Result};
 
 /// A role as rendered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,6 +58,64 @@ impl ChatTemplate {
             end_of_turn: tok.token_id("<end_of_turn>")?,
             generation_prompt,
         })
+    }
+
+    /// The template for chatting with the model in `file`: Gemma's turn format, which the
+    /// file's `tokenizer.chat_template` (a Jinja text) must write when it has one. Another
+    /// format, or a vocabulary without the turn tokens, is an error that says so.
+    pub fn for_file(file: &GgufFile, tok: &Tokenizer) -> Result<ChatTemplate> {
+        if let Ok(jinja) = file.get_str("tokenizer.chat_template") {
+            if !(jinja.contains("<start_of_turn>") && jinja.contains("<end_of_turn>")) {
+                let start: String = jinja.chars().take(60).collect();
+                return Err(Error::Unsupported(format!(
+                    "the file's chat template (tokenizer.chat_template) is not Gemma's turn \
+                     format, the only one rgemma knows (it begins {start:?})"
+                )));
+            }
+        }
+        ChatTemplate::new(tok).ok_or_else(|| {
+            Error::Unsupported(
+                "the vocabulary has no <start_of_turn> / <end_of_turn> tokens: not a Gemma chat \
+                 model"
+                    .into(),
+            )
+        })
+    }
+
+    /// The tokens that continue a conversation whose state the caller keeps between turns
+    /// (`rg-run -cnv`) with the user's next message, up to the opening of the model's turn.
+    /// The first turn starts with BOS and has `system`, if any, folded in (as [`render`]
+    /// does); a later turn first closes the model's previous turn, whose `<end_of_turn>` was
+    /// sampled but not fed. Over a conversation the tokens fed are those [`render`] gives for
+    /// the whole history.
+    ///
+    /// [`render`]: ChatTemplate::render
+    pub fn next_user_turn(
+        &self,
+        tok: &Tokenizer,
+        first: bool,
+        system: Option<&str>,
+        content: &str,
+    ) -> Result<Vec<u32>> {
+        if first {
+            let mut messages = Vec::with_capacity(2);
+            if let Some(sys) = system.filter(|s| !s.trim().is_empty()) {
+                messages.push(Message {
+                    role: Role::System,
+                    content: sys.to_string(),
+                });
+            }
+            messages.push(Message {
+                role: Role::User,
+                content: content.to_string(),
+            });
+            return self.render(tok, &messages);
+        }
+        let mut out = vec![self.end_of_turn];
+        out.extend(tok.encode("\n", false, false)?);
+        self.push_turn(tok, "user", content, &mut out)?;
+        self.push_generation_prompt(tok, &mut out)?;
+        Ok(out)
     }
 
     pub fn end_of_turn(&self) -> u32 {
@@ -174,6 +233,33 @@ mod tests {
                     <start_of_turn>user\nBye<end_of_turn>\n<start_of_turn>model\n";
         let want = tok.encode(text, true, true).unwrap();
         assert_eq!(t.render(&tok, &messages).unwrap(), want);
+    }
+
+    #[test]
+    fn turn_by_turn_feeds_what_render_gives_for_the_history() {
+        let tok = tiny();
+        let t = ChatTemplate::new(&tok).unwrap();
+        let mut fed = t
+            .next_user_turn(&tok, true, Some("Be brief."), " Hi there ")
+            .unwrap();
+        // The model's answer as sampled: its text, then <end_of_turn> (not fed).
+        fed.extend(tok.encode("Hello.", false, false).unwrap());
+        fed.extend(
+            t.next_user_turn(&tok, false, Some("ignored"), "Bye")
+                .unwrap(),
+        );
+        let whole = t
+            .render(
+                &tok,
+                &[
+                    msg(Role::System, "Be brief."),
+                    msg(Role::User, "Hi there"),
+                    msg(Role::Assistant, "Hello."),
+                    msg(Role::User, "Bye"),
+                ],
+            )
+            .unwrap();
+        assert_eq!(fed, whole);
     }
 
     #[test]

@@ -101,8 +101,31 @@ pub fn generate(
 ) -> Result<Generation> {
     let t0 = Instant::now();
     feed_prompt(ctx, sampler, prompt, opts, sink)?;
-    let prompt_time = t0.elapsed();
+    generate_after_prompt(
+        ctx,
+        sampler,
+        tokenizer,
+        prompt.len(),
+        t0.elapsed(),
+        opts,
+        sink,
+    )
+}
 
+/// The token loop of [`generate`], for a context that already holds the prompt (its tokens
+/// accepted by `sampler`, its logits those after the last one): e.g. a prompt restored, in
+/// whole or in part, from a [`crate::prompt_cache::SavedPrompt`]. `prompt_tokens` and
+/// `prompt_time` are what the [`Generation`] reports for the prompt (the tokens evaluated
+/// and the time that took).
+pub fn generate_after_prompt(
+    ctx: &mut Context,
+    sampler: &mut Sampler,
+    tokenizer: Option<&Tokenizer>,
+    prompt_tokens: usize,
+    prompt_time: Duration,
+    opts: &GenerateOptions,
+    sink: &mut dyn GenerateSink,
+) -> Result<Generation> {
     let t1 = Instant::now();
     let mut tokens = TokenLoop::new(opts);
     let mut emitted = String::new();
@@ -127,7 +150,7 @@ pub fn generate(
         unfed: tokens.unfed(),
         generated: tokens.generated,
         stop,
-        prompt_tokens: prompt.len(),
+        prompt_tokens,
         prompt_time,
         gen_time: t1.elapsed(),
     })

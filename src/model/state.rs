@@ -356,7 +356,7 @@ impl SeqState {
         let bad = |why: &str| Error::InvalidArgument(format!("invalid state: {why}"));
         if src.len() != self.saved_len() {
             return Err(bad(&format!(
-                "{} bytes, this model's state has {}",
+                "{} bytes, this model's state has {} (saved from another model, or truncated)",
                 src.len(),
                 self.saved_len()
             )));
@@ -445,6 +445,11 @@ pub(crate) fn model_fingerprint(model: &Model) -> u64 {
         h.bytes(&data[data.len() - data.len().min(64)..]);
     }
     h.0
+}
+
+/// 64-bit FNV-1a of `b` (the checksum of the state and of the prompt cache's token list).
+pub(crate) fn fnv1a(b: &[u8]) -> u64 {
+    Fnv::new().bytes(b).0
 }
 
 /// 64-bit FNV-1a: small, dependency-free, good enough to detect corruption and mix-ups (this
