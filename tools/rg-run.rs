@@ -5,6 +5,7 @@
 //! rg-run -m model.gguf -cnv                       # chat with the Gemma turn template
 //! rg-run -m tiny.gguf --prompt-ids 2,17,300 -n 16 --temp 0 --ids-out ids.json --logits-out l.npy
 //! rg-run -m model.gguf -p "Once upon a time" -n 64 -np 4 --seed 1   # 4 continuations at once
+//! rg-run -m model.gguf -f long.txt --prompt-cache long.cache       # later runs skip the prefix
 //! ```
 //!
 //! Generated text streams to stdout; timings and diagnostics go to stderr. Every error is one
@@ -25,10 +26,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use rgemma::chat::ChatTemplate;
 use rgemma::generate::{
-    generate, GenerateOptions, GenerateSink, Generation, Next, StopReason, TokenLoop,
+    feed_prompt, generate, generate_after_prompt, GenerateOptions, GenerateSink, Generation, Next,
+    StopReason, TokenLoop,
 };
 use rgemma::model::{BatchContext, BatchRow, Context, ContextParams, LoadOptions, Model};
+use rgemma::prompt_cache::SavedPrompt;
 use rgemma::sampling::{Sampler, SamplerParams};
 use rgemma::tokenizer::Tokenizer;
 
@@ -47,8 +51,11 @@ const MAX_PARALLEL: i64 = 256;
     name = "rg-run",
     version,
     about = "Generate text with a RecurrentGemma GGUF model",
-    after_help = "As in llama.cpp, -cnv means --conversation, -sp means --special and -np means \
-                  --parallel.\n\n\
+    after_help = "As in llama.cpp, -cnv means --conversation, -sp means --special, -np means \
+                  --parallel and -sys means --system-prompt.\n\n\
+                  In a conversation, a line /save FILE writes the conversation's state (a few \
+                  tens of MB whatever its length) and /load FILE resumes one saved by this \
+                  model.\n\n\
                   With -np N > 1 the output is the prompt (unless --no-display-prompt), then for \
                   each continuation i = 1..N a line\n  \
                   --- continuation i/N (seed S) ---\n\
@@ -154,8 +161,24 @@ struct Args {
     parallel: i64,
 
     /// Interactive chat: read user turns from stdin, answer with the Gemma turn template.
+    /// A line `/save FILE` saves the conversation, `/load FILE` resumes a saved one.
     #[arg(long = "conversation")]
     conversation: bool,
+
+    /// With --conversation: a system prompt, folded into the first user turn (Gemma has no
+    /// system role; its templates do the same).
+    #[arg(long = "system-prompt", value_name = "TEXT", requires = "conversation")]
+    system_prompt: Option<String>,
+
+    /// Cache the state after the prompt in FILE (llama.cpp's flag): a later run whose prompt
+    /// starts with the cached prompt's tokens restores it and evaluates only the rest. A
+    /// file made by another model, or damaged, is reported and ignored (then overwritten).
+    #[arg(long = "prompt-cache", value_name = "FILE")]
+    prompt_cache: Option<PathBuf>,
+
+    /// Use --prompt-cache without updating the file.
+    #[arg(long = "prompt-cache-ro", requires = "prompt_cache")]
+    prompt_cache_ro: bool,
 
     /// Stop when this string is generated (repeatable); the text before it is printed.
     #[arg(long = "stop", value_name = "STR")]
@@ -243,6 +266,7 @@ fn main() -> ExitCode {
         Some("-sp") => "--special".into(),
         Some("-ngl") => "--n-gpu-layers".into(),
         Some("-np") => "--parallel".into(),
+        Some("-sys") => "--system-prompt".into(),
         _ => a,
     });
     let args = Args::parse_from(argv);
@@ -306,6 +330,20 @@ fn run(args: &Args) -> CliResult<()> {
     if args.conversation && args.prompt_ids.is_some() {
         return fail("--prompt-ids cannot be used with --conversation");
     }
+    if args.prompt_cache.is_some() {
+        if args.conversation {
+            return fail(
+                "--prompt-cache is not available with --conversation (save and resume a \
+                 conversation with /save FILE and /load FILE)",
+            );
+        }
+        if args.logits_out.is_some() {
+            return fail(
+                "--prompt-cache cannot be used with --logits-out (a restored prompt has no \
+                 per-position logits)",
+            );
+        }
+    }
     let n_parallel = parallel_count(args)?;
     let prompt_ids_arg = args.prompt_ids.as_deref().map(parse_ids).transpose()?;
     let prompt_text = match (&args.prompt, &args.file) {
@@ -341,6 +379,12 @@ fn run(args: &Args) -> CliResult<()> {
         Some(_) => true,
         None => args.n_gpu_layers.is_some_and(|n| n > 0),
     };
+    if want_gpu && args.prompt_cache.is_some() {
+        return fail(
+            "--prompt-cache runs on the CPU only (the GPU backend's state is not saved); drop \
+             -ngl / --device cuda",
+        );
+    }
     if want_gpu && n_parallel > 1 {
         return fail(
             "--parallel > 1 runs on the CPU only (the GPU backend decodes one sequence); \
@@ -401,10 +445,12 @@ fn run(args: &Args) -> CliResult<()> {
 
     if args.conversation {
         let tok = needs_tokenizer(tokenizer, "--conversation")?;
+        let template = ChatTemplate::for_file(model.gguf(), tok)?;
         let turns = chat(
             &mut ctx,
             &mut sampler,
             tok,
+            &template,
             &opts,
             &mut out,
             &mut stats,
@@ -420,7 +466,33 @@ fn run(args: &Args) -> CliResult<()> {
         }
     } else {
         let prompt = prompt_tokens(args, tokenizer, prompt_ids_arg, prompt_text, &mut out)?;
-        let gen = generate(&mut ctx, &mut sampler, tokenizer, &prompt, &opts, &mut out)?;
+        let t_prompt = Instant::now();
+        let mut restored = 0;
+        if let Some(path) = &args.prompt_cache {
+            restored = restore_prompt_cache(path, &prompt, |saved| saved.restore(&mut ctx));
+            for &id in &prompt[..restored] {
+                sampler.accept(id);
+            }
+        }
+        if restored < prompt.len() {
+            feed_prompt(&mut ctx, &mut sampler, &prompt[restored..], &opts, &mut out)?;
+            if let Some(path) = args
+                .prompt_cache
+                .as_deref()
+                .filter(|_| !args.prompt_cache_ro)
+            {
+                save_prompt_cache(path, || SavedPrompt::capture(&ctx, &prompt));
+            }
+        }
+        let gen = generate_after_prompt(
+            &mut ctx,
+            &mut sampler,
+            tokenizer,
+            prompt.len() - restored,
+            t_prompt.elapsed(),
+            &opts,
+            &mut out,
+        )?;
         out.end_of_output()?;
         stats.add(&gen);
         if args.verbose {
@@ -525,6 +597,68 @@ fn add_bos(tok: &Tokenizer, args: &Args) -> bool {
     tok.add_bos_by_default() && !args.no_bos
 }
 
+/// `--prompt-cache`: restores the saved prompt in `path` when `prompt` starts with all of its
+/// tokens, and returns how many prompt tokens it covers (0 when there is nothing usable,
+/// which is said on stderr: the run then evaluates the whole prompt).
+fn restore_prompt_cache(
+    path: &Path,
+    prompt: &[u32],
+    restore: impl FnOnce(&SavedPrompt) -> rgemma::Result<()>,
+) -> usize {
+    let shown = path.display();
+    let saved = match SavedPrompt::read(path) {
+        Ok(saved) => saved,
+        Err(rgemma::Error::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+            eprintln!("prompt cache: {shown} does not exist yet");
+            return 0;
+        }
+        Err(e) => {
+            eprintln!("prompt cache: ignored: {e}");
+            return 0;
+        }
+    };
+    if !saved.serves(prompt) {
+        let common = saved
+            .tokens()
+            .iter()
+            .zip(prompt)
+            .take_while(|(a, b)| a == b)
+            .count();
+        eprintln!(
+            "prompt cache: {shown} holds another prompt ({} tokens, the first {common} in \
+             common with this one); evaluating all {} tokens",
+            saved.tokens().len(),
+            prompt.len()
+        );
+        return 0;
+    }
+    match restore(&saved) {
+        Ok(()) => {
+            eprintln!(
+                "prompt cache: restored {} of {} prompt tokens from {shown}",
+                saved.tokens().len(),
+                prompt.len()
+            );
+            saved.tokens().len()
+        }
+        Err(e) => {
+            eprintln!("prompt cache: {shown} ignored: {e}");
+            0
+        }
+    }
+}
+
+/// Writes the state after the prompt to `path`; a failure is a warning (the run goes on).
+fn save_prompt_cache(path: &Path, capture: impl FnOnce() -> rgemma::Result<SavedPrompt>) {
+    match capture().and_then(|saved| saved.write(path).map(|()| saved.tokens().len())) {
+        Ok(n) => eprintln!(
+            "prompt cache: saved the state after {n} prompt tokens to {}",
+            path.display()
+        ),
+        Err(e) => eprintln!("prompt cache: warning: not saved: {e}"),
+    }
+}
+
 /// Moves evaluation to the GPU, or says in one line why it stays on the CPU.
 #[cfg(feature = "cuda")]
 fn attach_gpu(ctx: &mut Context, model: &Model, batch_size: usize, verbose: bool) {
@@ -550,15 +684,18 @@ fn default_threads() -> usize {
         .unwrap_or(1)
 }
 
-/// The interactive loop: one Gemma turn per stdin line, the state kept across turns. Returns
-/// each turn's new prompt tokens and generation; the whole sequence is the concatenation of
-/// `prompt + generated` over the turns (a reply's stop token is not part of it: the next turn
-/// starts with `<end_of_turn>`).
+/// The interactive loop: one Gemma turn per stdin line (the chat template from the file, see
+/// [`ChatTemplate::next_user_turn`]), the state kept across turns. A line `/save FILE` or
+/// `/load FILE` parks or resumes the conversation instead. Returns each turn's new prompt
+/// tokens and generation; the whole sequence is the concatenation of `prompt + generated`
+/// over the turns (a reply's stop token is not part of it: the next turn starts with
+/// `<end_of_turn>`).
 #[allow(clippy::too_many_arguments)]
 fn chat(
     ctx: &mut Context,
     sampler: &mut Sampler,
     tok: &Tokenizer,
+    template: &ChatTemplate,
     opts: &GenerateOptions,
     out: &mut StdoutSink,
     stats: &mut Stats,
@@ -568,7 +705,8 @@ fn chat(
     let mut turns = Vec::new();
     let stdin = io::stdin();
     let mut stdin = stdin.lock();
-    let mut first_turn = true;
+    // Every token fed to the context so far: what /save records with the state.
+    let mut fed: Vec<u32> = Vec::new();
     // The token the previous reply ended on when it was not fed (token limit, stop string).
     let mut unfed: Option<u32> = None;
     let mut pending_first = first_message.filter(|m| !m.trim().is_empty());
@@ -595,16 +733,20 @@ fn chat(
                 line.to_string()
             }
         };
-        // Close the previous model turn (its <end_of_turn> was sampled but not fed), then
-        // open the user turn and ask for a model turn.
-        let mut text = String::new();
-        if !first_turn {
-            text.push_str("<end_of_turn>\n");
+        if let Some(command) = ChatCommand::parse(&message) {
+            // A failed command is reported and the chat goes on.
+            match command.and_then(|c| run_chat_command(c, ctx, sampler, &mut fed, &mut unfed)) {
+                Ok(note) => eprintln!("{note}"),
+                Err(CliError(msg)) => eprintln!("error: {msg}"),
+            }
+            continue;
         }
-        text.push_str("<start_of_turn>user\n");
-        text.push_str(&message);
-        text.push_str("<end_of_turn>\n<start_of_turn>model\n");
-        let new_ids = tok.encode(&text, first_turn && add_bos(tok, args), true)?;
+        let first = fed.is_empty() && unfed.is_none();
+        let mut new_ids =
+            template.next_user_turn(tok, first, args.system_prompt.as_deref(), &message)?;
+        if first && args.no_bos && new_ids.first() == Some(&tok.bos()) {
+            new_ids.remove(0);
+        }
         let mut ids = Vec::with_capacity(new_ids.len() + 1);
         ids.extend(unfed.take());
         ids.extend_from_slice(&new_ids);
@@ -614,9 +756,78 @@ fn chat(
         let gen = generate(ctx, sampler, Some(tok), &ids, opts, out)?;
         out.print("\n")?;
         stats.add(&gen);
+        fed.extend_from_slice(&ids);
+        let n_fed = gen.generated.len() - usize::from(gen.unfed.is_some());
+        fed.extend_from_slice(&gen.generated[..n_fed]);
         unfed = gen.unfed;
-        first_turn = false;
         turns.push((new_ids, gen));
+    }
+}
+
+/// A chat line that is a command rather than a message.
+enum ChatCommand {
+    Save(PathBuf),
+    Load(PathBuf),
+}
+
+impl ChatCommand {
+    /// `None` for an ordinary message; an error for a command without its file.
+    fn parse(line: &str) -> Option<CliResult<ChatCommand>> {
+        let (word, rest) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+        let make: fn(PathBuf) -> ChatCommand = match word {
+            "/save" => ChatCommand::Save,
+            "/load" => ChatCommand::Load,
+            _ => return None,
+        };
+        let path = rest.trim();
+        Some(if path.is_empty() {
+            fail(format!("{word} needs a file name: {word} FILE"))
+        } else {
+            Ok(make(PathBuf::from(path)))
+        })
+    }
+}
+
+/// Runs a chat command; returns the line that reports it.
+fn run_chat_command(
+    command: ChatCommand,
+    ctx: &mut Context,
+    sampler: &mut Sampler,
+    fed: &mut Vec<u32>,
+    unfed: &mut Option<u32>,
+) -> CliResult<String> {
+    match command {
+        ChatCommand::Save(path) => {
+            // The saved state must stand alone: feed the pending token first (the next turn
+            // would feed it anyway, so nothing changes).
+            if let Some(id) = unfed.take() {
+                ctx.eval(&[id], false)?;
+                fed.push(id);
+            }
+            SavedPrompt::capture(ctx, fed)?.write(&path)?;
+            Ok(format!(
+                "saved the conversation ({} tokens) to {}",
+                fed.len(),
+                path.display()
+            ))
+        }
+        ChatCommand::Load(path) => {
+            let saved = SavedPrompt::read(&path)?;
+            saved.restore(ctx)?;
+            *fed = saved.tokens().to_vec();
+            *unfed = None;
+            // The repetition penalty looks at the resumed conversation, as if it had been
+            // typed here.
+            sampler.reset();
+            for &id in fed.iter() {
+                sampler.accept(id);
+            }
+            Ok(format!(
+                "loaded a conversation ({} tokens) from {}",
+                fed.len(),
+                path.display()
+            ))
+        }
     }
 }
 
@@ -685,11 +896,16 @@ fn run_parallel(args: &Args, model: Arc<Model>, setup: ParallelSetup) -> CliResu
         None => Sampler::new(setup.sampler_params.clone()).seed() >> 2,
     };
 
-    // Prompt: once, then forked.
+    // Prompt: once (after what the prompt cache restores), then forked.
     let t_prompt = Instant::now();
+    let mut restored = 0;
+    if let Some(path) = &args.prompt_cache {
+        restored = restore_prompt_cache(path, &prompt, |saved| saved.restore_seq(&mut ctx, 0));
+    }
     let mut rows: Vec<BatchRow> = Vec::with_capacity(ctx.batch_capacity());
-    let n_chunks = prompt.len().div_ceil(prompt_batch);
-    for (ci, chunk) in prompt.chunks(prompt_batch).enumerate() {
+    let rest = &prompt[restored..];
+    let n_chunks = rest.len().div_ceil(prompt_batch);
+    for (ci, chunk) in rest.chunks(prompt_batch).enumerate() {
         let last_chunk = ci + 1 == n_chunks;
         rows.clear();
         rows.extend(chunk.iter().enumerate().map(|(t, &token)| BatchRow {
@@ -698,6 +914,11 @@ fn run_parallel(args: &Args, model: Arc<Model>, setup: ParallelSetup) -> CliResu
             logits: last_chunk && t + 1 == chunk.len(),
         }));
         ctx.decode(&rows)?;
+    }
+    if let Some(path) = args.prompt_cache.as_deref() {
+        if !rest.is_empty() && !args.prompt_cache_ro {
+            save_prompt_cache(path, || SavedPrompt::capture_seq(&ctx, 0, &prompt));
+        }
     }
     for seq in 1..n_seq {
         ctx.seq_copy(0, seq)?;
@@ -791,7 +1012,7 @@ fn run_parallel(args: &Args, model: Arc<Model>, setup: ParallelSetup) -> CliResu
         "load time",
         load_time.as_secs_f64() * 1e3
     );
-    eprintln!("{}", rate_line("prompt eval", prompt.len(), prompt_time));
+    eprintln!("{}", rate_line("prompt eval", rest.len(), prompt_time));
     eprintln!("{}", rate_line("generation", generated, gen_time));
     eprintln!(
         "rg-run: {:<13} = {n_seq} sequences, {decodes} batched decodes",
