@@ -6,6 +6,7 @@ mod convert_util;
 use convert_util::*;
 use rgemma::convert::FileType;
 use rgemma::gguf::{GgufFile, MetaArray, MetaValue};
+use rgemma::tokenizer::{Tokenizer, TokenizerSource};
 
 const LETTERS: &str = "abcdefghij";
 
@@ -147,11 +148,19 @@ fn tokenizer_json_becomes_ggml_arrays() {
     assert!(!g.get_bool("tokenizer.ggml.add_space_prefix").unwrap());
     assert_eq!(g.get_str("tokenizer.chat_template").unwrap(), template);
     assert_eq!(g.get_str("tokenizer.huggingface.json").unwrap(), tj);
+    // Gemma-shaped: marked so that loaders take the fast tokenizer.ggml path by default
+    // (which does not even parse the embedded json).
+    assert!(g.get_bool("rgemma.tokenizer.ggml_exact").unwrap());
+    let auto = Tokenizer::from_gguf_with(&g, TokenizerSource::Auto)
+        .unwrap()
+        .unwrap();
+    assert_eq!(auto.source(), TokenizerSource::GgmlArrays);
 }
 
-#[test]
-fn corrupt_tokenizer_json_is_an_error() {
-    let dir = fresh_dir("tokenizer-bad").join("tiny-tok");
+/// tiny-rg's weights with the 512-token Gemma-style tokenizer of the rg-run tests, its
+/// `pre_tokenizer` replaced by `pre_tokenizer` when given; converted, opened.
+fn convert_with_tokenizer_512(tag: &str, pre_tokenizer: Option<serde_json::Value>) -> GgufFile {
+    let dir = fresh_dir(tag).join("tiny-tok");
     std::fs::create_dir_all(&dir).unwrap();
     copy_configs(&fixture("tiny-rg"), &dir);
     std::fs::copy(
@@ -159,16 +168,108 @@ fn corrupt_tokenizer_json_is_an_error() {
         dir.join("model.safetensors"),
     )
     .unwrap();
-    std::fs::write(
-        dir.join("tokenizer.json"),
-        "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 2}}}",
+    let json = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/cli_run_support/tokenizer-512.json");
+    let mut tj: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
+    if let Some(p) = pre_tokenizer {
+        tj["pre_tokenizer"] = p;
+    }
+    std::fs::write(dir.join("tokenizer.json"), tj.to_string()).unwrap();
+    let out = dir.parent().unwrap().join("tok.gguf");
+    run(&dir, &out, FileType::F32).unwrap();
+    GgufFile::open(&out).unwrap()
+}
+
+/// A Gemma-style tokenizer loads through the tokenizer.ggml arrays by default, and gives
+/// the ids of the embedded Hugging Face tokenizer (which stays selectable).
+#[test]
+fn gemma_style_tokenizers_default_to_the_ggml_arrays() {
+    let g = convert_with_tokenizer_512("tokenizer-gemma-style", None);
+    assert!(g.get_bool("rgemma.tokenizer.ggml_exact").unwrap());
+    let auto = Tokenizer::from_gguf_with(&g, TokenizerSource::Auto)
+        .unwrap()
+        .unwrap();
+    assert_eq!(auto.source(), TokenizerSource::GgmlArrays);
+    let hf = Tokenizer::from_gguf_with(&g, TokenizerSource::HuggingFace)
+        .unwrap()
+        .unwrap();
+    assert_eq!(hf.source(), TokenizerSource::HuggingFace);
+    for text in [
+        "Hello there, the world is a strange place.",
+        "  two  spaces\n\tand a tab <start_of_turn>user\nhi<end_of_turn>",
+        "digits 0123456789, bytes \u{1F600} ä \u{E000}",
+    ] {
+        for special in [true, false] {
+            assert_eq!(
+                auto.encode(text, true, special).unwrap(),
+                hf.encode(text, true, special).unwrap(),
+                "{text:?}"
+            );
+        }
+    }
+}
+
+/// A tokenizer.json that is not SentencePiece-shaped (a byte-level pre-tokenizer) is not
+/// marked, and the embedded Hugging Face tokenizer stays the default.
+#[test]
+fn other_tokenizers_keep_the_hf_path() {
+    let byte_level = serde_json::json!({"type": "ByteLevel", "add_prefix_space": false,
+                                        "trim_offsets": true, "use_regex": true});
+    let g = convert_with_tokenizer_512("tokenizer-bytelevel", Some(byte_level));
+    assert!(g.get("rgemma.tokenizer.ggml_exact").is_none());
+    let auto = Tokenizer::from_gguf_with(&g, TokenizerSource::Auto)
+        .unwrap()
+        .unwrap();
+    assert_eq!(auto.source(), TokenizerSource::HuggingFace);
+    let ggml = Tokenizer::from_gguf_with(&g, TokenizerSource::GgmlArrays)
+        .unwrap()
+        .unwrap();
+    assert_eq!(ggml.source(), TokenizerSource::GgmlArrays);
+}
+
+/// A Hugging Face cache snapshot folder (every file a symlink into `blobs/`, as
+/// `huggingface_hub` lays it out) converts to the same bytes as the plain folder, the model
+/// named after the repository rather than the revision.
+#[cfg(unix)]
+#[test]
+fn a_hugging_face_cache_snapshot_converts_like_the_plain_folder() {
+    let root = fresh_dir("tokenizer-hf-cache");
+    let plain = root.join("recurrentgemma-tiny");
+    std::fs::create_dir_all(&plain).unwrap();
+    copy_configs(&fixture("tiny-rg"), &plain);
+    std::fs::copy(
+        fixture("tiny-rg/model.safetensors"),
+        plain.join("model.safetensors"),
     )
     .unwrap();
-    let out = dir.parent().unwrap().join("tok.gguf");
-    let err = run(&dir, &out, FileType::F32).unwrap_err().to_string();
-    assert!(
-        err.contains("tokenizer.json") && err.contains("no token has id 1"),
-        "{err}"
+    let (tj, ..) = synthetic_tokenizer();
+    std::fs::write(plain.join("tokenizer.json"), &tj).unwrap();
+
+    let repo = root.join("models--google--recurrentgemma-tiny");
+    let blobs = repo.join("blobs");
+    let snapshot = repo.join("snapshots").join("0123456789abcdef");
+    std::fs::create_dir_all(&blobs).unwrap();
+    std::fs::create_dir_all(&snapshot).unwrap();
+    for (i, entry) in std::fs::read_dir(&plain).unwrap().enumerate() {
+        let entry = entry.unwrap();
+        let blob = format!("{i:040x}");
+        std::fs::copy(entry.path(), blobs.join(&blob)).unwrap();
+        std::os::unix::fs::symlink(
+            format!("../../blobs/{blob}"),
+            snapshot.join(entry.file_name()),
+        )
+        .unwrap();
+    }
+
+    let from_plain = root.join("plain.gguf");
+    let from_snapshot = root.join("snapshot.gguf");
+    run(&plain, &from_plain, FileType::Q8_0).unwrap();
+    run(&snapshot, &from_snapshot, FileType::Q8_0).unwrap();
+    let g = GgufFile::open(&from_snapshot).unwrap();
+    assert_eq!(g.get_str("general.name").unwrap(), "recurrentgemma-tiny");
+    assert_eq!(
+        std::fs::read(&from_plain).unwrap(),
+        std::fs::read(&from_snapshot).unwrap()
     );
-    assert!(!out.exists());
 }

@@ -11,7 +11,7 @@ use std::io::Write;
 use std::sync::OnceLock;
 
 use rgemma::gguf::{GgufFile, GgufWriter, MetaValue};
-use rgemma::tokenizer::{StreamDecoder, Tokenizer};
+use rgemma::tokenizer::{StreamDecoder, Tokenizer, TokenizerSource};
 use serde_json::Value;
 
 const FIXTURE: &str = concat!(
@@ -29,12 +29,13 @@ fn tokenizers() -> &'static [(String, Tokenizer)] {
             return Vec::new();
         };
         let file = GgufFile::open(&path).expect("open RG_GEMMA3_GGUF");
-        let load = |file: &GgufFile| {
-            Tokenizer::from_gguf(file)
+        let load = |file: &GgufFile, source| {
+            Tokenizer::from_gguf_with(file, source)
                 .expect("load tokenizer")
                 .expect("the file has a tokenizer")
         };
-        let mut all = vec![("tokenizer.ggml arrays".to_owned(), load(&file))];
+        let ggml = load(&file, TokenizerSource::GgmlArrays);
+        let mut all = vec![("tokenizer.ggml arrays".to_owned(), ggml)];
         match std::env::var_os("RG_GEMMA3_HF_JSON") {
             Some(json_path) => {
                 let json = std::fs::read_to_string(&json_path).expect("read RG_GEMMA3_HF_JSON");
@@ -59,7 +60,7 @@ fn tokenizers() -> &'static [(String, Tokenizer)] {
                     .unwrap();
                 let hf_file = GgufFile::open(&out).expect("open the HF GGUF");
                 let _ = std::fs::remove_file(&out);
-                let tokenizer = load(&hf_file);
+                let tokenizer = load(&hf_file, TokenizerSource::HuggingFace);
                 assert!(
                     format!("{tokenizer:?}").contains("huggingface"),
                     "{tokenizer:?}"
@@ -294,4 +295,169 @@ fn random_text_both_paths_agree() {
         }
     }
     println!("{checked} random encodings agree");
+}
+
+/// With RG_GEMMA3_HF_JSON: every control and user-defined token, written in the text, is that
+/// one token on both paths (and both paths agree when control pieces are not parsed).
+#[test]
+fn every_special_token_agrees() {
+    let [(_, spm), (_, hf)] = tokenizers() else {
+        return;
+    };
+    let mut checked = 0;
+    for id in 0..spm.n_vocab() as u32 {
+        let piece = spm.piece(id).unwrap();
+        let is_special = spm.is_control(id) || (piece.starts_with('<') && piece.ends_with('>'));
+        if !is_special || piece.starts_with("<0x") {
+            continue;
+        }
+        let text = format!("x{piece}y");
+        for parse_special in [true, false] {
+            let a = spm.encode(&text, false, parse_special).unwrap();
+            let b = hf.encode(&text, false, parse_special).unwrap();
+            assert_eq!(a, b, "{text:?} parse_special={parse_special}");
+        }
+        if spm.is_control(id) {
+            assert!(
+                spm.encode(&text, false, true).unwrap().contains(&id),
+                "{piece}"
+            );
+        }
+        checked += 1;
+    }
+    assert!(checked > 100, "only {checked} special pieces");
+    println!("{checked} special pieces agree");
+}
+
+/// With RG_GEMMA3_HF_JSON: a generated corpus of mixed scripts, whitespace runs, digits,
+/// characters only byte fallback can encode, and control pieces gives the same ids on both
+/// paths (the evidence that makes the tokenizer.ggml path the default for Gemma files).
+#[test]
+fn generated_corpus_both_paths_agree() {
+    let [(_, spm), (_, hf)] = tokenizers() else {
+        return;
+    };
+    const PIECES: &[&str] = &[
+        // Scripts.
+        "Hello",
+        "world",
+        "Привет",
+        "мир",
+        "γειά σου",
+        "مرحبا بالعالم",
+        "नमस्ते",
+        "你好世界",
+        "こんにちは",
+        "カタカナ",
+        "안녕하세요",
+        "สวัสดีครับ",
+        "שלום",
+        "Ελληνικά",
+        "Ünïcödé",
+        "naïve café",
+        "straße",
+        "İstanbul",
+        "ǅ",
+        "ﬁ",
+        "Ⅻ",
+        "①",
+        "ℌ𝔢𝔩𝔩𝔬",
+        // Whitespace runs.
+        " ",
+        "  ",
+        "   ",
+        "        ",
+        "\t",
+        "\t\t",
+        "\n",
+        "\n\n",
+        "\n\n\n",
+        " \n ",
+        "\r\n",
+        "\u{a0}",
+        "\u{3000}",
+        "\u{2009}",
+        "\u{200b}",
+        // Digits and numbers.
+        "0",
+        "7",
+        "42",
+        "1234567890",
+        "3.14159",
+        "1,000,000",
+        "-12",
+        "2026-12-02",
+        "0x1F",
+        // Only byte fallback (or rare pieces) can encode these.
+        "🦀",
+        "🧬🧪",
+        "\u{E000}",
+        "\u{F8FF}",
+        "\u{10FFFD}",
+        "\u{1F9FF}",
+        "e\u{301}",
+        "\u{7f}",
+        "\u{1}",
+        "\u{fffd}",
+        "𓀀",
+        "ꙮ",
+        // Code and punctuation.
+        "fn main() {",
+        "}",
+        "<div>",
+        "</div>",
+        "&amp;",
+        "==",
+        "->",
+        "::",
+        "\\",
+        "\"",
+        "'",
+        "...",
+        // Control pieces.
+        "<start_of_turn>",
+        "<end_of_turn>",
+        "<bos>",
+        "<eos>",
+        "<pad>",
+        "<unk>",
+        "<mask>",
+        "<start_of_image>",
+    ];
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = || {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    };
+    let mut checked = 0;
+    for _ in 0..10_000 {
+        let len = 1 + (next() % 24) as usize;
+        let mut text = String::new();
+        for _ in 0..len {
+            match next() % 8 {
+                // A random run of digits.
+                0 => {
+                    let n = 1 + next() % 9;
+                    for _ in 0..n {
+                        text.push(char::from(b'0' + (next() % 10) as u8));
+                    }
+                }
+                // A random code point (valid, not a surrogate).
+                1 => {
+                    let c = char::from_u32((next() % 0x3_0000) as u32).unwrap_or('\u{fffd}');
+                    text.push(c);
+                }
+                _ => text.push_str(PIECES[(next() % PIECES.len() as u64) as usize]),
+            }
+        }
+        for parse_special in [true, false] {
+            let a = spm.encode(&text, false, parse_special).unwrap();
+            let b = hf.encode(&text, false, parse_special).unwrap();
+            assert_eq!(a, b, "{text:?} parse_special={parse_special}");
+            checked += 1;
+        }
+    }
+    println!("{checked} generated encodings agree");
 }

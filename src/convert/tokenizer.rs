@@ -341,8 +341,76 @@ pub fn tokenizer_metadata(
     if let Some(t) = chat_template(dir, tok_cfg.as_ref())? {
         meta.push(("tokenizer.chat_template".into(), MetaValue::String(t)));
     }
+    if ggml_arrays_exact(&tj) {
+        meta.push((
+            crate::tokenizer::keys::GGML_EXACT.into(),
+            MetaValue::Bool(true),
+        ));
+    }
     meta.push(("tokenizer.huggingface.json".into(), MetaValue::String(raw)));
     Ok(Some(meta))
+}
+
+/// Whether rgemma's SentencePiece encoder, run on the `tokenizer.ggml.*` arrays derived
+/// here, gives the ids `tokenizer.json` gives, so that loaders may take the fast path: a
+/// SentencePiece BPE exported to Hugging Face (Gemma's shape), i.e. a BPE model with byte
+/// fallback whose only text processing is spaces replaced by `▁`, an optional `▁` prefix and
+/// a split at spaces. Anything else (byte-level BPE, regular-expression pre-tokenizers,
+/// Unicode normalization, Unigram models) keeps the `tokenizers` crate the default.
+/// tests/tokenizer_reference.rs proves the equality on the Gemma 3 vocabulary.
+fn ggml_arrays_exact(tj: &Value) -> bool {
+    let model = tj.get("model");
+    let is_bpe = model
+        .and_then(|m| m.get("type"))
+        .and_then(Value::as_str)
+        .is_none_or(|t| t == "BPE");
+    let byte_fallback = model
+        .and_then(|m| m.get("byte_fallback"))
+        .and_then(Value::as_bool)
+        == Some(true);
+    // Each step of the normalizer / pre-tokenizer must be one of these.
+    fn steps_ok(v: Option<&Value>, ok: &dyn Fn(&serde_json::Map<String, Value>) -> bool) -> bool {
+        match v {
+            None | Some(Value::Null) => true,
+            Some(Value::Object(o)) => match o.get("type").and_then(Value::as_str) {
+                Some("Sequence") => o
+                    .get("normalizers")
+                    .or_else(|| o.get("pretokenizers"))
+                    .and_then(Value::as_array)
+                    .is_some_and(|a| a.iter().all(|x| steps_ok(Some(x), ok))),
+                _ => ok(o),
+            },
+            _ => false,
+        }
+    }
+    let space = |o: &serde_json::Map<String, Value>, key: &str| {
+        o.get(key)
+            .and_then(|p| p.get("String"))
+            .and_then(Value::as_str)
+            == Some(" ")
+    };
+    let normalizer_ok = steps_ok(tj.get("normalizer"), &|o| match o
+        .get("type")
+        .and_then(Value::as_str)
+    {
+        Some("Replace") => {
+            space(o, "pattern") && o.get("content").and_then(Value::as_str) == Some("\u{2581}")
+        }
+        Some("Prepend") => o.get("prepend").and_then(Value::as_str) == Some("\u{2581}"),
+        _ => false,
+    });
+    let pre_tokenizer_ok = steps_ok(tj.get("pre_tokenizer"), &|o| {
+        match o.get("type").and_then(Value::as_str) {
+            Some("Split") => space(o, "pattern"),
+            // Splitting at every ▁ would stop merges across words, which SentencePiece makes.
+            Some("Metaspace") => {
+                o.get("replacement").and_then(Value::as_str) == Some("\u{2581}")
+                    && o.get("split").and_then(Value::as_bool) == Some(false)
+            }
+            _ => false,
+        }
+    });
+    is_bpe && byte_fallback && normalizer_ok && pre_tokenizer_ok
 }
 
 /// SentencePiece's dummy prefix shows up in tokenizer.json as a `Prepend("▁")` normalizer
@@ -414,5 +482,61 @@ mod tests {
             merge_result(&serde_json::json!(["a", "b c"])).as_deref(),
             Some("ab c")
         );
+    }
+
+    #[test]
+    fn only_sentencepiece_shaped_tokenizers_are_marked_exact() {
+        let gemma = serde_json::json!({
+            "normalizer": {"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"},
+            "pre_tokenizer": null,
+            "model": {"type": "BPE", "byte_fallback": true, "vocab": {}, "merges": []}
+        });
+        assert!(ggml_arrays_exact(&gemma));
+        let with = |path: &str, v: Value| {
+            let mut tj = gemma.clone();
+            *tj.pointer_mut(path).unwrap() = v;
+            tj
+        };
+        // Also Gemma-shaped: Gemma 3's split at spaces, a ▁ prefix, a non-splitting Metaspace.
+        for ok in [
+            with(
+                "/pre_tokenizer",
+                serde_json::json!({"type": "Split", "pattern": {"String": " "},
+                                   "behavior": "MergedWithPrevious", "invert": false}),
+            ),
+            with(
+                "/normalizer",
+                serde_json::json!({"type": "Sequence", "normalizers": [
+                    {"type": "Prepend", "prepend": "\u{2581}"},
+                    {"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"}]}),
+            ),
+            with(
+                "/pre_tokenizer",
+                serde_json::json!({"type": "Metaspace", "replacement": "\u{2581}",
+                                   "prepend_scheme": "first", "split": false}),
+            ),
+        ] {
+            assert!(ggml_arrays_exact(&ok), "{ok}");
+        }
+        for bad in [
+            with("/model/byte_fallback", false.into()),
+            with("/model/type", "Unigram".into()),
+            with(
+                "/pre_tokenizer",
+                serde_json::json!({"type": "ByteLevel", "add_prefix_space": false}),
+            ),
+            with(
+                "/pre_tokenizer",
+                serde_json::json!({"type": "Split", "pattern": {"Regex": "\\s+"},
+                                   "behavior": "Isolated", "invert": false}),
+            ),
+            with(
+                "/pre_tokenizer",
+                serde_json::json!({"type": "Metaspace", "replacement": "\u{2581}", "split": true}),
+            ),
+            with("/normalizer", serde_json::json!({"type": "NFKC"})),
+        ] {
+            assert!(!ggml_arrays_exact(&bad), "{bad}");
+        }
     }
 }

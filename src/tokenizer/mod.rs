@@ -37,6 +37,35 @@ pub mod keys {
     pub const UNKNOWN_ID: &str = "tokenizer.ggml.unknown_token_id";
     pub const ADD_BOS: &str = "tokenizer.ggml.add_bos_token";
     pub const ADD_SPACE_PREFIX: &str = "tokenizer.ggml.add_space_prefix";
+    /// rgemma's own (rg-quantize writes it): true when the embedded `tokenizer.json` is a
+    /// SentencePiece model whose ids the `tokenizer.ggml.*` arrays reproduce.
+    pub const GGML_EXACT: &str = "rgemma.tokenizer.ggml_exact";
+}
+
+/// Which of a GGUF file's two tokenizer descriptions to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenizerSource {
+    /// The `tokenizer.ggml.*` arrays (rgemma's SentencePiece encoder: a 256k vocabulary
+    /// loads in well under 0.1 s), unless the file also embeds a `tokenizer.json` that its
+    /// converter did not mark as reproduced by them (`rgemma.tokenizer.ggml_exact`): then
+    /// that one, the exact choice.
+    Auto,
+    /// The `tokenizer.ggml.*` arrays when the file has them.
+    GgmlArrays,
+    /// The embedded `tokenizer.huggingface.json`, run by the `tokenizers` crate, when the
+    /// file has it (about 2 s and 400 MB to load for a 256k vocabulary).
+    HuggingFace,
+}
+
+impl TokenizerSource {
+    /// `RGEMMA_TOKENIZER=ggml` or `=hf`; otherwise (unset or anything else) `Auto`.
+    pub fn from_env() -> TokenizerSource {
+        match std::env::var("RGEMMA_TOKENIZER").as_deref() {
+            Ok("ggml") => TokenizerSource::GgmlArrays,
+            Ok("hf") => TokenizerSource::HuggingFace,
+            _ => TokenizerSource::Auto,
+        }
+    }
 }
 
 /// Both boxed: each is a few KiB (a byte table; two HF tokenizer structs).
@@ -153,10 +182,34 @@ fn read_token_types(file: &GgufFile, n: usize) -> Result<Vec<i64>> {
 }
 
 impl Tokenizer {
-    /// Builds the tokenizer from a GGUF file's metadata (no tensor is touched). `Ok(None)`
-    /// when the file carries neither `tokenizer.huggingface.json` nor `tokenizer.ggml.tokens`.
+    /// Which description of the file this tokenizer runs.
+    pub fn source(&self) -> TokenizerSource {
+        match self.encoder {
+            Encoder::Spm(_) => TokenizerSource::GgmlArrays,
+            Encoder::Hf(_) => TokenizerSource::HuggingFace,
+        }
+    }
+
+    /// Builds the tokenizer from a GGUF file's metadata (no tensor is touched), from the
+    /// source `RGEMMA_TOKENIZER` asks for ([`TokenizerSource::from_env`]). `Ok(None)` when the
+    /// file carries neither `tokenizer.huggingface.json` nor `tokenizer.ggml.tokens`.
     pub fn from_gguf(file: &GgufFile) -> Result<Option<Tokenizer>> {
-        if let Some(value) = file.get(keys::HF_JSON) {
+        Tokenizer::from_gguf_with(file, TokenizerSource::from_env())
+    }
+
+    /// [`Tokenizer::from_gguf`] from the given source.
+    pub fn from_gguf_with(file: &GgufFile, source: TokenizerSource) -> Result<Option<Tokenizer>> {
+        let has_ggml = file.get(keys::TOKENS).is_some();
+        let hf_json = file.get(keys::HF_JSON);
+        let use_hf = hf_json.is_some()
+            && match source {
+                TokenizerSource::HuggingFace => true,
+                TokenizerSource::GgmlArrays => !has_ggml,
+                TokenizerSource::Auto => {
+                    !has_ggml || optional_bool(file, keys::GGML_EXACT)? != Some(true)
+                }
+            };
+        if let Some(value) = hf_json.filter(|_| use_hf) {
             let MetaValue::String(json) = value else {
                 return Err(format_error(format!("{} is not a string", keys::HF_JSON)));
             };
