@@ -306,10 +306,7 @@ fn open_hf(opts: &ConvertOptions, warnings: &mut Vec<String>) -> Result<Opened> 
 
     let name = match &opts.name {
         Some(n) => n.clone(),
-        None => std::fs::canonicalize(dir)
-            .ok()
-            .and_then(|p| p.file_name().map(|f| f.to_string_lossy().into_owned()))
-            .unwrap_or_else(|| "recurrentgemma".into()),
+        None => default_name(dir),
     };
     let mut meta = model_metadata(&cfg, &name, opts.file_type);
     if let Some(tok) = tokenizer::tokenizer_metadata(dir, cfg.vocab_size, warnings)? {
@@ -456,4 +453,28 @@ fn in_file(path: &Path, e: Error) -> Error {
         Error::Format(m) => Error::Format(format!("{}: {m}", path.display())),
         other => other,
     }
+}
+
+/// `general.name` when none is given: the checkpoint folder's name, or for a Hugging Face
+/// cache snapshot (`models--ORG--NAME/snapshots/REVISION`) the repository's `NAME`.
+fn default_name(dir: &Path) -> String {
+    let Ok(path) = std::fs::canonicalize(dir) else {
+        return "recurrentgemma".into();
+    };
+    fn name_of(p: Option<&Path>) -> Option<String> {
+        p.and_then(Path::file_name)
+            .map(|f| f.to_string_lossy().into_owned())
+    }
+    let parent = path.parent();
+    if name_of(parent).as_deref() == Some("snapshots") {
+        if let Some(repo) = name_of(parent.and_then(Path::parent)) {
+            if let Some((_, name)) = repo
+                .strip_prefix("models--")
+                .and_then(|rest| rest.rsplit_once("--"))
+            {
+                return name.to_string();
+            }
+        }
+    }
+    name_of(Some(&path)).unwrap_or_else(|| "recurrentgemma".into())
 }
