@@ -34,7 +34,7 @@ use rgemma::generate::{
 use rgemma::model::{BatchContext, BatchRow, Context, ContextParams, LoadOptions, Model};
 use rgemma::prompt_cache::SavedPrompt;
 use rgemma::sampling::{Sampler, SamplerParams};
-use rgemma::tokenizer::Tokenizer;
+use rgemma::tokenizer::{Tokenizer, TokenizerSource};
 
 /// Set when a write to stdout finds the pipe closed; generation then stops without an error.
 static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
@@ -1291,12 +1291,19 @@ fn print_model_info(model: &Model, tok: Option<&Tokenizer>, path: &Path, n_threa
         "  vocab {} | hidden {} | layers {} | heads {} (kv {}) | window {} | lru width {}",
         hp.n_vocab, hp.hidden, hp.n_layers, hp.n_heads, hp.n_kv_heads, hp.window, hp.lru_width
     );
+    let tokenizer = match tok.map(Tokenizer::source) {
+        None => "none (ids only)",
+        Some(TokenizerSource::HuggingFace) => "tokenizer.huggingface.json (tokenizers crate)",
+        Some(_) => "tokenizer.ggml arrays (SentencePiece)",
+    };
+    eprintln!("  tokenizer: {tokenizer} | threads: {n_threads}");
+    let t = model.load_timings();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
     eprintln!(
-        "  tokenizer: {} | threads: {n_threads}",
-        if tok.is_some() {
-            "yes"
-        } else {
-            "none (ids only)"
-        }
+        "  load stages: open {:.1} ms | check {:.1} ms | repack {:.1} ms | tokenizer {:.1} ms",
+        ms(t.open),
+        ms(t.check),
+        ms(t.repack),
+        ms(t.tokenizer)
     );
 }

@@ -24,6 +24,7 @@ mod state;
 mod weights;
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use crate::gguf::GgufFile;
 use crate::tokenizer::Tokenizer;
@@ -39,8 +40,6 @@ pub use weights::{
     AttentionWeights, LayerWeights, Matrix, RecurrentWeights, TemporalWeights, Weights,
 };
 
-/// A loaded model: the GGUF file (its tensor data stays in the memory map) plus validated
-/// hyperparameters and weight views.
 /// How [`Model::load_with`] prepares the weights.
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
@@ -58,24 +57,44 @@ impl Default for LoadOptions {
     }
 }
 
+/// Where a model's load time went (`rg-run --verbose` prints it).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LoadTimings {
+    /// Reading the GGUF header, metadata and tensor table (the tensor data is only mapped).
+    /// Zero for [`Model::from_gguf`], which gets an open file.
+    pub open: Duration,
+    /// Checking the hyperparameters and every tensor's presence, shape and type.
+    pub check: Duration,
+    /// Repacking the matrices for the SIMD kernels, on every thread (zero when off).
+    pub repack: Duration,
+    /// Building the tokenizer from the metadata.
+    pub tokenizer: Duration,
+}
+
+/// A loaded model: the GGUF file (its tensor data stays in the memory map) plus validated
+/// hyperparameters and weight views.
 pub struct Model {
     gguf: GgufFile,
     hparams: HParams,
     weights: Weights,
     tokenizer: Option<Tokenizer>,
+    timings: LoadTimings,
 }
 
 impl Model {
     /// Opens, memory-maps and validates a GGUF file.
     pub fn load(path: impl AsRef<Path>) -> Result<Model> {
-        let file = GgufFile::open(path.as_ref())?;
-        Model::from_gguf(file)
+        Model::load_with(path, &LoadOptions::default())
     }
 
     /// [`Model::load`] with explicit options.
     pub fn load_with(path: impl AsRef<Path>, options: &LoadOptions) -> Result<Model> {
+        let t0 = Instant::now();
         let file = GgufFile::open(path.as_ref())?;
-        Model::from_gguf_with(file, options)
+        let open = t0.elapsed();
+        let mut model = Model::from_gguf_with(file, options)?;
+        model.timings.open = open;
+        Ok(model)
     }
 
     /// Validates the hyperparameters and every tensor's presence, shape and type.
@@ -85,18 +104,31 @@ impl Model {
 
     /// [`Model::from_gguf`] with explicit options.
     pub fn from_gguf_with(file: GgufFile, options: &LoadOptions) -> Result<Model> {
+        let mut timings = LoadTimings::default();
+        let t = Instant::now();
         let hparams = HParams::from_gguf(&file)?;
         let mut weights = Weights::load(&file, &hparams)?;
+        timings.check = t.elapsed();
         if options.repack {
+            let t = Instant::now();
             packing::pack_weights(&mut weights, &file)?;
+            timings.repack = t.elapsed();
         }
+        let t = Instant::now();
         let tokenizer = Tokenizer::from_gguf(&file)?;
+        timings.tokenizer = t.elapsed();
         Ok(Model {
             gguf: file,
             hparams,
             weights,
             tokenizer,
+            timings,
         })
+    }
+
+    /// Where the load time went.
+    pub fn load_timings(&self) -> LoadTimings {
+        self.timings
     }
 
     pub fn hparams(&self) -> &HParams {
