@@ -8,9 +8,14 @@ bf16 safetensors, sharded (model-0000X-of-0000N.safetensors + model.safetensors.
 about 5.4 GB. Tensors are generated and written in chunks, so the script needs little memory.
 
     python scripts/make_2b_checkpoint.py [OUT_DIR]     # default target/rg2b/hf
+    python scripts/make_2b_checkpoint.py OUT_DIR --tokenizer-json target/gemma3/tokenizer.json
 
 The config uses the transformers 4.x spelling of the published 2B config (`_block_types`,
-top-level `rope_theta` / `partial_rotary_factor`). No tokenizer files are written.
+top-level `rope_theta` / `partial_rotary_factor`). Without --tokenizer-json no tokenizer files
+are written. With it (e.g. the Gemma 3 tokenizer.json that scripts/setup-dev.sh builds from the
+real 262144-token Gemma vocabulary), the vocabulary size follows that file, and the folder
+gets it plus tokenizer_config.json (Gemma's chat template) and special_tokens_map.json, laid out
+like the Hugging Face repository of recurrentgemma-2b-it.
 """
 
 import json
@@ -83,10 +88,51 @@ def values(rng, kind, n):
     return rng.standard_normal(n, dtype=np.float32) * np.float32(0.01)  # bias
 
 
+# Gemma's chat template, as its tokenizer_config.json carries it.
+GEMMA_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not "
+    "supported') }}{% endif %}{% for message in messages %}{% if (message['role'] == 'user') != "
+    "(loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate "
+    "user/assistant/user/assistant/...') }}{% endif %}{% if (message['role'] == 'assistant') %}"
+    "{% set role = 'model' %}{% else %}{% set role = message['role'] %}{% endif %}"
+    "{{ '<start_of_turn>' + role + '\\n' + message['content'] | trim + '<end_of_turn>\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{'<start_of_turn>model\\n'}}{% endif %}"
+)
+
+
+def write_tokenizer(out_dir, tokenizer_json):
+    """Copies tokenizer.json and writes the config files beside it; returns the vocabulary size."""
+    with open(tokenizer_json, encoding="utf-8") as f:
+        tj = json.load(f)
+    ids = list(tj["model"]["vocab"].values()) + [t["id"] for t in tj.get("added_tokens", [])]
+    with open(os.path.join(out_dir, "tokenizer.json"), "w", encoding="utf-8") as f:
+        json.dump(tj, f, ensure_ascii=False)
+    specials = {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>",
+                "unk_token": "<unk>"}
+    config = dict(specials, add_bos_token=True, add_eos_token=False,
+                  chat_template=GEMMA_CHAT_TEMPLATE, tokenizer_class="GemmaTokenizer",
+                  model_max_length=1000000000000000019884624838656)
+    with open(os.path.join(out_dir, "tokenizer_config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+    with open(os.path.join(out_dir, "special_tokens_map.json"), "w") as f:
+        json.dump(specials, f, indent=2)
+    return max(ids) + 1
+
+
 def main():
+    global V
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out_dir = sys.argv[1] if len(sys.argv) > 1 else os.path.join(root, "target", "rg2b", "hf")
+    args = sys.argv[1:]
+    tokenizer_json = None
+    if "--tokenizer-json" in args:
+        i = args.index("--tokenizer-json")
+        tokenizer_json = args[i + 1]
+        del args[i : i + 2]
+    out_dir = args[0] if args else os.path.join(root, "target", "rg2b", "hf")
     os.makedirs(out_dir, exist_ok=True)
+    if tokenizer_json:
+        V = write_tokenizer(out_dir, tokenizer_json)
+        print(f"{out_dir}: tokenizer with {V} tokens", flush=True)
     rng = np.random.default_rng(2560)
 
     # Assign tensors to shards in order.
