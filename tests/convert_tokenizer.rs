@@ -228,6 +228,30 @@ fn other_tokenizers_keep_the_hf_path() {
     assert_eq!(ggml.source(), TokenizerSource::GgmlArrays);
 }
 
+#[test]
+fn corrupt_tokenizer_json_is_an_error() {
+    let dir = fresh_dir("tokenizer-bad").join("tiny-tok");
+    std::fs::create_dir_all(&dir).unwrap();
+    copy_configs(&fixture("tiny-rg"), &dir);
+    std::fs::copy(
+        fixture("tiny-rg/model.safetensors"),
+        dir.join("model.safetensors"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("tokenizer.json"),
+        "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 2}}}",
+    )
+    .unwrap();
+    let out = dir.parent().unwrap().join("tok.gguf");
+    let err = run(&dir, &out, FileType::F32).unwrap_err().to_string();
+    assert!(
+        err.contains("tokenizer.json") && err.contains("no token has id 1"),
+        "{err}"
+    );
+    assert!(!out.exists());
+}
+
 /// A Hugging Face cache snapshot folder (every file a symlink into `blobs/`, as
 /// `huggingface_hub` lays it out) converts to the same bytes as the plain folder, the model
 /// named after the repository rather than the revision.
@@ -272,4 +296,58 @@ fn a_hugging_face_cache_snapshot_converts_like_the_plain_folder() {
         std::fs::read(&from_plain).unwrap(),
         std::fs::read(&from_snapshot).unwrap()
     );
+}
+
+/// A checkpoint folder with only SentencePiece's tokenizer.model (no tokenizer.json): the
+/// converted file's tokenizer gives the ids Google's `sentencepiece` gives
+/// (tests/fixtures/tokenizer-tiny-spm, written by scripts/make_spm_tokenizer_fixture.py).
+#[test]
+fn a_sentencepiece_model_alone_converts_to_the_same_ids() {
+    let dir = fresh_dir("tokenizer-spm").join("tiny-spm");
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["config.json", "generation_config.json"] {
+        std::fs::copy(fixture("tiny-rg").join(f), dir.join(f)).unwrap();
+    }
+    std::fs::copy(
+        fixture("tiny-rg/model.safetensors"),
+        dir.join("model.safetensors"),
+    )
+    .unwrap();
+    std::fs::copy(
+        fixture("tokenizer-tiny-spm/tokenizer.model"),
+        dir.join("tokenizer.model"),
+    )
+    .unwrap();
+    let out = dir.parent().unwrap().join("spm.gguf");
+    let (_, warnings) = run(&dir, &out, FileType::F32).unwrap();
+    assert!(
+        warnings.iter().all(|w| !w.contains("tokenizer")),
+        "{warnings:?}"
+    );
+    let g = GgufFile::open(&out).unwrap();
+    assert!(g.get("tokenizer.huggingface.json").is_none());
+    assert_eq!(g.get_str_array("tokenizer.ggml.tokens").unwrap().len(), 512);
+    assert!(!g.get_bool("tokenizer.ggml.add_space_prefix").unwrap());
+    let tok = Tokenizer::from_gguf(&g).unwrap().unwrap();
+    assert_eq!(tok.source(), TokenizerSource::GgmlArrays);
+    assert_eq!((tok.bos(), tok.eos()), (2, 1));
+    assert_eq!(tok.token_id("<start_of_turn>"), Some(4));
+
+    let expected: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("tokenizer-tiny-spm/expected.json")).unwrap(),
+    )
+    .unwrap();
+    let cases = expected["cases"].as_array().unwrap();
+    assert!(cases.len() >= 10);
+    for case in cases {
+        let text = case["text"].as_str().unwrap();
+        let want: Vec<u32> = case["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(tok.encode(text, false, true).unwrap(), want, "{text:?}");
+        assert_eq!(tok.decode(&want, true).unwrap(), text, "{text:?}");
+    }
 }

@@ -15,6 +15,7 @@ pub mod config;
 pub mod plan;
 pub mod preset;
 pub mod safetensors;
+mod sentencepiece;
 pub mod stream;
 pub mod tokenizer;
 

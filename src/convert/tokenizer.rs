@@ -88,21 +88,47 @@ pub fn tokenizer_metadata(
     n_vocab: u64,
     warnings: &mut Vec<String>,
 ) -> Result<Option<Vec<(String, MetaValue)>>> {
+    let configs = Configs {
+        tokenizer: read_json(&dir.join("tokenizer_config.json"))?,
+        generation: read_json(&dir.join("generation_config.json"))?,
+        model: read_json(&dir.join("config.json"))?,
+    };
     let tj_path = dir.join("tokenizer.json");
-    if !tj_path.exists() {
-        warnings.push(format!(
-            "{}: no tokenizer.json; the output has no tokenizer keys",
-            dir.display()
-        ));
-        return Ok(None);
+    if tj_path.exists() {
+        return json_metadata(dir, &tj_path, n_vocab, &configs, warnings).map(Some);
     }
+    let spm_path = dir.join("tokenizer.model");
+    if spm_path.exists() {
+        return spm_metadata(dir, &spm_path, n_vocab, &configs, warnings).map(Some);
+    }
+    warnings.push(format!(
+        "{}: no tokenizer.json or tokenizer.model; the output has no tokenizer keys",
+        dir.display()
+    ));
+    Ok(None)
+}
+
+/// The checkpoint's JSON configuration files, those present.
+struct Configs {
+    tokenizer: Option<Value>,
+    generation: Option<Value>,
+    model: Option<Value>,
+}
+
+/// From `tokenizer.json`: the arrays, plus the json itself.
+fn json_metadata(
+    dir: &Path,
+    tj_path: &Path,
+    n_vocab: u64,
+    configs: &Configs,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<(String, MetaValue)>> {
+    let tj_path = tj_path.to_path_buf();
     let raw = std::fs::read(&tj_path).map_err(|e| Error::io(&tj_path, e))?;
     let raw = String::from_utf8(raw).map_err(|_| tok_err(&tj_path, "not UTF-8"))?;
     let tj: Value = serde_json::from_str(&raw)
         .map_err(|e| tok_err(&tj_path, format!("not valid JSON: {e}")))?;
-    let tok_cfg = read_json(&dir.join("tokenizer_config.json"))?;
-    let gen_cfg = read_json(&dir.join("generation_config.json"))?;
-    let model_cfg = read_json(&dir.join("config.json"))?;
+    let tok_cfg = configs.tokenizer.as_ref();
 
     let model = tj
         .get("model")
@@ -229,9 +255,121 @@ pub fn tokenizer_metadata(
         types[u] = TYPE_UNKNOWN;
     }
 
+    let named: Vec<(&str, Option<u64>)> = ["bos_token", "eos_token", "pad_token"]
+        .into_iter()
+        .map(|k| {
+            let id = token_string(tok_cfg.and_then(|c| c.get(k))).and_then(find_id);
+            (k, id.map(|i| i as u64))
+        })
+        .collect();
+    let mut meta = vocabulary_metadata(
+        dir,
+        &tj_path,
+        Vocabulary {
+            pieces,
+            types,
+            unk_id,
+            add_space_prefix: prepends_space(&tj),
+        },
+        n_vocab,
+        configs,
+        // tokenizer_config.json names the special tokens by their strings.
+        &|str_key| {
+            named
+                .iter()
+                .find(|(k, _)| *k == str_key)
+                .and_then(|(_, id)| *id)
+        },
+        warnings,
+    )?;
+    if ggml_arrays_exact(&tj) {
+        meta.push((
+            crate::tokenizer::keys::GGML_EXACT.into(),
+            MetaValue::Bool(true),
+        ));
+    }
+    meta.push(("tokenizer.huggingface.json".into(), MetaValue::String(raw)));
+    Ok(meta)
+}
+
+/// From SentencePiece's `tokenizer.model` (a folder without `tokenizer.json`): the arrays
+/// come straight from its pieces, scores and types.
+fn spm_metadata(
+    dir: &Path,
+    path: &Path,
+    n_vocab: u64,
+    configs: &Configs,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<(String, MetaValue)>> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let model = super::sentencepiece::parse(&bytes, &path.display().to_string())?;
+    let unk_id = model
+        .pieces
+        .iter()
+        .position(|p| p.kind == TYPE_UNKNOWN)
+        .or(model.unk_id.map(|u| u as usize));
+    let types = model.pieces.iter().map(|p| p.kind).collect();
+    let pieces = model
+        .pieces
+        .into_iter()
+        .map(|p| Some((p.piece, p.score)))
+        .collect();
+    let (bos, eos, pad) = (model.bos_id, model.eos_id, model.pad_id);
+    vocabulary_metadata(
+        dir,
+        path,
+        Vocabulary {
+            pieces,
+            types,
+            unk_id,
+            add_space_prefix: model.add_dummy_prefix,
+        },
+        n_vocab,
+        configs,
+        // The trainer's ids.
+        &|str_key| match str_key {
+            "bos_token" => bos,
+            "eos_token" => eos,
+            "pad_token" => pad,
+            _ => None,
+        },
+        warnings,
+    )
+}
+
+/// A vocabulary as the `tokenizer.ggml.*` arrays hold it, from either source.
+struct Vocabulary {
+    /// (piece, score) by id; `None` where the source has no token.
+    pieces: Vec<Option<(String, f32)>>,
+    types: Vec<i32>,
+    unk_id: Option<usize>,
+    add_space_prefix: bool,
+}
+
+/// The `tokenizer.*` keys of a vocabulary: the arrays (padded to the embedding's rows), the
+/// special ids (generation_config.json, then config.json, then `own_special`, the source's
+/// own naming, keyed by tokenizer_config.json's `bos_token` / `eos_token` / `pad_token`), the
+/// flags and the chat template.
+#[allow(clippy::too_many_arguments)]
+fn vocabulary_metadata(
+    dir: &Path,
+    source_path: &Path,
+    vocab: Vocabulary,
+    n_vocab: u64,
+    configs: &Configs,
+    own_special: &dyn Fn(&str) -> Option<u64>,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<(String, MetaValue)>> {
+    let Vocabulary {
+        pieces,
+        mut types,
+        unk_id,
+        add_space_prefix,
+    } = vocab;
+    let tok_cfg = configs.tokenizer.as_ref();
     if pieces.len() as u64 > n_vocab {
         return Err(tok_err(
-            &tj_path,
+            source_path,
             format!(
                 "{} tokens, more than the {n_vocab} rows of model.embed_tokens.weight",
                 pieces.len()
@@ -243,14 +381,14 @@ pub fn tokenizer_metadata(
     for (id, p) in pieces.iter().enumerate() {
         let (piece, score) = p
             .as_ref()
-            .ok_or_else(|| tok_err(&tj_path, format!("no token has id {id}")))?;
+            .ok_or_else(|| tok_err(source_path, format!("no token has id {id}")))?;
         tokens.push(piece.clone());
         scores.push(*score);
     }
     if (tokens.len() as u64) < n_vocab {
         warnings.push(format!(
             "{}: {} tokens for {n_vocab} embedding rows; padding with [PAD<id>] (type unused)",
-            tj_path.display(),
+            source_path.display(),
             tokens.len()
         ));
         for id in tokens.len()..n_vocab as usize {
@@ -260,16 +398,11 @@ pub fn tokenizer_metadata(
         }
     }
 
-    // Special ids: generation_config.json, then config.json, then tokenizer_config.json's
-    // token strings looked up in the vocabulary.
+    // Special ids: generation_config.json, then config.json, then the source's own.
     let special = |key: &str, str_key: &str| -> Option<u64> {
-        id_from(gen_cfg.as_ref().and_then(|g| g.get(key)))
-            .or_else(|| id_from(model_cfg.as_ref().and_then(|c| c.get(key))))
-            .or_else(|| {
-                token_string(tok_cfg.as_ref().and_then(|c| c.get(str_key)))
-                    .and_then(find_id)
-                    .map(|i| i as u64)
-            })
+        id_from(configs.generation.as_ref().and_then(|g| g.get(key)))
+            .or_else(|| id_from(configs.model.as_ref().and_then(|c| c.get(key))))
+            .or_else(|| own_special(str_key))
     };
     let mut meta: Vec<(String, MetaValue)> = vec![
         (
@@ -312,7 +445,7 @@ pub fn tokenizer_metadata(
         if let Some(id) = id {
             if id >= n_vocab {
                 return Err(tok_err(
-                    &tj_path,
+                    source_path,
                     format!("{key} {id} is outside the vocabulary"),
                 ));
             }
@@ -321,7 +454,6 @@ pub fn tokenizer_metadata(
     }
     let flag = |key: &str, default: bool| {
         tok_cfg
-            .as_ref()
             .and_then(|c| c.get(key))
             .and_then(Value::as_bool)
             .unwrap_or(default)
@@ -336,19 +468,12 @@ pub fn tokenizer_metadata(
     ));
     meta.push((
         "tokenizer.ggml.add_space_prefix".into(),
-        MetaValue::Bool(prepends_space(&tj)),
+        MetaValue::Bool(add_space_prefix),
     ));
-    if let Some(t) = chat_template(dir, tok_cfg.as_ref())? {
+    if let Some(t) = chat_template(dir, tok_cfg)? {
         meta.push(("tokenizer.chat_template".into(), MetaValue::String(t)));
     }
-    if ggml_arrays_exact(&tj) {
-        meta.push((
-            crate::tokenizer::keys::GGML_EXACT.into(),
-            MetaValue::Bool(true),
-        ));
-    }
-    meta.push(("tokenizer.huggingface.json".into(), MetaValue::String(raw)));
-    Ok(Some(meta))
+    Ok(meta)
 }
 
 /// Whether rgemma's SentencePiece encoder, run on the `tokenizer.ggml.*` arrays derived
