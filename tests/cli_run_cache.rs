@@ -9,7 +9,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use cli_run_support::{fixture_dir, scratch_dir, tiny_f32_gguf, tiny_tok_gguf};
+use cli_run_support::{convert, scratch_dir, tiny_f32_gguf, tiny_tok_checkpoint, tiny_tok_gguf};
 use rgemma::chat::{ChatTemplate, Message, Role};
 use rgemma::gguf::GgufFile;
 use rgemma::tokenizer::Tokenizer;
@@ -383,27 +383,14 @@ fn a_system_prompt_is_folded_into_the_first_turn() {
 #[test]
 fn a_chat_template_other_than_gemmas_is_refused() {
     // The tiny checkpoint with a ChatML template beside its tokenizer.
-    let ckpt = scratch_dir().join("tiny-rg-chatml");
-    std::fs::create_dir_all(&ckpt).unwrap();
-    for f in ["config.json", "generation_config.json", "model.safetensors"] {
-        std::fs::copy(fixture_dir().join(f), ckpt.join(f)).unwrap();
-    }
-    let tok =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cli_run_support/tokenizer-512.json");
-    std::fs::copy(tok, ckpt.join("tokenizer.json")).unwrap();
+    let ckpt = tiny_tok_checkpoint("tiny-rg-chatml");
     std::fs::write(
         ckpt.join("chat_template.jinja"),
         "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}",
     )
     .unwrap();
     let gguf = scratch_dir().join("tiny-rg-chatml.gguf");
-    let conv = Command::new(env!("CARGO_BIN_EXE_rg-quantize"))
-        .arg(&ckpt)
-        .arg(&gguf)
-        .args(["F32", "-q"])
-        .output()
-        .unwrap();
-    assert!(conv.status.success(), "{}", stderr(&conv));
+    convert(&ckpt, &gguf);
 
     let mut child = rg_run(&gguf)
         .arg("-cnv")

@@ -151,10 +151,14 @@ fn tokenizer_json_becomes_ggml_arrays() {
     // Gemma-shaped: marked so that loaders take the fast tokenizer.ggml path by default
     // (which does not even parse the embedded json).
     assert!(g.get_bool("rgemma.tokenizer.ggml_exact").unwrap());
-    let auto = Tokenizer::from_gguf_with(&g, TokenizerSource::Auto)
-        .unwrap()
-        .unwrap();
+    let auto = load(&g, TokenizerSource::Auto);
     assert_eq!(auto.source(), TokenizerSource::GgmlArrays);
+}
+
+fn load(g: &GgufFile, source: TokenizerSource) -> Tokenizer {
+    Tokenizer::from_gguf_with(g, source)
+        .expect("tokenizer loads")
+        .expect("the file has a tokenizer")
 }
 
 /// tiny-rg's weights with the 512-token Gemma-style tokenizer of the rg-run tests, its
@@ -187,13 +191,9 @@ fn convert_with_tokenizer_512(tag: &str, pre_tokenizer: Option<serde_json::Value
 fn gemma_style_tokenizers_default_to_the_ggml_arrays() {
     let g = convert_with_tokenizer_512("tokenizer-gemma-style", None);
     assert!(g.get_bool("rgemma.tokenizer.ggml_exact").unwrap());
-    let auto = Tokenizer::from_gguf_with(&g, TokenizerSource::Auto)
-        .unwrap()
-        .unwrap();
+    let auto = load(&g, TokenizerSource::Auto);
     assert_eq!(auto.source(), TokenizerSource::GgmlArrays);
-    let hf = Tokenizer::from_gguf_with(&g, TokenizerSource::HuggingFace)
-        .unwrap()
-        .unwrap();
+    let hf = load(&g, TokenizerSource::HuggingFace);
     assert_eq!(hf.source(), TokenizerSource::HuggingFace);
     for text in [
         "Hello there, the world is a strange place.",
@@ -218,13 +218,9 @@ fn other_tokenizers_keep_the_hf_path() {
                                         "trim_offsets": true, "use_regex": true});
     let g = convert_with_tokenizer_512("tokenizer-bytelevel", Some(byte_level));
     assert!(g.get("rgemma.tokenizer.ggml_exact").is_none());
-    let auto = Tokenizer::from_gguf_with(&g, TokenizerSource::Auto)
-        .unwrap()
-        .unwrap();
+    let auto = load(&g, TokenizerSource::Auto);
     assert_eq!(auto.source(), TokenizerSource::HuggingFace);
-    let ggml = Tokenizer::from_gguf_with(&g, TokenizerSource::GgmlArrays)
-        .unwrap()
-        .unwrap();
+    let ggml = load(&g, TokenizerSource::GgmlArrays);
     assert_eq!(ggml.source(), TokenizerSource::GgmlArrays);
 }
 

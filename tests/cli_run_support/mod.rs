@@ -40,14 +40,7 @@ pub fn tiny_f32_gguf() -> PathBuf {
 pub fn tiny_tok_gguf() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| {
-        let ckpt = scratch_dir().join("tiny-rg-tok");
-        std::fs::create_dir_all(&ckpt).unwrap();
-        for f in ["config.json", "generation_config.json", "model.safetensors"] {
-            std::fs::copy(fixture_dir().join(f), ckpt.join(f)).unwrap();
-        }
-        let tok =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cli_run_support/tokenizer-512.json");
-        std::fs::copy(tok, ckpt.join("tokenizer.json")).unwrap();
+        let ckpt = tiny_tok_checkpoint("tiny-rg-tok");
         let out = scratch_dir().join("tiny-rg-tok-f32.gguf");
         convert(&ckpt, &out);
         out
@@ -55,7 +48,20 @@ pub fn tiny_tok_gguf() -> PathBuf {
     .clone()
 }
 
-fn convert(input: &Path, out: &Path) {
+/// A checkpoint folder (in the scratch dir) with the tiny-rg weights and `tokenizer-512.json`.
+pub fn tiny_tok_checkpoint(name: &str) -> PathBuf {
+    let ckpt = scratch_dir().join(name);
+    std::fs::create_dir_all(&ckpt).unwrap();
+    for f in ["config.json", "generation_config.json", "model.safetensors"] {
+        std::fs::copy(fixture_dir().join(f), ckpt.join(f)).unwrap();
+    }
+    let tok =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cli_run_support/tokenizer-512.json");
+    std::fs::copy(tok, ckpt.join("tokenizer.json")).unwrap();
+    ckpt
+}
+
+pub fn convert(input: &Path, out: &Path) {
     let res = Command::new(env!("CARGO_BIN_EXE_rg-quantize"))
         .arg(input)
         .arg(out)
