@@ -347,3 +347,87 @@ fn a_sentencepiece_model_alone_converts_to_the_same_ids() {
         assert_eq!(tok.decode(&want, true).unwrap(), text, "{text:?}");
     }
 }
+
+/// With RG_GEMMA3_HF_JSON (set by .ci/run): a checkpoint folder laid out like the Hugging Face
+/// repository, with the real 262144-token Gemma 3 tokenizer.json and tiny-rg's weights (the
+/// embedding grown to 262144 rows), converts to a file whose tokenizer takes the fast path and
+/// encodes the 40 reference texts (tests/fixtures/tokenizer) exactly.
+#[test]
+fn a_full_vocabulary_folder_converts_and_encodes_the_reference_texts() {
+    let Some(json) = std::env::var_os("RG_GEMMA3_HF_JSON") else {
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "skipped: RG_GEMMA3_HF_JSON not set");
+        return;
+    };
+    const N_VOCAB: u64 = 262_144;
+    let dir = fresh_dir("tokenizer-256k").join("recurrentgemma-tiny-256k");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("tiny-rg/config.json")).unwrap())
+            .unwrap();
+    config["vocab_size"] = N_VOCAB.into();
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    std::fs::copy(
+        fixture("tiny-rg/generation_config.json"),
+        dir.join("generation_config.json"),
+    )
+    .unwrap();
+    let mut tensors: Vec<(String, RawTensor)> =
+        read_safetensors(&fixture("tiny-rg/model.safetensors"))
+            .into_iter()
+            .collect();
+    for (name, t) in tensors.iter_mut() {
+        if name == "model.embed_tokens.weight" {
+            let hidden = t.shape[1];
+            let mut values = t.values();
+            values.resize((N_VOCAB * hidden) as usize, 0.01);
+            *t = RawTensor::f32(&[N_VOCAB, hidden], &values);
+        }
+    }
+    write_safetensors(&dir.join("model.safetensors"), &tensors);
+    std::fs::copy(&json, dir.join("tokenizer.json")).unwrap();
+    let specials = serde_json::json!({"bos_token": "<bos>", "eos_token": "<eos>",
+                                      "pad_token": "<pad>", "unk_token": "<unk>"});
+    let mut tok_cfg = specials.clone();
+    tok_cfg["add_bos_token"] = true.into();
+    tok_cfg["chat_template"] =
+        "{{ bos_token }}{% for m in messages %}<start_of_turn>{{ m['role'] }}\n{{ m['content'] }}<end_of_turn>\n{% endfor %}".into();
+    std::fs::write(dir.join("tokenizer_config.json"), tok_cfg.to_string()).unwrap();
+    std::fs::write(dir.join("special_tokens_map.json"), specials.to_string()).unwrap();
+
+    let out = dir.parent().unwrap().join("tiny-256k-q8_0.gguf");
+    run(&dir, &out, FileType::Q8_0).unwrap();
+    let g = GgufFile::open(&out).unwrap();
+    assert!(g.get_bool("rgemma.tokenizer.ggml_exact").unwrap());
+    let tok = Tokenizer::from_gguf(&g).unwrap().unwrap();
+    assert_eq!(tok.source(), TokenizerSource::GgmlArrays);
+    assert_eq!(tok.n_vocab(), N_VOCAB as usize);
+
+    let reference: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("tokenizer/tokenizer_reference.json")).unwrap(),
+    )
+    .unwrap();
+    let texts = reference["texts"].as_array().unwrap();
+    assert_eq!(texts.len(), 40);
+    for entry in texts {
+        let text = entry["text"].as_str().unwrap();
+        let ids = |field: &str| -> Vec<u32> {
+            entry[field]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as u32)
+                .collect()
+        };
+        assert_eq!(
+            tok.encode(text, false, true).unwrap(),
+            ids("ids"),
+            "{text:?}"
+        );
+        assert_eq!(
+            tok.encode(text, true, true).unwrap(),
+            ids("ids_with_bos"),
+            "{text:?}"
+        );
+    }
+}
