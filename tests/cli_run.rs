@@ -4,35 +4,8 @@
 mod cli_run_support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-use cli_run_support::{read_npy_f32, tiny_f32_gguf, Reference};
-
-fn rg_run() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_rg-run"))
-}
-
-fn ids_arg(ids: &[u32]) -> String {
-    ids.iter()
-        .map(|i| i.to_string())
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-fn stderr_of(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn run_ok(cmd: &mut Command) -> Output {
-    let out = cmd.output().expect("spawn rg-run");
-    assert!(
-        out.status.success(),
-        "rg-run failed: {:?}\nstderr:\n{}",
-        out.status,
-        stderr_of(&out)
-    );
-    out
-}
+use cli_run_support::{ids_arg, read_npy_f32, rg_run, run_ok, stderr_of, tiny_f32_gguf, Reference};
 
 /// Parses `{"prompt_ids": [...], "generated_ids": [...], ...}`.
 fn read_ids_json(path: &Path) -> (Vec<u32>, Vec<u32>, serde_json::Value) {

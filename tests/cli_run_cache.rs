@@ -7,52 +7,15 @@ mod cli_run_support;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Stdio;
 
-use cli_run_support::{convert, scratch_dir, tiny_f32_gguf, tiny_tok_checkpoint, tiny_tok_gguf};
+use cli_run_support::{
+    convert, ids_arg, json_ids as ids, read_json, rg_run_on as rg_run, run_ok, scratch_dir,
+    stderr_of as stderr, tiny_f32_gguf, tiny_tok_checkpoint, tiny_tok_gguf,
+};
 use rgemma::chat::{ChatTemplate, Message, Role};
 use rgemma::gguf::GgufFile;
 use rgemma::tokenizer::Tokenizer;
-
-fn rg_run(model: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_rg-run"));
-    c.arg("-m").arg(model);
-    c
-}
-
-fn run_ok(cmd: &mut Command) -> Output {
-    let out = cmd.output().expect("spawn rg-run");
-    assert!(
-        out.status.success(),
-        "rg-run failed: {:?}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array()
-        .expect("id array")
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
-fn ids_arg(ids: &[u32]) -> String {
-    ids.iter()
-        .map(|i| i.to_string())
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-fn read_json(path: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
 
 /// A prompt of `n` ids of the tiny model (vocabulary 256), varied so that its state is not
 /// trivial.

@@ -10,9 +10,9 @@
 mod cli_run_support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
-use cli_run_support::scratch_dir;
+use cli_run_support::{json_ids as ids, read_json, rg_run_on, scratch_dir, stderr_of};
 
 const PROMPT: &str = "The meaning of life is";
 
@@ -21,13 +21,7 @@ fn model() -> PathBuf {
 }
 
 fn rg_run() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_rg-run"));
-    c.arg("-m").arg(model());
-    c
-}
-
-fn stderr_of(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    rg_run_on(&model())
 }
 
 /// One successful run: its stdout and its `--ids-out` JSON.
@@ -52,20 +46,12 @@ fn run_ok(tag: &str, args: &[&str]) -> Run {
         out.status,
         stderr_of(&out)
     );
-    let ids = serde_json::from_str(&std::fs::read_to_string(&ids_path).unwrap()).unwrap();
+    let ids = read_json(&ids_path);
     Run {
         stderr: stderr_of(&out),
         stdout: String::from_utf8(out.stdout).expect("stdout is UTF-8"),
         ids,
     }
-}
-
-fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap_or_else(|| panic!("not an id array: {v}"))
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
 }
 
 /// One continuation as printed: the seed of its header and the text after the header.

@@ -9,10 +9,12 @@
 mod cli_run_support;
 
 use std::io::Write;
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 
-use cli_run_support::{scratch_dir, tiny_tok_gguf};
+use cli_run_support::{
+    ids_arg, json_ids as ids, read_json as json, rg_run_on as rg_run, run_ok, scratch_dir,
+    tiny_tok_gguf,
+};
 use rgemma::gguf::GgufFile;
 use rgemma::tokenizer::Tokenizer;
 
@@ -32,35 +34,6 @@ const TURN2_IDS: [u32; 19] = [
     5, 263, 4, 509, 377, 263, 335, 428, 492, 416, 5, 263, 4, 340, 342, 331, 332, 339, 263,
 ];
 
-fn rg_run(model: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_rg-run"));
-    c.arg("-m").arg(model);
-    c
-}
-
-fn run_ok(cmd: &mut Command) -> Output {
-    let out = cmd.output().expect("spawn rg-run");
-    assert!(
-        out.status.success(),
-        "rg-run failed: {:?}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn json(path: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array()
-        .expect("id array")
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
 fn tokenizer() -> Tokenizer {
     let file = GgufFile::open(tiny_tok_gguf()).unwrap();
     Tokenizer::from_gguf(&file)
@@ -78,13 +51,6 @@ fn stream_text(tok: &Tokenizer, ids: &[u32]) -> String {
         bytes.extend_from_slice(&tok.token_bytes(id).unwrap());
     }
     String::from_utf8_lossy(&bytes).into_owned()
-}
-
-fn ids_arg(ids: &[u32]) -> String {
-    ids.iter()
-        .map(|i| i.to_string())
-        .collect::<Vec<_>>()
-        .join(",")
 }
 
 /// Runs PROMPT greedily; returns (stdout, ids json).

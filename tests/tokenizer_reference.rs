@@ -273,13 +273,7 @@ fn random_text_both_paths_agree() {
         );
     }
     fragments.retain(|f| !f.contains('\u{2581}'));
-    let mut state = 0x2545_F491_4F6C_DD1Du64;
-    let mut next = || {
-        state ^= state >> 12;
-        state ^= state << 25;
-        state ^= state >> 27;
-        state.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    };
+    let mut next = xorshift(0x2545_F491_4F6C_DD1Du64);
     let mut checked = 0;
     for _ in 0..3000 {
         let len = (next() % 16) as usize;
@@ -424,13 +418,7 @@ fn generated_corpus_both_paths_agree() {
         "<mask>",
         "<start_of_image>",
     ];
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    let mut next = || {
-        state ^= state >> 12;
-        state ^= state << 25;
-        state ^= state >> 27;
-        state.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    };
+    let mut next = xorshift(0x9E37_79B9_7F4A_7C15u64);
     let mut checked = 0;
     for _ in 0..10_000 {
         let len = 1 + (next() % 24) as usize;
@@ -460,4 +448,14 @@ fn generated_corpus_both_paths_agree() {
         }
     }
     println!("{checked} generated encodings agree");
+}
+
+/// A xorshift64* generator: reproducible pseudo-random numbers for the generated texts.
+fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
+    move || {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
 }

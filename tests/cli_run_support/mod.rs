@@ -1,12 +1,62 @@
-//! Helpers shared by the `cli_run*` tests: the tiny-rg model converted to GGUF once per test
-//! binary, a minimal safetensors reader for the references, and a `.npy` reader.
+//! Helpers shared by the `cli_run*` tests: running `rg-run`, its id lists, the tiny-rg model
+//! converted to GGUF once per test binary, a minimal safetensors reader for the references,
+//! and a `.npy` reader.
 
 #![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 use std::sync::OnceLock;
+
+/// `rg-run` (no arguments yet).
+pub fn rg_run() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_rg-run"))
+}
+
+/// `rg-run -m model`.
+pub fn rg_run_on(model: &Path) -> Command {
+    let mut c = rg_run();
+    c.arg("-m").arg(model);
+    c
+}
+
+/// Runs `cmd`, which must succeed (its stderr is shown otherwise).
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("spawn rg-run");
+    assert!(
+        out.status.success(),
+        "rg-run failed: {:?}\nstderr:\n{}",
+        out.status,
+        stderr_of(&out)
+    );
+    out
+}
+
+pub fn stderr_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// `--prompt-ids` text of `ids`.
+pub fn ids_arg(ids: &[u32]) -> String {
+    ids.iter()
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A JSON array of token ids.
+pub fn json_ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .expect("id array")
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+pub fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
 
 pub fn fixture_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-rg")
