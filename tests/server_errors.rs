@@ -333,6 +333,23 @@ fn bad_flags_and_missing_models_fail_with_one_line() {
     assert!(!ok && err.contains("--parallel"), "{err}");
     let (ok, err) = run_server(&["-m", m, "--port", "0", "--max-step-ms", "soon"]);
     assert!(!ok && err.contains("--max-step-ms"), "{err}");
+    let (ok, err) = run_server(&["-m", m, "--port", "0", "--burst-interval", "many"]);
+    assert!(!ok && err.contains("--burst-interval"), "{err}");
+    // Two prompt policies at once.
+    let (ok, err) = run_server(&[
+        "-m",
+        m,
+        "--port",
+        "0",
+        "--max-step-ms",
+        "500",
+        "--burst-interval",
+        "8",
+    ]);
+    assert!(
+        !ok && err.contains("--max-step-ms") && err.contains("--burst-interval"),
+        "{err}"
+    );
     let (ok, err) = run_server(&["-m", "/nonexistent/model.gguf", "--port", "0"]);
     assert!(
         !ok && err.contains("error: cannot load /nonexistent/model.gguf"),

@@ -1,6 +1,7 @@
 //! Continuous batching and the prompt cache: concurrent requests get what they get alone
-//! (and the torch continuation where there is one), prompts run in chunks next to
-//! generating streams, a client that leaves frees its slot, a full queue answers 503, a
+//! (and the torch continuation where there is one), prompts run in bursts between the runs
+//! of generating streams (or, paced, in chunks next to them), a client that leaves frees its
+//! slot, a full queue answers 503, a
 //! request's time is bounded, cache hits give the same answers as no cache, SIGTERM lets
 //! requests in flight finish and exits 0.
 
@@ -78,11 +79,21 @@ fn concurrent_greedy_requests_equal_lone_ones() {
     server.wait_metric("rgemma_slots_busy", 0.0);
 }
 
-/// A long prompt runs in chunks between the steps of a generating stream: the stream keeps
-/// receiving tokens while the prompt is in, instead of waiting for all of it.
+/// Paced (`--max-step-ms`): a long prompt runs in chunks between the steps of a generating
+/// stream: the stream keeps receiving tokens while the prompt is in, instead of waiting for
+/// all of it.
 #[test]
-fn long_prompts_do_not_stall_running_streams() {
-    let server = Server::start(&["-np", "2", "-b", "4", "--cache-ram", "0"]);
+fn paced_long_prompts_do_not_stall_running_streams() {
+    let server = Server::start(&[
+        "-np",
+        "2",
+        "-b",
+        "4",
+        "--cache-ram",
+        "0",
+        "--max-step-ms",
+        "1000",
+    ]);
     let mut s = server.stream(
         "/v1/completions",
         &json!({"prompt": "Once", "max_tokens": 16000, "temperature": 0, "stream": true}),
@@ -115,6 +126,51 @@ fn long_prompts_do_not_stall_running_streams() {
             "the stream got {during} tokens while the prompt ran"
         );
     });
+    assert!(server.metric("rgemma_mixed_steps_total") > 0.0);
+    assert_eq!(server.metric("rgemma_prompt_bursts_total"), 0.0);
+}
+
+/// The default policy: a long prompt that arrives while a stream generates runs in a burst
+/// of prompt-only steps once the stream has made its run, so no step carries both; the
+/// stream is still running afterwards, and the prompt's answer is the one it gets alone.
+#[test]
+fn prompts_run_in_bursts_between_the_runs_of_streams() {
+    let server = Server::start(&[
+        "-np",
+        "2",
+        "-b",
+        "8",
+        "--cache-ram",
+        "0",
+        "--burst-interval",
+        "16",
+    ]);
+    let long = json!({"prompt": "word ".repeat(300), "max_tokens": 8, "temperature": 0});
+    let alone = answer_text(&server.post_ok("/v1/completions", &long), 0);
+    let bursts_alone = server.metric("rgemma_prompt_bursts_total");
+    assert_eq!(bursts_alone, 1.0, "no stream: the prompt ran at once");
+
+    let mut s = server.stream(
+        "/v1/completions",
+        &json!({"prompt": "Once", "max_tokens": 16000, "temperature": 0, "stream": true}),
+    );
+    assert!(s.next_data().is_some());
+    // The stream is generating (16000 tokens take seconds): the long prompt waits for its
+    // run of 16 tokens, then runs alone.
+    let v = server.post_ok("/v1/completions", &long);
+    assert_eq!(answer_text(&v, 0), alone);
+    // The stream outlived the burst (it still holds its slot when the long request's is
+    // free).
+    server.wait_metric("rgemma_slots_busy", 1.0);
+    assert_eq!(server.metric("rgemma_mixed_steps_total"), 0.0);
+    assert_eq!(
+        server.metric("rgemma_prompt_bursts_total"),
+        bursts_alone + 2.0,
+        "one burst for the stream's prompt, one for the long one"
+    );
+    assert!(s.next_data().is_some(), "the stream goes on");
+    drop(s);
+    server.wait_metric("rgemma_slots_busy", 0.0);
 }
 
 /// The choices of an `n` > 1 request leave their slots one by one; a new request can take a

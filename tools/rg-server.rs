@@ -17,7 +17,9 @@ use std::time::Duration;
 
 use clap::Parser;
 use rgemma::model::KvType;
-use rgemma::server::{default_max_queue, Limits, ServerConfig};
+use rgemma::server::{
+    default_max_queue, Limits, PromptPolicy, ServerConfig, DEFAULT_BURST_INTERVAL,
+};
 
 /// Most slots `-np` takes: each holds a whole sequence state (tens of MB for 2B models).
 const MAX_PARALLEL: usize = 256;
@@ -61,10 +63,20 @@ struct Args {
     #[arg(short = 'b', long = "batch-size", default_value_t = 512)]
     batch_size: usize,
 
-    /// While requests are streaming, a step carries only the prompt rows that fit in this
-    /// many milliseconds (at the measured speed), so new prompts never stall running streams
-    /// for longer than about this; 0 = no limit (each step fills -b).
-    #[arg(long = "max-step-ms", default_value_t = 1000, value_name = "MS")]
+    /// Running streams generate at least N tokens between two waits for new prompts, which
+    /// run together in prompt-only steps (a burst); 0 = prompts run as soon as they arrive.
+    #[arg(long = "burst-interval", value_name = "N", default_value_t = DEFAULT_BURST_INTERVAL)]
+    burst_interval: usize,
+
+    /// Pace prompts instead of bursts: while requests are streaming, every step carries the
+    /// prompt rows that fit in this many milliseconds (at the measured speed), so no stream
+    /// waits much longer than this for a token; 0 = bursts (--burst-interval).
+    #[arg(
+        long = "max-step-ms",
+        default_value_t = 0,
+        value_name = "MS",
+        conflicts_with = "burst_interval"
+    )]
     max_step_ms: u64,
 
     /// Element type of the attention K/V rings (must equal --cache-type-v).
@@ -185,7 +197,15 @@ fn config(args: &Args) -> Result<ServerConfig, String> {
     config.n_parallel = args.parallel;
     config.n_threads = args.threads.unwrap_or(0);
     config.batch_size = args.batch_size;
-    config.max_step = (args.max_step_ms > 0).then(|| Duration::from_millis(args.max_step_ms));
+    config.prompt_policy = if args.max_step_ms > 0 {
+        PromptPolicy::Paced {
+            max_step: Duration::from_millis(args.max_step_ms),
+        }
+    } else {
+        PromptPolicy::Bursts {
+            interval: args.burst_interval,
+        }
+    };
     config.kv_type = k;
     config.api_key = args.api_key.clone();
     config.metrics_no_auth = args.metrics_no_auth;

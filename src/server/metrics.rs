@@ -22,6 +22,10 @@ pub struct Metrics {
     pub tokens_generated: AtomicU64,
     /// Decode steps, and nanoseconds spent in steps that ran prompt rows / sampled tokens.
     pub decode_steps: AtomicU64,
+    /// Prompt bursts started, and steps that carried prompt rows beside generating streams
+    /// (none under the burst policy; every such step when paced).
+    pub prompt_bursts: AtomicU64,
+    pub mixed_steps: AtomicU64,
     pub prompt_ns: AtomicU64,
     pub generation_ns: AtomicU64,
     /// The engine's measured nanoseconds per batch row (what `--max-step-ms` paces by).
@@ -104,6 +108,18 @@ impl Metrics {
             "counter",
             "Batched decode steps.",
             get(&self.decode_steps).to_string(),
+        );
+        metric(
+            "prompt_bursts_total",
+            "counter",
+            "Bursts of prompt-only steps (running streams waited for new prompts).",
+            get(&self.prompt_bursts).to_string(),
+        );
+        metric(
+            "mixed_steps_total",
+            "counter",
+            "Decode steps that carried prompt rows beside generating streams.",
+            get(&self.mixed_steps).to_string(),
         );
         metric(
             "step_seconds_per_row",

@@ -29,7 +29,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 
 pub use crate::chat::{ChatTemplate, Message, Role};
-pub use config::{default_max_queue, Limits, ServerConfig};
+pub use config::{default_max_queue, Limits, PromptPolicy, ServerConfig, DEFAULT_BURST_INTERVAL};
 pub use error::ApiError;
 
 /// Runs the server until SIGINT / SIGTERM. Errors: the address cannot be bound, the model

@@ -212,7 +212,7 @@ pub fn spawn(
                 rx,
                 &shared,
                 config.cache_ram_bytes,
-                config.max_step,
+                config.prompt_policy,
             );
             let _ = ready.send(Ok(()));
             scheduler.run();

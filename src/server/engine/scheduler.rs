@@ -6,9 +6,13 @@
 //! 2. the few rows that close a finished chat answer (`<end_of_turn>\n`, for its snapshot;
 //!    at most a quarter of the budget);
 //! 3. the rest of the row budget goes to prompts still being run, oldest request first, in
-//!    chunks. The budget is `-b` rows, but a step that carries generating streams takes only
-//!    the prompt rows that fit in `--max-step-ms` (`pacing.rs`), so a long prompt never
-//!    stalls the running streams for longer than about that.
+//!    chunks of up to `-b` rows.
+//!
+//! Which steps carry prompts is the prompt policy's (`pacing.rs`): by default prompts run in
+//! bursts of prompt-only steps, between which every running stream generates at least
+//! `--burst-interval` tokens in steps of their own (1 is then skipped during a burst, and 3
+//! left out between bursts); with `--max-step-ms`, every step carries the prompt rows that
+//! fit in that time beside the streams.
 //!
 //! After the decode, every choice that got logits samples its next token; a prompt that is
 //! complete is snapshotted for the prompt cache, forked into the task's other slots
@@ -21,18 +25,23 @@ use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::sync::mpsc::{Receiver, TryRecvError};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::cache::PromptCache;
 use super::logprobs::LogprobScratch;
-use super::pacing::StepPacer;
+use super::pacing::{BurstStep, Decision, PromptBursts, StepPacer};
 use super::{Event, FinishReason, Job, PromptKind, Shared, Usage};
 use crate::chat::ChatTemplate;
 use crate::generate::TextStream;
 use crate::model::{BatchContext, BatchRow};
 use crate::sampling::Sampler;
 use crate::server::error::ApiError;
+use crate::server::PromptPolicy;
 use crate::tokenizer::Tokenizer;
+
+/// Rows a step of streams may carry besides them between prompt bursts, for closing tails of
+/// finished chat answers (usually 2 tokens; a re-run answer takes a few steps more).
+const CLOSING_ROWS_BESIDE_STREAMS: usize = 16;
 
 /// Why a choice ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,6 +84,9 @@ struct Choice {
     content: String,
     to_feed: Option<u32>,
     phase: Phase,
+    /// `generated.len()` when its current run began (its first token, or the end of the
+    /// last prompt burst it waited for).
+    run_start: usize,
 }
 
 /// An admitted request.
@@ -138,7 +150,10 @@ pub(super) struct Scheduler<'t> {
     meta: Vec<RowMeta>,
     prefill_order: Vec<(u64, usize)>,
     logprobs: LogprobScratch,
+    /// Measures the seconds per row; paces prompts under `PromptPolicy::Paced`.
     pacer: StepPacer,
+    /// `PromptPolicy::Bursts`' state; `None` when paced.
+    bursts: Option<PromptBursts>,
 }
 
 impl<'t> Scheduler<'t> {
@@ -149,7 +164,7 @@ impl<'t> Scheduler<'t> {
         rx: Receiver<Job>,
         shared: &'t Shared,
         cache_bytes: usize,
-        max_step: Option<Duration>,
+        policy: PromptPolicy,
     ) -> Scheduler<'t> {
         let n_seq = ctx.n_seq_max();
         let capacity = ctx.batch_capacity();
@@ -178,7 +193,14 @@ impl<'t> Scheduler<'t> {
             meta: Vec::with_capacity(capacity),
             prefill_order: Vec::with_capacity(n_seq),
             logprobs: LogprobScratch::default(),
-            pacer: StepPacer::new(max_step),
+            pacer: StepPacer::new(match policy {
+                PromptPolicy::Paced { max_step } => Some(max_step),
+                PromptPolicy::Bursts { .. } => None,
+            }),
+            bursts: match policy {
+                PromptPolicy::Bursts { interval } => Some(PromptBursts::new(interval)),
+                PromptPolicy::Paced { .. } => None,
+            },
         }
     }
 
@@ -417,9 +439,12 @@ impl<'t> Scheduler<'t> {
         self.rows.clear();
         self.meta.clear();
         let capacity = self.ctx.batch_capacity();
-        // 1. One token per generating choice.
+        let burst = self.burst_step();
+        // 1. One token per generating choice (they wait while a burst runs).
         for (key, task) in self.tasks.iter_mut().enumerate() {
-            let Some(task) = task else { continue };
+            let Some(task) = task.as_mut().filter(|_| burst.is_none()) else {
+                continue;
+            };
             for (c, ch) in task.choices.iter_mut().enumerate() {
                 if let (Phase::Generating, Some(id)) = (&ch.phase, ch.to_feed.take()) {
                     self.rows.push(BatchRow {
@@ -431,8 +456,20 @@ impl<'t> Scheduler<'t> {
                 }
             }
         }
-        // The rows of steps 2 and 3: all that is left, or what fits beside the streams.
-        let budget = self.rows.len() + self.pacer.extra_rows(self.rows.len(), capacity);
+        // The rows of steps 2 and 3, and the requests whose prompts may use them (admitted
+        // before `prompts_before`): a burst's whole batch for the prompts it covers; paced,
+        // what fits beside the streams for every prompt; between bursts, a few closing rows
+        // beside the streams and no prompt.
+        let gen_rows = self.rows.len();
+        let (budget, prompts_before) = match (&self.bursts, burst) {
+            (None, _) => (
+                gen_rows + self.pacer.extra_rows(gen_rows, capacity),
+                u64::MAX,
+            ),
+            (Some(_), Some(cover)) => (capacity, cover),
+            (Some(_), None) if gen_rows == 0 => (capacity, 0),
+            (Some(_), None) => ((gen_rows + CLOSING_ROWS_BESIDE_STREAMS).min(capacity), 0),
+        };
         // 2. Closing tails of finished chat answers: at most a quarter of the budget, so
         //    that re-running a long answer does not hold back new prompts (nor they it).
         let mut closing_rows = 0u64;
@@ -459,7 +496,10 @@ impl<'t> Scheduler<'t> {
         // 3. Prompt chunks, oldest request first.
         self.prefill_order.clear();
         for (key, task) in self.tasks.iter().enumerate() {
-            if let Some(task) = task.as_ref().filter(|t| t.prefilling()) {
+            if let Some(task) = task
+                .as_ref()
+                .filter(|t| t.prefilling() && t.order < prompts_before)
+            {
                 self.prefill_order.push((task.order, key));
             }
         }
@@ -496,7 +536,50 @@ impl<'t> Scheduler<'t> {
         let m = &self.shared.metrics;
         m.prompt_tokens.fetch_add(prompt_rows, Relaxed);
         m.closing_tokens.fetch_add(closing_rows, Relaxed);
+        if prompt_rows > 0 && gen_rows > 0 {
+            m.mixed_steps.fetch_add(1, Relaxed);
+        }
         !self.rows.is_empty()
+    }
+
+    /// Under `PromptPolicy::Bursts`: whether this step runs prompts only, and for which
+    /// requests (`Some(cover)`: those admitted before order `cover`). Resets the streams'
+    /// runs when a burst has ended. `None` when paced.
+    fn burst_step(&mut self) -> Option<u64> {
+        let bursts = self.bursts.as_mut()?;
+        let tasks = &self.tasks;
+        let prefilling = tasks
+            .iter()
+            .flatten()
+            .filter(|t| t.prefilling())
+            .map(|t| t.order);
+        let generating = || {
+            tasks
+                .iter()
+                .flatten()
+                .flat_map(|t| &t.choices)
+                .filter(|ch| matches!(ch.phase, Phase::Generating))
+        };
+        let shortest_run = generating()
+            .map(|ch| ch.generated.len() - ch.run_start)
+            .min();
+        let Decision {
+            step,
+            started,
+            ended,
+        } = bursts.next_step(prefilling, shortest_run, self.next_order);
+        if ended {
+            for ch in self.tasks.iter_mut().flatten().flat_map(|t| &mut t.choices) {
+                ch.run_start = ch.generated.len();
+            }
+        }
+        if started {
+            self.shared.metrics.prompt_bursts.fetch_add(1, Relaxed);
+        }
+        match step {
+            BurstStep::Burst { cover } => Some(cover),
+            BurstStep::Streams => None,
+        }
     }
 
     /// Samples for every row that asked for logits; snapshots and frees closed answers.
@@ -610,6 +693,7 @@ impl<'t> Scheduler<'t> {
                 content: String::new(),
                 to_feed: None,
                 phase: Phase::Generating,
+                run_start: 0,
             });
         }
         for c in 0..task.choices.len() {
