@@ -90,9 +90,10 @@ fn synthetic_tokenizer() -> (String, Vec<String>, Vec<f32>, Vec<i32>) {
     )
 }
 
-#[test]
-fn tokenizer_json_becomes_ggml_arrays() {
-    let dir = fresh_dir("tokenizer").join("tiny-tok");
+/// A checkpoint folder `name` (in a fresh directory for `tag`) holding tiny-rg's config,
+/// generation config and weights, and no tokenizer: each test adds the tokenizer it checks.
+fn tiny_rg_weights(tag: &str, name: &str) -> std::path::PathBuf {
+    let dir = fresh_dir(tag).join(name);
     std::fs::create_dir_all(&dir).unwrap();
     copy_configs(&fixture("tiny-rg"), &dir);
     std::fs::copy(
@@ -100,6 +101,12 @@ fn tokenizer_json_becomes_ggml_arrays() {
         dir.join("model.safetensors"),
     )
     .unwrap();
+    dir
+}
+
+#[test]
+fn tokenizer_json_becomes_ggml_arrays() {
+    let dir = tiny_rg_weights("tokenizer", "tiny-tok");
     let (tj, tokens, scores, types) = synthetic_tokenizer();
     assert_eq!(tokens[388], "<start_of_turn>");
     std::fs::write(dir.join("tokenizer.json"), &tj).unwrap();
@@ -164,14 +171,7 @@ fn load(g: &GgufFile, source: TokenizerSource) -> Tokenizer {
 /// tiny-rg's weights with the 512-token Gemma-style tokenizer of the rg-run tests, its
 /// `pre_tokenizer` replaced by `pre_tokenizer` when given; converted, opened.
 fn convert_with_tokenizer_512(tag: &str, pre_tokenizer: Option<serde_json::Value>) -> GgufFile {
-    let dir = fresh_dir(tag).join("tiny-tok");
-    std::fs::create_dir_all(&dir).unwrap();
-    copy_configs(&fixture("tiny-rg"), &dir);
-    std::fs::copy(
-        fixture("tiny-rg/model.safetensors"),
-        dir.join("model.safetensors"),
-    )
-    .unwrap();
+    let dir = tiny_rg_weights(tag, "tiny-tok");
     let json = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/cli_run_support/tokenizer-512.json");
     let mut tj: serde_json::Value =
@@ -226,14 +226,7 @@ fn other_tokenizers_keep_the_hf_path() {
 
 #[test]
 fn corrupt_tokenizer_json_is_an_error() {
-    let dir = fresh_dir("tokenizer-bad").join("tiny-tok");
-    std::fs::create_dir_all(&dir).unwrap();
-    copy_configs(&fixture("tiny-rg"), &dir);
-    std::fs::copy(
-        fixture("tiny-rg/model.safetensors"),
-        dir.join("model.safetensors"),
-    )
-    .unwrap();
+    let dir = tiny_rg_weights("tokenizer-bad", "tiny-tok");
     std::fs::write(
         dir.join("tokenizer.json"),
         "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 2}}}",
@@ -299,16 +292,7 @@ fn a_hugging_face_cache_snapshot_converts_like_the_plain_folder() {
 /// (tests/fixtures/tokenizer-tiny-spm, written by scripts/make_spm_tokenizer_fixture.py).
 #[test]
 fn a_sentencepiece_model_alone_converts_to_the_same_ids() {
-    let dir = fresh_dir("tokenizer-spm").join("tiny-spm");
-    std::fs::create_dir_all(&dir).unwrap();
-    for f in ["config.json", "generation_config.json"] {
-        std::fs::copy(fixture("tiny-rg").join(f), dir.join(f)).unwrap();
-    }
-    std::fs::copy(
-        fixture("tiny-rg/model.safetensors"),
-        dir.join("model.safetensors"),
-    )
-    .unwrap();
+    let dir = tiny_rg_weights("tokenizer-spm", "tiny-spm");
     std::fs::copy(
         fixture("tokenizer-tiny-spm/tokenizer.model"),
         dir.join("tokenizer.model"),
