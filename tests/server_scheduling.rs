@@ -11,7 +11,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use server_common::{answer_text, chat, Server, TINY_F32};
+use server_common::{answer_text, chat, Server, ENDLESS, ENDLESS_ARGS, TINY_F32};
 
 fn reference() -> Value {
     let path = concat!(
@@ -84,7 +84,7 @@ fn concurrent_greedy_requests_equal_lone_ones() {
 /// all of it.
 #[test]
 fn paced_long_prompts_do_not_stall_running_streams() {
-    let server = Server::start(&[
+    let args = [
         "-np",
         "2",
         "-b",
@@ -93,10 +93,11 @@ fn paced_long_prompts_do_not_stall_running_streams() {
         "0",
         "--max-step-ms",
         "1000",
-    ]);
+    ];
+    let server = Server::start(&[&args, ENDLESS_ARGS.as_slice()].concat());
     let mut s = server.stream(
         "/v1/completions",
-        &json!({"prompt": "Once", "max_tokens": 16000, "temperature": 0, "stream": true}),
+        &json!({"prompt": "Once", "max_tokens": ENDLESS, "temperature": 0, "stream": true}),
     );
     assert!(s.next_data().is_some());
     let long_prompt = "word ".repeat(2000);
@@ -135,7 +136,7 @@ fn paced_long_prompts_do_not_stall_running_streams() {
 /// stream is still running afterwards, and the prompt's answer is the one it gets alone.
 #[test]
 fn prompts_run_in_bursts_between_the_runs_of_streams() {
-    let server = Server::start(&[
+    let args = [
         "-np",
         "2",
         "-b",
@@ -144,7 +145,8 @@ fn prompts_run_in_bursts_between_the_runs_of_streams() {
         "0",
         "--burst-interval",
         "16",
-    ]);
+    ];
+    let server = Server::start(&[&args, ENDLESS_ARGS.as_slice()].concat());
     let long = json!({"prompt": "word ".repeat(300), "max_tokens": 8, "temperature": 0});
     let alone = answer_text(&server.post_ok("/v1/completions", &long), 0);
     let bursts_alone = server.metric("rgemma_prompt_bursts_total");
@@ -152,10 +154,10 @@ fn prompts_run_in_bursts_between_the_runs_of_streams() {
 
     let mut s = server.stream(
         "/v1/completions",
-        &json!({"prompt": "Once", "max_tokens": 16000, "temperature": 0, "stream": true}),
+        &json!({"prompt": "Once", "max_tokens": ENDLESS, "temperature": 0, "stream": true}),
     );
     assert!(s.next_data().is_some());
-    // The stream is generating (16000 tokens take seconds): the long prompt waits for its
+    // The stream is generating (it outlives the test): the long prompt waits for its
     // run of 16 tokens, then runs alone.
     let v = server.post_ok("/v1/completions", &long);
     assert_eq!(answer_text(&v, 0), alone);
@@ -224,10 +226,10 @@ fn a_slot_freed_by_one_choice_serves_a_new_request() {
 /// (with -np 1 the next request is served) and no more tokens are generated for it.
 #[test]
 fn disconnect_mid_stream_frees_the_slot() {
-    let server = Server::start(&["-np", "1"]);
+    let server = Server::start(&[&["-np", "1"], ENDLESS_ARGS.as_slice()].concat());
     let mut s = server.stream(
         "/v1/completions",
-        &json!({"prompt": "The", "max_tokens": 16000, "temperature": 0, "stream": true}),
+        &json!({"prompt": "The", "max_tokens": ENDLESS, "temperature": 0, "stream": true}),
     );
     for _ in 0..3 {
         assert!(s.next_data().is_some());
@@ -237,7 +239,7 @@ fn disconnect_mid_stream_frees_the_slot() {
     server.wait_metric("rgemma_slots_busy", 0.0);
     let generated = server.metric("rgemma_tokens_generated_total");
     assert!(
-        generated < 16000.0,
+        generated < ENDLESS as f64,
         "generation went on: {generated} tokens"
     );
     std::thread::sleep(Duration::from_millis(100));
@@ -248,7 +250,7 @@ fn disconnect_mid_stream_frees_the_slot() {
     server.wait_log("POST /v1/completions 200 in=2 out=0");
 
     // The same for a request that is not streamed: the client sends it and goes away.
-    let body = json!({"prompt": "The", "max_tokens": 16000, "temperature": 0}).to_string();
+    let body = json!({"prompt": "The", "max_tokens": ENDLESS, "temperature": 0}).to_string();
     let mut c = server.connect().unwrap();
     let head = format!(
         "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
@@ -260,18 +262,19 @@ fn disconnect_mid_stream_frees_the_slot() {
     drop(c);
     server.wait_metric("rgemma_slots_busy", 0.0);
     server.wait_log("POST /v1/completions 499");
-    assert!(server.metric("rgemma_tokens_generated_total") < generated + 16000.0);
+    assert!(server.metric("rgemma_tokens_generated_total") < generated + ENDLESS as f64);
 }
 
 /// -np 1 and a queue of 1: with one request running and one waiting, the next gets 503 with
 /// Retry-After; the waiting one is served when the slot frees.
 #[test]
 fn full_queue_answers_503_with_retry_after() {
-    let server = Server::start(&["-np", "1", "--max-queue", "1"]);
+    let server =
+        Server::start(&[&["-np", "1", "--max-queue", "1"], ENDLESS_ARGS.as_slice()].concat());
     // Greedy: a sampled stream could end on its own (EOS) and free the slot too early.
     let mut running = server.stream(
         "/v1/completions",
-        &json!({"prompt": "The", "max_tokens": 16000, "temperature": 0, "stream": true}),
+        &json!({"prompt": "The", "max_tokens": ENDLESS, "temperature": 0, "stream": true}),
     );
     assert!(running.next_data().is_some());
     std::thread::scope(|scope| {
@@ -297,19 +300,20 @@ fn full_queue_answers_503_with_retry_after() {
 /// first served, so which one depends on how fast the slot frees).
 #[test]
 fn timeout_bounds_a_request() {
-    let server = Server::start(&["-np", "1", "--timeout", "1"]);
+    let server =
+        Server::start(&[&["-np", "1", "--timeout", "1"], ENDLESS_ARGS.as_slice()].concat());
     std::thread::scope(|scope| {
         let server = &server;
         let long = scope.spawn(move || {
             server.post_ok(
                 "/v1/completions",
-                &json!({"prompt": "The", "max_tokens": 16000, "temperature": 0}),
+                &json!({"prompt": "The", "max_tokens": ENDLESS, "temperature": 0}),
             )
         });
         server.wait_metric("rgemma_slots_busy", 1.0);
         let r = server.post(
             "/v1/completions",
-            &json!({"prompt": "A", "max_tokens": 16000}),
+            &json!({"prompt": "A", "max_tokens": ENDLESS}),
         );
         if r.status == 200 {
             assert_eq!(r.json()["choices"][0]["finish_reason"], "length");
@@ -320,7 +324,7 @@ fn timeout_bounds_a_request() {
         let v = long.join().unwrap();
         assert_eq!(v["choices"][0]["finish_reason"], "length");
         let n = v["usage"]["completion_tokens"].as_u64().unwrap();
-        assert!(n > 0 && n < 16000, "{n} tokens");
+        assert!(n > 0 && n < ENDLESS, "{n} tokens");
         assert!(!answer_text(&v, 0).is_empty());
     });
 }

@@ -30,7 +30,8 @@ pub struct Metrics {
     pub generation_ns: AtomicU64,
     /// The engine's measured nanoseconds per batch row (what `--max-step-ms` paces by).
     pub step_row_ns: AtomicU64,
-    /// Requests waiting for a slot.
+    /// Requests waiting for a slot: counted up when a handler submits one and down when the
+    /// engine admits or drops it (the admission counter itself, not a copy).
     pub queue_length: AtomicU64,
     /// Slots held by a request.
     pub slots_busy: AtomicU64,

@@ -20,6 +20,12 @@ pub const TINY_Q8: &str = concat!(
 );
 pub const TINY_F32: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/tiny-fortunes-f32.gguf");
 
+/// `max_tokens` of a stream meant to outlive the test that reads it (greedy on the tiny
+/// model never meets EOS; even alone on a fast core it runs for minutes). A server that
+/// accepts it needs [`ENDLESS_ARGS`].
+pub const ENDLESS: u64 = 1_000_000;
+pub const ENDLESS_ARGS: [&str; 2] = ["--max-tokens", "1000000"];
+
 /// Longest wait for anything (start-up, a response, an exit).
 pub const PATIENCE: Duration = Duration::from_secs(60);
 

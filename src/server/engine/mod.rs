@@ -16,7 +16,7 @@ mod logprobs;
 mod pacing;
 mod scheduler;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
@@ -123,9 +123,9 @@ pub struct Loaded {
 /// State shared by the HTTP side and the engine.
 pub struct Shared {
     pub loaded: OnceLock<Loaded>,
+    /// `metrics.queue_length` is also the admission counter (jobs submitted and not yet
+    /// given a slot), so the gauge is never stale.
     pub metrics: Metrics,
-    /// Jobs submitted and not yet given a slot.
-    queued: AtomicUsize,
 }
 
 impl Shared {
@@ -133,7 +133,6 @@ impl Shared {
         Shared {
             loaded: OnceLock::new(),
             metrics: Metrics::default(),
-            queued: AtomicUsize::new(0),
         }
     }
 }
@@ -154,20 +153,17 @@ pub struct EngineHandle {
 impl EngineHandle {
     /// Queues `job`; 503 (busy) when `max_queue` requests already wait for a slot.
     pub fn submit(&self, job: Job) -> Result<(), ApiError> {
-        let before = self.shared.queued.fetch_add(1, Ordering::SeqCst);
+        let queued = &self.shared.metrics.queue_length;
+        let before = queued.fetch_add(1, Ordering::SeqCst) as usize;
         if before >= self.max_queue {
-            self.shared.queued.fetch_sub(1, Ordering::SeqCst);
+            queued.fetch_sub(1, Ordering::SeqCst);
             return Err(ApiError::busy(format!(
                 "{before} requests are already waiting for a slot (--max-queue {}); retry later",
                 self.max_queue
             )));
         }
-        self.shared
-            .metrics
-            .queue_length
-            .store((before + 1) as u64, Ordering::Relaxed);
         self.tx.send(job).map_err(|_| {
-            self.shared.queued.fetch_sub(1, Ordering::SeqCst);
+            queued.fetch_sub(1, Ordering::SeqCst);
             ApiError::internal("the engine has stopped")
         })
     }

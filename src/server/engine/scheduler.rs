@@ -288,7 +288,7 @@ impl<'t> Scheduler<'t> {
     /// answers 503 to those whose time ran out while waiting.
     fn admit(&mut self) {
         let now = Instant::now();
-        let queued = &self.shared.queued;
+        let queued = &self.shared.metrics.queue_length;
         self.waiting.retain(|job| {
             let gone = job.events.is_closed();
             let late = job.deadline.is_some_and(|d| now >= d);
@@ -313,7 +313,7 @@ impl<'t> Scheduler<'t> {
                 break;
             }
             let job = self.waiting.pop_front().expect("front exists");
-            self.shared.queued.fetch_sub(1, SeqCst);
+            self.shared.metrics.queue_length.fetch_sub(1, SeqCst);
             self.start_task(job);
         }
     }
@@ -899,8 +899,6 @@ impl<'t> Scheduler<'t> {
         let m = &self.shared.metrics;
         let busy = self.slot_owner.iter().filter(|o| o.is_some()).count();
         m.slots_busy.store(busy as u64, Relaxed);
-        m.queue_length
-            .store(self.shared.queued.load(SeqCst) as u64, Relaxed);
         m.cache_bytes.store(self.cache.bytes() as u64, Relaxed);
         m.cache_entries.store(self.cache.entries() as u64, Relaxed);
         let row_ns = self.pacer.secs_per_row().map_or(0.0, |s| s * 1e9);
