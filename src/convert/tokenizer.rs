@@ -309,10 +309,16 @@ fn spm_metadata(
         .position(|p| p.kind == TYPE_UNKNOWN)
         .or(model.unk_id.map(|u| u as usize));
     let types = model.pieces.iter().map(|p| p.kind).collect();
+    // SentencePiece matches user-defined pieces after escaping whitespace, so Gemma's runs of
+    // spaces are stored as "▁▁"...; the encoder (like llama.cpp's) matches them in the raw
+    // text, so they are written pre-normalized, as llama.cpp's converter does.
     let pieces = model
         .pieces
         .into_iter()
-        .map(|p| Some((p.piece, p.score)))
+        .map(|p| match p.kind {
+            TYPE_USER_DEFINED => Some((p.piece.replace('\u{2581}', " "), p.score)),
+            _ => Some((p.piece, p.score)),
+        })
         .collect();
     let (bos, eos, pad) = (model.bos_id, model.eos_id, model.pad_id);
     vocabulary_metadata(
