@@ -10,6 +10,7 @@ pub mod generate;
 pub mod gguf;
 pub mod model;
 pub mod perplexity;
+pub mod process_memory;
 pub mod prompt_cache;
 pub mod sampling;
 #[cfg(feature = "server")]

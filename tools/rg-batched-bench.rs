@@ -38,6 +38,7 @@ use rgemma::convert::FileType;
 use rgemma::model::{
     state_bytes_per_sequence, BatchContext, BatchRow, ContextParams, KvType, Model,
 };
+use rgemma::process_memory;
 use rgemma_quant::dot::Backend;
 use serde_json::json;
 
@@ -153,13 +154,6 @@ fn validate(args: &Args) -> Result<(), String> {
 
 fn max_of(v: &[usize]) -> usize {
     v.iter().copied().max().unwrap_or(0)
-}
-
-/// A field of a `/proc` file in KiB (Linux), e.g. `("/proc/self/status", "VmHWM")`.
-fn proc_kib(file: &str, field: &str) -> Option<u64> {
-    let s = std::fs::read_to_string(file).ok()?;
-    let line = s.lines().find(|l| l.split(':').next() == Some(field))?;
-    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// The CPU's marketing name: /proc/cpuinfo's `model name` on Linux (x86), `sysctl
@@ -367,7 +361,7 @@ fn run(args: &Args) -> Result<(Setup, Vec<Run>), String> {
     // than be killed half-way for want of memory.
     let n_seq_max = max_of(&args.npl);
     let state_total = (n_seq_max as u64).saturating_mul(state_bytes_per_seq as u64);
-    if let Some(avail_kib) = proc_kib("/proc/meminfo", "MemAvailable") {
+    if let Some(avail_kib) = process_memory::meminfo_kib("MemAvailable") {
         if state_total > avail_kib.saturating_mul(1024) {
             return Err(format!(
                 "-npl {n_seq_max} needs {:.1} MiB of sequence state ({:.2} MiB each), \
@@ -412,7 +406,7 @@ fn run(args: &Args) -> Result<(Setup, Vec<Run>), String> {
                     pl,
                     t_pp,
                     t_tg,
-                    vm_hwm_kib: proc_kib("/proc/self/status", "VmHWM"),
+                    vm_hwm_kib: process_memory::status_kib("VmHWM"),
                 };
                 let s = r.speeds(args.pps);
                 eprintln!(

@@ -30,6 +30,7 @@ use std::time::Instant;
 
 use clap::{Parser, ValueEnum};
 use rgemma::model::{Context, ContextParams, Model};
+use rgemma::process_memory;
 use rgemma_quant::dot::{self, Backend};
 use rgemma_quant::packed;
 use rgemma_quant::GgmlType;
@@ -168,13 +169,6 @@ impl TokenRng {
     fn tokens(&mut self, n: usize, n_vocab: usize) -> Vec<u32> {
         (0..n).map(|_| self.next(n_vocab)).collect()
     }
-}
-
-/// A field of /proc/self/status in KiB (Linux), e.g. "VmHWM".
-fn proc_status_kib(field: &str) -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with(field))?;
-    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn ftype_name(ft: u32) -> &'static str {
@@ -391,8 +385,8 @@ fn run_model(args: &Args, path: &PathBuf, records: &mut Vec<Record>) -> Result<(
                     samples_ts,
                     samples_ns,
                     weight_gbps,
-                    vm_hwm_kib: proc_status_kib("VmHWM"),
-                    vm_rss_kib: proc_status_kib("VmRSS"),
+                    vm_hwm_kib: process_memory::status_kib("VmHWM"),
+                    vm_rss_kib: process_memory::status_kib("VmRSS"),
                     probe_gbps: (!probes.is_empty()).then(|| mean_std(probes).0),
                 };
                 let (m, s) = mean_std(&r.samples_ts);

@@ -1299,8 +1299,12 @@ fn print_model_info(model: &Model, tok: Option<&Tokenizer>, path: &Path, n_threa
     eprintln!("  tokenizer: {tokenizer} | threads: {n_threads}");
     let t = model.load_timings();
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let tokenizer_mib = t.tokenizer_resident_bytes.map_or("n/a".to_string(), |b| {
+        format!("{:.1}", b as f64 / (1 << 20) as f64)
+    });
     eprintln!(
-        "  load stages: open {:.1} ms | check {:.1} ms | repack {:.1} ms | tokenizer {:.1} ms",
+        "  load stages: open {:.1} ms | check {:.1} ms | repack {:.1} ms | tokenizer {:.1} ms \
+         ({tokenizer_mib} MiB resident)",
         ms(t.open),
         ms(t.check),
         ms(t.repack),

@@ -57,7 +57,7 @@ impl Default for LoadOptions {
     }
 }
 
-/// Where a model's load time went (`rg-run --verbose` prints it).
+/// Where a model's load time went, and the tokenizer's memory (`rg-run --verbose` prints it).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct LoadTimings {
     /// Reading the GGUF header, metadata and tensor table (the tensor data is only mapped).
@@ -69,6 +69,9 @@ pub struct LoadTimings {
     pub repack: Duration,
     /// Building the tokenizer from the metadata.
     pub tokenizer: Duration,
+    /// How much the process's resident set grew while the tokenizer was built: its tables
+    /// plus the metadata pages it read from the map (`None` where the platform does not say).
+    pub tokenizer_resident_bytes: Option<u64>,
 }
 
 /// A loaded model: the GGUF file (its tensor data stays in the memory map) plus validated
@@ -115,8 +118,12 @@ impl Model {
             timings.repack = t.elapsed();
         }
         let t = Instant::now();
+        let rss_before = crate::process_memory::resident_bytes();
         let tokenizer = Tokenizer::from_gguf(&file)?;
         timings.tokenizer = t.elapsed();
+        timings.tokenizer_resident_bytes = rss_before
+            .zip(crate::process_memory::resident_bytes())
+            .map(|(before, after)| after.saturating_sub(before));
         Ok(Model {
             gguf: file,
             hparams,
