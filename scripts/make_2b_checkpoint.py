@@ -1,30 +1,45 @@
 #!/usr/bin/env python3
-"""Write a random-weight Hugging Face RecurrentGemma checkpoint with the real 2B geometry.
+"""Write a random-weight Hugging Face RecurrentGemma checkpoint with the real 2B or 9B geometry.
 
-For benchmarking rg-quantize and the engine at full size without the real weights:
-hidden 2560, 26 layers (recurrent, recurrent, attention), lru 2560, intermediate_size 15360
-(MLP branch 7680), 10 heads, 1 KV head, head_dim 256, vocab 256000, window 2048, conv 4.
-bf16 safetensors, sharded (model-0000X-of-0000N.safetensors + model.safetensors.index.json),
-about 5.4 GB. Tensors are generated and written in chunks, so the script needs little memory.
+For benchmarking rg-quantize and the engine at full size without the real weights. Both have
+layers in the (recurrent, recurrent, attention) pattern, 1 KV head, head_dim 256, vocab 256000,
+window 2048, conv 4, and RG-LRU gates in one block per head:
+- 2B (default): hidden 2560, 26 layers, lru 2560, intermediate_size 15360 (MLP branch 7680),
+  10 heads; about 5.4 GB.
+- 9B (`--9b`): hidden 4096, 38 layers, lru 4096, intermediate_size 24576 (MLP branch 12288),
+  16 heads; about 17 GB.
+bf16 safetensors, sharded (model-0000X-of-0000N.safetensors + model.safetensors.index.json).
+Tensors are generated and written in chunks, so the script needs little memory.
 
     python scripts/make_2b_checkpoint.py [OUT_DIR]     # default target/rg2b/hf
-    python scripts/make_2b_checkpoint.py OUT_DIR --tokenizer-json target/gemma3/tokenizer.json
+    python scripts/make_2b_checkpoint.py --9b [OUT_DIR]     # default target/rg9b/hf
+    python scripts/make_2b_checkpoint.py OUT_DIR --tokenizer-json target/gemma3/tokenizer.json \
+        [--tokenizer-model target/gemma3/tokenizer.model]
 
 The config uses the transformers 4.x spelling of the published 2B config (`_block_types`,
 top-level `rope_theta` / `partial_rotary_factor`). Without --tokenizer-json no tokenizer files
 are written. With it (e.g. the Gemma 3 tokenizer.json that scripts/setup-dev.sh builds from the
 real 262144-token Gemma vocabulary), the vocabulary size follows that file, and the folder
 gets it plus tokenizer_config.json (Gemma's chat template) and special_tokens_map.json, laid out
-like the Hugging Face repository of recurrentgemma-2b-it.
+like the Hugging Face repository of recurrentgemma-2b-it; --tokenizer-model adds SentencePiece's
+tokenizer.model beside it (scripts/gemma3_hf_tokenizer_json.py --spm writes one for that
+vocabulary), as the real repository has both.
 """
 
 import json
 import os
+import shutil
 import sys
 
 import numpy as np
 
-V, H, LAYERS, L, M2, NH, NKV, HD, W, K = 256000, 2560, 26, 2560, 15360, 10, 1, 256, 2048, 4
+GEOMETRY = {
+    # name: (hidden, layers, lru_width, intermediate_size, heads)
+    "2b": (2560, 26, 2560, 15360, 10),
+    "9b": (4096, 38, 4096, 24576, 16),
+}
+V, NKV, HD, W, K = 256000, 1, 256, 2048, 4
+H, LAYERS, L, M2, NH = GEOMETRY["2b"]
 M = M2 // 2
 NB, BW = NH, L // NH
 SHARD_BYTES = 2 << 30  # ~2 GiB per shard
@@ -119,21 +134,36 @@ def write_tokenizer(out_dir, tokenizer_json):
     return max(ids) + 1
 
 
+def take_option(args, flag):
+    """Removes `flag VALUE` from args and returns VALUE (None when absent)."""
+    if flag not in args:
+        return None
+    i = args.index(flag)
+    value = args[i + 1]
+    del args[i : i + 2]
+    return value
+
+
 def main():
-    global V
+    global V, H, LAYERS, L, M2, NH, M, NB, BW
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     args = sys.argv[1:]
-    tokenizer_json = None
-    if "--tokenizer-json" in args:
-        i = args.index("--tokenizer-json")
-        tokenizer_json = args[i + 1]
-        del args[i : i + 2]
-    out_dir = args[0] if args else os.path.join(root, "target", "rg2b", "hf")
+    tokenizer_json = take_option(args, "--tokenizer-json")
+    tokenizer_model = take_option(args, "--tokenizer-model")
+    geometry = "2b"
+    if "--9b" in args:
+        args.remove("--9b")
+        geometry = "9b"
+    H, LAYERS, L, M2, NH = GEOMETRY[geometry]
+    M, NB, BW = M2 // 2, NH, L // NH
+    out_dir = args[0] if args else os.path.join(root, "target", f"rg{geometry}", "hf")
     os.makedirs(out_dir, exist_ok=True)
     if tokenizer_json:
         V = write_tokenizer(out_dir, tokenizer_json)
         print(f"{out_dir}: tokenizer with {V} tokens", flush=True)
-    rng = np.random.default_rng(2560)
+    if tokenizer_model:
+        shutil.copyfile(tokenizer_model, os.path.join(out_dir, "tokenizer.model"))
+    rng = np.random.default_rng(H)
 
     # Assign tensors to shards in order.
     shards, cur, cur_bytes = [], [], 0
