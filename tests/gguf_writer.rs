@@ -229,6 +229,51 @@ fn error_midway_leaves_no_file_and_keeps_old_output() {
     assert_eq!(std::fs::read(&out).unwrap(), b"old contents");
 }
 
+/// A tensor written in parts (as the converter streams large tensors) gives the bytes of the
+/// whole write; parts that run past the tensor, or a whole write after a part, are errors.
+#[test]
+fn tensors_written_in_parts_equal_whole_writes() {
+    let dir = scratch_dir("parts");
+    let specs = [one_tensor("a", 12), one_tensor("b", 4), one_tensor("c", 0)];
+    let data: Vec<Vec<u8>> = specs
+        .iter()
+        .enumerate()
+        .map(|(k, s)| fixture_tensor_bytes(k, &s.name, s.size().unwrap() as usize))
+        .collect();
+    let whole = dir.join("whole.gguf");
+    let mut w = GgufWriter::create(&whole, &[], &specs).unwrap();
+    for d in &data {
+        w.write_tensor_data(d).unwrap();
+    }
+    w.finish().unwrap();
+    let parts = dir.join("parts.gguf");
+    let mut w = GgufWriter::create(&parts, &[], &specs).unwrap();
+    for piece in data[0].chunks(5) {
+        w.write_tensor_part(piece).unwrap();
+    }
+    w.write_tensor_part(&data[1][..10]).unwrap();
+    w.write_tensor_part(&data[1][10..]).unwrap();
+    w.write_tensor_part(&[]).unwrap(); // the empty tensor "c"
+    w.finish().unwrap();
+    assert_eq!(
+        std::fs::read(&whole).unwrap(),
+        std::fs::read(&parts).unwrap()
+    );
+
+    let out = dir.join("overrun.gguf");
+    let mut w = GgufWriter::create(&out, &[], &specs).unwrap();
+    w.write_tensor_part(&data[0][..40]).unwrap();
+    let err = w.write_tensor_part(&data[0][..9]).unwrap_err().to_string();
+    assert!(err.contains("49 bytes written, expected 48"), "{err}");
+    assert!(w.finish().is_err());
+    let mut w = GgufWriter::create(&out, &[], &specs).unwrap();
+    w.write_tensor_part(&data[0][..8]).unwrap();
+    let err = w.write_tensor_data(&data[0]).unwrap_err().to_string();
+    assert!(err.contains("after 8 bytes"), "{err}");
+    assert!(w.finish().is_err());
+    assert!(!out.exists());
+}
+
 #[test]
 fn drop_without_finish_leaves_nothing() {
     let dir = scratch_dir("atomic-drop");

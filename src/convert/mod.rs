@@ -201,24 +201,38 @@ pub fn convert(
         .map_err(|e| Error::InvalidArgument(format!("--threads: {e}")))?;
 
     let mut writer = GgufWriter::create(&opts.output, &metadata, &specs)?;
-    let mut out = Vec::new();
+    // One window of output at a time (see `stream`): peak memory does not grow with the
+    // largest tensor.
+    let mut window = Vec::new();
     let mut total_dst = 0u64;
     let mut n_elements = 0u64;
     for (i, (p, &dst_ty)) in plan.iter().zip(&types).enumerate() {
         let (src_ty, src, src_row_len) = input.source(&p.source)?;
-        if matches!(input, Input::Gguf(_)) && src_ty == dst_ty && p.transform == Transform::Copy {
+        let dst_bytes = if matches!(input, Input::Gguf(_))
+            && src_ty == dst_ty
+            && p.transform == Transform::Copy
+        {
             // Same type: copy the bytes, as llama-quantize does.
-            out.clear();
-            out.extend_from_slice(src);
+            writer.write_tensor_data(src)?;
+            src.len() as u64
         } else {
             let release = |part: &[u8]| input.release(&p.source, part);
+            let mut sink = |part: &[u8]| -> Result<()> { Ok(writer.write_tensor_part(part)?) };
             pool.install(|| {
-                stream::convert_tensor(p, src_ty, src, src_row_len, dst_ty, &mut out, &release)
-            })?;
-        }
-        writer.write_tensor_data(&out)?;
+                stream::convert_tensor(
+                    p,
+                    src_ty,
+                    src,
+                    src_row_len,
+                    dst_ty,
+                    &mut window,
+                    &mut sink,
+                    &release,
+                )
+            })?
+        };
         input.release(&p.source, src);
-        total_dst += out.len() as u64;
+        total_dst += dst_bytes;
         n_elements += p.n_elements();
         progress(Progress::Tensor(TensorReport {
             index: i + 1,
@@ -228,10 +242,10 @@ pub fn convert(
             src_type: src_ty,
             src_bytes: src.len() as u64,
             dst_type: dst_ty,
-            dst_bytes: out.len() as u64,
+            dst_bytes,
         }));
     }
-    drop(out);
+    drop(window);
     writer.finish()?;
     let output_bytes = std::fs::metadata(&opts.output)
         .map_err(|e| Error::io(&opts.output, e))?

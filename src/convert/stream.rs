@@ -1,6 +1,8 @@
 //! Converts one tensor: source bytes -> f32 rows -> layout change -> target type, in
-//! parallel over groups of rows, so that only the output tensor and one small f32 buffer
-//! per worker are in memory at a time.
+//! parallel over groups of rows and in sequential windows of the source, each window's output
+//! handed to the writer before the next starts, so that only one window of output and one
+//! small f32 buffer per worker are in memory at a time, whatever the tensor's size (a 9B
+//! embedding is 2 GB in BF16).
 
 use rayon::prelude::*;
 use rgemma_quant::GgmlType;
@@ -73,19 +75,23 @@ pub fn stored_size(plan: &PlannedTensor, ty: GgmlType) -> Result<u64> {
         .ok_or_else(|| Error::Format(format!("tensor {}: size overflows", plan.name)))
 }
 
-/// Converts `src` (`src_ty`, the source tensor's bytes) into `out` as `dst_ty`.
-/// `src_row_len` is the source's innermost dimension (block-quantized sources are decoded
-/// in whole rows). `release` is called with each part of `src` once it has been consumed
-/// (the caller drops those pages from the resident set). Runs on the current rayon pool.
+/// Converts `src` (`src_ty`, the source tensor's bytes) to `dst_ty`, passing the output to
+/// `sink` in order, a window at a time (`window` is the reused output buffer); returns the
+/// output's size. `src_row_len` is the source's innermost dimension (block-quantized sources
+/// are decoded in whole rows). `release` is called with each part of `src` once it has been
+/// consumed (the caller drops those pages from the resident set). Runs on the current rayon
+/// pool.
+#[allow(clippy::too_many_arguments)]
 pub fn convert_tensor(
     plan: &PlannedTensor,
     src_ty: GgmlType,
     src: &[u8],
     src_row_len: u64,
     dst_ty: GgmlType,
-    out: &mut Vec<u8>,
+    window: &mut Vec<u8>,
+    sink: &mut dyn FnMut(&[u8]) -> Result<()>,
     release: &(dyn Fn(&[u8]) + Sync),
-) -> Result<()> {
+) -> Result<u64> {
     let n = plan.n_elements();
     let src_row_bytes = src_ty.row_size(src_row_len).ok_or_else(|| {
         Error::Format(format!(
@@ -102,8 +108,6 @@ pub fn convert_tensor(
         )));
     }
     let out_len = stored_size(plan, dst_ty)? as usize;
-    out.clear();
-    out.resize(out_len, 0);
 
     match plan.transform {
         Transform::Copy | Transform::AddOne => {
@@ -119,15 +123,15 @@ pub fn convert_tensor(
             };
             let units_per_task = (TASK_ELEMENTS / unit_len).max(1) as usize;
             // Sequential windows of about WINDOW_BYTES of source, parallel inside each, so
-            // consumed source pages can be released while a large tensor is converted.
+            // consumed source pages are released and the output written while a large tensor
+            // is converted.
             let tasks_per_window = (WINDOW_BYTES / (units_per_task * src_unit_bytes).max(1)).max(1);
             let window_units = tasks_per_window * units_per_task;
             let add_one = plan.transform == Transform::AddOne;
-            let windows = out
-                .chunks_mut(window_units * dst_unit_bytes)
-                .zip(src.chunks(window_units * src_unit_bytes));
-            for (w, (dst_w, src_w)) in windows.enumerate() {
-                dst_w
+            for (w, src_w) in src.chunks(window_units * src_unit_bytes).enumerate() {
+                window.clear();
+                window.resize(src_w.len() / src_unit_bytes * dst_unit_bytes, 0);
+                window
                     .par_chunks_mut(units_per_task * dst_unit_bytes)
                     .zip(src_w.par_chunks(units_per_task * src_unit_bytes))
                     .enumerate()
@@ -144,6 +148,7 @@ pub fn convert_tensor(
                         encode(dst_ty, buf, dst)
                     })?;
                 release(src_w);
+                sink(window)?;
             }
         }
         Transform::ConvTapMajor { channels, taps } => {
@@ -158,7 +163,10 @@ pub fn convert_tensor(
                     tap_major[k * c_n + c] = vals[c * k_n + k];
                 }
             }
-            encode(dst_ty, &tap_major, out)?;
+            window.clear();
+            window.resize(out_len, 0);
+            encode(dst_ty, &tap_major, window)?;
+            sink(window)?;
         }
         Transform::GateTranspose { blocks, width } => {
             let mut vals = vec![0f32; n as usize];
@@ -175,8 +183,82 @@ pub fn convert_tensor(
                     }
                 }
             }
-            encode(dst_ty, &linear, out)?;
+            window.clear();
+            window.resize(out_len, 0);
+            encode(dst_ty, &linear, window)?;
+            sink(window)?;
         }
     }
-    Ok(())
+    if out_len == 0 {
+        sink(&[])?; // an empty tensor still counts as written
+    }
+    Ok(out_len as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tensor larger than a window streams: the writer gets it in several parts, each at
+    /// most one window's output, that join to the tensor converted in one piece; the source
+    /// is released in consecutive parts that cover it.
+    #[test]
+    fn large_tensors_reach_the_writer_one_window_at_a_time() {
+        let (rows, cols) = (1280usize, 16384usize); // 40 MiB of BF16: two windows
+        let plan = PlannedTensor {
+            name: "t".into(),
+            shape: vec![rows as u64, cols as u64],
+            source: "t".into(),
+            transform: Transform::Copy,
+        };
+        let mut state = 0x9e37_79b9u32;
+        let src: Vec<u8> = (0..rows * cols)
+            .flat_map(|_| {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                // A BF16 value in about ±2: sign, exponent 126..=128, 7 mantissa bits.
+                let bits = (state & 0x807f) as u16 | ((126 + (state >> 16) % 3) as u16) << 7;
+                bits.to_le_bytes()
+            })
+            .collect();
+        let mut values = vec![0f32; rows * cols];
+        decode(GgmlType::BF16, &src, &mut values).unwrap();
+        let mut whole = vec![0u8; stored_size(&plan, GgmlType::Q8_0).unwrap() as usize];
+        encode(GgmlType::Q8_0, &values, &mut whole).unwrap();
+
+        let mut parts: Vec<Vec<u8>> = Vec::new();
+        let released = std::sync::Mutex::new(Vec::new());
+        let release = |part: &[u8]| {
+            let offset = part.as_ptr() as usize - src.as_ptr() as usize;
+            released.lock().unwrap().push((offset, part.len()));
+        };
+        let mut window = Vec::new();
+        let written = convert_tensor(
+            &plan,
+            GgmlType::BF16,
+            &src,
+            cols as u64,
+            GgmlType::Q8_0,
+            &mut window,
+            &mut |part| {
+                parts.push(part.to_vec());
+                Ok(())
+            },
+            &release,
+        )
+        .unwrap();
+        assert_eq!(written, whole.len() as u64);
+        assert!(parts.len() >= 2, "{} parts", parts.len());
+        let window_out = WINDOW_BYTES / 2 / 32 * 34; // Q8_0 of one window of BF16
+        assert!(parts.iter().all(|p| p.len() <= window_out));
+        assert!(parts.concat() == whole, "streamed output differs");
+        let released = released.into_inner().unwrap();
+        let mut next = 0;
+        for &(offset, len) in &released {
+            assert_eq!(offset, next);
+            next += len;
+        }
+        assert_eq!(next, src.len());
+    }
 }

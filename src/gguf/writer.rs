@@ -47,6 +47,8 @@ pub struct GgufWriter {
     names: Vec<String>,
     /// How many tensors have been written.
     written: usize,
+    /// Bytes of the next tensor written so far by [`GgufWriter::write_tensor_part`].
+    part_written: u64,
     /// Set after a failed write: the file content is unknown, so `finish` must refuse.
     failed: bool,
     renamed: bool,
@@ -78,6 +80,7 @@ impl GgufWriter {
             sizes,
             names: tensors.iter().map(|t| t.name.clone()).collect(),
             written: 0,
+            part_written: 0,
             failed: false,
             renamed: false,
         };
@@ -117,13 +120,14 @@ impl GgufWriter {
     /// Writes the next tensor's bytes (tensors in the order given to `create`); the length
     /// must equal that tensor's size. Padding is added by the writer.
     pub fn write_tensor_data(&mut self, bytes: &[u8]) -> Result<(), GgufError> {
-        let Some(&size) = self.sizes.get(self.written) else {
+        if self.part_written != 0 {
             self.failed = true;
             return Err(GgufError::Write(format!(
-                "all {} tensors were already written",
-                self.sizes.len()
+                "tensor {}: a whole tensor was written after {} bytes of it",
+                self.names[self.written], self.part_written
             )));
-        };
+        }
+        let size = self.next_size()?;
         if bytes.len() as u64 != size {
             self.failed = true;
             return Err(GgufError::Write(format!(
@@ -132,11 +136,45 @@ impl GgufWriter {
                 bytes.len()
             )));
         }
+        self.write_tensor_part(bytes)
+    }
+
+    /// Writes the next part of the next tensor, so that a large tensor never has to be in
+    /// memory whole; once the parts add up to the tensor's size it is padded and the next
+    /// tensor begins. A part that runs past the tensor's end is an error.
+    pub fn write_tensor_part(&mut self, bytes: &[u8]) -> Result<(), GgufError> {
+        let size = self.next_size()?;
+        let end = self.part_written + bytes.len() as u64;
+        if end > size {
+            self.failed = true;
+            return Err(GgufError::Write(format!(
+                "tensor {}: {end} bytes written, expected {size}",
+                self.names[self.written]
+            )));
+        }
         self.write_all(bytes)?;
-        let pad = padding(size, self.alignment) as usize;
-        self.write_all(&vec![0u8; pad])?;
-        self.written += 1;
+        self.part_written = end;
+        if end == size {
+            let pad = padding(size, self.alignment) as usize;
+            self.write_all(&vec![0u8; pad])?;
+            self.written += 1;
+            self.part_written = 0;
+        }
         Ok(())
+    }
+
+    /// The size of the tensor being written; an error when every tensor is written.
+    fn next_size(&mut self) -> Result<u64, GgufError> {
+        match self.sizes.get(self.written) {
+            Some(&size) => Ok(size),
+            None => {
+                self.failed = true;
+                Err(GgufError::Write(format!(
+                    "all {} tensors were already written",
+                    self.sizes.len()
+                )))
+            }
+        }
     }
 
     /// Checks every tensor was written, fsyncs, renames the temporary file to the final path.
