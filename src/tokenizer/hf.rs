@@ -61,7 +61,7 @@ impl HfEncoder {
             pieces.push(piece);
             kinds.push(kind);
         }
-        Vocab::new(pieces, kinds)
+        Vocab::new(&pieces, kinds)
     }
 
     /// Appends the ids of `text` (no BOS: the caller adds it, whatever the json's

@@ -237,7 +237,7 @@ impl Tokenizer {
             )));
         }
 
-        let pieces = file.get_str_array(keys::TOKENS)?.to_vec();
+        let pieces = file.get_str_array(keys::TOKENS)?;
         let n = pieces.len();
         if n == 0 || n > u32::MAX as usize {
             return Err(format_error(format!("{} has {n} entries", keys::TOKENS)));
@@ -245,7 +245,7 @@ impl Tokenizer {
         let scores = read_scores(file, n)?;
         let kinds = read_token_types(file, n)?
             .iter()
-            .zip(&pieces)
+            .zip(pieces)
             .map(|(&ty, piece)| TokenKind::from_ggml(ty, piece))
             .collect();
         let vocab = Vocab::new(pieces, kinds);
@@ -411,10 +411,10 @@ impl Tokenizer {
         entries: &[(&str, f32, TokenKind)],
         add_space_prefix: bool,
     ) -> Tokenizer {
-        let pieces = entries.iter().map(|e| e.0.to_owned()).collect();
+        let pieces: Vec<&str> = entries.iter().map(|e| e.0).collect();
         let kinds = entries.iter().map(|e| e.2).collect();
         let scores = entries.iter().map(|e| e.1).collect();
-        let vocab = Vocab::new(pieces, kinds);
+        let vocab = Vocab::new(&pieces, kinds);
         let encoder = SpmEncoder::new(&vocab, scores, None, add_space_prefix);
         Tokenizer {
             vocab,

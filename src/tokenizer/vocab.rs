@@ -1,7 +1,5 @@
 //! The vocabulary: one piece string and one kind per token id, and the reverse map.
 
-use std::collections::HashMap;
-
 /// SentencePiece's word-boundary marker; stands for a space in piece strings.
 pub(crate) const SPACE_MARKER: char = '\u{2581}';
 
@@ -52,28 +50,42 @@ pub(crate) fn parse_byte_piece(piece: &str) -> Option<u8> {
     u8::from_str_radix(hex, 16).ok()
 }
 
-/// Token id <-> piece, and each token's kind.
+/// Token id <-> piece, and each token's kind. Built once per model load, so it is laid out
+/// for a 256k-token vocabulary: every piece's text in one buffer, the reverse map an
+/// open-addressing table of ids over that buffer (no string per piece; a few MB in all).
 pub(crate) struct Vocab {
-    pieces: Vec<String>,
+    /// Piece `i` is `text[text_offsets[i]..text_offsets[i + 1]]`.
+    text: String,
+    text_offsets: Vec<u32>,
     kinds: Vec<TokenKind>,
-    by_piece: HashMap<String, u32>,
+    by_piece: PieceIndex,
     /// The bytes of every token back to back (see [`Vocab::token_bytes`]), computed once so
     /// that per-token decoding never allocates; token `i` is `bytes[offsets[i]..offsets[i + 1]]`.
     bytes: Vec<u8>,
-    offsets: Vec<usize>,
+    offsets: Vec<u32>,
 }
 
 impl Vocab {
-    /// `pieces` and `kinds` have one entry per id. When a piece string occurs twice the lower
-    /// id wins the reverse lookup, as in llama.cpp.
-    pub(crate) fn new(pieces: Vec<String>, kinds: Vec<TokenKind>) -> Vocab {
+    /// `pieces` and `kinds` have one entry per id (fewer than `u32::MAX`, and texts under
+    /// 4 GiB in all). When a piece string occurs twice the lower id wins the reverse lookup,
+    /// as in llama.cpp.
+    pub(crate) fn new<S: AsRef<str>>(pieces: &[S], kinds: Vec<TokenKind>) -> Vocab {
         debug_assert_eq!(pieces.len(), kinds.len());
-        let mut by_piece = HashMap::with_capacity(pieces.len());
-        let mut bytes = Vec::new();
+        let total: usize = pieces.iter().map(|p| p.as_ref().len()).sum();
+        assert!(
+            pieces.len() < u32::MAX as usize && total <= u32::MAX as usize,
+            "vocabulary too large"
+        );
+        let mut text = String::with_capacity(total);
+        let mut text_offsets = Vec::with_capacity(pieces.len() + 1);
+        let mut bytes = Vec::with_capacity(total);
         let mut offsets = Vec::with_capacity(pieces.len() + 1);
+        text_offsets.push(0);
         offsets.push(0);
-        for (id, (piece, kind)) in pieces.iter().zip(&kinds).enumerate() {
-            by_piece.entry(piece.clone()).or_insert(id as u32);
+        for (piece, kind) in pieces.iter().zip(&kinds) {
+            let piece = piece.as_ref();
+            text.push_str(piece);
+            text_offsets.push(text.len() as u32);
             match kind {
                 TokenKind::Byte(b) => bytes.push(*b),
                 _ => {
@@ -83,10 +95,15 @@ impl Vocab {
                     }
                 }
             }
-            offsets.push(bytes.len());
+            offsets.push(bytes.len() as u32);
+        }
+        let mut by_piece = PieceIndex::with_capacity(pieces.len());
+        for id in 0..pieces.len() as u32 {
+            by_piece.insert(id, |i| piece_at((&text, &text_offsets), i));
         }
         Vocab {
-            pieces,
+            text,
+            text_offsets,
             kinds,
             by_piece,
             bytes,
@@ -95,11 +112,11 @@ impl Vocab {
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.pieces.len()
+        self.kinds.len()
     }
 
     pub(crate) fn piece(&self, id: u32) -> Option<&str> {
-        self.pieces.get(id as usize).map(String::as_str)
+        ((id as usize) < self.len()).then(|| piece_at((&self.text, &self.text_offsets), id))
     }
 
     pub(crate) fn kind(&self, id: u32) -> Option<TokenKind> {
@@ -107,15 +124,15 @@ impl Vocab {
     }
 
     pub(crate) fn id(&self, piece: &str) -> Option<u32> {
-        self.by_piece.get(piece).copied()
+        self.by_piece
+            .get(piece, |i| piece_at((&self.text, &self.text_offsets), i))
     }
 
     pub(crate) fn iter(&self) -> impl Iterator<Item = (u32, &str, TokenKind)> {
-        self.pieces
-            .iter()
-            .zip(&self.kinds)
-            .enumerate()
-            .map(|(id, (piece, kind))| (id as u32, piece.as_str(), *kind))
+        self.kinds.iter().enumerate().map(|(id, kind)| {
+            let id = id as u32;
+            (id, piece_at((&self.text, &self.text_offsets), id), *kind)
+        })
     }
 
     /// The bytes a token stands for: a byte piece is its byte, `▁` is a space, anything else
@@ -123,7 +140,68 @@ impl Vocab {
     pub(crate) fn token_bytes(&self, id: u32) -> Option<&[u8]> {
         let id = id as usize;
         let (start, end) = (*self.offsets.get(id)?, *self.offsets.get(id + 1)?);
-        Some(&self.bytes[start..end])
+        Some(&self.bytes[start as usize..end as usize])
+    }
+}
+
+/// Piece `id` of a text buffer and its offsets (`id` in range).
+fn piece_at<'a>((text, offsets): (&'a str, &[u32]), id: u32) -> &'a str {
+    let id = id as usize;
+    &text[offsets[id] as usize..offsets[id + 1] as usize]
+}
+
+/// Piece text -> lowest id: linear probing over a power-of-two table of ids at most half
+/// full; the texts themselves are looked up through `piece_of`, so the table holds no keys.
+struct PieceIndex {
+    slots: Vec<u32>,
+}
+
+const EMPTY_SLOT: u32 = u32::MAX;
+
+impl PieceIndex {
+    fn with_capacity(n: usize) -> PieceIndex {
+        PieceIndex {
+            slots: vec![EMPTY_SLOT; (2 * n).next_power_of_two().max(2)],
+        }
+    }
+
+    /// FNV-1a, with a final multiply so that the low bits (the slot) depend on every byte.
+    fn slot(&self, piece: &str) -> usize {
+        let mut h = 0xcbf2_9ce4_8422_2325u64;
+        for &b in piece.as_bytes() {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        let h = (h ^ (h >> 29)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        (h >> 32) as usize & (self.slots.len() - 1)
+    }
+
+    /// Adds `id` unless its text is already present (then the earlier, lower id stays).
+    fn insert<'a>(&mut self, id: u32, piece_of: impl Fn(u32) -> &'a str) {
+        let piece = piece_of(id);
+        let mask = self.slots.len() - 1;
+        let mut i = self.slot(piece);
+        loop {
+            match self.slots[i] {
+                EMPTY_SLOT => {
+                    self.slots[i] = id;
+                    return;
+                }
+                other if piece_of(other) == piece => return,
+                _ => i = (i + 1) & mask,
+            }
+        }
+    }
+
+    fn get<'a>(&self, piece: &str, piece_of: impl Fn(u32) -> &'a str) -> Option<u32> {
+        let mask = self.slots.len() - 1;
+        let mut i = self.slot(piece);
+        loop {
+            match self.slots[i] {
+                EMPTY_SLOT => return None,
+                id if piece_of(id) == piece => return Some(id),
+                _ => i = (i + 1) & mask,
+            }
+        }
     }
 }
 
@@ -152,12 +230,31 @@ mod tests {
             TokenKind::Byte(0xE2),
             TokenKind::UserDefined,
         ];
-        let v = Vocab::new(pieces, kinds);
+        let v = Vocab::new(&pieces, kinds);
         assert_eq!(v.token_bytes(0).unwrap(), b"<bos>");
         assert_eq!(v.token_bytes(1).unwrap(), b" hi");
         assert_eq!(v.token_bytes(2).unwrap(), &[0xE2]);
         assert_eq!(v.token_bytes(3).unwrap(), b"  ");
         assert!(v.token_bytes(4).is_none());
         assert_eq!(v.id("\u{2581}hi"), Some(1));
+        assert_eq!(v.piece(1), Some("\u{2581}hi"));
+        assert_eq!(v.piece(4), None);
+    }
+
+    #[test]
+    fn reverse_lookup_finds_every_piece_and_the_lowest_duplicate() {
+        // Enough pieces for many probe collisions, a duplicate text and the empty piece.
+        let mut pieces: Vec<String> = (0..5000).map(|i| format!("p{i}")).collect();
+        pieces.push("p17".into());
+        pieces.push(String::new());
+        let kinds = vec![TokenKind::Normal; pieces.len()];
+        let v = Vocab::new(&pieces, kinds);
+        for (i, p) in pieces.iter().enumerate().take(5000) {
+            assert_eq!(v.id(p), Some(i as u32));
+        }
+        assert_eq!(v.id("p17"), Some(17));
+        assert_eq!(v.id(""), Some(5001));
+        assert_eq!(v.id("p5000"), None);
+        assert_eq!(v.iter().nth(5000).map(|(_, p, _)| p), Some("p17"));
     }
 }
