@@ -15,9 +15,10 @@ rgemma's tokenizer.huggingface.json path at full scale:
 With `--spm OUT.model` it also writes SentencePiece's tokenizer.model for the vocabulary (a
 `ModelProto` in Gemma's configuration: BPE with byte fallback, identity normalizer without a
 dummy prefix, whitespace escaped to "▁", digits split), encoded by hand in protobuf's wire format
-so that no protobuf package is needed. Google's `sentencepiece` library loads it and gives the
-ids of tests/fixtures/tokenizer for the 40 reference texts; tests/convert_tokenizer.rs converts a
-checkpoint folder that has only this file.
+so that no protobuf package is needed. Google's `sentencepiece` library (0.2.x) loads it and
+gives the ids of tests/fixtures/tokenizer for the 38 reference texts without special tokens in
+them (it never parses `<start_of_turn>` or `<bos>` out of text; the reference ids do);
+tests/convert_tokenizer.rs converts a checkpoint folder that has only this file.
 """
 
 import struct
