@@ -239,8 +239,16 @@ impl Tokenizer {
 
         let pieces = file.get_str_array(keys::TOKENS)?;
         let n = pieces.len();
-        if n == 0 || n > u32::MAX as usize {
+        if n == 0 || n >= u32::MAX as usize {
             return Err(format_error(format!("{} has {n} entries", keys::TOKENS)));
+        }
+        // The vocabulary indexes its text with u32 offsets.
+        let text_bytes: usize = pieces.iter().map(String::len).sum();
+        if text_bytes > u32::MAX as usize {
+            return Err(format_error(format!(
+                "{} holds {text_bytes} bytes of text",
+                keys::TOKENS
+            )));
         }
         let scores = read_scores(file, n)?;
         let kinds = read_token_types(file, n)?

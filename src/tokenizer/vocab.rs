@@ -67,8 +67,8 @@ pub(crate) struct Vocab {
 
 impl Vocab {
     /// `pieces` and `kinds` have one entry per id (fewer than `u32::MAX`, and texts under
-    /// 4 GiB in all). When a piece string occurs twice the lower id wins the reverse lookup,
-    /// as in llama.cpp.
+    /// 4 GiB in all: callers check what a file holds). When a piece string occurs twice the
+    /// lower id wins the reverse lookup, as in llama.cpp.
     pub(crate) fn new<S: AsRef<str>>(pieces: &[S], kinds: Vec<TokenKind>) -> Vocab {
         debug_assert_eq!(pieces.len(), kinds.len());
         let total: usize = pieces.iter().map(|p| p.as_ref().len()).sum();
