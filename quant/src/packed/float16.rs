@@ -13,7 +13,9 @@
 //! the RG-LRU gates' 256-value rows was most of their time.
 //!
 //! Activations are the f32 values themselves (`4n` bytes per row). The sums are f32 as in
-//! the stored kernels; only their order differs. The driver (`tiles::run_tiles`) sees
+//! the stored kernels; only their order differs, and it is one order for every tile width
+//! (per 64-value block, even and odd values in two chains; see the module doc of `packed`
+//! on batch invariance). The driver (`tiles::run_tiles`) sees
 //! "super-blocks" of [`BLOCK`] values, so `n` must be a multiple of 64.
 
 use crate::dot::Backend;
@@ -58,15 +60,23 @@ pub(super) fn quantize_activation(x: &[f32], dst: &mut [u8]) {
 }
 
 /// The SIMD tile of `backend` and the most columns it takes, or `None` (scalar kernel).
-/// x86: AVX2 for every AVX2 backend (AVX-512, with EVEX broadcasts folded into the FMAs,
-/// measured no faster: 87 vs 95 Gflop/s at 2560 × 256 × 512 tokens, one thread); aarch64:
-/// every NEON backend.
+/// x86: the same body compiled for AVX-512 (32 registers: the 3 accumulators of 8 columns
+/// fit) and for AVX2 (16 registers: 4 columns); aarch64: every NEON backend, 4 columns.
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 fn simd_tile<const BF16: bool>(backend: Backend) -> Option<(super::tiles::Tile, usize)> {
     #[cfg(target_arch = "x86_64")]
-    let tile: Option<(super::tiles::Tile, usize)> = backend
-        .has_avx2()
-        .then_some((if BF16 { x86::tile_bf16 } else { x86::tile_f16 }, 8));
+    let tile: Option<(super::tiles::Tile, usize)> = match backend {
+        Backend::Avx512 => Some((
+            if BF16 {
+                x86::tile_bf16_avx512
+            } else {
+                x86::tile_f16_avx512
+            },
+            8,
+        )),
+        b if b.has_avx2() => Some((if BF16 { x86::tile_bf16 } else { x86::tile_f16 }, 4)),
+        _ => None,
+    };
     #[cfg(target_arch = "aarch64")]
     let tile: Option<(super::tiles::Tile, usize)> = backend
         .has_neon()
@@ -175,49 +185,49 @@ mod x86 {
         out: *mut f32,
         out_stride: usize,
     ) {
-        let n = nb * BLOCK;
         let a = |c: usize, k: usize| -> __m256 {
-            // SAFETY: c < C and k < n are inside the activations (caller).
+            // SAFETY: c < C and k < 64·nb are inside the activations (caller).
             unsafe {
                 _mm256_set1_ps((act.add(c * act_stride + 4 * k) as *const f32).read_unaligned())
             }
         };
         // SAFETY: the output extent is the caller's contract.
         let mut acc = unsafe { load_acc::<C, ADD>(out, out_stride) };
-        if C == 1 {
-            // One token: four sums over k mod 4, or the FMA latency would bound the loop.
-            let mut part = [_mm256_setzero_ps(); 3];
-            for k in (0..n).step_by(4) {
-                // SAFETY: k + 3 < n (n is a multiple of 64).
-                unsafe {
-                    acc[0] = _mm256_fmadd_ps(load8::<BF16>(w.add(16 * k)), a(0, k), acc[0]);
-                    for (j, p) in part.iter_mut().enumerate() {
-                        let wv = load8::<BF16>(w.add(16 * (k + 1 + j)));
-                        *p = _mm256_fmadd_ps(wv, a(0, k + 1 + j), *p);
-                    }
+        // Per block, every column sums even and odd values in two chains from zero and
+        // adds their sum to its accumulator: the same operations in the same order for any
+        // `C` (batch invariance), and two chains per column keep one token's loop from
+        // waiting on the FMA latency.
+        for blk in 0..nb {
+            let k0 = blk * BLOCK;
+            let mut even = [_mm256_setzero_ps(); C];
+            let mut odd = [_mm256_setzero_ps(); C];
+            for k in (k0..k0 + BLOCK).step_by(2) {
+                // SAFETY: k + 1 < 64·nb, inside the group.
+                let (w0, w1) = unsafe {
+                    (
+                        load8::<BF16>(w.add(16 * k)),
+                        load8::<BF16>(w.add(16 * (k + 1))),
+                    )
+                };
+                for c in 0..C {
+                    even[c] = _mm256_fmadd_ps(w0, a(c, k), even[c]);
+                    odd[c] = _mm256_fmadd_ps(w1, a(c, k + 1), odd[c]);
                 }
             }
-            let rest = _mm256_add_ps(part[0], _mm256_add_ps(part[1], part[2]));
-            acc[0] = _mm256_add_ps(acc[0], rest);
-        } else {
-            for k in 0..n {
-                // SAFETY: k < n.
-                let wv = unsafe { load8::<BF16>(w.add(16 * k)) };
-                for (c, s) in acc.iter_mut().enumerate() {
-                    *s = _mm256_fmadd_ps(wv, a(c, k), *s);
-                }
+            for c in 0..C {
+                acc[c] = _mm256_add_ps(acc[c], _mm256_add_ps(even[c], odd[c]));
             }
         }
         // SAFETY: forwarded.
         unsafe { store(&acc, out, out_stride) };
     }
 
-    /// Instantiates [`body`] for one weight type.
+    /// Instantiates [`body`] for one weight type and instruction set.
     macro_rules! kernel {
-        ($name:ident, $bf16:literal) => {
+        ($name:ident, $bf16:literal, $features:literal) => {
             /// # Safety
-            /// As `body`; the CPU has AVX2, FMA and F16C.
-            #[target_feature(enable = "avx2,fma,f16c")]
+            /// As `body`; the CPU has the features enabled here.
+            #[target_feature(enable = $features)]
             unsafe fn $name<const C: usize, const ADD: bool>(
                 nb: usize,
                 w: *const u8,
@@ -231,11 +241,15 @@ mod x86 {
             }
         };
     }
-    kernel!(f16_kernel, false);
-    kernel!(bf16_kernel, true);
+    kernel!(f16_kernel, false, "avx2,fma,f16c");
+    kernel!(bf16_kernel, true, "avx2,fma,f16c");
+    kernel!(f16_avx512, false, "avx2,fma,f16c,avx512f,avx512vl");
+    kernel!(bf16_avx512, true, "avx2,fma,f16c,avx512f,avx512vl");
 
     super::super::tiles::tile_fn!(tile_f16, f16_kernel);
     super::super::tiles::tile_fn!(tile_bf16, bf16_kernel);
+    super::super::tiles::tile_fn!(tile_f16_avx512, f16_avx512);
+    super::super::tiles::tile_fn!(tile_bf16_avx512, bf16_avx512);
 }
 
 #[cfg(target_arch = "aarch64")]
@@ -280,43 +294,35 @@ mod arm {
         out: *mut f32,
         out_stride: usize,
     ) {
-        let n = nb * BLOCK;
         let a = |c: usize, k: usize| -> f32 {
-            // SAFETY: c < C and k < n are inside the activations (caller).
+            // SAFETY: c < C and k < 64·nb are inside the activations (caller).
             unsafe { (act.add(c * act_stride + 4 * k) as *const f32).read_unaligned() }
         };
         // SAFETY: the output extent is the caller's contract.
         let mut acc = unsafe { load_acc::<C, ADD>(out, out_stride) };
-        if C == 1 {
-            // One token: four sums over k mod 4, or the FMA latency would bound the loop.
-            let mut part = [[vdupq_n_f32(0.0); 2]; 3];
-            for k in (0..n).step_by(4) {
-                // SAFETY: k + 3 < n (n is a multiple of 64).
-                unsafe {
-                    let wv = load8::<BF16>(w.add(16 * k));
+        // As on x86: per block, even and odd values in two chains from zero per column.
+        for blk in 0..nb {
+            let k0 = blk * BLOCK;
+            let mut even = [[vdupq_n_f32(0.0); 2]; C];
+            let mut odd = [[vdupq_n_f32(0.0); 2]; C];
+            for k in (k0..k0 + BLOCK).step_by(2) {
+                // SAFETY: k + 1 < 64·nb, inside the group.
+                let (w0, w1) = unsafe {
+                    (
+                        load8::<BF16>(w.add(16 * k)),
+                        load8::<BF16>(w.add(16 * (k + 1))),
+                    )
+                };
+                for c in 0..C {
                     for h in 0..2 {
-                        acc[0][h] = vfmaq_n_f32(acc[0][h], wv[h], a(0, k));
-                    }
-                    for (j, p) in part.iter_mut().enumerate() {
-                        let wv = load8::<BF16>(w.add(16 * (k + 1 + j)));
-                        for h in 0..2 {
-                            p[h] = vfmaq_n_f32(p[h], wv[h], a(0, k + 1 + j));
-                        }
+                        even[c][h] = vfmaq_n_f32(even[c][h], w0[h], a(c, k));
+                        odd[c][h] = vfmaq_n_f32(odd[c][h], w1[h], a(c, k + 1));
                     }
                 }
             }
-            for h in 0..2 {
-                let rest = vaddq_f32(part[0][h], vaddq_f32(part[1][h], part[2][h]));
-                acc[0][h] = vaddq_f32(acc[0][h], rest);
-            }
-        } else {
-            for k in 0..n {
-                // SAFETY: k < n.
-                let wv = unsafe { load8::<BF16>(w.add(16 * k)) };
-                for (c, s) in acc.iter_mut().enumerate() {
-                    for h in 0..2 {
-                        s[h] = vfmaq_n_f32(s[h], wv[h], a(c, k));
-                    }
+            for c in 0..C {
+                for h in 0..2 {
+                    acc[c][h] = vaddq_f32(acc[c][h], vaddq_f32(even[c][h], odd[c][h]));
                 }
             }
         }

@@ -20,6 +20,16 @@
 //! rows of the packed output head).
 //!
 //! Every type has a scalar kernel, the reference the SIMD ones are tested against.
+//!
+//! **Batch invariance.** On a given backend, a column's results do not depend on how many
+//! other columns share the call, nor on its place among them: a kernel performs the same
+//! operations in the same order for every tile width (one token included), and the drivers
+//! split the reduction only at boundaries where the f32 partial sums are stored and
+//! reloaded, which is exact. Batched decoding then gives each sequence the very bits it would
+//! get decoded alone, and a seed reproduces a text whatever else the server is running
+//! (an f32 rounding difference in one gate would otherwise grow through the recurrence into
+//! visibly different logits within a few tokens). `tests/packed_batch_invariance.rs` checks
+//! it for every type and backend.
 
 mod act_q8_0;
 pub mod bench;

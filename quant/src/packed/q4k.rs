@@ -316,7 +316,8 @@ mod x86 {
 
     /// Folds one super-block's integer sums into the f32 accumulators:
     /// `acc += d_a·(unit·d·tot − dmin·mins)`, where `unit` (a power of two) undoes a scaling
-    /// of `tot`.
+    /// of `tot`. Scaling by a power of two is exact in both the i32 → f32 conversion and the
+    /// product, so a scaled and an unscaled `tot` give the same bits.
     ///
     /// # Safety
     /// `sb` points at a packed super-block and `a[c]` at a Q8_K block; AVX2/FMA/F16C.
@@ -338,18 +339,13 @@ mod x86 {
             }
             let dmin = _mm256_cvtph_ps(_mm_loadu_si128(sb.add(DMIN) as *const __m128i));
             for c in 0..C {
+                // One formula for every `C` (batch invariance, `packed` module doc); only the
+                // final FMA waits on the accumulator, so one column's loop-carried chain is
+                // one operation per super-block.
                 let da = _mm256_set1_ps((a[c] as *const f32).read_unaligned());
                 let (t, m) = (_mm256_cvtepi32_ps(tot[c]), _mm256_cvtepi32_ps(mins[c]));
-                if C == 1 {
-                    // One column: d·d_a and dmin·d_a do not wait for the sums, so only two
-                    // dependent operations follow them (decode is latency-sensitive).
-                    let x = _mm256_fmadd_ps(t, _mm256_mul_ps(d, da), acc[c]);
-                    acc[c] = _mm256_fnmadd_ps(m, _mm256_mul_ps(dmin, da), x);
-                } else {
-                    // Several columns: one multiply less per column.
-                    let x = _mm256_fmsub_ps(t, d, _mm256_mul_ps(m, dmin));
-                    acc[c] = _mm256_fmadd_ps(x, da, acc[c]);
-                }
+                let x = _mm256_fmsub_ps(t, d, _mm256_mul_ps(m, dmin));
+                acc[c] = _mm256_fmadd_ps(x, da, acc[c]);
             }
         }
     }
