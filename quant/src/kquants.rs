@@ -31,7 +31,7 @@ pub const QK_K: usize = 256;
 /// Bytes of the packed 6-bit scales and mins of Q4_K/Q5_K (and of Q3_K's scales).
 pub const K_SCALE_SIZE: usize = 12;
 /// ggml's `GROUP_MAX_EPS`: groups whose largest magnitude is below this are all-zero.
-const GROUP_MAX_EPS: f32 = 1e-15;
+pub(crate) const GROUP_MAX_EPS: f32 = 1e-15;
 
 // ----------------------------------------------------------------------------- helpers
 
@@ -57,8 +57,13 @@ fn signed_absmax(x: &[f32]) -> (f32, f32) {
 /// scales `(nmax + rmin + rdelta·i) / (max - min)`; for each it rounds the codes and solves
 /// the weighted least-squares problem for (scale, min) in closed form, keeping the best.
 /// Returns `(scale, min_out)`; writes the codes into `l`.
+///
+/// The importance-matrix quantizers call ggml's `make_qkx3_quants` instead; with explicit
+/// weights it is this function (its `max <= min` early exit can only trigger when
+/// `max == min`, since `min` is clipped to <= 0 after `max >= min` held), so
+/// [`crate::weighted`] reuses this one.
 #[allow(clippy::too_many_arguments)]
-fn make_qkx2_quants(
+pub(crate) fn make_qkx2_quants(
     nmax: i32,
     x: &[f32],
     weights: &[f32],
@@ -144,23 +149,27 @@ fn make_qkx2_quants(
     (scale, -min)
 }
 
-/// ggml's `make_qx_quants` with `rmse_type = 1` and no importance weights (the only way the
-/// reference quantizers call it): symmetric codes `L` in `0..2·nmax` (stored with +nmax
-/// offset) for `x ≈ scale * (L - nmax)`, weights `x²`. Tries the inverse scale `-nmax/max`
-/// and 18 perturbations `-(nmax + 0.1·k)/max`, keeping the least-squares best.
-fn make_qx_quants_rmse1(nmax: i32, x: &[f32], l: &mut [i8]) -> f32 {
+/// ggml's `make_qx_quants` with `rmse_type = 1` (the only type the reference and weighted
+/// quantizers use): symmetric codes `L` in `0..2·nmax` (stored with +nmax offset) for
+/// `x ≈ scale * (L - nmax)`, weighted by `qw` or, without it, by `x²`. Tries the inverse
+/// scale `-nmax/max` and 18 perturbations `-(nmax + 0.1·k)/max`, keeping the weighted
+/// least-squares best.
+pub(crate) fn make_qx_quants(nmax: i32, x: &[f32], l: &mut [i8], qw: Option<&[f32]>) -> f32 {
     let (max, amax) = signed_absmax(x);
     if amax < GROUP_MAX_EPS {
         l.fill(0);
         return 0.0;
     }
     let code = |iscale: f32, v: f32| nearest_int(iscale * v).clamp(-nmax, nmax - 1);
-    // Σ w·x·l and Σ w·l² for codes at `iscale` (w = x²), in ggml's operation order.
+    // Σ w·x·l and Σ w·l² for codes at `iscale`, in ggml's operation order.
     let sums = |iscale: f32| {
         let (mut sumlx, mut suml2) = (0.0f32, 0.0f32);
-        for &v in x {
+        for (i, &v) in x.iter().enumerate() {
             let q = code(iscale, v) as f32;
-            let w = v * v;
+            let w = match qw {
+                Some(qw) => qw[i],
+                None => v * v,
+            };
             sumlx += w * v * q;
             suml2 += w * q * q;
         }
@@ -261,8 +270,10 @@ pub fn get_scale_min_k4(j: usize, q: &[u8; K_SCALE_SIZE]) -> (u8, u8) {
     }
 }
 
-/// The inverse of [`get_scale_min_k4`] for all 8 sub-blocks (codes must be < 64).
-fn pack_scale_min_k4(ls: &[u8; 8], lm: &[u8; 8]) -> [u8; K_SCALE_SIZE] {
+/// The inverse of [`get_scale_min_k4`] for all 8 sub-blocks. Codes are < 64 in practice;
+/// a larger one (possible only in ggml's weighted Q4_K, which does not cap them) is packed as
+/// the C code packs it: the bits shifted out of a byte are dropped.
+pub(crate) fn pack_scale_min_k4(ls: &[u8; 8], lm: &[u8; 8]) -> [u8; K_SCALE_SIZE] {
     let mut q = [0u8; K_SCALE_SIZE];
     for j in 0..8 {
         if j < 4 {
@@ -373,7 +384,7 @@ const _: () = assert!(std::mem::size_of::<BlockQ2K>() == 84);
 
 /// Packs 2-bit codes (Q2_K's and Q3_K's low bits): byte `32h + l` of the output holds codes
 /// `128h + l`, `+32`, `+64`, `+96` in bit pairs 0, 2, 4, 6.
-fn pack_2bit(codes: &[u8; QK_K]) -> [u8; QK_K / 4] {
+pub(crate) fn pack_2bit(codes: &[u8; QK_K]) -> [u8; QK_K / 4] {
     let mut qs = [0u8; QK_K / 4];
     for h in 0..2 {
         let c = &codes[128 * h..];
@@ -521,8 +532,32 @@ pub struct BlockQ3K {
 }
 const _: () = assert!(std::mem::size_of::<BlockQ3K>() == 110);
 
+impl BlockQ3K {
+    /// Assembles a block from its final codes (0..=7), packed scales and f16 `d`.
+    pub(crate) fn from_codes(codes: &[i8; QK_K], scales: [u8; K_SCALE_SIZE], d: u16) -> Self {
+        // Bit 2 of each code goes to hmask: the first 32 elements use bit 0, the next 32
+        // bit 1, and so on; the low 2 bits are packed like Q2_K.
+        let mut hmask = [0u8; QK_K / 8];
+        let mut low = [0u8; QK_K];
+        for (i, &c) in codes.iter().enumerate() {
+            let mut c = c as u8;
+            if c > 3 {
+                hmask[i % 32] |= 1 << (i / 32);
+                c -= 4;
+            }
+            low[i] = c;
+        }
+        BlockQ3K {
+            hmask,
+            qs: pack_2bit(&low),
+            scales,
+            d,
+        }
+    }
+}
+
 /// The signed 6-bit scale of Q3_K sub-block `j` (0..16), i.e. `sc − 32`.
-fn q3k_scale(scales: &[u8; K_SCALE_SIZE], j: usize) -> i32 {
+pub(crate) fn q3k_scale(scales: &[u8; K_SCALE_SIZE], j: usize) -> i32 {
     let low = if j < 8 {
         scales[j] & 0x0F
     } else {
@@ -598,24 +633,7 @@ impl Block for BlockQ3K {
             }
         }
 
-        // Bit 2 of each code goes to hmask: the first 32 elements use bit 0, the next 32
-        // bit 1, and so on; the low 2 bits are packed like Q2_K.
-        let mut hmask = [0u8; QK_K / 8];
-        let mut low = [0u8; QK_K];
-        for (i, &c) in codes.iter().enumerate() {
-            let mut c = c as u8;
-            if c > 3 {
-                hmask[i % 32] |= 1 << (i / 32);
-                c -= 4;
-            }
-            low[i] = c;
-        }
-        BlockQ3K {
-            hmask,
-            qs: pack_2bit(&low),
-            scales: sc,
-            d,
-        }
+        BlockQ3K::from_codes(&codes, sc, d)
     }
 
     fn dequantize(&self, y: &mut [f32]) {
@@ -662,6 +680,29 @@ pub struct BlockQ4K {
 }
 const _: () = assert!(std::mem::size_of::<BlockQ4K>() == 144);
 
+impl BlockQ4K {
+    /// Assembles a block from its final codes (0..=15), f16 `d`/`dmin` and packed scales.
+    pub(crate) fn from_codes(
+        codes: &[u8; QK_K],
+        d: u16,
+        dmin: u16,
+        scales: [u8; K_SCALE_SIZE],
+    ) -> Self {
+        let mut qs = [0u8; QK_K / 2];
+        for c in 0..4 {
+            for l in 0..32 {
+                qs[32 * c + l] = codes[64 * c + l] | (codes[64 * c + 32 + l] << 4);
+            }
+        }
+        BlockQ4K {
+            d,
+            dmin,
+            scales,
+            qs,
+        }
+    }
+}
+
 impl Block for BlockQ4K {
     const ELEMENTS: usize = QK_K;
     const BYTES: usize = 144;
@@ -686,18 +727,7 @@ impl Block for BlockQ4K {
     /// rms + |x|, rmin -1, rdelta 0.1, 20 steps)`.
     fn quantize(x: &[f32]) -> Self {
         let (d, dmin, scales, codes) = quantize_k_scale_min(x, 15, -1.0, 20);
-        let mut qs = [0u8; QK_K / 2];
-        for c in 0..4 {
-            for l in 0..32 {
-                qs[32 * c + l] = codes[64 * c + l] | (codes[64 * c + 32 + l] << 4);
-            }
-        }
-        BlockQ4K {
-            d,
-            dmin,
-            scales,
-            qs,
-        }
+        BlockQ4K::from_codes(&codes, d, dmin, scales)
     }
 
     fn dequantize(&self, y: &mut [f32]) {
@@ -739,6 +769,41 @@ pub struct BlockQ5K {
 }
 const _: () = assert!(std::mem::size_of::<BlockQ5K>() == 176);
 
+impl BlockQ5K {
+    /// Assembles a block from its final codes (0..=31), f16 `d`/`dmin` and packed scales.
+    pub(crate) fn from_codes(
+        codes: &[u8; QK_K],
+        d: u16,
+        dmin: u16,
+        scales: [u8; K_SCALE_SIZE],
+    ) -> Self {
+        let mut qh = [0u8; QK_K / 8];
+        let mut qs = [0u8; QK_K / 2];
+        for c in 0..4 {
+            for j in 0..32 {
+                let mut lo = codes[64 * c + j];
+                if lo > 15 {
+                    lo -= 16;
+                    qh[j] |= 1 << (2 * c);
+                }
+                let mut hi = codes[64 * c + 32 + j];
+                if hi > 15 {
+                    hi -= 16;
+                    qh[j] |= 2 << (2 * c);
+                }
+                qs[32 * c + j] = lo | (hi << 4);
+            }
+        }
+        BlockQ5K {
+            d,
+            dmin,
+            scales,
+            qh,
+            qs,
+        }
+    }
+}
+
 impl Block for BlockQ5K {
     const ELEMENTS: usize = QK_K;
     const BYTES: usize = 176;
@@ -764,30 +829,7 @@ impl Block for BlockQ5K {
     /// `quantize_row_q5_K_ref`: as Q4_K with nmax 31, rmin -0.5, 15 steps.
     fn quantize(x: &[f32]) -> Self {
         let (d, dmin, scales, codes) = quantize_k_scale_min(x, 31, -0.5, 15);
-        let mut qh = [0u8; QK_K / 8];
-        let mut qs = [0u8; QK_K / 2];
-        for c in 0..4 {
-            for j in 0..32 {
-                let mut lo = codes[64 * c + j];
-                if lo > 15 {
-                    lo -= 16;
-                    qh[j] |= 1 << (2 * c);
-                }
-                let mut hi = codes[64 * c + 32 + j];
-                if hi > 15 {
-                    hi -= 16;
-                    qh[j] |= 2 << (2 * c);
-                }
-                qs[32 * c + j] = lo | (hi << 4);
-            }
-        }
-        BlockQ5K {
-            d,
-            dmin,
-            scales,
-            qh,
-            qs,
-        }
+        BlockQ5K::from_codes(&codes, d, dmin, scales)
     }
 
     fn dequantize(&self, y: &mut [f32]) {
@@ -860,64 +902,7 @@ impl Block for BlockQ6K {
     /// scales `min(127, nearest_int(iscale·scale))`; then re-quantization with the stored
     /// scales. A block whose sub-scales are all below `GROUP_MAX_EPS` is all zeros.
     fn quantize(x: &[f32]) -> Self {
-        let mut codes = [0i8; QK_K];
-        let mut scales = [0.0f32; 16];
-        let mut max_scale = 0.0f32;
-        let mut max_abs_scale = 0.0f32;
-        for ib in 0..16 {
-            let scale = make_qx_quants_rmse1(
-                32,
-                &x[16 * ib..16 * ib + 16],
-                &mut codes[16 * ib..16 * ib + 16],
-            );
-            scales[ib] = scale;
-            if scale.abs() > max_abs_scale {
-                max_abs_scale = scale.abs();
-                max_scale = scale;
-            }
-        }
-        if max_abs_scale < GROUP_MAX_EPS {
-            return BlockQ6K {
-                ql: [0; QK_K / 2],
-                qh: [0; QK_K / 4],
-                scales: [0; QK_K / 16],
-                d: f32_to_f16(0.0),
-            };
-        }
-
-        let iscale = -128.0 / max_scale;
-        let d = f32_to_f16(1.0 / iscale);
-        let sc: [i8; 16] =
-            std::array::from_fn(|ib| nearest_int(iscale * scales[ib]).min(127) as i8);
-
-        for j in 0..16 {
-            let dj = f16_to_f32(d) * sc[j] as f32;
-            if dj == 0.0 {
-                continue;
-            }
-            for ii in 0..16 {
-                let q = nearest_int(x[16 * j + ii] / dj).clamp(-32, 31);
-                codes[16 * j + ii] = (q + 32) as i8;
-            }
-        }
-
-        let mut ql = [0u8; QK_K / 2];
-        let mut qh = [0u8; QK_K / 4];
-        for h in 0..2 {
-            let c = |k: usize| codes[128 * h + k] as u8;
-            for l in 0..32 {
-                let (q1, q2, q3, q4) = (c(l), c(l + 32), c(l + 64), c(l + 96));
-                ql[64 * h + l] = (q1 & 0x0F) | ((q3 & 0x0F) << 4);
-                ql[64 * h + l + 32] = (q2 & 0x0F) | ((q4 & 0x0F) << 4);
-                qh[32 * h + l] = (q1 >> 4) | ((q2 >> 4) << 2) | ((q3 >> 4) << 4) | ((q4 >> 4) << 6);
-            }
-        }
-        BlockQ6K {
-            ql,
-            qh,
-            scales: sc,
-            d,
-        }
+        quantize_q6k(x, None)
     }
 
     fn dequantize(&self, y: &mut [f32]) {
@@ -939,6 +924,71 @@ impl Block for BlockQ6K {
                 out[l + 96] = d * sc[is + 6] as f32 * q4 as f32;
             }
         }
+    }
+}
+
+/// The Q6_K quantizer shared by the reference path (`qw = None`: `quantize_row_q6_K_ref`,
+/// sub-block fits weighted by x²) and the importance-matrix path (`quantize_row_q6_K_impl`,
+/// which passes the importance weights straight to `make_qx_quants`, without the
+/// `sigma2` term the other weighted quantizers add). Everything after the fits is shared.
+pub(crate) fn quantize_q6k(x: &[f32], qw: Option<&[f32]>) -> BlockQ6K {
+    let mut codes = [0i8; QK_K];
+    let mut scales = [0.0f32; 16];
+    let mut max_scale = 0.0f32;
+    let mut max_abs_scale = 0.0f32;
+    for ib in 0..16 {
+        let scale = make_qx_quants(
+            32,
+            &x[16 * ib..16 * ib + 16],
+            &mut codes[16 * ib..16 * ib + 16],
+            qw.map(|w| &w[16 * ib..16 * ib + 16]),
+        );
+        scales[ib] = scale;
+        if scale.abs() > max_abs_scale {
+            max_abs_scale = scale.abs();
+            max_scale = scale;
+        }
+    }
+    if max_abs_scale < GROUP_MAX_EPS {
+        return BlockQ6K {
+            ql: [0; QK_K / 2],
+            qh: [0; QK_K / 4],
+            scales: [0; QK_K / 16],
+            d: f32_to_f16(0.0),
+        };
+    }
+
+    let iscale = -128.0 / max_scale;
+    let d = f32_to_f16(1.0 / iscale);
+    let sc: [i8; 16] = std::array::from_fn(|ib| nearest_int(iscale * scales[ib]).min(127) as i8);
+
+    for j in 0..16 {
+        let dj = f16_to_f32(d) * sc[j] as f32;
+        if dj == 0.0 {
+            continue;
+        }
+        for ii in 0..16 {
+            let q = nearest_int(x[16 * j + ii] / dj).clamp(-32, 31);
+            codes[16 * j + ii] = (q + 32) as i8;
+        }
+    }
+
+    let mut ql = [0u8; QK_K / 2];
+    let mut qh = [0u8; QK_K / 4];
+    for h in 0..2 {
+        let c = |k: usize| codes[128 * h + k] as u8;
+        for l in 0..32 {
+            let (q1, q2, q3, q4) = (c(l), c(l + 32), c(l + 64), c(l + 96));
+            ql[64 * h + l] = (q1 & 0x0F) | ((q3 & 0x0F) << 4);
+            ql[64 * h + l + 32] = (q2 & 0x0F) | ((q4 & 0x0F) << 4);
+            qh[32 * h + l] = (q1 >> 4) | ((q2 >> 4) << 2) | ((q3 >> 4) << 4) | ((q4 >> 4) << 6);
+        }
+    }
+    BlockQ6K {
+        ql,
+        qh,
+        scales: sc,
+        d,
     }
 }
 

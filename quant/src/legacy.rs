@@ -196,7 +196,7 @@ pub struct BlockQ5_0 {
 const _: () = assert!(std::mem::size_of::<BlockQ5_0>() == 22);
 
 /// Packs 5-bit codes: low nibbles into `qs` (split halves), 5th bits into a u32.
-fn pack_5bit(codes: impl Fn(usize) -> u8) -> ([u8; 4], [u8; QK / 2]) {
+pub(crate) fn pack_5bit(codes: impl Fn(usize) -> u8) -> ([u8; 4], [u8; QK / 2]) {
     let mut qh = 0u32;
     let mut qs = [0u8; QK / 2];
     for (j, q) in qs.iter_mut().enumerate() {
