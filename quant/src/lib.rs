@@ -7,6 +7,8 @@
 //! - [`legacy`] (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1) and [`kquants`] (Q2_K, Q3_K, Q4_K, Q5_K,
 //!   Q6_K, Q8_K): one `#[repr(C)]` struct per block format with ggml's layout, implementing
 //!   [`Block`] (read/write at documented byte offsets, quantize/dequantize one block).
+//! - [`quantize_row_weighted`] ([`weighted`]): ggml's importance-matrix quantizers
+//!   (llama-quantize with `--imatrix`), bit-exact, for Q4_0/Q4_1/Q5_0/Q5_1 and Q2_K..Q6_K.
 //!
 //! This crate has no dependency on the rest of the engine.
 
@@ -18,10 +20,12 @@ pub mod legacy;
 pub mod packed;
 mod rounding;
 pub mod types;
+pub mod weighted;
 
 pub use block::Block;
 pub use float::{bf16_to_f32, f16_to_f32, f32_to_bf16, f32_to_f16};
 pub use types::GgmlType;
+pub use weighted::{can_quantize_weighted, quantize_row_weighted};
 
 use std::fmt;
 
@@ -38,6 +42,9 @@ pub enum QuantError {
     NotWholeBlocks { ty: GgmlType, bytes: usize },
     /// Dequantize: the f32 destination does not hold exactly the source's element count.
     ElementCountMismatch { expected: usize, found: usize },
+    /// Weighted quantize: `n` source values are not a whole number of rows of `n_per_row`
+    /// (the length of the importance weights).
+    RowMismatch { n: usize, n_per_row: usize },
 }
 
 impl fmt::Display for QuantError {
@@ -66,6 +73,11 @@ impl fmt::Display for QuantError {
                     "output length mismatch: expected {expected} values, found {found}"
                 )
             }
+            QuantError::RowMismatch { n, n_per_row } => write!(
+                f,
+                "{n} values is not a whole number of rows of {n_per_row} (the importance \
+                 weights' length)"
+            ),
         }
     }
 }
