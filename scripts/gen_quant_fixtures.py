@@ -7,7 +7,16 @@ What it writes (all little-endian, raw arrays, no headers):
   dequant/<case>.<TYPE>.f32    expected dequantize_row(TYPE, those bytes) (a subset of cases)
   blocks/<TYPE>.bin            blocks of random bytes (finite f16 scales) for dequantization
   blocks/<TYPE>.f32            expected dequantize_row(TYPE, blocks/<TYPE>.bin)
+  inputs_w/<case>.f32          seeded rows for the importance-matrix quantizers (3 or 4 rows
+                               each; realistic, zero, tiny and outlier values)
+  weights/<case>.f32           their importance weights, one per column: n_per_row = the
+                               weights' length (512 or 768); imatrix-like values over 4 orders
+                               of magnitude, all-equal, or partly zero
+  quant_w/<case>.<TYPE>.bin    expected bytes of quantize_row_weighted(TYPE, rows, weights),
+                               i.e. ggml's quantize_<type>(rows, nrow, n_per_row, weights)
+                               with non-NULL weights, for Q4_0, Q4_1, Q5_0, Q5_1, Q2_K..Q6_K
   MANIFEST.txt                 one line per expected file: kind case type elements source
+                               (kinds quant, dequant, blocks, quant_w)
 
 Where the expected values come from (the "source" column):
   gguf-py   the `gguf` PyPI package (gguf.quants.quantize / dequantize, numpy ports written to
@@ -18,22 +27,31 @@ Where the expected values come from (the "source" column):
             harness: F16, Q8_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K quantization, Q8_K
             dequantization.
   numpy     Q8_1 dequantization (d * q; ggml has no dequantize_row_q8_1).
+  (quant_w is ggml-c only: gguf-py has no importance-matrix quantizers. For every quant_w
+  input the script also checks that ggml's quantize_<type> with NULL weights gives the
+  bytes of quantize_row_<type>_ref, the fallback rgemma's quantize_row implements.)
 Every value that both gguf-py and ggml-c can produce is produced by both and compared; the
 script stops if they disagree (except F16 NaN payloads, where numpy and ggml differ by design
 and ggml's canonical 0x7E00 is used).
 
-The harness: this script writes a ~100-line C file (our own code, embedded below) into a
+The harness: this script writes a ~150-line C file (our own code, embedded below) into a
 temporary directory and compiles it together with ggml's src/ggml-quants.c from a ggml checkout
 given with --ggml-src. No ggml code is copied into this repository. The compile flags are those
 of a plain x86-64 release build of ggml-base: -O2 -DNDEBUG, no -march (so no FMA), plus
 -ffp-contract=off to rule out contraction on other hosts. The fixtures in the repo were made
 from ggml-org/ggml commit d99724f2b141fed9e1a9f402213506c081433465 (2026-08-21) on x86-64 Linux,
-gcc, with gguf 0.19.0 and numpy 2.4.
+gcc, with gguf 0.19.0 and numpy 2.4. The quant_w/weights/inputs_w files were added later from
+the ggml inside ggml-org/llama.cpp commit 0c1e57098bba43ac29e6e3b677cdceebdd22334f (2026-10-01,
+vendored in llama-cpp-python 0.3.36: --ggml-src .../vendor/llama.cpp/ggml), gcc 12.2; rerun
+with that ggml, the script rewrote every earlier file byte for byte.
 
 How to run (from the repo root; deterministic: the same inputs give the same files):
   python3 -m venv .venv && .venv/bin/pip install -r scripts/requirements-dev.txt
-  # a checkout of the ggml-org/ggml repository (git clone) in /tmp/ggml; any recent one
+  # a checkout of the ggml-org/ggml repository (git clone) in /tmp/ggml, or the ggml/
+  # directory of a llama.cpp checkout; any recent one
   .venv/bin/python scripts/gen_quant_fixtures.py --ggml-src /tmp/ggml
+(Only numpy and gguf are needed here: `pip install numpy==2.4.6 gguf==0.19.0` is enough.)
+A run takes about 10 s (compiling the harness, then a few hundred runs of it).
 Options: --out DIR (default quant/tests/fixtures), --cc COMPILER (default cc).
 """
 
@@ -80,12 +98,19 @@ DEQUANT_CASES = {"normal", "weights", "neg_max", "ties"}
 NUMPY_MAY_DIFFER = {"nonfinite"}
 # Cases only meaningful for the float conversions.
 FLOAT_ONLY_CASES = {"float_specials"}
+# Types with an importance-matrix (quant_weights) path in ggml. (quantize_q8_0 ignores its
+# weights; the float types have none.)
+WEIGHTED_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
 
 HARNESS_C = r"""
 /* rgemma fixture harness (rgemma's own code): runs ggml's reference (de)quantizers on raw
  * files.  usage: harness q|dq TYPE IN OUT
  *   q:  IN = f32 array, OUT = blocks (quantize_row_*_ref; output buffer zeroed first)
- *   dq: IN = blocks,    OUT = f32 array (dequantize_row_*) */
+ *   dq: IN = blocks,    OUT = f32 array (dequantize_row_*)
+ * harness qw TYPE IN WEIGHTS OUT
+ *   qw: IN = rows of n_per_row f32 (n_per_row = the length of WEIGHTS), OUT = blocks of
+ *       quantize_<type>(IN, OUT, nrow, n_per_row, WEIGHTS) (the importance-matrix path);
+ *       WEIGHTS = "-" passes NULL (one row of all of IN; ggml then runs the _ref quantizer) */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -94,12 +119,32 @@ HARNESS_C = r"""
 #include "ggml-impl.h"
 #include "ggml-quants.h"
 
-/* ggml-quants.c references these ggml.c symbols; the reference paths used here never call
- * them, so stand-ins that abort are enough. */
+typedef size_t (*wqfn)(const float *, void *, int64_t, int64_t, const float *);
+struct wentry { const char *name; enum ggml_type type; int bs; int ts; wqfn q; };
+static const struct wentry wtable[] = {
+    { "Q4_0", GGML_TYPE_Q4_0, 32, sizeof(block_q4_0), quantize_q4_0 },
+    { "Q4_1", GGML_TYPE_Q4_1, 32, sizeof(block_q4_1), quantize_q4_1 },
+    { "Q5_0", GGML_TYPE_Q5_0, 32, sizeof(block_q5_0), quantize_q5_0 },
+    { "Q5_1", GGML_TYPE_Q5_1, 32, sizeof(block_q5_1), quantize_q5_1 },
+    { "Q2_K", GGML_TYPE_Q2_K, 256, sizeof(block_q2_K), quantize_q2_K },
+    { "Q3_K", GGML_TYPE_Q3_K, 256, sizeof(block_q3_K), quantize_q3_K },
+    { "Q4_K", GGML_TYPE_Q4_K, 256, sizeof(block_q4_K), quantize_q4_K },
+    { "Q5_K", GGML_TYPE_Q5_K, 256, sizeof(block_q5_K), quantize_q5_K },
+    { "Q6_K", GGML_TYPE_Q6_K, 256, sizeof(block_q6_K), quantize_q6_K },
+};
+#define NW (sizeof(wtable) / sizeof(wtable[0]))
+
+/* ggml-quants.c references these ggml.c symbols. The quantize_<type> functions need the row
+ * size of the types above; the other paths used here never call them, so stand-ins that
+ * abort are enough. */
 void ggml_abort(const char *file, int line, const char *fmt, ...) {
     fprintf(stderr, "ggml_abort %s:%d %s\n", file, line, fmt); abort();
 }
-size_t ggml_row_size(enum ggml_type t, int64_t ne) { (void)t; (void)ne; abort(); }
+size_t ggml_row_size(enum ggml_type t, int64_t ne) {
+    for (size_t i = 0; i < NW; i++)
+        if (wtable[i].type == t) return (size_t)(ne / wtable[i].bs) * wtable[i].ts;
+    abort();
+}
 size_t ggml_type_size(enum ggml_type t) { (void)t; abort(); }
 const char *ggml_type_name(enum ggml_type t) { (void)t; return "?"; }
 
@@ -150,7 +195,31 @@ static void *slurp(const char *path, size_t *n) {
     return p;
 }
 
+static int weighted(const char *type, const char *in_path, const char *w_path, const char *out_path) {
+    const struct wentry *e = NULL;
+    for (size_t i = 0; i < NW; i++)
+        if (!strcmp(wtable[i].name, type)) e = &wtable[i];
+    if (!e) { fprintf(stderr, "no weighted quantizer for %s\n", type); return 2; }
+    size_t n, nw;
+    float *x = slurp(in_path, &n);
+    float *w = NULL;
+    int64_t n_per_row = (int64_t)(n / 4);
+    if (strcmp(w_path, "-")) { w = slurp(w_path, &nw); n_per_row = (int64_t)(nw / 4); }
+    if (n_per_row == 0 || n_per_row % e->bs || (int64_t)(n / 4) % n_per_row) {
+        fprintf(stderr, "bad row length\n"); return 2;
+    }
+    int64_t nrow = (int64_t)(n / 4) / n_per_row;
+    size_t nout = (size_t)(nrow * n_per_row / e->bs) * e->ts;
+    void *out = calloc(1, nout);
+    if (e->q(x, out, nrow, n_per_row, w) != nout) { fprintf(stderr, "size?\n"); return 2; }
+    FILE *f = fopen(out_path, "wb");
+    if (!f || fwrite(out, 1, nout, f) != nout) { perror(out_path); return 2; }
+    fclose(f);
+    return 0;
+}
+
 int main(int argc, char **argv) {
+    if (argc == 6 && !strcmp(argv[1], "qw")) return weighted(argv[2], argv[3], argv[4], argv[5]);
     if (argc != 5) { fprintf(stderr, "usage: %s q|dq TYPE IN OUT\n", argv[0]); return 2; }
     const struct entry *e = NULL;
     for (size_t i = 0; i < sizeof(table) / sizeof(table[0]); i++)
@@ -193,13 +262,27 @@ deterministic). Do not edit by hand.
 - `quant/<case>.<TYPE>.bin`: the bytes ggml's reference quantizer writes for that input.
 - `dequant/<case>.<TYPE>.f32`: ggml's dequantization of those bytes (a subset of cases).
 - `blocks/<TYPE>.bin` / `.f32`: random block bytes (finite scales) and their dequantization.
+- `inputs_w/<case>.f32` + `weights/<case>.f32`: rows (3 or 4 per case) and per-column
+  importance weights (n_per_row = the weights' length, 512 or 768) for the importance-matrix
+  quantizers: imatrix (imatrix-like weights over four orders of magnitude, rows of different
+  scales), imatrix768 (n_per_row 768, log-normal weights), equal (all weights 1), zero_w (a
+  quarter of the weights, a 32-block and half a super-block of them zero), zero_rows (an
+  all-zero row, zero blocks, a zero super-block, sparse values), extremes (f32 denormals,
+  f16-underflowing scales, large outliers, tiny blocks next to large ones).
+- `quant_w/<case>.<TYPE>.bin`: the bytes ggml's `quantize_<type>(rows, nrow, n_per_row,
+  weights)` writes with non-NULL weights (the llama-quantize `--imatrix` path) for Q4_0, Q4_1,
+  Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K; read by `quant/tests/bit_exact_weighted.rs`.
 - `MANIFEST.txt`: every expected file with its source: `gguf-py` (the gguf PyPI package's
   numpy ports), `ggml-c` (ggml's C `quantize_row_*_ref` / `dequantize_row_*` compiled into a
   small harness outside this repository), `numpy`; `a+b` means both produced identical output.
   The committed files come from ggml-org/ggml commit d99724f2b141 (2026-08-21) built for x86-64
-  with gcc (-O2, no FMA contraction), gguf 0.19.0 and numpy 2.4.
+  with gcc (-O2, no FMA contraction), gguf 0.19.0 and numpy 2.4; the `quant_w` files (and
+  their inputs and weights) from the ggml of ggml-org/llama.cpp commit 0c1e570 (2026-10-01,
+  vendored in llama-cpp-python 0.3.36; gcc 12.2), which reproduces all earlier files byte for
+  byte.
 
-The Rust tests (`quant/tests/bit_exact.rs`) read these files; no Python is needed to run them.
+The Rust tests (`quant/tests/bit_exact.rs`, `quant/tests/bit_exact_weighted.rs`) read these
+files; no Python is needed to run them.
 """
 
 
@@ -231,6 +314,17 @@ class GgmlHarness:
 
     def dequantize(self, ty: str, blocks: bytes) -> np.ndarray:
         return np.frombuffer(self._run("dq", ty, np.frombuffer(blocks, np.uint8)), np.float32)
+
+    def quantize_weighted(self, ty: str, x: np.ndarray, weights: np.ndarray | None) -> bytes:
+        """ggml's quantize_<type>(x, nrow, n_per_row = len(weights), weights); None = NULL."""
+        inp, wts, out = self.dir / "in.bin", self.dir / "w.bin", self.dir / "out.bin"
+        inp.write_bytes(x.astype(np.float32).tobytes())
+        warg = "-"
+        if weights is not None:
+            wts.write_bytes(weights.astype(np.float32).tobytes())
+            warg = str(wts)
+        subprocess.run([str(self.exe), "qw", ty, str(inp), warg, str(out)], check=True)
+        return out.read_bytes()
 
 
 def gguf_q(ty: str, x: np.ndarray) -> bytes:
@@ -396,6 +490,80 @@ def make_cases() -> dict[str, np.ndarray]:
     return cases
 
 
+def make_weighted_cases() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Seeded inputs for the importance-matrix quantizers: (rows flattened, weights), where
+    the weights are one importance per column and n_per_row = len(weights). Its own seed, so
+    the cases of make_cases() do not move."""
+    rng = np.random.default_rng(20261202)
+    f32 = np.float32
+    cases: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def imatrix(n: int) -> np.ndarray:
+        # imatrix entries are mean squared activations: positive, spread over orders of
+        # magnitude, with a few "outlier channels" far above the rest.
+        w = 10.0 ** rng.uniform(-3.0, 1.0, n)
+        w[rng.integers(0, n, max(2, n // 128))] *= 100.0
+        return w.astype(f32)
+
+    # Four rows of different scales (weights-like, with a few outliers), n_per_row 512.
+    rows = []
+    for s in (1.0, 0.02, 3.0, 0.5):
+        r = rng.normal(0.0, s, 512)
+        r[rng.integers(0, 512, 4)] *= 12.0
+        rows.append(r)
+    cases["imatrix"] = (np.concatenate(rows).astype(f32), imatrix(512))
+
+    # n_per_row 768 (three super-blocks; the legacy types' sigma2 spans the whole row),
+    # log-normal importances.
+    x = rng.laplace(0.0, 0.05, 3 * 768)
+    cases["imatrix768"] = (x.astype(f32), np.exp(rng.normal(-2.0, 2.0, 768)).astype(f32))
+
+    # All-equal weights, on a normal, a uniform, an all-positive and an all-negative row.
+    x = np.concatenate([rng.standard_normal(512), rng.uniform(-1, 1, 512),
+                        rng.uniform(0.5, 2.0, 512), rng.uniform(-3.0, -0.1, 512)])
+    cases["equal"] = (x.astype(f32), np.ones(512, f32))
+
+    # Zero weights: a quarter of the columns at random, a whole 32-block (64..96) and half a
+    # super-block (384..512), where every fit has zero total weight.
+    w = imatrix(512)
+    w[rng.random(512) < 0.25] = 0.0
+    w[64:96] = 0.0
+    w[384:512] = 0.0
+    cases["zero_w"] = (rng.standard_normal(3 * 512).astype(f32), w)
+
+    # Zeros: an all-zero row, zero 32-blocks between normal ones, a zero super-block, and a
+    # row with one non-zero value per 16.
+    x = np.zeros((4, 512))
+    r = rng.standard_normal(512)
+    for b in range(0, 16, 2):
+        r[32 * b: 32 * b + 32] = 0.0
+    x[1] = r
+    x[2, 256:] = rng.standard_normal(256)
+    for g in range(32):
+        x[3, 16 * g + (5 * g) % 16] = (-1.0) ** g * 10.0 ** ((g % 5) - 2)
+    cases["zero_rows"] = (x.reshape(-1).astype(f32), imatrix(512))
+
+    # Extremes: tiny values (f32 denormals, scales that underflow f16), large outliers, and
+    # a row mixing a tiny block with large ones (sigma2 dwarfs the tiny block's values).
+    x = np.zeros((4, 512))
+    x[0, 0:32] = rng.uniform(-1, 1, 32) * 1e-40
+    x[0, 32:64] = rng.uniform(-1, 1, 32) * 1e-38
+    x[0, 64:96] = rng.uniform(-1, 1, 32) * 1e-8
+    x[0, 96:128] = rng.uniform(-1, 1, 32) * 3e-5
+    x[0, 128:256] = rng.uniform(-1, 1, 128) * 1e-20
+    x[0, 256:512] = rng.uniform(-1, 1, 256) * 1e-12
+    x[1] = rng.standard_normal(512)
+    x[1, rng.integers(0, 512, 5)] = [1e4, -2e4, 5e3, -7e3, 3e4]
+    x[1, 96:128] = rng.uniform(-1, 1, 32) * 6.0e4
+    x[2] = rng.standard_normal(512) * 1e3
+    x[2, 300] = 3e5
+    x[3] = rng.standard_normal(512) * 1e3
+    x[3, 32:64] = rng.uniform(-1, 1, 32) * 1e-10
+    x[3, 256:272] = rng.uniform(-1, 1, 16) * 1e-3
+    cases["extremes"] = (x.reshape(-1).astype(f32), imatrix(512))
+    return cases
+
+
 def make_random_blocks(ty: str, rng: np.random.Generator, nblocks: int) -> bytes:
     """Random block bytes whose f16/f32 scale fields are finite and moderate (so the expected
     values have no NaN, whose payload is not portable)."""
@@ -439,7 +607,7 @@ def main() -> None:
     out: Path = args.out
     if out.exists():
         shutil.rmtree(out)
-    for sub in ("inputs", "quant", "dequant", "blocks"):
+    for sub in ("inputs", "quant", "dequant", "blocks", "inputs_w", "weights", "quant_w"):
         (out / sub).mkdir(parents=True)
 
     manifest: list[str] = []
@@ -477,6 +645,19 @@ def main() -> None:
                     deq, source = reference_dequant(ggml, ty, c_bytes)
                     (out / "dequant" / f"{case}.{ty}.f32").write_bytes(deq.tobytes())
                     manifest.append(f"dequant {case} {ty} {len(x)} {source}")
+
+        for case, (x, w) in make_weighted_cases().items():
+            (out / "inputs_w" / f"{case}.f32").write_bytes(x.tobytes())
+            (out / "weights" / f"{case}.f32").write_bytes(w.tobytes())
+            for ty in WEIGHTED_TYPES:
+                # Without weights ggml falls back to the reference quantizer (what rgemma's
+                # quantize_row matches); check that this still holds, then write the
+                # weighted bytes.
+                if ggml.quantize_weighted(ty, x, None) != ggml.quantize(ty, x):
+                    sys.exit(f"quantize_{ty} without weights is not the _ref quantizer")
+                c_bytes = ggml.quantize_weighted(ty, x, w)
+                (out / "quant_w" / f"{case}.{ty}.bin").write_bytes(c_bytes)
+                manifest.append(f"quant_w {case} {ty} {len(x)} ggml-c")
 
         rng = np.random.default_rng(77)
         for ty in DEQUANT_TYPES:
