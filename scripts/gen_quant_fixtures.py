@@ -11,7 +11,8 @@ What it writes (all little-endian, raw arrays, no headers):
                                each; realistic, zero, tiny and outlier values)
   weights/<case>.f32           their importance weights, one per column: n_per_row = the
                                weights' length (512 or 768); imatrix-like values over 4 orders
-                               of magnitude, all-equal, or partly zero
+                               of magnitude, all-equal, or partly zero; ties_w puts
+                               exact rounding ties on zero-importance columns
   quant_w/<case>.<TYPE>.bin    expected bytes of quantize_row_weighted(TYPE, rows, weights),
                                i.e. ggml's quantize_<type>(rows, nrow, n_per_row, weights)
                                with non-NULL weights, for Q4_0, Q4_1, Q5_0, Q5_1, Q2_K..Q6_K
@@ -268,7 +269,9 @@ deterministic). Do not edit by hand.
   scales), imatrix768 (n_per_row 768, log-normal weights), equal (all weights 1), zero_w (a
   quarter of the weights, a 32-block and half a super-block of them zero), zero_rows (an
   all-zero row, zero blocks, a zero super-block, sparse values), extremes (f32 denormals,
-  f16-underflowing scales, large outliers, tiny blocks next to large ones).
+  f16-underflowing scales, large outliers, tiny blocks next to large ones), ties_w (integer
+  grids whose fits are exact, with zero-importance columns at k + 0.5: rounding ties in the
+  Q4_0/Q5_0 fits and in the Q3_K/Q6_K re-quantization).
 - `quant_w/<case>.<TYPE>.bin`: the bytes ggml's `quantize_<type>(rows, nrow, n_per_row,
   weights)` writes with non-NULL weights (the llama-quantize `--imatrix` path) for Q4_0, Q4_1,
   Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K; read by `quant/tests/bit_exact_weighted.rs`.
@@ -561,6 +564,25 @@ def make_weighted_cases() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     x[3, 32:64] = rng.uniform(-1, 1, 32) * 1e-10
     x[3, 256:272] = rng.uniform(-1, 1, 16) * 1e-3
     cases["extremes"] = (x.reshape(-1).astype(f32), imatrix(512))
+
+    # Exact rounding ties (nearest_int rounds half to even). Each row is on an integer grid
+    # whose group max-abs is negative and sets the scale to exactly 1: -4 per 16 (Q3_K),
+    # -8 per 32 (Q4_0), -32 per 16 (Q6_K), -16 per 32 (Q5_0). Three columns per 16 hold
+    # k + 0.5 instead and have zero importance, so the weighted fits stay exact (scale 1,
+    # and for Q3_K/Q6_K a stored sub-scale of exactly 1) and those values land on ties, in
+    # the fit (Q4_0/Q5_0) or in the re-quantization with the stored scales (Q3_K/Q6_K).
+    w = imatrix(512)
+    tie_cols = np.array([16 * g + (5 * g + 3 + 4 * t) % 16 for g in range(32) for t in range(3)])
+    w[tie_cols] = 0.0
+    x = np.zeros((4, 512))
+    for row, (lo, group) in enumerate([(-4, 16), (-8, 32), (-32, 16), (-16, 32)]):
+        r = rng.integers(lo + 1, -lo, 512).astype(float)
+        r[tie_cols] = rng.integers(lo, -lo - 1, len(tie_cols)) + 0.5
+        for b in range(512 // group):
+            g = group * b // 16  # the max-abs goes 2 after the group's first tie column
+            r[16 * g + (5 * g + 5) % 16] = lo
+        x[row] = r
+    cases["ties_w"] = (x.reshape(-1).astype(f32), w)
     return cases
 
 

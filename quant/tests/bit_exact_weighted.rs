@@ -23,13 +23,14 @@ const TYPES: [GgmlType; 9] = [
     GgmlType::Q5K,
     GgmlType::Q6K,
 ];
-const CASES: [&str; 6] = [
+const CASES: [&str; 7] = [
     "imatrix",
     "imatrix768",
     "equal",
     "zero_w",
     "zero_rows",
     "extremes",
+    "ties_w",
 ];
 
 fn fixtures() -> PathBuf {
