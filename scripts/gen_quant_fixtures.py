@@ -12,7 +12,8 @@ What it writes (all little-endian, raw arrays, no headers):
   weights/<case>.f32           their importance weights, one per column: n_per_row = the
                                weights' length (512 or 768); imatrix-like values over 4 orders
                                of magnitude, all-equal, or partly zero; ties_w puts
-                               exact rounding ties on zero-importance columns
+                               exact rounding ties on zero-importance columns,
+                               nonfinite_w NaN/inf/overflowing values
   quant_w/<case>.<TYPE>.bin    expected bytes of quantize_row_weighted(TYPE, rows, weights),
                                i.e. ggml's quantize_<type>(rows, nrow, n_per_row, weights)
                                with non-NULL weights, for Q4_0, Q4_1, Q5_0, Q5_1, Q2_K..Q6_K
@@ -271,7 +272,8 @@ deterministic). Do not edit by hand.
   all-zero row, zero blocks, a zero super-block, sparse values), extremes (f32 denormals,
   f16-underflowing scales, large outliers, tiny blocks next to large ones), ties_w (integer
   grids whose fits are exact, with zero-importance columns at k + 0.5: rounding ties in the
-  Q4_0/Q5_0 fits and in the Q3_K/Q6_K re-quantization).
+  Q4_0/Q5_0 fits and in the Q3_K/Q6_K re-quantization), nonfinite_w (NaN, ±inf, values
+  whose squares overflow f32).
 - `quant_w/<case>.<TYPE>.bin`: the bytes ggml's `quantize_<type>(rows, nrow, n_per_row,
   weights)` writes with non-NULL weights (the llama-quantize `--imatrix` path) for Q4_0, Q4_1,
   Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K; read by `quant/tests/bit_exact_weighted.rs`.
@@ -583,6 +585,20 @@ def make_weighted_cases() -> dict[str, tuple[np.ndarray, np.ndarray]]:
             r[16 * g + (5 * g + 5) % 16] = lo
         x[row] = r
     cases["ties_w"] = (x.reshape(-1).astype(f32), w)
+
+    # Degenerate inputs: NaN and ±inf in some blocks, and values whose squares overflow f32
+    # (sigma2 and the fit weights become inf, the fits' sums inf or NaN). ggml does not
+    # guard against these; the bytes are whatever its arithmetic gives.
+    x = rng.standard_normal((3, 512))
+    x[0, 3] = np.inf
+    x[0, 40] = -np.inf
+    x[0, 70] = np.nan
+    x[0, 300] = np.nan
+    x[1, 0:32] *= 1e20
+    x[1, 256:272] *= 3e38 / 4
+    x[2, 100] = 3.0e38
+    x[2, 400:416] = -3.4028235e38
+    cases["nonfinite_w"] = (x.reshape(-1).astype(f32), imatrix(512))
     return cases
 
 

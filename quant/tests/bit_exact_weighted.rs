@@ -23,7 +23,7 @@ const TYPES: [GgmlType; 9] = [
     GgmlType::Q5K,
     GgmlType::Q6K,
 ];
-const CASES: [&str; 7] = [
+const CASES: [&str; 8] = [
     "imatrix",
     "imatrix768",
     "equal",
@@ -31,6 +31,7 @@ const CASES: [&str; 7] = [
     "zero_rows",
     "extremes",
     "ties_w",
+    "nonfinite_w",
 ];
 
 fn fixtures() -> PathBuf {
