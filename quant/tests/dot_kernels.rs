@@ -16,7 +16,7 @@ use rgemma_quant::{dequantize_row, quantize_row, GgmlType};
 mod common;
 use common::Rng;
 
-const WEIGHT_TYPES: [GgmlType; 11] = [
+const WEIGHT_TYPES: [GgmlType; 13] = [
     GgmlType::F32,
     GgmlType::F16,
     GgmlType::BF16,
@@ -25,6 +25,8 @@ const WEIGHT_TYPES: [GgmlType; 11] = [
     GgmlType::Q5_0,
     GgmlType::Q5_1,
     GgmlType::Q8_0,
+    GgmlType::Q2K,
+    GgmlType::Q3K,
     GgmlType::Q4K,
     GgmlType::Q5K,
     GgmlType::Q6K,
@@ -139,6 +141,102 @@ fn every_kernel_matches_the_dequantized_reference() {
     }
 }
 
+/// K-quant weight bytes at their extremes against activations whose Q8_K codes are all
+/// +127 or all −127 (and random ones): random bits with 1.0 as every f16 super-block
+/// scale (so that no value is NaN), and every other super-block forced to the largest
+/// codes and scales (all bits set: Q2_K scale and min 15 with code 3; Q3_K scale +31 with
+/// code +3; Q4_K/Q5_K 63 with 15/31; Q6_K scale −1 with code +31) or, for Q3_K and Q6_K, to
+/// the most negative scale and code (Q3_K −32 × −4, Q6_K −128 × −32). The i16/i32
+/// intermediate sums of every backend must not overflow: same checks and tolerances as
+/// `every_kernel_matches_the_dequantized_reference`.
+#[test]
+fn extreme_kquant_codes_do_not_overflow() {
+    let mut rng = Rng(0x5EED_0009);
+    let n = 1024;
+    let one = 0x3C00u16.to_le_bytes();
+    for ty in [
+        GgmlType::Q2K,
+        GgmlType::Q3K,
+        GgmlType::Q4K,
+        GgmlType::Q5K,
+        GgmlType::Q6K,
+    ] {
+        let (rows, ncols) = (3, 3);
+        let w_row = ty.row_size(n as u64).unwrap() as usize;
+        let mut wq = rng.bytes(rows * w_row);
+        for (i, blk) in wq.chunks_exact_mut(ty.type_size()).enumerate() {
+            // (offsets of the f16 scales, bytes of codes and sub-block scales)
+            let (f16s, body): (&[usize], std::ops::Range<usize>) = match ty {
+                GgmlType::Q2K => (&[80, 82], 0..80),
+                GgmlType::Q3K => (&[108], 0..108),
+                GgmlType::Q6K => (&[208], 0..208),
+                _ => (&[0, 2], 4..blk.len()),
+            };
+            match i % 4 {
+                0 => blk[body].fill(0xFF),
+                // Q3_K: hmask and low bits 0 (code −4), scale codes 0 (−32); Q6_K: codes 0
+                // (−32), scales −128.
+                2 if ty == GgmlType::Q3K => blk[body].fill(0),
+                2 if ty == GgmlType::Q6K => {
+                    blk[..192].fill(0);
+                    blk[192..208].fill(0x80);
+                }
+                _ => {}
+            }
+            for &o in f16s {
+                blk[o..o + 2].copy_from_slice(&one);
+            }
+        }
+        let a_row = dot::activation_row_bytes(ty, n).unwrap();
+        let mut aq = vec![0u8; ncols * a_row];
+        let xs = [vec![1.0f32; n], vec![-1.0f32; n], rng.vec(n)];
+        for (x, dst) in xs.iter().zip(aq.chunks_exact_mut(a_row)) {
+            dot::quantize_activation(Backend::Scalar, GgmlType::Q8K, x, dst).unwrap();
+        }
+        let mut scalar = vec![0.0f32; ncols * rows];
+        dot::gemm(
+            Backend::Scalar,
+            ty,
+            n,
+            &wq,
+            w_row,
+            rows,
+            &aq,
+            a_row,
+            ncols,
+            &mut scalar,
+            rows,
+        )
+        .unwrap();
+        for b in Backend::all_available() {
+            let mut out = vec![f32::NAN; ncols * rows];
+            dot::gemm(
+                b, ty, n, &wq, w_row, rows, &aq, a_row, ncols, &mut out, rows,
+            )
+            .unwrap();
+            for r in 0..rows {
+                let wb = &wq[r * w_row..(r + 1) * w_row];
+                let w = dequant(ty, wb, n);
+                for c in 0..ncols {
+                    let ab = &aq[c * a_row..(c + 1) * a_row];
+                    let a = dequant(GgmlType::Q8K, ab, n);
+                    let want: f64 = w.iter().zip(&a).map(|(x, y)| x * y).sum();
+                    let tol = tolerance(ty, &w, &a, wb, ab);
+                    let (got, sc) = (out[c * rows + r] as f64, scalar[c * rows + r] as f64);
+                    assert!(
+                        (got - want).abs() <= tol,
+                        "{ty} {b:?} r={r} c={c}: got {got} want {want} tol {tol}"
+                    );
+                    assert!(
+                        (got - sc).abs() <= tol,
+                        "{ty} {b:?} vs scalar r={r} c={c}: {got} vs {sc}"
+                    );
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn activation_quantizers_match_the_reference() {
     let mut rng = Rng(0xBEEF);
@@ -216,13 +314,13 @@ fn bad_shapes_are_errors() {
     )
     .is_err());
     // No kernel for the type.
-    assert!(dot::activation_type(GgmlType::Q2K).is_none());
+    assert!(dot::activation_type(GgmlType::Iq2Xxs).is_none());
     assert!(dot::gemm(
         Backend::Scalar,
-        GgmlType::Q2K,
+        GgmlType::Iq2Xxs,
         256,
         &w,
-        84,
+        66,
         1,
         &a,
         292,

@@ -184,7 +184,7 @@ pub fn activation_type(weight: GgmlType) -> Option<GgmlType> {
         F32 | F16 | BF16 => Some(F32),
         Q4_0 | Q5_0 | Q8_0 => Some(Q8_0),
         Q4_1 | Q5_1 => Some(Q8_1),
-        Q4K | Q5K | Q6K => Some(Q8K),
+        Q2K | Q3K | Q4K | Q5K | Q6K => Some(Q8K),
         _ => None,
     }
 }

@@ -27,6 +27,8 @@ pub(super) fn tile_fn(ty: GgmlType) -> Option<TileFn> {
         Q5_0 => tile_q5_0,
         Q5_1 => tile_q5_1,
         Q8_0 => tile_q8_0,
+        // No SIMD kernels yet: the scalar reference.
+        Q2K | Q3K => return super::scalar::tile_fn(ty),
         Q4K => tile_q4k,
         Q5K => tile_q5k,
         Q6K => tile_q6k,

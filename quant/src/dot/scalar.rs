@@ -5,7 +5,7 @@
 
 use super::{tile_dispatch, TileFn};
 use crate::block::read_u16;
-use crate::kquants::get_scale_min_k4;
+use crate::kquants::{get_scale_min_k4, q3k_scale};
 use crate::{bf16_to_f32, f16_to_f32, GgmlType};
 
 pub(super) fn tile_fn(ty: GgmlType) -> Option<TileFn> {
@@ -19,6 +19,8 @@ pub(super) fn tile_fn(ty: GgmlType) -> Option<TileFn> {
         Q5_0 => tile_q5_0,
         Q5_1 => tile_q5_1,
         Q8_0 => tile_q8_0,
+        Q2K => tile_q2k,
+        Q3K => tile_q3k,
         Q4K => tile_q4k,
         Q5K => tile_q5k,
         Q6K => tile_q6k,
@@ -211,7 +213,7 @@ legacy_tile!(tile_q8_0, k_q8_0, GgmlType::Q8_0, dec_q8_0);
 struct KBlock {
     d: f32,
     dmin: f32,
-    /// Sub-block length: 32 (Q4_K, Q5_K) or 16 (Q6_K).
+    /// Sub-block length: 32 (Q4_K, Q5_K) or 16 (Q2_K, Q3_K, Q6_K).
     sub: usize,
     scales: [i32; 16],
     mins: [i32; 16],
@@ -242,6 +244,47 @@ fn dec_k4_common(b: &[u8], qs_off: usize) -> KBlock {
         }
     }
     k
+}
+
+/// Q2_K and Q3_K share the 2-bit layout of `qs` (at `qs_off`): byte `32h + l` holds
+/// elements `128h + l + 32k` in bits `2k..2k+2`.
+fn two_bit_codes(b: &[u8], qs_off: usize) -> [i32; 256] {
+    std::array::from_fn(|i| {
+        let (h, k, l) = (i / 128, i % 128 / 32, i % 32);
+        ((b[qs_off + 32 * h + l] >> (2 * k)) & 3) as i32
+    })
+}
+
+/// Q2_K: sub-block j has scale `scales[j] & 15` and min `scales[j] >> 4`; codes 0..=3.
+fn dec_q2k(b: &[u8]) -> KBlock {
+    KBlock {
+        d: f16_to_f32(read_u16(b, 80)),
+        dmin: f16_to_f32(read_u16(b, 82)),
+        sub: 16,
+        scales: std::array::from_fn(|j| (b[j] & 15) as i32),
+        mins: std::array::from_fn(|j| (b[j] >> 4) as i32),
+        codes: two_bit_codes(b, 16),
+    }
+}
+
+/// Q3_K: signed 6-bit scales, codes `low2 − 4` where element `i`'s bit `i / 32` of
+/// `hmask[i % 32]` is clear, `low2` where it is set (so −4..=3); no mins.
+fn dec_q3k(b: &[u8]) -> KBlock {
+    let sc: &[u8; 12] = b[96..108].try_into().expect("12 bytes");
+    let mut codes = two_bit_codes(b, 32);
+    for (i, q) in codes.iter_mut().enumerate() {
+        if b[i % 32] & (1 << (i / 32)) == 0 {
+            *q -= 4;
+        }
+    }
+    KBlock {
+        d: f16_to_f32(read_u16(b, 108)),
+        dmin: 0.0,
+        sub: 16,
+        scales: std::array::from_fn(|j| q3k_scale(sc, j)),
+        mins: [0; 16],
+        codes,
+    }
 }
 
 fn dec_q4k(b: &[u8]) -> KBlock {
@@ -333,6 +376,8 @@ macro_rules! kquant_tile {
         tile_dispatch!($tile, $k);
     };
 }
+kquant_tile!(tile_q2k, k_q2k, GgmlType::Q2K, dec_q2k);
+kquant_tile!(tile_q3k, k_q3k, GgmlType::Q3K, dec_q3k);
 kquant_tile!(tile_q4k, k_q4k, GgmlType::Q4K, dec_q4k);
 kquant_tile!(tile_q5k, k_q5k, GgmlType::Q5K, dec_q5k);
 kquant_tile!(tile_q6k, k_q6k, GgmlType::Q6K, dec_q6k);
