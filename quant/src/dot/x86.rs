@@ -27,8 +27,8 @@ pub(super) fn tile_fn(ty: GgmlType) -> Option<TileFn> {
         Q5_0 => tile_q5_0,
         Q5_1 => tile_q5_1,
         Q8_0 => tile_q8_0,
-        // No SIMD kernels yet: the scalar reference.
-        Q2K | Q3K => return super::scalar::tile_fn(ty),
+        Q2K => tile_q2k,
+        Q3K => tile_q3k,
         Q4K => tile_q4k,
         Q5K => tile_q5k,
         Q6K => tile_q6k,
@@ -401,6 +401,45 @@ min_legacy_kernel!(k_q5_1, tile_q5_1, 24, dec_q5_1);
 //
 // Q8_K block (292 bytes): d (f32) @0, qs[256] (i8) @4, bsums[16] (i16) @260.
 
+/// 32 bytes of 2-bit codes (Q2_K's `qs`, Q3_K's low bits) of one 128-element half -> the
+/// codes 0..3 of its elements 0..32, 32..64, 64..96, 96..128 (bit pairs 0, 2, 4, 6 of
+/// byte `l` are elements `l`, `l + 32`, `l + 64`, `l + 96`).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn two_bit_codes(p: *const u8) -> [__m256i; 4] {
+    // SAFETY: the caller guarantees 32 readable bytes.
+    let q = unsafe { load256(p) };
+    let m = _mm256_set1_epi8(3);
+    [
+        _mm256_and_si256(q, m),
+        _mm256_and_si256(_mm256_srli_epi16::<2>(q), m),
+        _mm256_and_si256(_mm256_srli_epi16::<4>(q), m),
+        _mm256_and_si256(_mm256_srli_epi16::<6>(q), m),
+    ]
+}
+
+/// The 16 per-sub-block scales (i16, sub-blocks 0..8 in the lower 128-bit half) as one
+/// register per 128-element half with that half's 8 scales in both 128-bit halves, for
+/// [`scale_pair_shuffle`].
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn scales_by_half(s16: __m256i) -> [__m256i; 2] {
+    [
+        _mm256_permute2x128_si256::<0x00>(s16, s16),
+        _mm256_permute2x128_si256::<0x11>(s16, s16),
+    ]
+}
+
+/// A `pshufb` mask that copies i16 lane `j` to every lane of the lower 128-bit half and
+/// lane `j + 1` to every lane of the upper half: the scales of the two 16-element
+/// sub-blocks that one 32-code vector spans.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn scale_pair_shuffle(j: usize) -> __m256i {
+    let pick = |k: usize| (2 * k) as i16 | (((2 * k + 1) as i16) << 8);
+    _mm256_set_m128i(_mm_set1_epi16(pick(j + 1)), _mm_set1_epi16(pick(j)))
+}
+
 /// The 8 six-bit scales (bytes 0..8) and mins (bytes 8..16) of a Q4_K/Q5_K super-block
 /// (`get_scale_min_k4` for all j at once, on 32-bit words).
 #[inline]
@@ -515,6 +554,117 @@ unsafe fn q5k_codes(wp: *const u8, chunk: usize) -> (__m256i, __m256i) {
 }
 k4_kernel!(k_q4k, tile_q4k, 144, q4k_codes);
 k4_kernel!(k_q5k, tile_q5k, 176, q5k_codes);
+
+/// Q2_K (84 bytes: scales[16] @0, qs[64] @16, d f16 @80, dmin f16 @82): sub-block j (16
+/// elements) has scale `scales[j] & 15` and min `scales[j] >> 4`; the codes (0..3) are
+/// multiplied unsigned and the mins come in through Q8_K's bsums, as for Q4_K.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn k_q2k<const C: usize>(n: usize, w: *const u8, a: *const u8, stride: usize) -> [f32; C] {
+    let mut acc = [_mm256_setzero_ps(); C];
+    let m4 = _mm_set1_epi8(0x0F);
+    for i in 0..n / 256 {
+        // SAFETY: super-block i < n/256 of the weight row and each activation row.
+        unsafe {
+            let wp = w.add(i * 84);
+            let d = f16_at(wp.add(80));
+            let dmin = f16_at(wp.add(82));
+            let sc = load128(wp);
+            let mins16 = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16::<4>(sc), m4));
+            let scales = scales_by_half(_mm256_cvtepu8_epi16(_mm_and_si128(sc, m4)));
+            let mut isum = [_mm256_setzero_si256(); C];
+            for half in 0..2 {
+                let q = two_bit_codes(wp.add(16 + 32 * half));
+                for (g, qg) in q.iter().enumerate() {
+                    // Elements 0..16 of the group are sub-block 8·half + 2g, 16..32 the next.
+                    let scale = _mm256_shuffle_epi8(scales[half], scale_pair_shuffle(2 * g));
+                    for c in 0..C {
+                        let ap = a.add(c * stride + i * 292 + 4 + 128 * half + 32 * g);
+                        let p = dot_u8_i8_scaled(*qg, load256(ap), scale);
+                        isum[c] = _mm256_add_epi32(isum[c], p);
+                    }
+                }
+            }
+            for c in 0..C {
+                let ap = a.add(c * stride + i * 292);
+                let da = f32_at(ap);
+                let min_sum = _mm256_madd_epi16(load256(ap.add(260)), mins16);
+                let dots = _mm256_cvtepi32_ps(isum[c]);
+                acc[c] = _mm256_fmadd_ps(_mm256_set1_ps(d * da), dots, acc[c]);
+                let m = _mm256_set1_ps(-dmin * da);
+                acc[c] = _mm256_fmadd_ps(m, _mm256_cvtepi32_ps(min_sum), acc[c]);
+            }
+        }
+    }
+    acc.map(|v| hsum_ps(v))
+}
+tile_dispatch!(tile_q2k, k_q2k);
+
+/// The 16 signed scales `sc − 32` of a Q3_K super-block as i8, on 32-bit words: byte j
+/// (< 8) holds the low nibbles of scales j and j + 8, and bits `2·(j / 4)..+2` of byte
+/// `8 + j % 4` the top two bits of scale j.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q3k_scales(p: *const u8) -> __m128i {
+    const LOW4: u32 = 0x0F0F_0F0F;
+    const LOW2: u32 = 0x0303_0303;
+    // SAFETY: the caller guarantees 12 readable bytes.
+    let u: [u32; 3] =
+        unsafe { std::array::from_fn(|k| (p.add(4 * k) as *const u32).read_unaligned()) };
+    let sc = |low: u32, top_shift: u32| low | (((u[2] >> top_shift) & LOW2) << 4);
+    let v = _mm_setr_epi32(
+        sc(u[0] & LOW4, 0) as i32,
+        sc(u[1] & LOW4, 2) as i32,
+        sc((u[0] >> 4) & LOW4, 4) as i32,
+        sc((u[1] >> 4) & LOW4, 6) as i32,
+    );
+    _mm_sub_epi8(v, _mm_set1_epi8(32))
+}
+
+/// Q3_K (110 bytes: hmask[32] @0, qs[64] @32, scales[12] @96, d f16 @108): codes are used
+/// unsigned (`low2 + 4·hbit`, 0..7) and the −4 offset is applied as `−4·Σ_j scale_j·bsum_j`,
+/// as Q6_K's −32.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn k_q3k<const C: usize>(n: usize, w: *const u8, a: *const u8, stride: usize) -> [f32; C] {
+    let mut acc = [_mm256_setzero_ps(); C];
+    let four = _mm256_set1_epi8(4);
+    for i in 0..n / 256 {
+        // SAFETY: super-block i < n/256 of the weight row and each activation row.
+        unsafe {
+            let wp = w.add(i * 110);
+            let d = f16_at(wp.add(108));
+            let sc = q3k_scales(wp.add(96));
+            let sc16 = _mm256_cvtepi8_epi16(sc);
+            let scales = scales_by_half(sc16);
+            let hm = load256(wp);
+            let mut isum = [_mm256_setzero_si256(); C];
+            for half in 0..2 {
+                let low = two_bit_codes(wp.add(32 + 32 * half));
+                for (g, lg) in low.iter().enumerate() {
+                    // Bit 4·half + g of hmask[l] is bit 2 of element 128·half + 32g + l.
+                    let mask = _mm256_set1_epi8((1u8 << (4 * half + g)) as i8);
+                    let set = _mm256_cmpeq_epi8(_mm256_and_si256(hm, mask), mask);
+                    let q = _mm256_or_si256(*lg, _mm256_and_si256(set, four));
+                    // Elements 0..16 of the group are sub-block 8·half + 2g, 16..32 the next.
+                    let scale = _mm256_shuffle_epi8(scales[half], scale_pair_shuffle(2 * g));
+                    for c in 0..C {
+                        let ap = a.add(c * stride + i * 292 + 4 + 128 * half + 32 * g);
+                        let p = dot_u8_i8_scaled(q, load256(ap), scale);
+                        isum[c] = _mm256_add_epi32(isum[c], p);
+                    }
+                }
+            }
+            for c in 0..C {
+                let ap = a.add(c * stride + i * 292);
+                let da = f32_at(ap);
+                let offset = _mm256_madd_epi16(load256(ap.add(260)), sc16);
+                let dots = _mm256_sub_epi32(isum[c], _mm256_slli_epi32::<2>(offset));
+                acc[c] = _mm256_fmadd_ps(_mm256_set1_ps(d * da), _mm256_cvtepi32_ps(dots), acc[c]);
+            }
+        }
+    }
+    acc.map(|v| hsum_ps(v))
+}
+tile_dispatch!(tile_q3k, k_q3k);
 
 /// Q6_K (210 bytes: ql[128] @0, qh[64] @128, scales[16] i8 @192, d f16 @208): codes are
 /// used unsigned (0..63) and the −32 offset is applied as `−32·Σ_j scale_j·bsum_j`.
