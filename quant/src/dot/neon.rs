@@ -14,6 +14,7 @@
 use std::arch::aarch64::*;
 
 use super::{tile_dispatch, TileFn};
+use crate::kquants::q3k_scale;
 use crate::GgmlType;
 
 pub(super) fn tile_fn(ty: GgmlType) -> Option<TileFn> {
@@ -27,8 +28,8 @@ pub(super) fn tile_fn(ty: GgmlType) -> Option<TileFn> {
         Q5_0 => tile_q5_0,
         Q5_1 => tile_q5_1,
         Q8_0 => tile_q8_0,
-        // No SIMD kernels yet: the scalar reference.
-        Q2K | Q3K => return super::scalar::tile_fn(ty),
+        Q2K => tile_q2k,
+        Q3K => tile_q3k,
         Q4K => tile_q4k,
         Q5K => tile_q5k,
         Q6K => tile_q6k,
@@ -310,6 +311,103 @@ unsafe fn bsum(ap: *const u8, j: usize) -> i32 {
     // SAFETY: inside one Q8_K block.
     unsafe { (ap.add(260 + 2 * j) as *const i16).read_unaligned() as i32 }
 }
+
+/// 16 bytes of 2-bit codes (Q2_K's `qs`, Q3_K's low bits) -> the codes 0..3 in bit pairs
+/// 0, 2, 4, 6: elements `l`, `l + 32`, `l + 64`, `l + 96` of a 128-element half for the 16
+/// bytes `l` loaded.
+#[inline]
+unsafe fn two_bit_codes(p: *const u8) -> [uint8x16_t; 4] {
+    // SAFETY: 16 readable bytes.
+    unsafe {
+        let q = vld1q_u8(p);
+        let m = vdupq_n_u8(3);
+        [
+            vandq_u8(q, m),
+            vandq_u8(vshrq_n_u8::<2>(q), m),
+            vandq_u8(vshrq_n_u8::<4>(q), m),
+            vshrq_n_u8::<6>(q),
+        ]
+    }
+}
+
+/// Q2_K (scales[16] @0, qs[64] @16, d f16 @80, dmin f16 @82): sub-block j (16 elements)
+/// has scale `scales[j] & 15` and min `scales[j] >> 4`; codes 0..3 fit i8, the mins come
+/// in through Q8_K's bsums.
+unsafe fn k_q2k<const C: usize>(n: usize, w: *const u8, a: *const u8, stride: usize) -> [f32; C] {
+    let mut out = [0.0f32; C];
+    for i in 0..n / 256 {
+        // SAFETY: super-block i < n/256 of the weight row and each activation row.
+        unsafe {
+            let wp = w.add(i * 84);
+            let (d, dmin) = (f16_at(wp.add(80)), f16_at(wp.add(82)));
+            let sc: [u8; 16] = *(wp as *const [u8; 16]);
+            let mut isum = [0i32; C];
+            for half in 0..2 {
+                for k in 0..2 {
+                    // 16 of the 32 columns l of this half: l = 16k..16k+16.
+                    let q = two_bit_codes(wp.add(16 + 32 * half + 16 * k));
+                    for (g, qg) in q.iter().enumerate() {
+                        // Elements 32g + 16k .. +16 of the half: sub-block 8·half + 2g + k.
+                        let s = (sc[8 * half + 2 * g + k] & 15) as i32;
+                        let qg = vreinterpretq_s8_u8(*qg);
+                        for c in 0..C {
+                            let ap = a.add(c * stride + i * 292 + 4 + 128 * half + 32 * g + 16 * k);
+                            isum[c] += s * dot16(qg, vld1q_s8(ap as *const i8));
+                        }
+                    }
+                }
+            }
+            for c in 0..C {
+                let ap = a.add(c * stride + i * 292);
+                let da = f32_at(ap);
+                let mins: i32 = (0..16).map(|j| (sc[j] >> 4) as i32 * bsum(ap, j)).sum();
+                out[c] += d * da * isum[c] as f32 - dmin * da * mins as f32;
+            }
+        }
+    }
+    out
+}
+tile_dispatch!(tile_q2k, k_q2k);
+
+/// Q3_K (hmask[32] @0, qs[64] @32, scales[12] @96, d f16 @108): codes `low2 + 4·hbit − 4`
+/// are signed (−4..3), so no bsum correction is needed.
+unsafe fn k_q3k<const C: usize>(n: usize, w: *const u8, a: *const u8, stride: usize) -> [f32; C] {
+    let mut out = [0.0f32; C];
+    for i in 0..n / 256 {
+        // SAFETY: super-block i < n/256 of the weight row and each activation row.
+        unsafe {
+            let wp = w.add(i * 110);
+            let d = f16_at(wp.add(108));
+            let sc12 = &*(wp.add(96) as *const [u8; 12]);
+            let sc: [i32; 16] = std::array::from_fn(|j| q3k_scale(sc12, j));
+            let mut isum = [0i32; C];
+            for half in 0..2 {
+                for k in 0..2 {
+                    // 16 of the 32 columns l of this half: l = 16k..16k+16.
+                    let low = two_bit_codes(wp.add(32 + 32 * half + 16 * k));
+                    let hm = vld1q_u8(wp.add(16 * k));
+                    for (g, lg) in low.iter().enumerate() {
+                        // Bit 4·half + g of hmask[l] is bit 2 of element 128·half + 32g + l.
+                        let set = vtstq_u8(hm, vdupq_n_u8(1u8 << (4 * half + g)));
+                        let q = vorrq_u8(*lg, vandq_u8(set, vdupq_n_u8(4)));
+                        let q = vsubq_s8(vreinterpretq_s8_u8(q), vdupq_n_s8(4));
+                        // Elements 32g + 16k .. +16 of the half: sub-block 8·half + 2g + k.
+                        let s = sc[8 * half + 2 * g + k];
+                        for c in 0..C {
+                            let ap = a.add(c * stride + i * 292 + 4 + 128 * half + 32 * g + 16 * k);
+                            isum[c] += s * dot16(q, vld1q_s8(ap as *const i8));
+                        }
+                    }
+                }
+            }
+            for c in 0..C {
+                out[c] += d * f32_at(a.add(c * stride + i * 292)) * isum[c] as f32;
+            }
+        }
+    }
+    out
+}
+tile_dispatch!(tile_q3k, k_q3k);
 
 /// The 8 six-bit (scale, min) pairs of a Q4_K/Q5_K super-block (`get_scale_min_k4`).
 #[inline]
