@@ -441,3 +441,32 @@ fn f32_axpy_many_matches_f64_sums() {
         }
     }
 }
+
+/// One-token decode speed of the K-quant kernels, one thread, best backend (`cargo test
+/// --release -p rgemma-quant --test dot_kernels -- --ignored --nocapture kquant_decode_speed`):
+/// GB/s of weights for 64 rows × 2560 (in cache) and a 256 MiB matrix (from DRAM).
+#[test]
+#[ignore]
+fn kquant_decode_speed() {
+    use rgemma_quant::packed::bench::bench_unpacked_with;
+    let backend = Backend::best_available();
+    let n = 2560;
+    for ty in [
+        GgmlType::Q2K,
+        GgmlType::Q3K,
+        GgmlType::Q4K,
+        GgmlType::Q5K,
+        GgmlType::Q6K,
+    ] {
+        let rb = ty.row_size(n as u64).unwrap() as usize;
+        let cache = bench_unpacked_with(backend, ty, n, 64, 1, 1, 5);
+        let dram = bench_unpacked_with(backend, ty, n, (256 << 20) / rb, 1, 1, 3);
+        eprintln!(
+            "{ty} {}: in cache {:.1} GB/s ({:.1} Gop/s), 256 MiB {:.1} GB/s",
+            backend.name(),
+            cache.gbps,
+            cache.gops,
+            dram.gbps
+        );
+    }
+}
