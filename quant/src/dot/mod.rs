@@ -51,7 +51,8 @@ pub enum Backend {
     /// 4-column tiles (16 registers); the rest is the AVX2 code.
     AvxVnni,
     /// [`Backend::Avx2`] plus AVX-512 F/BW/VL and VNNI (Ice Lake, Zen 4 and later): the
-    /// packed kernels use `vpdpbusd` on 256-bit registers; the rest is the AVX2 code.
+    /// packed kernels use `vpdpbusd` on 256-bit registers, the Q2_K and Q3_K dot kernels
+    /// 512-bit registers; the rest is the AVX2 code.
     Avx512,
     /// aarch64 Advanced SIMD (always present on aarch64, e.g. Cortex-A72).
     Neon,
@@ -395,7 +396,9 @@ fn tile_fn(backend: Backend, ty: GgmlType) -> Option<TileFn> {
     match backend {
         Backend::Scalar => scalar::tile_fn(ty),
         #[cfg(target_arch = "x86_64")]
-        Backend::Avx2 | Backend::AvxVnni | Backend::Avx512 => x86::tile_fn(ty),
+        Backend::Avx512 => x86::tile_fn_avx512(ty).or_else(|| x86::tile_fn(ty)),
+        #[cfg(target_arch = "x86_64")]
+        Backend::Avx2 | Backend::AvxVnni => x86::tile_fn(ty),
         #[cfg(target_arch = "aarch64")]
         Backend::Neon | Backend::NeonDot => neon::tile_fn(ty),
         #[allow(unreachable_patterns)]
