@@ -8,6 +8,7 @@ pub mod cuda;
 pub mod error;
 pub mod generate;
 pub mod gguf;
+pub mod imatrix;
 pub mod model;
 pub mod perplexity;
 pub mod process_memory;

@@ -16,6 +16,8 @@ use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
+use crate::model::Model;
+use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
 
 /// Positions of a chunk whose logits are scored: `first..n_ctx-1` (each predicts the next
@@ -23,6 +25,41 @@ use crate::{Error, Result};
 pub fn scored_positions(n_ctx: usize) -> std::ops::Range<usize> {
     let first = n_ctx / 2;
     first..n_ctx.saturating_sub(1).max(first)
+}
+
+/// Tokenizes `text` with the model's tokenizer (BOS first) and returns whole chunks of `n_ctx`
+/// tokens (at most `max_chunks`), each starting with BOS: the chunks `rg-perplexity` scores
+/// and `rg-imatrix` calibrates on.
+pub fn text_chunks(
+    model: &Model,
+    text: &str,
+    n_ctx: usize,
+    max_chunks: Option<usize>,
+) -> Result<Vec<u32>> {
+    if scored_positions(n_ctx).is_empty() {
+        return Err(Error::InvalidArgument(format!(
+            "context size {n_ctx} is too small: at least 3 tokens per chunk are needed"
+        )));
+    }
+    let tokenizer = Tokenizer::from_gguf(model.gguf())?
+        .ok_or_else(|| Error::Tokenizer("the model file carries no tokenizer".into()))?;
+    let mut tokens = tokenizer.encode(text, true, false)?;
+    let mut n_chunks = tokens.len() / n_ctx;
+    if let Some(c) = max_chunks {
+        n_chunks = n_chunks.min(c);
+    }
+    if n_chunks == 0 {
+        return Err(Error::InvalidArgument(format!(
+            "the text has {} tokens, fewer than one chunk of {n_ctx} (use a smaller -c)",
+            tokens.len()
+        )));
+    }
+    tokens.truncate(n_chunks * n_ctx);
+    let bos = tokenizer.bos();
+    for chunk in tokens.chunks_exact_mut(n_ctx) {
+        chunk[0] = bos;
+    }
+    Ok(tokens)
 }
 
 /// `out[v] = logits[v] - logsumexp(logits)`, the sum taken in f64.

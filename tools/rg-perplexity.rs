@@ -19,9 +19,9 @@ use std::time::Instant;
 use clap::Parser;
 use rgemma::model::{Context, ContextParams, Model};
 use rgemma::perplexity::{
-    log_softmax, scored_positions, KlDivergence, KldHeader, KldReader, KldWriter, Perplexity,
+    log_softmax, scored_positions, text_chunks, KlDivergence, KldHeader, KldReader, KldWriter,
+    Perplexity,
 };
-use rgemma::tokenizer::Tokenizer;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -270,45 +270,17 @@ fn run(args: &Args) -> CliResult<()> {
     Ok(())
 }
 
-/// Tokenizes `file` with the model's tokenizer (BOS first) and returns whole chunks of `n_ctx`
-/// tokens, each starting with BOS.
+/// [`text_chunks`] of a text file.
 fn chunk_tokens(
     model: &Model,
     file: &PathBuf,
     n_ctx: usize,
     max_chunks: Option<usize>,
 ) -> CliResult<Vec<u32>> {
-    if scored_positions(n_ctx).is_empty() {
-        return Err(format!(
-            "context size {n_ctx} is too small: at least 3 tokens per chunk are needed"
-        ));
-    }
     let text = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
     let text = String::from_utf8(text)
         .map_err(|_| format!("{}: the text is not valid UTF-8", file.display()))?;
-    let tokenizer = Tokenizer::from_gguf(model.gguf())
-        .map_err(|e| e.to_string())?
-        .ok_or("the model file carries no tokenizer")?;
-    let mut tokens = tokenizer
-        .encode(&text, true, false)
-        .map_err(|e| e.to_string())?;
-    let mut n_chunks = tokens.len() / n_ctx;
-    if let Some(c) = max_chunks {
-        n_chunks = n_chunks.min(c);
-    }
-    if n_chunks == 0 {
-        return Err(format!(
-            "{} has {} tokens, fewer than one chunk of {n_ctx} (use a smaller -c)",
-            file.display(),
-            tokens.len()
-        ));
-    }
-    tokens.truncate(n_chunks * n_ctx);
-    let bos = tokenizer.bos();
-    for chunk in tokens.chunks_exact_mut(n_ctx) {
-        chunk[0] = bos;
-    }
-    Ok(tokens)
+    text_chunks(model, &text, n_ctx, max_chunks).map_err(|e| format!("{}: {e}", file.display()))
 }
 
 fn print_kl_summary(kl: &KlDivergence) {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use super::context::ContextParams;
 use super::forward::{check_state, forward, Plan, Scratch, Span};
-use super::matmul::MatmulPath;
+use super::matmul::{MatmulObserver, MatmulPath};
 use super::state::{model_fingerprint, KvType, LogitsAt, SeqState};
 use super::Model;
 use crate::{Error, Result};
@@ -340,6 +340,11 @@ impl BatchContext {
     /// See [`super::Context::set_matmul_path`].
     pub fn set_matmul_path(&mut self, path: MatmulPath) {
         self.scratch.threads.set_path(path);
+    }
+
+    /// See [`super::Context::set_matmul_observer`].
+    pub fn set_matmul_observer(&mut self, observer: Option<Arc<dyn MatmulObserver>>) {
+        self.scratch.threads.set_observer(observer);
     }
 
     fn seq(&self, seq: usize) -> Result<&SeqState> {

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use super::batch::{BatchContext, BatchRow};
-use super::matmul::MatmulPath;
+use super::matmul::{MatmulObserver, MatmulPath};
 use super::state::KvType;
 use super::Model;
 use crate::{Error, Result};
@@ -233,6 +233,13 @@ impl Context {
     /// (`RGEMMA_MATMUL=reference` sets the latter for every new context).
     pub fn set_matmul_path(&mut self, path: MatmulPath) {
         self.inner.set_matmul_path(path);
+    }
+
+    /// Shows the f32 input of every matrix product of later evals to `observer` (the
+    /// importance-matrix collector); `None` stops it. CPU only: an offloaded context's evals
+    /// run elsewhere and are not observed.
+    pub fn set_matmul_observer(&mut self, observer: Option<Arc<dyn MatmulObserver>>) {
+        self.inner.set_matmul_observer(observer);
     }
 
     /// Bytes of sequence state (conv tails, RG-LRU states, K/V rings). Fixed for a model.

@@ -13,7 +13,7 @@
 //!   types without a kernel, and selectable with `RGEMMA_MATMUL=reference` (or
 //!   [`ThreadScratch::set_path`]) to compare against.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
 use rgemma_quant::dot::{self, Backend};
@@ -47,6 +47,29 @@ impl MatmulPath {
     }
 }
 
+/// The f32 input rows one weight matrix meets in one product, as an observer sees them.
+pub struct MatmulInput<'a> {
+    /// The weight's tensor name in the GGUF file (`blk.3.ffn_down.weight`; the tied output
+    /// head is `token_embd.weight`).
+    pub weight: &'a str,
+    /// Independent matrices in the weight: 1, or the blocks of a block-diagonal weight
+    /// (the RG-LRU gates), each reading its own `cols`-wide slice of the input row.
+    pub n_mat: usize,
+    /// Values of one row that one matrix reads (the weight's row length).
+    pub cols: usize,
+    /// `n_rows` rows of `n_mat * cols` values, `x_stride` apart.
+    pub x: &'a [f32],
+    pub x_stride: usize,
+    pub n_rows: usize,
+}
+
+/// Sees the input of every matrix product before it runs (the importance-matrix collector,
+/// `crate::imatrix`). Called on the thread that runs the forward pass, once per weight and
+/// call; nothing is called when no observer is set, so the decode path is unchanged.
+pub trait MatmulObserver: Send + Sync {
+    fn observe(&self, input: &MatmulInput<'_>);
+}
+
 /// Per-thread f32 scratch, allocated once per `Context` (one slot per pool thread plus one
 /// for the calling thread), plus the shared activation buffer of the kernel path.
 pub struct ThreadScratch {
@@ -56,6 +79,7 @@ pub struct ThreadScratch {
     /// needs (the first chunk of that size) and is reused afterwards.
     activations: Mutex<Vec<u8>>,
     path: MatmulPath,
+    observer: Option<Arc<dyn MatmulObserver>>,
 }
 
 impl ThreadScratch {
@@ -68,6 +92,7 @@ impl ThreadScratch {
             capacity: len,
             activations: Mutex::new(Vec::new()),
             path: MatmulPath::from_env(),
+            observer: None,
         }
     }
 
@@ -88,6 +113,36 @@ impl ThreadScratch {
     /// Selects the implementation (tests compare the two).
     pub fn set_path(&mut self, path: MatmulPath) {
         self.path = path;
+    }
+
+    /// Shows every product's input to `observer` from now on (`None`: to nobody).
+    pub fn set_observer(&mut self, observer: Option<Arc<dyn MatmulObserver>>) {
+        self.observer = observer;
+    }
+
+    /// Hands `w`'s input to the observer, if one is set and the input has the rows it
+    /// claims (otherwise the product itself fails its shape check right after).
+    fn observe(&self, w: &Matrix, map: InputMap, x: &[f32], x_stride: usize, n_tok: usize) {
+        if let Some(o) = &self.observer {
+            let n_mat = match map {
+                InputMap::Dense => 1,
+                InputMap::BlockDiag { out_per_block } => w.rows.div_ceil(out_per_block.max(1)),
+            };
+            let width = n_mat * w.cols;
+            let whole = n_tok == 0
+                || ((n_tok == 1 || x_stride >= width) && x.len() >= (n_tok - 1) * x_stride + width);
+            if !whole {
+                return;
+            }
+            o.observe(&MatmulInput {
+                weight: &w.info.name,
+                n_mat,
+                cols: w.cols,
+                x,
+                x_stride,
+                n_rows: n_tok,
+            });
+        }
     }
 }
 
@@ -180,6 +235,23 @@ pub fn matmul(
             w.info.name
         )));
     }
+    scratch.observe(w, map, x, x_stride, n_tok);
+    matmul_checked(w, wdata, map, x, x_stride, n_tok, bias, out, scratch)
+}
+
+/// [`matmul`] after its shape checks and observation.
+#[allow(clippy::too_many_arguments)]
+fn matmul_checked(
+    w: &Matrix,
+    wdata: &[u8],
+    map: InputMap,
+    x: &[f32],
+    x_stride: usize,
+    n_tok: usize,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    scratch: &ThreadScratch,
+) -> Result<()> {
     match scratch.path {
         MatmulPath::Kernels(backend) if packed_fits(w, map) => {
             let mut one = [Product {
@@ -391,6 +463,9 @@ pub fn matmul_same_input(
     let MatmulPath::Kernels(backend) = scratch.path else {
         unreachable!("checked above");
     };
+    for p in products.iter() {
+        scratch.observe(p.w, map, x, x_stride, n_tok);
+    }
     matmul_packed(backend, products, map, x, x_stride, n_tok, scratch)
 }
 
@@ -709,6 +784,8 @@ mod tests {
         for ty in [
             GgmlType::Q4_0,
             GgmlType::Q8_0,
+            GgmlType::Q2K,
+            GgmlType::Q3K,
             GgmlType::Q4K,
             GgmlType::Q6K,
             GgmlType::BF16,

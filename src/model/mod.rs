@@ -33,7 +33,7 @@ use crate::Result;
 pub use batch::{BatchContext, BatchRow};
 pub use context::{Context, ContextParams, Offload};
 pub use hparams::{default_embed_scale, HParams, LayerKind};
-pub use matmul::MatmulPath;
+pub use matmul::{MatmulInput, MatmulObserver, MatmulPath};
 pub(crate) use state::fnv1a;
 pub use state::{state_bytes_per_sequence, KvType};
 pub use weights::{
