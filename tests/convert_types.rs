@@ -40,6 +40,20 @@ fn tiny_expected_type(ft: FileType, name: &str, n_dims: usize) -> GgmlType {
         FileType::Q4KS => G::Q5_0,
         FileType::Q5KS => G::Q5_1,
         FileType::Q6K => G::Q8_0,
+        // Q2_K and Q3_K fall back to Q4_0. Q2_K: attn_v Q4_K (4 query heads per K/V head) ->
+        // Q5_0. Q3_K_M: attn_v Q5_K (-> Q5_1), ffn_down and attn_output Q4_K (-> Q5_0).
+        // Q3_K_L: attn_v, ffn_down and attn_output Q5_K (-> Q5_1).
+        FileType::Q2K if name.contains("attn_v") => G::Q5_0,
+        FileType::Q3KM if name.contains("attn_v") => G::Q5_1,
+        FileType::Q3KM if name.contains("ffn_down") || name.contains("attn_output") => G::Q5_0,
+        FileType::Q3KL
+            if name.contains("attn_v")
+                || name.contains("ffn_down")
+                || name.contains("attn_output") =>
+        {
+            G::Q5_1
+        }
+        FileType::Q2K | FileType::Q3KS | FileType::Q3KM | FileType::Q3KL => G::Q4_0,
         FileType::Q4KM | FileType::Q5KM => {
             // use_more_bits over 6 ffn_down (layers 2 and 5) and 2 attn_v (#1, layer 5).
             let more = name == "blk.2.ffn_down.weight"

@@ -12,7 +12,7 @@ use rgemma::convert::{convert, ConvertOptions, FileType, Progress};
 #[command(
     name = "rg-quantize",
     about = "Convert a Hugging Face RecurrentGemma checkpoint (or requantize an rgemma GGUF) to GGUF",
-    after_help = "TYPE (case-insensitive): F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 Q4_K_S Q4_K_M Q5_K_S Q5_K_M Q6_K"
+    after_help = "TYPE (case-insensitive): F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 Q2_K Q3_K_S Q3_K_M Q3_K_L Q4_K_S Q4_K_M Q5_K_S Q5_K_M Q6_K"
 )]
 struct Args {
     /// HF checkpoint directory (config.json + safetensors) or an rgemma GGUF file.
@@ -34,6 +34,10 @@ struct Args {
     /// general.name (default: the checkpoint directory's name).
     #[arg(long)]
     name: Option<String>,
+    /// Importance matrix (rg-imatrix, or llama.cpp's GGUF or .dat imatrix) for the weighted
+    /// quantizers of Q4_0, Q4_1, Q5_0, Q5_1 and the K-quants.
+    #[arg(long, value_name = "FILE")]
+    imatrix: Option<PathBuf>,
     /// Print only warnings and errors.
     #[arg(long, short = 'q')]
     quiet: bool,
@@ -68,6 +72,7 @@ fn main() -> ExitCode {
     opts.force = args.force;
     opts.allow_requantize = args.allow_requantize;
     opts.name = args.name.clone();
+    opts.imatrix = args.imatrix.clone();
 
     let quiet = args.quiet;
     let mut on_progress = |p: Progress| match p {

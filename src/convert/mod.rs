@@ -12,6 +12,7 @@
 //! Entry point: [`convert`].
 
 pub mod config;
+mod importance;
 pub mod plan;
 pub mod preset;
 pub mod safetensors;
@@ -50,6 +51,9 @@ pub struct ConvertOptions {
     pub allow_requantize: bool,
     /// `general.name`; default: the input directory's name (HF) or the input's value (GGUF).
     pub name: Option<String>,
+    /// An importance matrix (`rg-imatrix`, or llama.cpp's GGUF / `.dat` imatrix) for the
+    /// weighted quantizers.
+    pub imatrix: Option<PathBuf>,
 }
 
 impl ConvertOptions {
@@ -66,6 +70,7 @@ impl ConvertOptions {
             force: false,
             allow_requantize: false,
             name: None,
+            imatrix: None,
         }
     }
 }
@@ -166,13 +171,25 @@ pub fn convert(
     check_paths(opts)?;
     let mut warnings = Vec::new();
 
-    let (input, metadata, plan, n_layers, input_bytes) = if opts.input.is_dir() {
+    let (input, mut metadata, plan, n_layers, input_bytes) = if opts.input.is_dir() {
         open_hf(opts, &mut warnings)?
     } else {
         open_gguf(opts)?
     };
-    for w in &warnings {
+    let importance = match &opts.imatrix {
+        Some(path) => Some(importance::Importance::load(path, &plan, &mut warnings)?),
+        None => None,
+    };
+    // Provenance: this run's imatrix, never a requantized source's.
+    metadata.retain(|(k, _)| !k.starts_with("quantize.imatrix."));
+    if let Some(imp) = &importance {
+        metadata.extend(imp.metadata());
+    }
+    // Every warning, in the order reported.
+    let mut reported = Vec::new();
+    for w in warnings.drain(..) {
         progress(Progress::Warning(w.clone()));
+        reported.push(w);
     }
 
     // Types, in file order (the attn_v / ffn_down counters depend on it).
@@ -180,7 +197,15 @@ pub fn convert(
         .iter()
         .filter(|p| preset::classify(&p.name, p.shape.len()) == preset::TensorClass::AttnV)
         .count() as u64;
-    let mut chooser = preset::TypeChooser::new(opts.file_type, n_attn_v, n_layers);
+    let n_gqa = meta_u64(&metadata, &format!("{ARCH}.attention.head_count"))
+        .zip(meta_u64(
+            &metadata,
+            &format!("{ARCH}.attention.head_count_kv"),
+        ))
+        .map_or(1, |(h, kv)| h / kv.max(1));
+    let mut chooser = preset::TypeChooser::new(opts.file_type, n_attn_v, n_layers)
+        .with_imatrix(importance.is_some())
+        .with_gqa(n_gqa);
     let types: Vec<GgmlType> = plan
         .iter()
         .map(|p| chooser.choose(preset::classify(&p.name, p.shape.len()), p.row_len()))
@@ -218,6 +243,13 @@ pub fn convert(
         } else {
             let release = |part: &[u8]| input.release(&p.source, part);
             let mut sink = |part: &[u8]| -> Result<()> { Ok(writer.write_tensor_part(part)?) };
+            let weights = importance
+                .as_ref()
+                .and_then(|imp| imp.weights_for(p, dst_ty, &mut warnings));
+            for w in warnings.drain(..) {
+                progress(Progress::Warning(w.clone()));
+                reported.push(w);
+            }
             pool.install(|| {
                 stream::convert_tensor(
                     p,
@@ -225,6 +257,7 @@ pub fn convert(
                     src,
                     src_row_len,
                     dst_ty,
+                    weights.as_ref(),
                     &mut window,
                     &mut sink,
                     &release,
@@ -261,8 +294,17 @@ pub fn convert(
             total_dst as f64 * 8.0 / n_elements as f64
         },
         seconds: start.elapsed().as_secs_f64(),
-        warnings,
+        warnings: reported,
     })
+}
+
+/// An integer metadata value of `key`, if present.
+fn meta_u64(metadata: &[(String, MetaValue)], key: &str) -> Option<u64> {
+    metadata
+        .iter()
+        .find(|(k, _)| k == key)
+        .and_then(|(_, v)| v.as_integer())
+        .and_then(|v| u64::try_from(v).ok())
 }
 
 /// Refuses an existing output (without `force`), an output that is the input, and a

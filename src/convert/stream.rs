@@ -51,6 +51,52 @@ pub fn encode(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<()> {
     Ok(())
 }
 
+/// Importance weights of one tensor (`rg-quantize --imatrix`): one weight per column for
+/// each matrix of the tensor (the blocks of a block-diagonal tensor, else one), whose rows
+/// come `rows_per_mat` at a time.
+pub struct RowWeights {
+    per_mat: Vec<Vec<f32>>,
+    rows_per_mat: usize,
+}
+
+impl RowWeights {
+    pub fn new(per_mat: Vec<Vec<f32>>, rows_per_mat: usize) -> RowWeights {
+        RowWeights {
+            per_mat,
+            rows_per_mat: rows_per_mat.max(1),
+        }
+    }
+
+    /// The weights of row `r` of the tensor.
+    fn for_row(&self, r: usize) -> &[f32] {
+        &self.per_mat[(r / self.rows_per_mat).min(self.per_mat.len() - 1)]
+    }
+}
+
+/// [`encode`] of whole rows `first_row..` of a tensor, through the weighted quantizer when
+/// `weights` are given (`dst_ty` must then have one: see `Importance::weights_for`).
+fn encode_rows(
+    ty: GgmlType,
+    src: &[f32],
+    row_len: usize,
+    first_row: usize,
+    weights: Option<&RowWeights>,
+    dst: &mut [u8],
+) -> Result<()> {
+    let Some(weights) = weights else {
+        return encode(ty, src, dst);
+    };
+    let row_bytes = dst.len() / (src.len() / row_len.max(1)).max(1);
+    for (i, (x, out)) in src
+        .chunks_exact(row_len)
+        .zip(dst.chunks_exact_mut(row_bytes))
+        .enumerate()
+    {
+        rgemma_quant::quantize_row_weighted(ty, x, weights.for_row(first_row + i), out)?;
+    }
+    Ok(())
+}
+
 fn check_finite(source: &str, values: &[f32], first_index: u64) -> Result<()> {
     match values.iter().position(|v| !v.is_finite()) {
         None => Ok(()),
@@ -79,8 +125,9 @@ pub fn stored_size(plan: &PlannedTensor, ty: GgmlType) -> Result<u64> {
 /// `sink` in order, a window at a time (`window` is the reused output buffer); returns the
 /// output's size. `src_row_len` is the source's innermost dimension (block-quantized sources
 /// are decoded in whole rows). `release` is called with each part of `src` once it has been
-/// consumed (the caller drops those pages from the resident set). Runs on the current rayon
-/// pool.
+/// consumed (the caller drops those pages from the resident set). `weights`: importance
+/// weights for `dst_ty`'s weighted quantizer (`rg-quantize --imatrix`). Runs on the current
+/// rayon pool.
 #[allow(clippy::too_many_arguments)]
 pub fn convert_tensor(
     plan: &PlannedTensor,
@@ -88,6 +135,7 @@ pub fn convert_tensor(
     src: &[u8],
     src_row_len: u64,
     dst_ty: GgmlType,
+    weights: Option<&RowWeights>,
     window: &mut Vec<u8>,
     sink: &mut dyn FnMut(&[u8]) -> Result<()>,
     release: &(dyn Fn(&[u8]) + Sync),
@@ -145,7 +193,9 @@ pub fn convert_tensor(
                         if add_one {
                             buf.iter_mut().for_each(|w| *w += 1.0);
                         }
-                        encode(dst_ty, buf, dst)
+                        // A unit is a row here whenever weights apply (1-D tensors stay F32).
+                        let w = weights.filter(|_| unit_len == row_len);
+                        encode_rows(dst_ty, buf, unit_len as usize, first_unit, w, dst)
                     })?;
                 release(src_w);
                 sink(window)?;
@@ -185,7 +235,7 @@ pub fn convert_tensor(
             }
             window.clear();
             window.resize(out_len, 0);
-            encode(dst_ty, &linear, window)?;
+            encode_rows(dst_ty, &linear, w, 0, weights, window)?;
             sink(window)?;
         }
     }
@@ -240,6 +290,7 @@ mod tests {
             &src,
             cols as u64,
             GgmlType::Q8_0,
+            None,
             &mut window,
             &mut |part| {
                 parts.push(part.to_vec());
