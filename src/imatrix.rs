@@ -7,7 +7,8 @@
 //! - **GGUF** (its current format): `general.type = "imatrix"`, `imatrix.datasets` (string
 //!   array), `imatrix.chunk_count` and `imatrix.chunk_size` (u32), and per matrix `NAME` two
 //!   F32 tensors, `NAME.in_sum2` with dims `[cols, n_mat]` (the raw sums) and `NAME.counts`
-//!   with dims `[1, n_mat]` (rows summed per matrix), in name order.
+//!   with dims `[1, n_mat]` (rows summed per matrix), in name order; as ggml records dims,
+//!   trailing 1s are dropped (`[cols]` and `[1]` for a single matrix).
 //! - **legacy `.dat`**: i32 entry count; per entry an i32-length name, i32 `ncall`, i32
 //!   `nval`, then `nval` f32 holding `sum / count · ncall`; then an optional i32 chunk count
 //!   and an i32-length dataset name.
@@ -97,17 +98,24 @@ impl Imatrix {
             (KEY_CHUNK_SIZE.to_string(), MetaValue::U32(self.chunk_size)),
         ];
         let mut specs = Vec::new();
+        // Dims as ggml records them (trailing 1s dropped), as llama-imatrix's files have.
+        let trim = |mut dims: Vec<u64>| {
+            while dims.len() > 1 && dims.last() == Some(&1) {
+                dims.pop();
+            }
+            dims
+        };
         for (name, e) in &self.entries {
             let n_mat = e.n_mat() as u64;
             specs.push(TensorSpec {
                 name: format!("{name}{SUMS}"),
                 ty: GgmlType::F32,
-                dims: vec![e.cols as u64, n_mat],
+                dims: trim(vec![e.cols as u64, n_mat]),
             });
             specs.push(TensorSpec {
                 name: format!("{name}{COUNTS}"),
                 ty: GgmlType::F32,
-                dims: vec![1, n_mat],
+                dims: trim(vec![1, n_mat]),
             });
         }
         let mut w = GgufWriter::create(path, &metadata, &specs)?;
@@ -180,15 +188,16 @@ impl Imatrix {
         };
         let f32s = |name: &str| -> std::result::Result<(Vec<f32>, Vec<u64>), String> {
             let t = g.tensor(name).ok_or_else(|| format!("{name} is missing"))?;
-            if t.ty != GgmlType::F32 || t.dims.len() != 2 {
-                return Err(format!("{name} must be a 2-D F32 tensor"));
+            // ggml records a tensor's dims up to its last one above 1: [cols] for one matrix.
+            if t.ty != GgmlType::F32 || t.dims.is_empty() || t.dims.len() > 2 {
+                return Err(format!("{name} must be a 1-D or 2-D F32 tensor"));
             }
             let v = g
                 .tensor_data(t)
                 .chunks_exact(4)
                 .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
                 .collect();
-            Ok((v, t.dims.clone()))
+            Ok((v, vec![t.dims[0], t.dims.get(1).copied().unwrap_or(1)]))
         };
         for t in g.tensors() {
             let Some(name) = t.name.strip_suffix(SUMS) else {

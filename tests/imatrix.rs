@@ -189,6 +189,15 @@ fn rg_imatrix_writes_both_formats_and_refuses_bad_input() {
     assert_eq!(sums.dims, vec![64, 4]);
     let counts = raw.tensor("blk.0.rg_a_gate.weight.counts").unwrap();
     assert_eq!(counts.dims, vec![1, 4]);
+    // One matrix: dims as ggml records them, trailing 1s dropped.
+    assert_eq!(
+        raw.tensor("blk.0.rg_x.weight.in_sum2").unwrap().dims,
+        vec![256]
+    );
+    assert_eq!(
+        raw.tensor("blk.0.rg_x.weight.counts").unwrap().dims,
+        vec![1]
+    );
 
     // The legacy file holds the same mean squares.
     let d = Imatrix::read(&dat).unwrap();
@@ -412,4 +421,53 @@ fn an_imatrix_of_another_model_is_refused() {
     );
     assert!(!out.status.success(), "a text file is no imatrix");
     assert!(!out_path.exists());
+}
+
+/// Files written by llama.cpp's own `llama-imatrix` (GGUF and `--output-format dat`, one run
+/// each on the same text), when `scripts/imatrix_interop.sh` points to them (skipped
+/// otherwise: llama.cpp is not part of CI): both read, with the same entries and the same
+/// mean squares, and what we write from them reads back unchanged.
+#[test]
+fn llama_cpp_imatrix_files_read_alike() {
+    let (Ok(gguf), Ok(dat)) = (
+        std::env::var("RG_LLAMA_IMATRIX_GGUF"),
+        std::env::var("RG_LLAMA_IMATRIX_DAT"),
+    ) else {
+        eprintln!("RG_LLAMA_IMATRIX_GGUF / _DAT not set: skipped (scripts/imatrix_interop.sh)");
+        return;
+    };
+    let g = Imatrix::read(Path::new(&gguf)).unwrap();
+    let d = Imatrix::read(Path::new(&dat)).unwrap();
+    assert!(!g.legacy && d.legacy);
+    assert!(g.chunk_count > 0 && g.chunk_size > 0 && !g.datasets.is_empty());
+    assert_eq!(
+        g.entries.keys().collect::<Vec<_>>(),
+        d.entries.keys().collect::<Vec<_>>()
+    );
+    for (name, e) in &g.entries {
+        for m in 0..e.n_mat() {
+            let want = e.weights(m);
+            let got =
+                rgemma::imatrix::matrix_weights(&d.entries[name], e.cols, e.n_mat(), m).unwrap();
+            for (a, b) in want.iter().zip(&got) {
+                assert!(
+                    (a - b).abs() <= 1e-5 * a.abs().max(1e-30),
+                    "{name}: {a} vs {b}"
+                );
+            }
+        }
+    }
+    let dir = scratch("llama");
+    let ours = dir.join("rewritten.gguf");
+    g.write_gguf(&ours).unwrap();
+    assert_eq!(Imatrix::read(&ours).unwrap(), g);
+    if let Ok(out) = std::env::var("RG_IMATRIX_REWRITE") {
+        // For llama-quantize to read: our GGUF and our legacy .dat of llama's data.
+        std::fs::copy(&ours, format!("{out}.gguf")).unwrap();
+        g.write_dat(Path::new(&format!("{out}.dat"))).unwrap();
+    }
+    eprintln!(
+        "{} entries read alike from {gguf} and {dat}",
+        g.entries.len()
+    );
 }
