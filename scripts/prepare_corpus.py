@@ -23,7 +23,8 @@ word boundary or a newline; the script then checks that dropping that pre-tokeni
 identical ids on the whole corpus, and that every quote round-trips (decode(encode(x)) == x).
 
 Usage: python scripts/prepare_corpus.py [--src /usr/share/games/fortunes] [--out target/tiny-fortunes-data]
-       [--models models/tiny-fortunes] [--vocab 2048]
+       [--models models/tiny-fortunes] [--vocab 2048] [--split-only]
+(--split-only: only the two text files under OUT, e.g. the calibration text of scripts/imatrix_quality.sh.)
 Writes: OUT/train.txt, OUT/heldout.txt, OUT/tokenizer.json, MODELS/heldout.txt, MODELS/tokenizer.json.
 """
 
@@ -131,6 +132,8 @@ def main():
     ap.add_argument("--out", default="target/tiny-fortunes-data")
     ap.add_argument("--models", default="models/tiny-fortunes")
     ap.add_argument("--vocab", type=int, default=2048)
+    ap.add_argument("--split-only", action="store_true",
+                    help="write OUT/train.txt and OUT/heldout.txt only (no tokenizer, MODELS untouched)")
     args = ap.parse_args()
 
     if not os.path.isdir(args.src):
@@ -144,6 +147,11 @@ def main():
     with open(train_path, "w", encoding="utf-8") as f:
         f.write(join_quotes(train))
     heldout_text = join_quotes(heldout)
+    if args.split_only:
+        with open(os.path.join(args.out, "heldout.txt"), "w", encoding="utf-8") as f:
+            f.write(heldout_text)
+        print(json.dumps({"train_quotes": len(train), "heldout_quotes": len(heldout)}))
+        return
     for d in (args.out, args.models):
         with open(os.path.join(d, "heldout.txt"), "w", encoding="utf-8") as f:
             f.write(heldout_text)

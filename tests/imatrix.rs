@@ -471,3 +471,114 @@ fn llama_cpp_imatrix_files_read_alike() {
         g.entries.len()
     );
 }
+
+/// Mean KL divergence and same-top-token share of `q` against `base` over the scored halves of
+/// `tokens`' chunks (rg-perplexity's statistics, in process).
+fn kl_against(base: &Arc<Model>, q: &Arc<Model>, tokens: &[u32], n_ctx: usize) -> (f64, f64) {
+    use rgemma::perplexity::{log_softmax, scored_positions, KlDivergence};
+    let n_vocab = base.n_vocab();
+    let ctx = |m: &Arc<Model>| {
+        let p = ContextParams {
+            batch_size: n_ctx,
+            n_threads: 2,
+            ..Default::default()
+        };
+        Context::new(m.clone(), p).unwrap()
+    };
+    let (mut cb, mut cq) = (ctx(base), ctx(q));
+    let mut kl = KlDivergence::default();
+    let (mut lb, mut lq) = (vec![0f32; n_vocab], vec![0f32; n_vocab]);
+    for chunk in tokens.chunks_exact(n_ctx) {
+        cb.reset();
+        cq.reset();
+        cb.eval(chunk, true).unwrap();
+        cq.eval(chunk, true).unwrap();
+        for pos in scored_positions(n_ctx) {
+            let row = pos * n_vocab..(pos + 1) * n_vocab;
+            log_softmax(&cb.all_logits()[row.clone()], &mut lb);
+            log_softmax(&cq.all_logits()[row], &mut lq);
+            kl.add(&lb, &lq, chunk[pos + 1] as usize).unwrap();
+        }
+    }
+    let s = kl.summary();
+    (s.kld_mean.0, s.same_top_pct.0 / 100.0)
+}
+
+/// The 2- and 3-bit presets on the bundled model (256-wide rows: real Q2_K / Q3_K matrices,
+/// through their dot kernels): every preset within its bound against F32 (set from
+/// scripts/imatrix_quality.sh's full held-out run with about 2x margin on KL), more bits never
+/// worse than fewer, and the imatrix lowering Q2_K's divergence.
+#[test]
+fn low_bit_presets_on_the_trained_model() {
+    let dir = scratch("low-bit");
+    let base = Arc::new(Model::load(MODEL).unwrap());
+    let text = std::fs::read_to_string(TEXT).unwrap();
+    let n_ctx = 256;
+    let tokens = text_chunks(&base, &text, n_ctx, Some(4)).unwrap();
+    // Calibration on other text than the scored chunks: the held-out file's tail.
+    let calib = dir.join("calib.txt");
+    std::fs::write(&calib, &text[text.len() / 2..]).unwrap();
+    let imx = dir.join("calib.gguf");
+    ok(
+        IMATRIX,
+        &[
+            "-m",
+            MODEL,
+            "-f",
+            s(&calib),
+            "-c",
+            "256",
+            "--chunks",
+            "20",
+            "-t",
+            "2",
+            "-o",
+            s(&imx),
+        ],
+    );
+    let convert = |ft: rgemma::convert::FileType, imatrix: bool| {
+        let out = dir.join(format!("{}-{imatrix}.gguf", ft.name()));
+        let mut o = rgemma::convert::ConvertOptions::new(MODEL, &out, ft);
+        o.imatrix = imatrix.then(|| imx.clone());
+        rgemma::convert::convert(&o, &mut |_| {}).unwrap();
+        let m = Arc::new(Model::load(&out).unwrap());
+        let types: Vec<GgmlType> = m.gguf().tensors().iter().map(|t| t.ty).collect();
+        (m, types)
+    };
+    use rgemma::convert::FileType as F;
+    // (preset, max mean KL, min same-top share); full held-out run: Q2_K 0.287 / 63 %,
+    // Q3_K_S 0.089 / 78 %, Q3_K_M 0.072 / 80 %, Q3_K_L 0.068 / 81 % (these 4 chunks: 0.296 /
+    // 60 %, 0.091 / 78 %, 0.074 / 78 %, 0.070 / 81 %).
+    let bounds = [
+        (F::Q2K, 0.6, 0.5),
+        (F::Q3KS, 0.25, 0.65),
+        (F::Q3KM, 0.15, 0.7),
+        (F::Q3KL, 0.12, 0.72),
+    ];
+    let mut kls = Vec::new();
+    for (ft, max_kl, min_top) in bounds {
+        let (m, types) = convert(ft, false);
+        let want = if ft == F::Q2K {
+            GgmlType::Q2K
+        } else {
+            GgmlType::Q3K
+        };
+        assert!(types.contains(&want), "{ft}: {types:?}");
+        let (kl, top) = kl_against(&base, &m, &tokens, n_ctx);
+        eprintln!("{ft}: mean KL {kl:.4}, same top {:.1} %", 100.0 * top);
+        assert!(kl <= max_kl && top >= min_top, "{ft}: KL {kl}, top {top}");
+        kls.push(kl);
+    }
+    assert!(
+        kls[0] > kls[1] && kls[1] > kls[2] && kls[2] > kls[3],
+        "{kls:?}"
+    );
+    let (m, _) = convert(F::Q2K, true);
+    let (kl, _) = kl_against(&base, &m, &tokens, n_ctx);
+    eprintln!("Q2_K + imatrix: mean KL {kl:.4}");
+    assert!(
+        kl < 0.95 * kls[0],
+        "imatrix: {kl} against {} without",
+        kls[0]
+    );
+}
