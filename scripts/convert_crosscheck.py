@@ -27,9 +27,9 @@ from gguf import GGMLQuantizationType as Q
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRESETS = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1",
-           "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K"]
+           "Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K"]
 FTYPE = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q5_1": 9,
-         "Q4_K_S": 14, "Q4_K_M": 15, "Q5_K_S": 16, "Q5_K_M": 17, "Q6_K": 18, "BF16": 32}
+         "Q2_K": 10, "Q3_K_S": 11, "Q3_K_M": 12, "Q3_K_L": 13, "Q4_K_S": 14, "Q4_K_M": 15, "Q5_K_S": 16, "Q5_K_M": 17, "Q6_K": 18, "BF16": 32}
 BYTE_EXACT = {Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q8_0, Q.BF16}
 
 
@@ -115,6 +115,10 @@ def bound(ty, x):
         return np.full_like(x, 0.6 * (mx - mn) / 15 + abs(mn) * 2.0 ** -10 + tiny)
     if ty == Q.Q5_1:
         return np.full_like(x, 0.6 * (mx - mn) / 31 + abs(mn) * 2.0 ** -10 + tiny)
+    if ty == Q.Q2_K:
+        return np.full_like(x, (mx - min(mn, 0)) / 3 + tiny)
+    if ty == Q.Q3_K:
+        return np.full_like(x, amax / 2 + tiny)
     if ty == Q.Q4_K:
         return np.full_like(x, (mx - min(mn, 0)) / 15 + tiny)
     if ty == Q.Q5_K:

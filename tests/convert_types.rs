@@ -215,19 +215,80 @@ fn wide_checkpoint_uses_k_quants_with_llama_quantize_mix() {
     let src = read_safetensors(&ck.join("model.safetensors"));
     let dir = fresh_dir("wide-out");
     use GgmlType as G;
-    // (preset, default matrix, ffn_down per layer, attn_v) — llama-quantize with 3 layers
-    // and 1 attn_v: use_more_bits(i, 3) is true only for i = 2; use_more_bits(0, 1) is true;
-    // Q4_K_S gives the first 4 attn_v Q5_K and ffn_down i < 3/8 = 0 none.
+    // (preset, default matrix, ffn_down per layer, attn_v, attn_output) — llama-quantize with
+    // 3 layers and 1 attn_v: use_more_bits(i, 3) is true only for i = 2; use_more_bits(0, 1)
+    // is true; Q4_K_S gives the first 4 attn_v Q5_K and ffn_down i < 3/8 = 0 none. The 2- and
+    // 3-bit presets: 2 query heads per K/V head (< 4), so Q2_K's attn_v is Q3_K; Q3_K_M's
+    // ffn_down of layer i < 3/16 = 0 none is Q5_K, the rest Q4_K.
     let cases = [
-        (FileType::Q4KM, G::Q4K, [G::Q4K, G::Q4K, G::Q6K], G::Q6K),
-        (FileType::Q5KM, G::Q5K, [G::Q5K, G::Q5K, G::Q6K], G::Q6K),
-        (FileType::Q4KS, G::Q4K, [G::Q4K, G::Q4K, G::Q4K], G::Q5K),
-        (FileType::Q5KS, G::Q5K, [G::Q5K, G::Q5K, G::Q5K], G::Q5K),
-        (FileType::Q6K, G::Q6K, [G::Q6K, G::Q6K, G::Q6K], G::Q6K),
+        (
+            FileType::Q4KM,
+            G::Q4K,
+            [G::Q4K, G::Q4K, G::Q6K],
+            G::Q6K,
+            G::Q4K,
+        ),
+        (
+            FileType::Q5KM,
+            G::Q5K,
+            [G::Q5K, G::Q5K, G::Q6K],
+            G::Q6K,
+            G::Q5K,
+        ),
+        (
+            FileType::Q4KS,
+            G::Q4K,
+            [G::Q4K, G::Q4K, G::Q4K],
+            G::Q5K,
+            G::Q4K,
+        ),
+        (
+            FileType::Q5KS,
+            G::Q5K,
+            [G::Q5K, G::Q5K, G::Q5K],
+            G::Q5K,
+            G::Q5K,
+        ),
+        (
+            FileType::Q6K,
+            G::Q6K,
+            [G::Q6K, G::Q6K, G::Q6K],
+            G::Q6K,
+            G::Q6K,
+        ),
+        (
+            FileType::Q2K,
+            G::Q2K,
+            [G::Q3K, G::Q3K, G::Q3K],
+            G::Q3K,
+            G::Q3K,
+        ),
+        (
+            FileType::Q3KS,
+            G::Q3K,
+            [G::Q3K, G::Q3K, G::Q3K],
+            G::Q3K,
+            G::Q3K,
+        ),
+        (
+            FileType::Q3KM,
+            G::Q3K,
+            [G::Q4K, G::Q4K, G::Q4K],
+            G::Q5K,
+            G::Q4K,
+        ),
+        (
+            FileType::Q3KL,
+            G::Q3K,
+            [G::Q5K, G::Q5K, G::Q5K],
+            G::Q5K,
+            G::Q5K,
+        ),
         (
             FileType::Q4_0,
             G::Q4_0,
             [G::Q4_0, G::Q4_0, G::Q4_0],
+            G::Q4_0,
             G::Q4_0,
         ),
         (
@@ -235,9 +296,10 @@ fn wide_checkpoint_uses_k_quants_with_llama_quantize_mix() {
             G::Q8_0,
             [G::Q8_0, G::Q8_0, G::Q8_0],
             G::Q8_0,
+            G::Q8_0,
         ),
     ];
-    for (ft, default, down, v) in cases {
+    for (ft, default, down, v, attn_out) in cases {
         let out = dir.join(format!("wide-{}.gguf", ft.name()));
         run(&ck, &out, ft).unwrap_or_else(|e| panic!("{ft}: {e}"));
         let g = GgufFile::open(&out).unwrap();
@@ -256,6 +318,7 @@ fn wide_checkpoint_uses_k_quants_with_llama_quantize_mix() {
             );
         }
         assert_eq!(ty("blk.2.attn_v.weight"), v, "{ft}");
+        assert_eq!(ty("blk.2.attn_output.weight"), attn_out, "{ft}");
         for n in [
             "blk.0.rg_x.weight",
             "blk.1.rg_out.weight",

@@ -325,6 +325,12 @@ pub fn block_bound(ty: GgmlType, x: &[f32]) -> Vec<f32> {
         }
         GgmlType::Q4_1 => uniform(0.6 * (max - min) / 15.0 + min.abs() * 2f32.powi(-10)),
         GgmlType::Q5_1 => uniform(0.6 * (max - min) / 31.0 + min.abs() * 2f32.powi(-10)),
+        // Q2_K: 2-bit codes over a sub-block's range (4-bit scales and mins): a full step.
+        // Q3_K: signed codes -4..3, so a value of the other sign than the sub-block's extreme
+        // is clipped at 3 steps of amax/4, and the 6-bit sub-block scales add their own
+        // rounding: two steps.
+        GgmlType::Q2K => uniform((max - min.min(0.0)) / 3.0),
+        GgmlType::Q3K => uniform(amax / 2.0),
         GgmlType::Q4K => uniform((max - min.min(0.0)) / 15.0),
         GgmlType::Q5K => uniform((max - min.min(0.0)) / 31.0),
         GgmlType::Q6K => uniform(amax / 32.0),
