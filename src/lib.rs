@@ -2,6 +2,7 @@
 
 pub mod capi;
 pub mod chat;
+pub mod cli;
 pub mod convert;
 #[cfg(feature = "cuda")]
 pub mod cuda;

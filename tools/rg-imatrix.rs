@@ -77,28 +77,10 @@ struct Args {
 type CliResult<T> = std::result::Result<T, String>;
 
 fn main() -> ExitCode {
-    std::panic::set_hook(Box::new(|info| {
-        let msg = info
-            .payload()
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| info.payload().downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown".into());
-        eprintln!("error: internal error: {msg}");
-    }));
-    let args = match Args::try_parse() {
+    rgemma::cli::install_panic_hook();
+    let args: Args = match rgemma::cli::parse_args() {
         Ok(a) => a,
-        Err(e) => {
-            use clap::error::ErrorKind;
-            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
-                print!("{e}");
-                return ExitCode::SUCCESS;
-            }
-            let text = e.to_string();
-            let line = text.lines().next().unwrap_or("bad arguments");
-            eprintln!("{} (see --help)", line.trim());
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,

@@ -247,18 +247,7 @@ fn io_err(path: &Path, e: io::Error) -> CliError {
 
 fn main() -> ExitCode {
     // A bug must still end in one line, not a backtrace.
-    std::panic::set_hook(Box::new(|info| {
-        let msg = info
-            .payload()
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| info.payload().downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown".into());
-        let at = info
-            .location()
-            .map(|l| format!(" at {}:{}", l.file(), l.line()));
-        eprintln!("error: internal error{}: {msg}", at.unwrap_or_default());
-    }));
+    rgemma::cli::install_panic_hook();
 
     // llama.cpp spells these flags with one dash.
     let argv = std::env::args_os().map(|a| match a.to_str() {
