@@ -11,6 +11,9 @@ use std::path::{Path, PathBuf};
 
 use rgemma_quant::{dequantize_row, quantize_row, GgmlType};
 
+mod common;
+use common::same_but_nan_payloads;
+
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests")
@@ -82,39 +85,6 @@ fn assert_same_bits(what: &str, ours: &[f32], expected: &[f32]) {
             "{what}: element {i}: ours {a:e}, expected {b:e}"
         );
     }
-}
-
-/// Offsets of the f16 fields at the head of a legacy block (`d`, and `m` or `s`).
-fn f16_header_offsets(ty: GgmlType) -> &'static [usize] {
-    match ty {
-        GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => &[0],
-        GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q8_1 => &[0, 2],
-        _ => &[],
-    }
-}
-
-/// Equal bytes except f16 header fields that are NaN on both sides. The fixtures come from
-/// ggml on x86, whose NaNs are negative (0xFE00); aarch64 makes positive ones (0x7E00) for
-/// the same non-finite input, in ggml as in our code.
-fn same_but_nan_payloads(ty: GgmlType, ours: &[u8], expected: &[u8]) -> bool {
-    let offsets = f16_header_offsets(ty);
-    if ours.len() != expected.len() || offsets.is_empty() {
-        return false;
-    }
-    let is_nan = |b: &[u8]| {
-        let h = u16::from_le_bytes([b[0], b[1]]);
-        h & 0x7c00 == 0x7c00 && h & 0x03ff != 0
-    };
-    let ts = ty.type_size();
-    ours.chunks(ts).zip(expected.chunks(ts)).all(|(a, b)| {
-        let mut a = a.to_vec();
-        for &o in offsets {
-            if is_nan(&a[o..o + 2]) && is_nan(&b[o..o + 2]) {
-                a[o..o + 2].copy_from_slice(&b[o..o + 2]);
-            }
-        }
-        a == b
-    })
 }
 
 /// Checks every `quant` fixture of type `ty`; returns the cases checked.

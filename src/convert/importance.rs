@@ -17,7 +17,7 @@ use crate::{Error, Result};
 /// tensor, else 1.
 fn n_mat(p: &PlannedTensor) -> usize {
     if p.shape.len() == 3 {
-        p.shape[0] as usize
+        (p.shape[0] as usize).max(1)
     } else {
         1
     }
