@@ -105,6 +105,7 @@ pub(super) unsafe fn gemm<const BF16: bool>(
         unsafe {
             super::tiles::run_tiles(
                 tile,
+                None,
                 width,
                 n / BLOCK,
                 BLOCK_BYTES,

@@ -229,7 +229,8 @@ pub(super) unsafe fn gemm(
         // features the tile needs; extents are the caller's contract.
         unsafe {
             super::tiles::run_tiles(
-                tile, width, nsb, SB, ACT, w, ngroups, act, act_stride, ncols, out, out_stride,
+                tile, None, width, nsb, SB, ACT, w, ngroups, act, act_stride, ncols, out,
+                out_stride,
             )
         };
         return;

@@ -23,6 +23,21 @@ pub(super) type Tile = unsafe fn(
     add: bool,
 );
 
+/// A micro-kernel over two adjacent groups at once (16 rows, AVX-512): as [`Tile`], with
+/// the second group's weights `w_stride` bytes after the first's; writes 16 sums per column
+/// (the two groups' rows are adjacent in `out`).
+pub(super) type PairTile = unsafe fn(
+    nsb: usize,
+    w: *const u8,
+    w_stride: usize,
+    act: *const u8,
+    act_stride: usize,
+    ncols: usize,
+    out: *mut f32,
+    out_stride: usize,
+    add: bool,
+);
+
 #[cfg(target_arch = "x86_64")]
 /// Tiles of at most this many columns prefetch their weights (every tile width we have):
 /// when a call multiplies few columns (decoding up to a few dozen sequences) the weights
@@ -198,11 +213,68 @@ macro_rules! tile_fn {
 }
 pub(super) use tile_fn;
 
+/// As [`tile_fn`] for a two-group kernel `$k::<C, ADD>(nsb, w, w_stride, act, act_stride,
+/// out, out_stride)`: a [`PairTile`].
+#[cfg(target_arch = "x86_64")]
+macro_rules! pair_tile_fn {
+    ($name:ident, $k:ident) => {
+        /// # Safety
+        /// See `PairTile`; the CPU has the kernel's target features.
+        #[allow(clippy::too_many_arguments)]
+        pub(super) unsafe fn $name(
+            nsb: usize,
+            w: *const u8,
+            w_stride: usize,
+            act: *const u8,
+            act_stride: usize,
+            ncols: usize,
+            out: *mut f32,
+            out_stride: usize,
+            add: bool,
+        ) {
+            macro_rules! pick {
+                ($add:literal) => {
+                    match ncols {
+                        1 => $k::<1, $add>(nsb, w, w_stride, act, act_stride, out, out_stride),
+                        2 => $k::<2, $add>(nsb, w, w_stride, act, act_stride, out, out_stride),
+                        3 => $k::<3, $add>(nsb, w, w_stride, act, act_stride, out, out_stride),
+                        4 => $k::<4, $add>(nsb, w, w_stride, act, act_stride, out, out_stride),
+                        5 => $k::<5, $add>(nsb, w, w_stride, act, act_stride, out, out_stride),
+                        6 => $k::<6, $add>(nsb, w, w_stride, act, act_stride, out, out_stride),
+                        7 => $k::<7, $add>(nsb, w, w_stride, act, act_stride, out, out_stride),
+                        _ => $k::<8, $add>(nsb, w, w_stride, act, act_stride, out, out_stride),
+                    }
+                };
+            }
+            // SAFETY: forwarded from the PairTile contract.
+            unsafe {
+                if add {
+                    pick!(true)
+                } else {
+                    pick!(false)
+                }
+            }
+        }
+    };
+}
+#[cfg(target_arch = "x86_64")]
+pub(super) use pair_tile_fn;
+
 /// Most super-blocks of the reduction one pass covers when there are several columns. A
 /// tile's activations for one pass (8 columns · 10 · 292 bytes = 23 KiB) then stay in L1
 /// while a block of groups passes under them, whatever `n` is; whole rows of a large `n`
 /// do not (at n = 14336: 128 KiB of activations per tile, 64 KiB of Q4_K per group).
 const K_CHUNK: usize = 10;
+
+/// `run_tiles` uses a two-group kernel only with more columns than this. With few columns
+/// the weights stream from DRAM and the two-group kernels, reading two streams, were
+/// slower on a Zen 5 VM (packed × 2560 from DRAM, one thread, GB/s of weights, 8-row tiles
+/// → pairs: Q4_K × 2 columns 27 / 20 → 13 / 18, Q6_K × 2 25 / 17 → 17 / 12, Q6_K × 8
+/// 14 / 14 → 10 / 10, Q6_K × 16 292 / 295 / 235 → 276 / 278 / 273 Gop/s); from 32 columns
+/// the blocks of groups are reused from L2 by enough tiles that the kernels are bound by
+/// arithmetic, where 512-bit `vpdpbusd` pays (Q6_K × 32: 306 / 301 / 284 → 245 / 342 /
+/// 368 Gop/s; 512 columns: see `q4k` and `q6k`).
+const PAIR_MIN_COLS: usize = 16;
 
 /// Weight bytes (of one pass) a block of groups may span: the block stays in L2 while all
 /// tiles of columns pass over it.
@@ -226,11 +298,16 @@ const GROUP_BLOCK_BYTES: usize = 256 * 1024;
 /// column blocks in L2 gave 272 / 228 at 2560 × 2560 and 232 / 158 at 4096 × 14336; passes
 /// of 10 give ~300 / ~270 at both. Passes of 6 or 14 measured the same within noise.
 ///
+/// With more than [`PAIR_MIN_COLS`] columns, `pair` (when given) takes the groups two at a
+/// time (a block's odd last group goes to `tile`); its rows must get the same bits as from
+/// `tile` (batch invariance, `packed` module doc), since fewer columns never use it.
+///
 /// # Safety
-/// As `packed::gemm_to_ptr` (extents checked there), and the CPU runs `tile`.
+/// As `packed::gemm_to_ptr` (extents checked there), and the CPU runs `tile` and `pair`.
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn run_tiles(
     tile: Tile,
+    pair: Option<PairTile>,
     width: usize,
     nsb: usize,
     sb_bytes: usize,
@@ -252,29 +329,39 @@ pub(super) unsafe fn run_tiles(
     let mut k0 = 0;
     while k0 < nsb {
         let ks = (nsb - k0).min(kc);
-        let gblock = (GROUP_BLOCK_BYTES / (ks * sb_bytes)).max(1);
+        let mut gblock = (GROUP_BLOCK_BYTES / (ks * sb_bytes)).max(1);
+        let pair = pair.filter(|_| ncols > PAIR_MIN_COLS);
+        if pair.is_some() {
+            // Even, so that no block but the last has a group left over.
+            gblock = (gblock & !1).max(2);
+        }
         let mut g0 = 0;
         while g0 < ngroups {
             let g1 = (g0 + gblock).min(ngroups);
             let mut c = 0;
             while c < ncols {
                 let nc = (ncols - c).min(width);
-                for g in g0..g1 {
-                    // SAFETY: g < ngroups, k0 + ks <= nsb and c + nc <= ncols keep the
-                    // weight, activation and output extents inside what gemm_to_ptr
-                    // checked / was promised; k0 is even (kc is, or k0 = 0), so
-                    // super-blocks k0.. of the group have the layout of a group of ks.
+                let mut g = g0;
+                while g < g1 {
+                    // SAFETY: g (and g + 1 for a pair) < ngroups, k0 + ks <= nsb and
+                    // c + nc <= ncols keep the weight, activation and output extents inside
+                    // what gemm_to_ptr checked / was promised; k0 is even (kc is, or
+                    // k0 = 0), so super-blocks k0.. of a group have the layout of a group
+                    // of ks.
                     unsafe {
-                        tile(
-                            ks,
-                            w.as_ptr().add(g * gb + k0 * sb_bytes),
-                            act.as_ptr().add(c * act_stride + k0 * act_bytes),
-                            act_stride,
-                            nc,
-                            out.add(c * out_stride + g * 8),
-                            out_stride,
-                            k0 > 0,
-                        )
+                        let wg = w.as_ptr().add(g * gb + k0 * sb_bytes);
+                        let ag = act.as_ptr().add(c * act_stride + k0 * act_bytes);
+                        let og = out.add(c * out_stride + g * 8);
+                        match pair {
+                            Some(pair) if g + 1 < g1 => {
+                                pair(ks, wg, gb, ag, act_stride, nc, og, out_stride, k0 > 0);
+                                g += 2;
+                            }
+                            _ => {
+                                tile(ks, wg, ag, act_stride, nc, og, out_stride, k0 > 0);
+                                g += 1;
+                            }
+                        }
                     };
                 }
                 c += nc;
