@@ -547,9 +547,11 @@ fn bundled(ft: FileType) -> Arc<Model> {
 /// Batch invariance, end to end: one prompt forked into 5 sequences that then take different
 /// tokens, decoded together one row per sequence per call, give every sequence exactly (bit
 /// for bit) the logits of that sequence decoded alone one token at a time, on every file type
-/// with a packed kernel and every backend. (Tolerance-free on purpose: a rounding difference
-/// in one step grows through the recurrence within a few tokens, and a seed would then no
-/// longer reproduce a text when other requests share the batch.)
+/// with a packed kernel and every backend; and the first sequence's 23 tokens as one prompt
+/// (one call of 23 columns: the tiles of prompts, 512-bit pairs of groups on AVX-512) give the
+/// logits of feeding them one by one. (Tolerance-free on purpose: a rounding difference in one
+/// step grows through the recurrence within a few tokens, and a seed would then no longer
+/// reproduce a text when other requests share the batch.)
 #[test]
 fn batched_decoding_is_bit_identical_to_decoding_alone() {
     let prompt = [2u32, 433, 1145, 395, 405, 936, 418];
@@ -586,6 +588,25 @@ fn batched_decoding_is_bit_identical_to_decoding_alone() {
                         .collect()
                 })
                 .collect();
+            // Sequence 0 as one prompt against the same tokens one at a time.
+            let seq0: Vec<u32> = prompt
+                .iter()
+                .copied()
+                .chain((0..steps).map(|i| token(0, i)))
+                .collect();
+            let mut whole = context(&m, seq0.len());
+            whole.set_matmul_path(path);
+            whole.eval(&seq0, true).unwrap();
+            let n_vocab = n_vocab as usize;
+            let last = &whole.all_logits()[(seq0.len() - 1) * n_vocab..];
+            assert!(
+                last.iter()
+                    .zip(&alone[0][steps - 1])
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{} {backend:?}: one prompt call vs token by token: max |diff| {}",
+                ft.name(),
+                max_abs_diff(last, &alone[0][steps - 1])
+            );
             let mut ctx = batch_ctx(&m, n_seq, 8, KvType::F32);
             ctx.set_matmul_path(path);
             for &t in &prompt {
