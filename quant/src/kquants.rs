@@ -345,10 +345,23 @@ fn quantize_k_scale_min(
     let d = f32_to_f16(max_scale / 63.0);
     let dmin = f32_to_f16(max_min / 63.0);
 
-    // Re-quantize every value with the scale and min as stored. A sub-block whose stored
-    // scale is 0 keeps the codes of the search above (as ggml does).
+    requantize_with_stored_scales(x, &packed, d, dmin, nmax, &mut codes);
+    (d, dmin, packed, codes)
+}
+
+/// Re-quantizes every value of a Q4_K / Q5_K super-block with its sub-blocks' scales and mins
+/// as stored (`d`, `dmin` and the packed 6-bit fields). A sub-block whose stored scale is 0
+/// keeps the codes it has (the search's, as ggml does).
+pub(crate) fn requantize_with_stored_scales(
+    x: &[f32],
+    packed: &[u8; K_SCALE_SIZE],
+    d: u16,
+    dmin: u16,
+    nmax: i32,
+    codes: &mut [u8; QK_K],
+) {
     for j in 0..8 {
-        let (sc, m) = get_scale_min_k4(j, &packed);
+        let (sc, m) = get_scale_min_k4(j, packed);
         let dj = f16_to_f32(d) * sc as f32;
         if dj == 0.0 {
             continue;
@@ -359,7 +372,6 @@ fn quantize_k_scale_min(
             codes[32 * j + ii] = q as u8;
         }
     }
-    (d, dmin, packed, codes)
 }
 
 // ----------------------------------------------------------------------------- Q2_K

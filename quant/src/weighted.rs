@@ -26,8 +26,9 @@
 
 use crate::float::{f16_to_f32, f32_to_f16};
 use crate::kquants::{
-    get_scale_min_k4, make_qkx2_quants, make_qx_quants, pack_2bit, pack_scale_min_k4, q3k_scale,
-    quantize_q6k, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, GROUP_MAX_EPS, K_SCALE_SIZE, QK_K,
+    make_qkx2_quants, make_qx_quants, pack_2bit, pack_scale_min_k4, q3k_scale, quantize_q6k,
+    requantize_with_stored_scales, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, GROUP_MAX_EPS,
+    K_SCALE_SIZE, QK_K,
 };
 use crate::legacy::{pack_5bit, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, QK};
 use crate::rounding::{c_max, nearest_int};
@@ -434,17 +435,6 @@ fn quantize_k_scale_min(
     let d = f32_to_f16(d_block);
     let dmin = f32_to_f16(m_block);
 
-    for j in 0..8 {
-        let (sc, m) = get_scale_min_k4(j, &packed);
-        let dj = f16_to_f32(d) * sc as f32;
-        if dj == 0.0 {
-            continue;
-        }
-        let dm = f16_to_f32(dmin) * m as f32;
-        for ii in 0..32 {
-            let q = nearest_int((x[32 * j + ii] + dm) / dj).clamp(0, nmax);
-            codes[32 * j + ii] = q as u8;
-        }
-    }
+    requantize_with_stored_scales(x, &packed, d, dmin, nmax, &mut codes);
     (d, dmin, packed, codes)
 }

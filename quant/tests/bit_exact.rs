@@ -7,30 +7,11 @@
 //! this crate's own earlier output.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 
 use rgemma_quant::{dequantize_row, quantize_row, GgmlType};
 
 mod common;
-use common::same_but_nan_payloads;
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests")
-        .join("fixtures")
-}
-
-fn read(rel: &str) -> Vec<u8> {
-    let path = fixtures().join(rel);
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-fn read_f32(rel: &str) -> Vec<f32> {
-    read(rel)
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect()
-}
+use common::{read_fixture as read, read_fixture_f32 as read_f32, same_but_nan_payloads};
 
 /// One manifest line: `kind case type elements source`.
 struct Entry {

@@ -7,11 +7,11 @@
 //! earlier output.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 
 use rgemma_quant::{can_quantize_weighted, quantize_row_weighted, GgmlType, QuantError};
 
 mod common;
+use common::{read_fixture as read, read_fixture_f32 as read_f32};
 
 /// The types with an importance-matrix path, and the fixture cases every one must have.
 const TYPES: [GgmlType; 9] = [
@@ -36,27 +36,9 @@ const CASES: [&str; 8] = [
     "nonfinite_w",
 ];
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests")
-        .join("fixtures")
-}
-
 /// Bytes of `n` values of `ty` (whole blocks).
 fn bytes(ty: GgmlType, n: usize) -> usize {
     ty.row_size(n as u64).unwrap() as usize
-}
-
-fn read(rel: &str) -> Vec<u8> {
-    let path = fixtures().join(rel);
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-fn read_f32(rel: &str) -> Vec<f32> {
-    read(rel)
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect()
 }
 
 /// The `quant_w` manifest lines: (case, type) -> element count.

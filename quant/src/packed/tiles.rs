@@ -168,6 +168,31 @@ macro_rules! vnni_tiles {
 #[cfg(target_arch = "x86_64")]
 pub(super) use vnni_tiles;
 
+/// Calls `$k::<C, ADD>(args...)` with `C` = `$ncols` (1..=8; more is 8) and `ADD` = `$add`,
+/// both as constants: the dispatch of [`tile_fn`] and `pair_tile_fn`.
+macro_rules! pick_width {
+    ($k:ident, $ncols:expr, $add:expr, ($($arg:expr),*)) => {
+        if $add {
+            $crate::packed::tiles::pick_width!(@cols $k, $ncols, true, ($($arg),*))
+        } else {
+            $crate::packed::tiles::pick_width!(@cols $k, $ncols, false, ($($arg),*))
+        }
+    };
+    (@cols $k:ident, $ncols:expr, $add:literal, ($($arg:expr),*)) => {
+        match $ncols {
+            1 => $k::<1, $add>($($arg),*),
+            2 => $k::<2, $add>($($arg),*),
+            3 => $k::<3, $add>($($arg),*),
+            4 => $k::<4, $add>($($arg),*),
+            5 => $k::<5, $add>($($arg),*),
+            6 => $k::<6, $add>($($arg),*),
+            7 => $k::<7, $add>($($arg),*),
+            _ => $k::<8, $add>($($arg),*),
+        }
+    };
+}
+pub(super) use pick_width;
+
 /// Expands a const-generic kernel `$k::<C, ADD>(nsb, w, act, act_stride, out, out_stride)`
 /// into a [`Tile`] that picks `C` (1..=8) from `ncols` and `ADD` from `add`. `ADD` is a
 /// constant so that decode's instance (`C = 1`, never adding) is the plain loop.
@@ -186,27 +211,14 @@ macro_rules! tile_fn {
             out_stride: usize,
             add: bool,
         ) {
-            macro_rules! pick {
-                ($add:literal) => {
-                    match ncols {
-                        1 => $k::<1, $add>(nsb, w, act, act_stride, out, out_stride),
-                        2 => $k::<2, $add>(nsb, w, act, act_stride, out, out_stride),
-                        3 => $k::<3, $add>(nsb, w, act, act_stride, out, out_stride),
-                        4 => $k::<4, $add>(nsb, w, act, act_stride, out, out_stride),
-                        5 => $k::<5, $add>(nsb, w, act, act_stride, out, out_stride),
-                        6 => $k::<6, $add>(nsb, w, act, act_stride, out, out_stride),
-                        7 => $k::<7, $add>(nsb, w, act, act_stride, out, out_stride),
-                        _ => $k::<8, $add>(nsb, w, act, act_stride, out, out_stride),
-                    }
-                };
-            }
             // SAFETY: forwarded from the Tile contract.
             unsafe {
-                if add {
-                    pick!(true)
-                } else {
-                    pick!(false)
-                }
+                $crate::packed::tiles::pick_width!(
+                    $k,
+                    ncols,
+                    add,
+                    (nsb, w, act, act_stride, out, out_stride)
+                )
             }
         }
     };
@@ -232,27 +244,14 @@ macro_rules! pair_tile_fn {
             out_stride: usize,
             add: bool,
         ) {
-            macro_rules! pick {
-                ($add:literal) => {
-                    match ncols {
-                        1 => $k::<1, $add>(nsb, w, w_stride, act, act_stride, out, out_stride),
-                        2 => $k::<2, $add>(nsb, w, w_stride, act, act_stride, out, out_stride),
-                        3 => $k::<3, $add>(nsb, w, w_stride, act, act_stride, out, out_stride),
-                        4 => $k::<4, $add>(nsb, w, w_stride, act, act_stride, out, out_stride),
-                        5 => $k::<5, $add>(nsb, w, w_stride, act, act_stride, out, out_stride),
-                        6 => $k::<6, $add>(nsb, w, w_stride, act, act_stride, out, out_stride),
-                        7 => $k::<7, $add>(nsb, w, w_stride, act, act_stride, out, out_stride),
-                        _ => $k::<8, $add>(nsb, w, w_stride, act, act_stride, out, out_stride),
-                    }
-                };
-            }
             // SAFETY: forwarded from the PairTile contract.
             unsafe {
-                if add {
-                    pick!(true)
-                } else {
-                    pick!(false)
-                }
+                $crate::packed::tiles::pick_width!(
+                    $k,
+                    ncols,
+                    add,
+                    (nsb, w, w_stride, act, act_stride, out, out_stride)
+                )
             }
         }
     };

@@ -70,3 +70,19 @@ pub fn same_but_nan_payloads(ty: rgemma_quant::GgmlType, ours: &[u8], expected: 
         a == b
     })
 }
+
+/// The bytes of `quant/tests/fixtures/<rel>`.
+pub fn read_fixture(rel: &str) -> Vec<u8> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(rel);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// `quant/tests/fixtures/<rel>` as little-endian f32.
+pub fn read_fixture_f32(rel: &str) -> Vec<f32> {
+    read_fixture(rel)
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
