@@ -204,7 +204,7 @@ fn scalar_group(nsb: usize, w: &[u8], act: &[u8]) -> [f32; 8] {
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::super::tiles::{dpbusd, load_acc, prefetch_ahead, store};
+    use super::super::tiles::{dpbusd, load_acc, load_acc16, prefetch_ahead, store, store16};
     use super::{ACT, CODES, DMIN, SB, SCALES};
 
     /// Reads 4 activation bytes as one i32 and broadcasts them to the 8 lanes.
@@ -556,13 +556,8 @@ mod x86 {
     ) {
         let m4 = _mm512_set1_epi8(0x0F);
         let mf0 = _mm512_set1_epi8(0xF0u8 as i8);
-        let mut acc = [_mm512_setzero_ps(); C];
-        if ADD {
-            for (c, v) in acc.iter_mut().enumerate() {
-                // SAFETY: the output extent is the caller's contract.
-                *v = unsafe { _mm512_loadu_ps(out.add(c * out_stride)) };
-            }
-        }
+        // SAFETY: the output extent is the caller's contract.
+        let mut acc = unsafe { load_acc16::<C, ADD>(out, out_stride) };
         for b in 0..nsb {
             prefetch_ahead::<C>(w.wrapping_add(b * SB), SB);
             prefetch_ahead::<C>(w.wrapping_add(w_stride + b * SB), SB);
@@ -622,10 +617,8 @@ mod x86 {
                 }
             }
         }
-        for (c, v) in acc.iter().enumerate() {
-            // SAFETY: the output extent is the caller's contract.
-            unsafe { _mm512_storeu_ps(out.add(c * out_stride), *v) };
-        }
+        // SAFETY: the output extent is the caller's contract.
+        unsafe { store16(&acc, out, out_stride) };
     }
 
     /// Reads 4 activation bytes as one i32 and broadcasts them to the 16 lanes.

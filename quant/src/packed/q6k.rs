@@ -290,7 +290,7 @@ fn scalar_group(nsb: usize, w: &[u8], act: &[u8]) -> [f32; 8] {
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::super::tiles::{dpbusd, load_acc, prefetch_ahead, store};
+    use super::super::tiles::{dpbusd, load_acc, load_acc16, prefetch_ahead, store, store16};
     use super::{codes, head, ACT, SB, SCALES, UNIT};
 
     /// Reads 4 activation bytes as one i32 and broadcasts them to the 8 lanes.
@@ -605,13 +605,8 @@ mod x86 {
             // SAFETY: p..p + 4 lies inside a Q8_K block (the callers below).
             _mm512_set1_epi32(unsafe { (p as *const i32).read_unaligned() })
         };
-        let mut acc = [_mm512_setzero_ps(); C];
-        if ADD {
-            for (c, v) in acc.iter_mut().enumerate() {
-                // SAFETY: the output extent is the caller's contract.
-                *v = unsafe { _mm512_loadu_ps(out.add(c * out_stride)) };
-            }
-        }
+        // SAFETY: the output extent is the caller's contract.
+        let mut acc = unsafe { load_acc16::<C, ADD>(out, out_stride) };
         for b in 0..nsb {
             prefetch_ahead::<C>(w.wrapping_add(b * SB), SB);
             prefetch_ahead::<C>(w.wrapping_add(w_stride + b * SB), SB);
@@ -654,10 +649,8 @@ mod x86 {
                 }
             }
         }
-        for (c, v) in acc.iter().enumerate() {
-            // SAFETY: the output extent is the caller's contract.
-            unsafe { _mm512_storeu_ps(out.add(c * out_stride), *v) };
-        }
+        // SAFETY: the output extent is the caller's contract.
+        unsafe { store16(&acc, out, out_stride) };
     }
 
     super::super::tiles::vnni_tiles!(vnni_body, avx2);

@@ -392,6 +392,39 @@ pub(super) unsafe fn load_acc<const C: usize, const ADD: bool>(
     acc
 }
 
+/// [`load_acc`] for the two-group kernels: 16 row sums per column.
+///
+/// # Safety
+/// As [`store16`], and readable; AVX-512 F available.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(super) unsafe fn load_acc16<const C: usize, const ADD: bool>(
+    out: *mut f32,
+    out_stride: usize,
+) -> [__m512; C] {
+    let mut acc = [_mm512_setzero_ps(); C];
+    if ADD {
+        for (c, v) in acc.iter_mut().enumerate() {
+            // SAFETY: forwarded.
+            *v = unsafe { _mm512_loadu_ps(out.add(c * out_stride)) };
+        }
+    }
+    acc
+}
+
+/// Writes 16 row sums of `C` columns.
+///
+/// # Safety
+/// `out + c·out_stride + 0..16` writable for `c < C`; AVX-512 F available.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(super) unsafe fn store16<const C: usize>(acc: &[__m512; C], out: *mut f32, out_stride: usize) {
+    for (c, v) in acc.iter().enumerate() {
+        // SAFETY: forwarded.
+        unsafe { _mm512_storeu_ps(out.add(c * out_stride), *v) };
+    }
+}
+
 /// Writes 8 row sums of `C` columns.
 ///
 /// # Safety
