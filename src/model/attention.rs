@@ -5,7 +5,7 @@
 //! positions `max(0, p - W) ..= p` (W + 1 keys). The ring holds W slots, position q in slot
 //! `q mod W`; a chunk first attends, then [`write_ring`] stores its keys and values.
 
-use rayon::prelude::*;
+use super::team;
 
 use super::matmul::ThreadScratch;
 use super::ops::exp_fast;
@@ -75,74 +75,72 @@ pub fn attend_chunk<E: KvElem>(
     let parts = group.div_ceil(heads_per_task);
     let tasks_per_token = g.n_kv_heads * parts;
     let out_ptr = SharedOut(out.as_mut_ptr());
-    (0..t_len * tasks_per_token)
-        .into_par_iter()
-        .for_each(|task| {
-            let t = task / tasks_per_token;
-            let (kv_head, part) = ((task % tasks_per_token) / parts, task % parts);
-            let h0 = kv_head * group + part * heads_per_task;
-            let h1 = (h0 + heads_per_task).min((kv_head + 1) * group);
-            let nh = h1 - h0;
-            let col = kv_head * hd;
-            scratch.with(|buf| {
-                let pos = first_pos + t;
-                let lo = pos.saturating_sub(win);
-                let n_keys = pos - lo + 1;
-                let (scores, row_tmp) = buf.split_at_mut(score_capacity);
-                let scores = &mut scores[..nh * n_keys];
-                // The task's query heads are adjacent rows of q: one pass over each key
-                // row computes all their scores.
-                let qs = &q[t * qw + h0 * hd..t * qw + h1 * hd];
-                let mut row_scores = [0.0f32; MAX_HEADS_PER_TASK];
-                for i in 0..n_keys {
-                    let kr = kv_row(lo + i, col, first_pos, (kvw, win, hd), k, k_ring, row_tmp);
-                    rgemma_quant::dot::f32_dots(qs, hd, kr, &mut row_scores[..nh]);
-                    for j in 0..nh {
-                        scores[j * n_keys + i] = row_scores[j] * scale;
-                    }
-                }
-                let mut sums = [0.0f32; MAX_HEADS_PER_TASK];
+    team::for_each_task(t_len * tasks_per_token, |task| {
+        let t = task / tasks_per_token;
+        let (kv_head, part) = ((task % tasks_per_token) / parts, task % parts);
+        let h0 = kv_head * group + part * heads_per_task;
+        let h1 = (h0 + heads_per_task).min((kv_head + 1) * group);
+        let nh = h1 - h0;
+        let col = kv_head * hd;
+        scratch.with(|buf| {
+            let pos = first_pos + t;
+            let lo = pos.saturating_sub(win);
+            let n_keys = pos - lo + 1;
+            let (scores, row_tmp) = buf.split_at_mut(score_capacity);
+            let scores = &mut scores[..nh * n_keys];
+            // The task's query heads are adjacent rows of q: one pass over each key
+            // row computes all their scores.
+            let qs = &q[t * qw + h0 * hd..t * qw + h1 * hd];
+            let mut row_scores = [0.0f32; MAX_HEADS_PER_TASK];
+            for i in 0..n_keys {
+                let kr = kv_row(lo + i, col, first_pos, (kvw, win, hd), k, k_ring, row_tmp);
+                rgemma_quant::dot::f32_dots(qs, hd, kr, &mut row_scores[..nh]);
                 for j in 0..nh {
-                    let row = &mut scores[j * n_keys..(j + 1) * n_keys];
-                    let max = row.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-                    let mut sum = 0.0f32;
-                    // libm-free exp so that this loop vectorises (2049 per head and token
-                    // at full window).
-                    for s in row.iter_mut() {
-                        *s = exp_fast(*s - max);
-                    }
-                    for s in row.iter() {
-                        sum += *s;
-                    }
-                    sums[j] = sum;
+                    scores[j * n_keys + i] = row_scores[j] * scale;
                 }
-                // SAFETY: heads h0..h1 of token t are written by this task only, and
-                // t * qw + h1 * hd <= out.len().
-                let o = unsafe {
-                    std::slice::from_raw_parts_mut(out_ptr.ptr().add(t * qw + h0 * hd), nh * hd)
-                };
-                o.fill(0.0);
-                for j in 0..nh {
-                    for p in &mut scores[j * n_keys..(j + 1) * n_keys] {
-                        *p /= sums[j];
-                    }
+            }
+            let mut sums = [0.0f32; MAX_HEADS_PER_TASK];
+            for j in 0..nh {
+                let row = &mut scores[j * n_keys..(j + 1) * n_keys];
+                let max = row.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+                let mut sum = 0.0f32;
+                // libm-free exp so that this loop vectorises (2049 per head and token
+                // at full window).
+                for s in row.iter_mut() {
+                    *s = exp_fast(*s - max);
                 }
-                // Value rows in blocks: each row is read once for all the task's heads,
-                // whose running sums stay in registers across the block.
-                let mut i0 = 0;
-                while i0 < n_keys {
-                    let nb = (n_keys - i0).min(VALUE_BLOCK);
-                    let mut rows: [&[f32]; VALUE_BLOCK] = [&[]; VALUE_BLOCK];
-                    let mut tmps = row_tmp.chunks_exact_mut(hd);
-                    for (b, row) in rows[..nb].iter_mut().enumerate() {
-                        let tmp = tmps.next().expect("VALUE_BLOCK + 1 rows reserved");
-                        *row = kv_row(lo + i0 + b, col, first_pos, (kvw, win, hd), v, v_ring, tmp);
-                    }
-                    rgemma_quant::dot::f32_axpy_many(o, hd, &scores[i0..], n_keys, &rows[..nb]);
-                    i0 += nb;
+                for s in row.iter() {
+                    sum += *s;
                 }
-            })
-        });
+                sums[j] = sum;
+            }
+            // SAFETY: heads h0..h1 of token t are written by this task only, and
+            // t * qw + h1 * hd <= out.len().
+            let o = unsafe {
+                std::slice::from_raw_parts_mut(out_ptr.ptr().add(t * qw + h0 * hd), nh * hd)
+            };
+            o.fill(0.0);
+            for j in 0..nh {
+                for p in &mut scores[j * n_keys..(j + 1) * n_keys] {
+                    *p /= sums[j];
+                }
+            }
+            // Value rows in blocks: each row is read once for all the task's heads,
+            // whose running sums stay in registers across the block.
+            let mut i0 = 0;
+            while i0 < n_keys {
+                let nb = (n_keys - i0).min(VALUE_BLOCK);
+                let mut rows: [&[f32]; VALUE_BLOCK] = [&[]; VALUE_BLOCK];
+                let mut tmps = row_tmp.chunks_exact_mut(hd);
+                for (b, row) in rows[..nb].iter_mut().enumerate() {
+                    let tmp = tmps.next().expect("VALUE_BLOCK + 1 rows reserved");
+                    *row = kv_row(lo + i0 + b, col, first_pos, (kvw, win, hd), v, v_ring, tmp);
+                }
+                rgemma_quant::dot::f32_axpy_many(o, hd, &scores[i0..], n_keys, &rows[..nb]);
+                i0 += nb;
+            }
+        })
+    });
 }
 
 /// Upper bound on heads per task (the per-head sums live on the stack).

@@ -188,7 +188,9 @@ impl BatchContext {
             ..
         } = self;
         let model: &Model = model;
-        if let Err(e) = pool.install(|| forward(model, seqs, plan, scratch, outputs)) {
+        if let Err(e) = pool
+            .install(|| super::team::run_with_team(|| forward(model, seqs, plan, scratch, outputs)))
+        {
             // The batch's sequences may be half-updated: start them afresh rather than
             // continue from an inconsistent state.
             for sp in &plan.spans {

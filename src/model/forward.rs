@@ -10,8 +10,6 @@
 
 use std::marker::PhantomData;
 
-use rayon::prelude::*;
-
 use super::attention::{attend_chunk, attention_scratch_len, write_ring, AttnGeom};
 use super::dequant::dequantize_row;
 use super::hparams::{HParams, LayerKind};
@@ -21,6 +19,7 @@ use super::ops::{
 };
 use super::recurrent::{conv1d_chunk, rglru_chunk};
 use super::state::{KvElem, LayerState, Ring, SeqState};
+use super::team;
 use super::weights::{AttentionWeights, LayerWeights, Matrix, RecurrentWeights, TemporalWeights};
 use super::Model;
 use crate::{Error, Result};
@@ -271,8 +270,7 @@ pub(crate) fn forward(
         &s.threads,
     )?;
     let cap = hp.softcap;
-    out.par_chunks_mut(ELEMENTWISE_CHUNK)
-        .for_each(|c| softcap(c, cap));
+    team::for_each_chunk_mut(out, ELEMENTWISE_CHUNK, |_, c| softcap(c, cap));
     Ok(())
 }
 
@@ -293,9 +291,7 @@ fn per_sequence(
         // One sequence (a prompt, or single decoding): no outer task.
         seqs.iter_mut().zip(&plan.span_of_seq).for_each(run);
     } else {
-        seqs.par_iter_mut()
-            .zip(plan.span_of_seq.par_iter())
-            .for_each(run);
+        team::for_each_chunk_mut(seqs, 1, |i, st| run((&mut st[0], &plan.span_of_seq[i])));
     }
 }
 
@@ -396,9 +392,7 @@ fn recurrent_block(
         &s.threads,
     )?;
     let th = &s.threads;
-    s.rg_y[..n]
-        .par_chunks_mut(ELEMENTWISE_CHUNK)
-        .for_each(gelu_in_place);
+    team::for_each_chunk_mut(&mut s.rg_y[..n], ELEMENTWISE_CHUNK, |_, c| gelu_in_place(c));
 
     // Each sequence's conv over its own rows and tail.
     {
@@ -603,10 +597,10 @@ fn mlp_block(model: &Model, lw: &LayerWeights, s: &mut Scratch, t_len: usize) ->
         &s.threads,
     )?;
     let th = &s.threads;
-    s.mlp_gate[..n]
-        .par_chunks_mut(ELEMENTWISE_CHUNK)
-        .zip(s.mlp_up[..n].par_chunks(ELEMENTWISE_CHUNK))
-        .for_each(|(gs, us)| gelu_mul(gs, us));
+    let up = &s.mlp_up[..n];
+    team::for_each_chunk_mut(&mut s.mlp_gate[..n], ELEMENTWISE_CHUNK, |i, gs| {
+        gelu_mul(gs, &up[i * ELEMENTWISE_CHUNK..][..gs.len()])
+    });
     linear(
         model,
         &lw.ffn_down,

@@ -15,11 +15,11 @@
 
 use std::sync::{Arc, Mutex};
 
-use rayon::prelude::*;
 use rgemma_quant::dot::{self, Backend};
 use rgemma_quant::packed;
 
 use super::dequant::dequantize_row;
+use super::team;
 use super::weights::Matrix;
 use crate::{Error, Result};
 
@@ -321,9 +321,7 @@ fn convert_rows(
     }
     let act = &mut buf[..n_tok * act_row];
     if n_tok > 1 {
-        act.par_chunks_mut(act_row)
-            .enumerate()
-            .try_for_each(|(t, dst)| convert(t, dst))?;
+        team::try_for_each_chunk_mut(act, act_row, &convert)?;
     } else {
         act.chunks_mut(act_row)
             .enumerate()
@@ -386,42 +384,40 @@ fn matmul_kernels(
     let n_groups = rows.div_ceil(group);
     let act_block_bytes = |values: usize| values / act_ty.block_size() * act_ty.type_size();
     let shared = SharedOut(out.as_mut_ptr());
-    (0..n_groups * tasks_per_group)
-        .into_par_iter()
-        .try_for_each(|task| -> Result<()> {
-            let (g, k) = (task / tasks_per_group, task % tasks_per_group);
-            let r0 = g * group + k * per_task;
-            let r1 = (r0 + per_task).min((g + 1) * group).min(rows);
-            if r0 >= r1 {
-                return Ok(());
+    team::try_for_each_task(n_groups * tasks_per_group, |task| -> Result<()> {
+        let (g, k) = (task / tasks_per_group, task % tasks_per_group);
+        let r0 = g * group + k * per_task;
+        let r1 = (r0 + per_task).min((g + 1) * group).min(rows);
+        if r0 >= r1 {
+            return Ok(());
+        }
+        let in_off = match map {
+            InputMap::Dense => 0,
+            InputMap::BlockDiag { .. } => act_block_bytes(g * cols),
+        };
+        // SAFETY: rows r0..r1 < rows and tokens < n_tok of `out` (checked to hold
+        // n_tok * rows values in `matmul`) are written only by this task.
+        unsafe {
+            dot::gemm_to_ptr(
+                backend,
+                w.ty,
+                cols,
+                &wdata[r0 * w.row_bytes..r1 * w.row_bytes],
+                w.row_bytes,
+                r1 - r0,
+                &act[in_off..],
+                act_row,
+                n_tok,
+                shared.ptr().add(r0),
+                rows,
+            )
+            .map_err(qerr)?;
+            if let Some(b) = bias {
+                shared.add_bias(b, r0..r1, rows, n_tok);
             }
-            let in_off = match map {
-                InputMap::Dense => 0,
-                InputMap::BlockDiag { .. } => act_block_bytes(g * cols),
-            };
-            // SAFETY: rows r0..r1 < rows and tokens < n_tok of `out` (checked to hold
-            // n_tok * rows values in `matmul`) are written only by this task.
-            unsafe {
-                dot::gemm_to_ptr(
-                    backend,
-                    w.ty,
-                    cols,
-                    &wdata[r0 * w.row_bytes..r1 * w.row_bytes],
-                    w.row_bytes,
-                    r1 - r0,
-                    &act[in_off..],
-                    act_row,
-                    n_tok,
-                    shared.ptr().add(r0),
-                    rows,
-                )
-                .map_err(qerr)?;
-                if let Some(b) = bias {
-                    shared.add_bias(b, r0..r1, rows, n_tok);
-                }
-            }
-            Ok(())
-        })
+        }
+        Ok(())
+    })
 }
 
 /// One product of [`matmul_same_input`]: `out[t, r] = bias[r] + W[r, :] · x[t, :]`.
@@ -572,50 +568,48 @@ fn matmul_packed(
     }
     let n_products = products.len();
     let products: &[Product<'_>] = products;
-    (0..first_task[n_products])
-        .into_par_iter()
-        .try_for_each(|task| -> Result<()> {
-            let i = (0..n_products)
-                .find(|&i| task < first_task[i + 1])
-                .expect("task < total");
-            let p = &products[i];
-            let (w, pk) = (p.w, p.w.packed.as_deref().expect("checked above"));
-            let rows = w.rows;
-            let gb = pk.group_bytes;
-            let span = span_groups(rows);
-            let tasks_per_span = span.div_ceil(per_task);
-            let local = task - first_task[i];
-            let (s, k) = (local / tasks_per_span, local % tasks_per_span);
-            let g0 = s * span + k * per_task;
-            let g1 = (g0 + per_task).min((s + 1) * span);
-            let (r0, r1) = (g0 * packed::GROUP_ROWS, g1 * packed::GROUP_ROWS);
-            let in_off = match map {
-                InputMap::Dense => 0,
-                InputMap::BlockDiag { .. } => s * act_block,
-            };
-            let out = outs[i];
-            // SAFETY: rows r0..r1 <= rows and tokens < n_tok of this product's output
-            // (checked above to hold n_tok * rows values) are written only by this task.
-            unsafe {
-                packed::gemm_to_ptr(
-                    backend,
-                    ty,
-                    cols,
-                    &pk.bytes()[g0 * gb..g1 * gb],
-                    g1 - g0,
-                    &act[in_off..],
-                    act_row,
-                    n_tok,
-                    out.ptr().add(r0),
-                    rows,
-                )
-                .map_err(qerr)?;
-                if let Some(b) = p.bias {
-                    out.add_bias(b, r0..r1, rows, n_tok);
-                }
+    team::try_for_each_task(first_task[n_products], |task| -> Result<()> {
+        let i = (0..n_products)
+            .find(|&i| task < first_task[i + 1])
+            .expect("task < total");
+        let p = &products[i];
+        let (w, pk) = (p.w, p.w.packed.as_deref().expect("checked above"));
+        let rows = w.rows;
+        let gb = pk.group_bytes;
+        let span = span_groups(rows);
+        let tasks_per_span = span.div_ceil(per_task);
+        let local = task - first_task[i];
+        let (s, k) = (local / tasks_per_span, local % tasks_per_span);
+        let g0 = s * span + k * per_task;
+        let g1 = (g0 + per_task).min((s + 1) * span);
+        let (r0, r1) = (g0 * packed::GROUP_ROWS, g1 * packed::GROUP_ROWS);
+        let in_off = match map {
+            InputMap::Dense => 0,
+            InputMap::BlockDiag { .. } => s * act_block,
+        };
+        let out = outs[i];
+        // SAFETY: rows r0..r1 <= rows and tokens < n_tok of this product's output
+        // (checked above to hold n_tok * rows values) are written only by this task.
+        unsafe {
+            packed::gemm_to_ptr(
+                backend,
+                ty,
+                cols,
+                &pk.bytes()[g0 * gb..g1 * gb],
+                g1 - g0,
+                &act[in_off..],
+                act_row,
+                n_tok,
+                out.ptr().add(r0),
+                rows,
+            )
+            .map_err(qerr)?;
+            if let Some(b) = p.bias {
+                out.add_bias(b, r0..r1, rows, n_tok);
             }
-            Ok(())
-        })
+        }
+        Ok(())
+    })
 }
 
 /// The reference path: decode each weight row to f32, dot in f32.
@@ -638,7 +632,7 @@ fn matmul_reference(
     };
     let shared = SharedOut(out.as_mut_ptr());
     let n_tasks = rows.div_ceil(ROWS_PER_TASK);
-    (0..n_tasks).into_par_iter().try_for_each(|task| {
+    team::try_for_each_task(n_tasks, |task| {
         scratch.with(|buf| -> Result<()> {
             let row_buf = &mut buf[..cols];
             let r_end = ((task + 1) * ROWS_PER_TASK).min(rows);

@@ -21,6 +21,7 @@ mod ops;
 mod packing;
 mod recurrent;
 mod state;
+mod team;
 mod weights;
 
 use std::path::Path;

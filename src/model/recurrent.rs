@@ -2,7 +2,7 @@
 //! the RG-LRU scan with its position-0 reset. Both work on a chunk of T rows of width L and
 //! carry their state across chunks, so prompt chunks and single tokens share one path.
 
-use rayon::prelude::*;
+use super::team;
 
 use super::ops::{add_in_place, avx2_dispatch, exp_fast, sigmoid};
 
@@ -73,30 +73,28 @@ pub fn rglru_chunk(
     // Channels are independent: tasks own disjoint channel ranges (the same arithmetic in
     // the same order per channel as a sequential loop) and walk all T steps.
     let out_ptr = SharedOut(out.as_mut_ptr());
-    h.par_chunks_mut(CHANNELS_PER_TASK)
-        .enumerate()
-        .for_each(|(k, h_part)| {
-            let c0 = k * CHANNELS_PER_TASK;
-            let cs = c0..c0 + h_part.len();
-            for t in 0..t_len {
-                let row = t * l;
-                let (x, gx, ga) = (
-                    &x[row + cs.start..row + cs.end],
-                    &gate_x[row + cs.start..row + cs.end],
-                    &gate_a[row + cs.start..row + cs.end],
-                );
-                // SAFETY: row + c < t_len * l <= out.len() (asserted) for c in cs; these
-                // channels belong to this task only, so no other task writes them.
-                let out = unsafe {
-                    std::slice::from_raw_parts_mut(out_ptr.ptr().add(row + cs.start), cs.len())
-                };
-                if first_pos + t == 0 {
-                    rglru_reset(h_part, out, x, gx);
-                } else {
-                    rglru_step(h_part, out, x, gx, ga, &softplus_a[cs.clone()]);
-                }
+    team::for_each_chunk_mut(h, CHANNELS_PER_TASK, |k, h_part| {
+        let c0 = k * CHANNELS_PER_TASK;
+        let cs = c0..c0 + h_part.len();
+        for t in 0..t_len {
+            let row = t * l;
+            let (x, gx, ga) = (
+                &x[row + cs.start..row + cs.end],
+                &gate_x[row + cs.start..row + cs.end],
+                &gate_a[row + cs.start..row + cs.end],
+            );
+            // SAFETY: row + c < t_len * l <= out.len() (asserted) for c in cs; these
+            // channels belong to this task only, so no other task writes them.
+            let out = unsafe {
+                std::slice::from_raw_parts_mut(out_ptr.ptr().add(row + cs.start), cs.len())
+            };
+            if first_pos + t == 0 {
+                rglru_reset(h_part, out, x, gx);
+            } else {
+                rglru_step(h_part, out, x, gx, ga, &softplus_a[cs.clone()]);
             }
-        });
+        }
+    });
 }
 
 avx2_dispatch! {
