@@ -7,6 +7,8 @@
 //!   of rows from any sequences through the forward pass (`forward.rs`) once.
 //! - [`Context`]: one decoding sequence, the one-slot case of the same: `eval` takes any
 //!   number of tokens and runs them in chunks of `batch_size` (a `[T, hidden]` matrix).
+//! - Threads: a context owns a rayon pool; during one forward call its parallel loops run on
+//!   a team whose threads stay awake between steps (`team.rs`).
 //!
 //! Computation is f32; weights are decoded row by row from their stored type.
 
