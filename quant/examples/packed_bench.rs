@@ -4,7 +4,8 @@
 //! where SECTION is `cache` (one core, 64 × 2560 weights: fits L2), `dram` (1 GiB of
 //! weights, 2 threads, decode) or `pp` (2560 × 2560 weights, 512 tokens, 1 and 2 threads),
 //! and TYPE a ggml type name (`q4_0`, `q8_0`, `q4_K`, `q6_K`). Defaults: every section,
-//! every type with a packed layout.
+//! every type with a packed layout. `DRAM_COLS=N` makes the `dram` section multiply N
+//! columns (batched decoding of N sequences) instead of one.
 
 use rgemma_quant::dot::Backend;
 use rgemma_quant::packed::{self, bench};
@@ -33,6 +34,16 @@ fn main() {
         backends.push(Backend::Avx2);
     }
     let n = 2560;
+    let dram_cols: usize = match std::env::var("DRAM_COLS") {
+        Ok(v) => match v.parse() {
+            Ok(c) if c > 0 => c,
+            _ => {
+                eprintln!("packed_bench: DRAM_COLS must be a positive integer, not {v:?}");
+                std::process::exit(2);
+            }
+        },
+        Err(_) => 1,
+    };
     println!(
         "best backend: {}; GB/s of weight bytes, Gop/s = 2·rows·n·ncols/s",
         best.name()
@@ -46,7 +57,7 @@ fn main() {
         for &section in &sections {
             let (rows, ncols, threads): (usize, usize, &[usize]) = match section {
                 "cache" => (64, 1, &[1]),
-                "dram" => ((1 << 30) / rb, 1, &[2]),
+                "dram" => ((1 << 30) / rb, dram_cols, &[2]),
                 _ => (2560, 512, &[1, 2]),
             };
             for &t in threads {
