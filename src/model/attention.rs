@@ -5,7 +5,7 @@
 //! positions `max(0, p - W) ..= p` (W + 1 keys). The ring holds W slots, position q in slot
 //! `q mod W`; a chunk first attends, then [`write_ring`] stores its keys and values.
 
-use super::team;
+use super::team::{self, SharedMut};
 
 use super::matmul::ThreadScratch;
 use super::ops::exp_fast;
@@ -74,7 +74,7 @@ pub fn attend_chunk<E: KvElem>(
     }
     let parts = group.div_ceil(heads_per_task);
     let tasks_per_token = g.n_kv_heads * parts;
-    let out_ptr = SharedOut(out.as_mut_ptr());
+    let out_ptr = SharedMut(out.as_mut_ptr());
     team::for_each_task(t_len * tasks_per_token, |task| {
         let t = task / tasks_per_token;
         let (kv_head, part) = ((task % tasks_per_token) / parts, task % parts);
@@ -174,19 +174,6 @@ fn kv_row<'a, E: KvElem>(
     } else {
         let r = (p % win) * kvw + col;
         E::load(&ring[r..r + hd], tmp)
-    }
-}
-
-/// The output pointer shared by the tasks (each writes only its own heads of one token).
-#[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
-// SAFETY: tasks write disjoint head ranges, and the buffer outlives the parallel loop.
-unsafe impl Send for SharedOut {}
-unsafe impl Sync for SharedOut {}
-
-impl SharedOut {
-    fn ptr(self) -> *mut f32 {
-        self.0
     }
 }
 

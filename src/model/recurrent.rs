@@ -2,7 +2,7 @@
 //! the RG-LRU scan with its position-0 reset. Both work on a chunk of T rows of width L and
 //! carry their state across chunks, so prompt chunks and single tokens share one path.
 
-use super::team;
+use super::team::{self, SharedMut};
 
 use super::ops::{add_in_place, avx2_dispatch, exp_fast, sigmoid};
 
@@ -72,7 +72,7 @@ pub fn rglru_chunk(
     );
     // Channels are independent: tasks own disjoint channel ranges (the same arithmetic in
     // the same order per channel as a sequential loop) and walk all T steps.
-    let out_ptr = SharedOut(out.as_mut_ptr());
+    let out_ptr = SharedMut(out.as_mut_ptr());
     team::for_each_chunk_mut(h, CHANNELS_PER_TASK, |k, h_part| {
         let c0 = k * CHANNELS_PER_TASK;
         let cs = c0..c0 + h_part.len();
@@ -144,19 +144,6 @@ avx2_dispatch! {
 
 /// RG-LRU channels per parallel task.
 const CHANNELS_PER_TASK: usize = 256;
-
-/// The output pointer shared by the channel tasks (each writes only its own channels).
-#[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
-// SAFETY: tasks write disjoint elements, and the buffer outlives the parallel loop.
-unsafe impl Send for SharedOut {}
-unsafe impl Sync for SharedOut {}
-
-impl SharedOut {
-    fn ptr(self) -> *mut f32 {
-        self.0
-    }
-}
 
 #[cfg(test)]
 mod tests {

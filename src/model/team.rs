@@ -129,14 +129,14 @@ pub(crate) fn try_for_each_chunk_mut<T: Send, E: Send>(
         "for_each_chunk_mut: chunk_len must be positive"
     );
     let len = data.len();
-    let base = SendPtr(data.as_mut_ptr());
+    let base = SharedMut(data.as_mut_ptr());
     try_for_each_task(len.div_ceil(chunk_len), |i| {
         let start = i * chunk_len;
         let end = (start + chunk_len).min(len);
         // SAFETY: start < end <= len, so the range lies in `data`, which is borrowed
         // mutably for this call; each task index runs once, and tasks' ranges are
         // disjoint, so no two live slices overlap.
-        let chunk = unsafe { std::slice::from_raw_parts_mut(base.get().add(start), end - start) };
+        let chunk = unsafe { std::slice::from_raw_parts_mut(base.ptr().add(start), end - start) };
         f(i, chunk)
     })
 }
@@ -157,25 +157,28 @@ pub(crate) fn for_each_chunk_mut<T: Send>(
     );
 }
 
-struct SendPtr<T>(*mut T);
+/// A raw pointer into a buffer whose disjoint parts parallel tasks write (each task only its
+/// own elements; the buffer outlives the loop, which ends before its caller returns).
+pub(super) struct SharedMut<T>(pub(super) *mut T);
 
-impl<T> Clone for SendPtr<T> {
+impl<T> Clone for SharedMut<T> {
     fn clone(&self) -> Self {
         *self
     }
 }
-impl<T> Copy for SendPtr<T> {}
+impl<T> Copy for SharedMut<T> {}
 
-impl<T> SendPtr<T> {
+impl<T> SharedMut<T> {
     // A method, so that closures capture the wrapper (Sync), not its raw-pointer field.
-    fn get(self) -> *mut T {
+    pub(super) fn ptr(self) -> *mut T {
         self.0
     }
 }
-// SAFETY: used only to hand disjoint parts of one `&mut [T]` to tasks (see above).
-unsafe impl<T: Send> Send for SendPtr<T> {}
-// SAFETY: as above; the pointer itself is only read.
-unsafe impl<T: Send> Sync for SendPtr<T> {}
+
+// SAFETY: only hands tasks disjoint parts of one buffer (see above); the pointer is only read.
+unsafe impl<T: Send> Send for SharedMut<T> {}
+// SAFETY: as above.
+unsafe impl<T: Send> Sync for SharedMut<T> {}
 
 struct Team {
     /// The lead's index in the pool.
