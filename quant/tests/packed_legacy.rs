@@ -145,7 +145,12 @@ fn check_gemm(rng: &mut Rng, ty: GgmlType, n: usize, ngroups: usize, ncols: usiz
         let dst = &mut pa[c * pstride..c * pstride + pab];
         packed::quantize_activation(Backend::Scalar, ty, &af[c * n..(c + 1) * n], dst).unwrap();
     }
-    for b in Backend::all_available() {
+    // On AVX-512 both Q4_0 kernels: one group per call, or two from 4 columns on.
+    for (b, two_groups) in Backend::all_available()
+        .into_iter()
+        .flat_map(|b| [(b, false), (b, true)])
+    {
+        packed::set_two_group_kernels(Some(two_groups));
         let mut got = vec![f32::NAN; (ncols - 1) * stride + rows];
         packed::gemm(
             b, ty, n, &wp, ngroups, &pa, pstride, ncols, &mut got, stride,
@@ -162,8 +167,8 @@ fn check_gemm(rng: &mut Rng, ty: GgmlType, n: usize, ngroups: usize, ncols: usiz
                 let (g, e) = (got[c * stride + r] as f64, want[c * stride + r] as f64);
                 assert!(
                     (g - e).abs() <= tol,
-                    "{ty} {b:?} n={n} groups={ngroups} ncols={ncols} r={r} c={c}: \
-                     got {g} want {e} tol {tol}"
+                    "{ty} {b:?} (two groups: {two_groups}) n={n} groups={ngroups} \
+                     ncols={ncols} r={r} c={c}: got {g} want {e} tol {tol}"
                 );
             }
             // The padding between output rows is untouched.

@@ -165,6 +165,22 @@ impl Backend {
     }
 }
 
+/// Whether the CPU's vendor is Intel (`GenuineIntel`): some kernel choices were measured to
+/// win on Intel cores only.
+pub fn cpu_is_intel() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: `cpuid` leaf 0 exists on every x86-64 CPU (newer compilers call it safe).
+        #[allow(unused_unsafe)]
+        let id = unsafe { std::arch::x86_64::__cpuid(0) };
+        (id.ebx, id.edx, id.ecx) == (0x756e_6547, 0x4965_6e69, 0x6c65_746e)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Whether the CPU has AVX-VNNI (VEX `vpdpbusd`).
 fn has_avx_vnni() -> bool {
     #[cfg(target_arch = "x86_64")]

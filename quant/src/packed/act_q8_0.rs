@@ -105,20 +105,40 @@ pub(super) type TileFn = unsafe fn(
     out_stride: usize,
 );
 
+/// A micro-kernel over two adjacent groups at once (16 rows, AVX-512): as [`TileFn`], with
+/// the second group's weights `w_stride` bytes after the first's; writes 16 consecutive
+/// floats per column (the two groups' rows are adjacent in the output).
+///
+/// Safety: as [`TileFn`] for both groups.
+pub(super) type PairFn = unsafe fn(
+    n: usize,
+    w: *const u8,
+    w_stride: usize,
+    act: *const u8,
+    act_stride: usize,
+    ncols: usize,
+    out: *mut f32,
+    out_stride: usize,
+);
+
 /// Weight bytes a chunk of groups may span so that it stays in L2 while every tile of
 /// activation columns passes over it (the prompt path; decode reads each group once).
 const CHUNK_BYTES: usize = 128 * 1024;
 
 /// The loop nest of `packed::gemm_to_ptr` for the Q8_0-activation types: groups in chunks
 /// that stay in L2, then tiles of at most `tile_cols` activation rows (they stay in L1
-/// while the chunk's groups pass), then one kernel call per group.
+/// while the chunk's groups pass), then one kernel call per group, or per two groups when
+/// `pair` is given and the call has at least its `min_cols` columns (a chunk's odd last
+/// group goes to `tile`). A pair kernel must give every row the bits `tile` gives it
+/// (batch invariance, `packed` module doc).
 ///
 /// # Safety
 /// As `packed::gemm_to_ptr`, with `w` holding `ngroups` groups of `group_bytes` bytes and
-/// `tile` able to run on this CPU for any `ncols` in `1..=tile_cols`.
+/// `tile` (and `pair`) able to run on this CPU for any `ncols` in `1..=tile_cols`.
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn drive(
     tile: TileFn,
+    pair: Option<(PairFn, usize)>,
     tile_cols: usize,
     group_bytes: usize,
     n: usize,
@@ -130,26 +150,37 @@ pub(super) unsafe fn drive(
     out: *mut f32,
     out_stride: usize,
 ) {
-    let chunk = (CHUNK_BYTES / group_bytes).max(1);
+    let pair = pair.and_then(|(f, min_cols)| (ncols >= min_cols).then_some(f));
+    let mut chunk = (CHUNK_BYTES / group_bytes).max(1);
+    if pair.is_some() {
+        // Even, so that no chunk but the last has a group left over.
+        chunk = (chunk & !1).max(2);
+    }
     let mut g0 = 0;
     while g0 < ngroups {
         let g1 = (g0 + chunk).min(ngroups);
         let mut c0 = 0;
         while c0 < ncols {
             let nc = (ncols - c0).min(tile_cols);
-            for g in g0..g1 {
-                // SAFETY: g < ngroups and c0 + nc <= ncols, within the extents the caller
-                // checked (weights, activations) or guarantees (output).
+            let mut g = g0;
+            while g < g1 {
+                // SAFETY: g (and g + 1 for a pair) < ngroups and c0 + nc <= ncols, within
+                // the extents the caller checked (weights, activations) or guarantees
+                // (output).
                 unsafe {
-                    tile(
-                        n,
-                        w.as_ptr().add(g * group_bytes),
-                        act.as_ptr().add(c0 * act_stride),
-                        act_stride,
-                        nc,
-                        out.add(c0 * out_stride + g * super::GROUP_ROWS),
-                        out_stride,
-                    );
+                    let wg = w.as_ptr().add(g * group_bytes);
+                    let ag = act.as_ptr().add(c0 * act_stride);
+                    let og = out.add(c0 * out_stride + g * super::GROUP_ROWS);
+                    match pair {
+                        Some(pair) if g + 1 < g1 => {
+                            pair(n, wg, group_bytes, ag, act_stride, nc, og, out_stride);
+                            g += 2;
+                        }
+                        _ => {
+                            tile(n, wg, ag, act_stride, nc, og, out_stride);
+                            g += 1;
+                        }
+                    }
                 }
             }
             c0 += nc;
@@ -184,6 +215,35 @@ macro_rules! tile_fn {
 }
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 pub(super) use tile_fn;
+
+/// As `tile_fn!` for a two-group kernel `$k::<C>(n, w, w_stride, act, act_stride, out,
+/// out_stride)`: a [`PairFn`].
+#[cfg(target_arch = "x86_64")]
+macro_rules! pair_fn {
+    ($vis:vis $name:ident, $k:ident, $($c:literal)+) => {
+        #[allow(clippy::too_many_arguments)]
+        $vis unsafe fn $name(
+            n: usize,
+            w: *const u8,
+            w_stride: usize,
+            act: *const u8,
+            act_stride: usize,
+            ncols: usize,
+            out: *mut f32,
+            out_stride: usize,
+        ) {
+            // SAFETY: forwarded from the PairFn contract (which bounds `ncols`).
+            unsafe {
+                match ncols {
+                    $($c => $k::<$c>(n, w, w_stride, act, act_stride, out, out_stride),)+
+                    _ => unreachable!("tile width checked by drive"),
+                }
+            }
+        }
+    };
+}
+#[cfg(target_arch = "x86_64")]
+pub(super) use pair_fn;
 
 #[cfg(test)]
 mod tests {

@@ -28,7 +28,7 @@
 //! block carries `−8·Σa` (see `act_q8_0`) to seed the accumulator. The 8 scales convert
 //! with one `vcvtph2ps` and scale 8 rows' sums with one FMA: no horizontal reduction.
 
-use super::act_q8_0::{self as act, drive, TileFn};
+use super::act_q8_0::{self as act, drive, PairFn, TileFn};
 use crate::dot::Backend;
 
 pub(super) const READY: bool = true;
@@ -106,9 +106,15 @@ pub(super) unsafe fn gemm(
     out: *mut f32,
     out_stride: usize,
 ) {
+    let mut pair: Option<(PairFn, usize)> = None;
     let (tile, cols): (TileFn, usize) = match backend {
         #[cfg(target_arch = "x86_64")]
-        Backend::Avx512 => (x86::tile_vnni, x86::VNNI_COLS),
+        Backend::Avx512 => {
+            if two_groups::enabled() {
+                pair = Some((x86::pair_vnni, two_groups::MIN_COLS));
+            }
+            (x86::tile_vnni, x86::VNNI_COLS)
+        }
         #[cfg(target_arch = "x86_64")]
         Backend::Avx2 => (x86::tile_avx2, x86::AVX2_COLS),
         #[cfg(target_arch = "x86_64")]
@@ -121,6 +127,7 @@ pub(super) unsafe fn gemm(
     unsafe {
         drive(
             tile,
+            pair,
             cols,
             group_bytes(n),
             n,
@@ -132,6 +139,59 @@ pub(super) unsafe fn gemm(
             out,
             out_stride,
         )
+    }
+}
+
+/// When the AVX-512 kernel takes two groups (16 rows, 512-bit registers) per call.
+///
+/// With several columns the one-group kernel is bound by its arithmetic, not by memory:
+/// on an Intel Xeon (family 6 model 207, 2 threads) packed Q4_0 × 4 columns streamed
+/// 13-16 GB/s from DRAM against 20-22 for one column, and 512-bit `vpdpbusd` does the work
+/// of two 256-bit ones there (× 8 columns in L1, one thread: 221 -> 341 Gop/s; batched decode
+/// of 4 sequences after a 2048-token prompt: 22.9 -> 32.6 t/s). With 2 columns the second
+/// weight stream cost more than it saved (23 -> 13-21 GB/s), hence [`MIN_COLS`]. On AMD the
+/// two-group K-quant kernels measured slower than one group with few columns (Zen 5, see
+/// `tiles::PAIR_MIN_COLS`) and Zen 4 runs 512-bit operations at the 256-bit rate, so until
+/// measured there the default is Intel only. `RGEMMA_TWO_GROUPS=1` (or `0`) in the
+/// environment forces them on (off) for measuring; tests switch them with
+/// [`super::set_two_group_kernels`] (both give every row the same bits).
+pub(super) mod two_groups {
+    use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
+
+    /// Fewest columns in a call for which the two-group kernel runs.
+    pub const MIN_COLS: usize = 4;
+
+    const AUTO: u8 = 0;
+    const ON: u8 = 1;
+    const OFF: u8 = 2;
+    static CHOICE: AtomicU8 = AtomicU8::new(AUTO);
+
+    pub fn set(choice: Option<bool>) {
+        CHOICE.store(
+            match choice {
+                None => AUTO,
+                Some(true) => ON,
+                Some(false) => OFF,
+            },
+            Relaxed,
+        );
+    }
+
+    pub fn enabled() -> bool {
+        match CHOICE.load(Relaxed) {
+            ON => true,
+            OFF => false,
+            _ => by_default(),
+        }
+    }
+
+    fn by_default() -> bool {
+        static DEFAULT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *DEFAULT.get_or_init(|| match std::env::var("RGEMMA_TWO_GROUPS").as_deref() {
+            Ok("1") => true,
+            Ok("0") => false,
+            _ => crate::dot::cpu_is_intel(),
+        })
     }
 }
 
@@ -189,7 +249,7 @@ mod x86 {
     // The kernels index several per-column arrays with the same column index.
     #![allow(clippy::needless_range_loop)]
 
-    use super::super::act_q8_0::tile_fn;
+    use super::super::act_q8_0::{pair_fn, tile_fn};
     use super::super::act_q8_0::{BLOCK_BYTES as ABLK, D_OFF, M8_OFF};
     use super::super::tiles::dpbusd;
     use super::super::tiles::prefetch_ahead;
@@ -316,6 +376,92 @@ mod x86 {
         unsafe { vnni_body::<true, C>(n, w, act, act_stride, out, out_stride) }
     }
     tile_fn!(pub(super) tile_vnni, k_vnni, 1 2 3 4 5 6 7 8);
+
+    /// As [`vnni_body`] on 512-bit registers for two groups at once (the second `w_stride`
+    /// bytes after the first): lanes 0..8 are the first group's rows, 8..16 the second's, so
+    /// one `vpdpbusd` against the same broadcast activation bytes does the work of two
+    /// 256-bit ones (the weight unpacking and the per-column scaling likewise). Every lane
+    /// performs `vnni_body`'s operations in the same order, so a row gets the same bits as
+    /// from the 8-row kernel (batch invariance).
+    ///
+    /// # Safety
+    /// `TileFn` contract with `C` columns for both groups, `out + c·out_stride + 0..16`
+    /// writable; the CPU has AVX-512 F/BW/VL/VNNI.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn k_vnni_pair<const C: usize>(
+        n: usize,
+        w: *const u8,
+        w_stride: usize,
+        act: *const u8,
+        act_stride: usize,
+        out: *mut f32,
+        out_stride: usize,
+    ) {
+        let lo_mask = _mm512_set1_epi8(0x0F);
+        let hi_mask = _mm512_set1_epi8(0xF0u8 as i8);
+        let mut acc = [_mm512_setzero_ps(); C];
+        let nb = n / 32;
+        let mut b0 = 0;
+        while b0 < nb {
+            let m = (nb - b0).min(UNIT_BLOCKS);
+            prefetch_unit::<C>(w, b0);
+            prefetch_unit::<C>(w.wrapping_add(w_stride), b0);
+            for r in 0..m {
+                let b = b0 + r;
+                // SAFETY: block b < n/32 of both groups (unit at block b0, `m` blocks, as
+                // in `offsets`) and of each activation row.
+                unsafe {
+                    let unit = w.add(b0 * (CODE_BYTES + SCALE_BYTES));
+                    let (wp, sp) = (
+                        unit.add(m * SCALE_BYTES + r * CODE_BYTES),
+                        unit.add(r * SCALE_BYTES),
+                    );
+                    let ap: [*const u8; C] =
+                        std::array::from_fn(|c| act.add(c * act_stride + b * ABLK));
+                    let mut lo: [__m512i; C] =
+                        std::array::from_fn(|c| bcast4x16(ap[c].add(M8_OFF)));
+                    let mut hi = [_mm512_setzero_si512(); C];
+                    for k in 0..4 {
+                        let v = _mm512_inserti64x4::<1>(
+                            _mm512_castsi256_si512(_mm256_loadu_si256(
+                                wp.add(32 * k) as *const __m256i
+                            )),
+                            _mm256_loadu_si256(wp.add(w_stride + 32 * k) as *const __m256i),
+                        );
+                        let l = _mm512_and_si512(v, lo_mask);
+                        let h = _mm512_and_si512(v, hi_mask);
+                        for c in 0..C {
+                            lo[c] = _mm512_dpbusd_epi32(lo[c], l, bcast4x16(ap[c].add(4 * k)));
+                            hi[c] = _mm512_dpbusd_epi32(hi[c], h, bcast4x16(ap[c].add(16 + 4 * k)));
+                        }
+                    }
+                    let dw = _mm512_cvtph_ps(_mm256_set_m128i(
+                        _mm_loadu_si128(sp.add(w_stride) as *const __m128i),
+                        _mm_loadu_si128(sp as *const __m128i),
+                    ));
+                    for c in 0..C {
+                        let s = _mm512_add_epi32(lo[c], _mm512_srai_epi32::<4>(hi[c]));
+                        let da = _mm512_set1_ps((ap[c].add(D_OFF) as *const f32).read_unaligned());
+                        let d = _mm512_mul_ps(dw, da);
+                        acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), d, acc[c]);
+                    }
+                }
+            }
+            b0 += m;
+        }
+        for c in 0..C {
+            // SAFETY: 16 floats of output row c (the contract).
+            unsafe { _mm512_storeu_ps(out.add(c * out_stride), acc[c]) };
+        }
+    }
+    pair_fn!(pub(super) pair_vnni, k_vnni_pair, 1 2 3 4 5 6 7 8);
+
+    /// 4 activation bytes at `p` broadcast to every 32-bit lane of a zmm.
+    #[inline(always)]
+    unsafe fn bcast4x16(p: *const u8) -> __m512i {
+        // SAFETY: the caller's pointer covers 4 bytes; the caller's CPU has AVX-512 F.
+        unsafe { _mm512_set1_epi32((p as *const i32).read_unaligned()) }
+    }
     tile_fn!(avxvnni_tile, k_avxvnni, 2 3 4);
 
     /// The AVX-VNNI tile: one column (decode, bound by memory) runs the AVX2 kernel, several

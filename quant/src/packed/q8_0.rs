@@ -121,6 +121,7 @@ pub(super) unsafe fn gemm(
     unsafe {
         drive(
             tile,
+            None,
             cols,
             group_bytes(n),
             n,
