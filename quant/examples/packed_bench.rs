@@ -4,8 +4,9 @@
 //! where SECTION is `cache` (one core, 64 × 2560 weights: fits L2), `dram` (1 GiB of
 //! weights, 2 threads, decode) or `pp` (2560 × 2560 weights, 512 tokens, 1 and 2 threads),
 //! and TYPE a ggml type name (`q4_0`, `q8_0`, `q4_K`, `q6_K`). Defaults: every section,
-//! every type with a packed layout. `DRAM_COLS=N` makes the `dram` section multiply N
-//! columns (batched decoding of N sequences) instead of one.
+//! every type with a packed layout. `COLS=N` makes the `cache` and `dram` sections
+//! multiply N columns (batched decoding of N sequences) instead of one; `RGEMMA_TWO_GROUPS=0`
+//! or `1` switches the two-group AVX-512 Q4_0 kernel off or on (`packed::q4_0`).
 
 use rgemma_quant::dot::Backend;
 use rgemma_quant::packed::{self, bench};
@@ -34,11 +35,11 @@ fn main() {
         backends.push(Backend::Avx2);
     }
     let n = 2560;
-    let dram_cols: usize = match std::env::var("DRAM_COLS") {
+    let cols: usize = match std::env::var("COLS") {
         Ok(v) => match v.parse() {
             Ok(c) if c > 0 => c,
             _ => {
-                eprintln!("packed_bench: DRAM_COLS must be a positive integer, not {v:?}");
+                eprintln!("packed_bench: COLS must be a positive integer, not {v:?}");
                 std::process::exit(2);
             }
         },
@@ -56,8 +57,8 @@ fn main() {
         let rb = ty.row_size(n as u64).unwrap() as usize;
         for &section in &sections {
             let (rows, ncols, threads): (usize, usize, &[usize]) = match section {
-                "cache" => (64, 1, &[1]),
-                "dram" => ((1 << 30) / rb, dram_cols, &[2]),
+                "cache" => (64, cols, &[1]),
+                "dram" => ((1 << 30) / rb, cols, &[2]),
                 _ => (2560, 512, &[1, 2]),
             };
             for &t in threads {
