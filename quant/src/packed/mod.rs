@@ -40,7 +40,6 @@ mod q4k;
 mod q6k;
 mod q8_0;
 mod tiles;
-mod two_groups;
 
 use crate::dot::Backend;
 use crate::{GgmlType, QuantError};
@@ -48,12 +47,12 @@ use crate::{GgmlType, QuantError};
 /// Rows interleaved in one packed group.
 pub const GROUP_ROWS: usize = 8;
 
-/// Chooses whether the AVX-512 kernels take two groups per call in calls of few columns
-/// (batched decoding): `None` the default for this CPU (see `two_groups`), `Some` forces it.
-/// Both ways give every row the same bits; tests use this to run every kernel on any
+/// Chooses whether the AVX-512 Q4_0 kernels take two groups per call when a call has
+/// enough columns: `None` the default for this CPU (see `q4_0::two_groups`), `Some` forces
+/// it. Both kernels give every row the same bits; tests use this to run both on any
 /// AVX-512 machine. Process-wide.
 pub fn set_two_group_kernels(choice: Option<bool>) {
-    two_groups::set(choice);
+    q4_0::two_groups::set(choice);
 }
 
 /// Whether a packed layout exists for weights of type `ty`.

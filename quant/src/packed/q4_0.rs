@@ -106,17 +106,15 @@ pub(super) unsafe fn gemm(
     out: *mut f32,
     out_stride: usize,
 ) {
-    // AVX-512: two groups per call when the call has enough columns (`two_groups`).
-    #[cfg(target_arch = "x86_64")]
-    let pair = (backend == Backend::Avx512)
-        .then(super::two_groups::q4_0_min_cols)
-        .flatten()
-        .map(|min_cols| (x86::pair_vnni as PairFn, min_cols));
-    #[cfg(not(target_arch = "x86_64"))]
-    let pair: Option<(PairFn, usize)> = None;
+    let mut pair: Option<(PairFn, usize)> = None;
     let (tile, cols): (TileFn, usize) = match backend {
         #[cfg(target_arch = "x86_64")]
-        Backend::Avx512 => (x86::tile_vnni, x86::VNNI_COLS),
+        Backend::Avx512 => {
+            if two_groups::enabled() {
+                pair = Some((x86::pair_vnni, two_groups::MIN_COLS));
+            }
+            (x86::tile_vnni, x86::VNNI_COLS)
+        }
         #[cfg(target_arch = "x86_64")]
         Backend::Avx2 => (x86::tile_avx2, x86::AVX2_COLS),
         #[cfg(target_arch = "x86_64")]
@@ -141,6 +139,59 @@ pub(super) unsafe fn gemm(
             out,
             out_stride,
         )
+    }
+}
+
+/// When the AVX-512 kernel takes two groups (16 rows, 512-bit registers) per call.
+///
+/// With several columns the one-group kernel is bound by its arithmetic, not by memory:
+/// on an Intel Xeon (family 6 model 207, 2 threads) packed Q4_0 × 4 columns streamed
+/// 13-16 GB/s from DRAM against 20-22 for one column, and 512-bit `vpdpbusd` does the work
+/// of two 256-bit ones there (× 8 columns in L1, one thread: 221 -> 341 Gop/s; batched decode
+/// of 4 sequences after a 2048-token prompt: 22.9 -> 32.6 t/s). With 2 columns the second
+/// weight stream cost more than it saved (23 -> 13-21 GB/s), hence [`MIN_COLS`]. On AMD the
+/// two-group K-quant kernels measured slower than one group with few columns (Zen 5, see
+/// `tiles::PAIR_MIN_COLS`) and Zen 4 runs 512-bit operations at the 256-bit rate, so until
+/// measured there the default is Intel only. `RGEMMA_TWO_GROUPS=1` (or `0`) in the
+/// environment forces them on (off) for measuring; tests switch them with
+/// [`super::set_two_group_kernels`] (both give every row the same bits).
+pub(super) mod two_groups {
+    use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
+
+    /// Fewest columns in a call for which the two-group kernel runs.
+    pub const MIN_COLS: usize = 4;
+
+    const AUTO: u8 = 0;
+    const ON: u8 = 1;
+    const OFF: u8 = 2;
+    static CHOICE: AtomicU8 = AtomicU8::new(AUTO);
+
+    pub fn set(choice: Option<bool>) {
+        CHOICE.store(
+            match choice {
+                None => AUTO,
+                Some(true) => ON,
+                Some(false) => OFF,
+            },
+            Relaxed,
+        );
+    }
+
+    pub fn enabled() -> bool {
+        match CHOICE.load(Relaxed) {
+            ON => true,
+            OFF => false,
+            _ => by_default(),
+        }
+    }
+
+    fn by_default() -> bool {
+        static DEFAULT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *DEFAULT.get_or_init(|| match std::env::var("RGEMMA_TWO_GROUPS").as_deref() {
+            Ok("1") => true,
+            Ok("0") => false,
+            _ => crate::dot::cpu_is_intel(),
+        })
     }
 }
 

@@ -265,6 +265,16 @@ pub(super) use pair_tile_fn;
 /// do not (at n = 14336: 128 KiB of activations per tile, 64 KiB of Q4_K per group).
 const K_CHUNK: usize = 10;
 
+/// `run_tiles` uses a two-group kernel only with more columns than this. With few columns
+/// the weights stream from DRAM and the two-group kernels, reading two streams, were
+/// slower on a Zen 5 VM (packed × 2560 from DRAM, one thread, GB/s of weights, 8-row tiles
+/// → pairs: Q4_K × 2 columns 27 / 20 → 13 / 18, Q6_K × 2 25 / 17 → 17 / 12, Q6_K × 8
+/// 14 / 14 → 10 / 10, Q6_K × 16 292 / 295 / 235 → 276 / 278 / 273 Gop/s); from 32 columns
+/// the blocks of groups are reused from L2 by enough tiles that the kernels are bound by
+/// arithmetic, where 512-bit `vpdpbusd` pays (Q6_K × 32: 306 / 301 / 284 → 245 / 342 /
+/// 368 Gop/s; 512 columns: see `q4k` and `q6k`).
+const PAIR_MIN_COLS: usize = 16;
+
 /// Weight bytes (of one pass) a block of groups may span: the block stays in L2 while all
 /// tiles of columns pass over it.
 const GROUP_BLOCK_BYTES: usize = 256 * 1024;
@@ -287,7 +297,7 @@ const GROUP_BLOCK_BYTES: usize = 256 * 1024;
 /// column blocks in L2 gave 272 / 228 at 2560 × 2560 and 232 / 158 at 4096 × 14336; passes
 /// of 10 give ~300 / ~270 at both. Passes of 6 or 14 measured the same within noise.
 ///
-/// From `two_groups::kquant_min_cols` columns, `pair` (when given) takes the groups two at a
+/// With more than [`PAIR_MIN_COLS`] columns, `pair` (when given) takes the groups two at a
 /// time (a block's odd last group goes to `tile`); its rows must get the same bits as from
 /// `tile` (batch invariance, `packed` module doc), since fewer columns never use it.
 ///
@@ -319,7 +329,7 @@ pub(super) unsafe fn run_tiles(
     while k0 < nsb {
         let ks = (nsb - k0).min(kc);
         let mut gblock = (GROUP_BLOCK_BYTES / (ks * sb_bytes)).max(1);
-        let pair = pair.filter(|_| ncols >= super::two_groups::kquant_min_cols());
+        let pair = pair.filter(|_| ncols > PAIR_MIN_COLS);
         if pair.is_some() {
             // Even, so that no block but the last has a group left over.
             gblock = (gblock & !1).max(2);
