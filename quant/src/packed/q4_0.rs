@@ -106,15 +106,15 @@ pub(super) unsafe fn gemm(
     out: *mut f32,
     out_stride: usize,
 ) {
-    let mut pair: Option<(PairFn, usize)> = None;
+    // AVX-512: two groups per call when the call has enough columns (`two_groups`).
+    #[cfg(target_arch = "x86_64")]
+    let pair = (backend == Backend::Avx512 && two_groups::enabled())
+        .then_some((x86::pair_vnni as PairFn, two_groups::MIN_COLS));
+    #[cfg(not(target_arch = "x86_64"))]
+    let pair: Option<(PairFn, usize)> = None;
     let (tile, cols): (TileFn, usize) = match backend {
         #[cfg(target_arch = "x86_64")]
-        Backend::Avx512 => {
-            if two_groups::enabled() {
-                pair = Some((x86::pair_vnni, two_groups::MIN_COLS));
-            }
-            (x86::tile_vnni, x86::VNNI_COLS)
-        }
+        Backend::Avx512 => (x86::tile_vnni, x86::VNNI_COLS),
         #[cfg(target_arch = "x86_64")]
         Backend::Avx2 => (x86::tile_avx2, x86::AVX2_COLS),
         #[cfg(target_arch = "x86_64")]
@@ -147,14 +147,19 @@ pub(super) unsafe fn gemm(
 /// With several columns the one-group kernel is bound by its arithmetic, not by memory:
 /// on an Intel Xeon (family 6 model 207, 2 threads) packed Q4_0 × 4 columns streamed
 /// 13-16 GB/s from DRAM against 20-22 for one column, and 512-bit `vpdpbusd` does the work
-/// of two 256-bit ones there (× 8 columns in L1, one thread: 221 -> 341 Gop/s; batched decode
-/// of 4 sequences after a 2048-token prompt: 22.9 -> 32.6 t/s). With 2 columns the second
-/// weight stream cost more than it saved (23 -> 13-21 GB/s), hence [`MIN_COLS`]. On AMD the
-/// two-group K-quant kernels measured slower than one group with few columns (Zen 5, see
-/// `tiles::PAIR_MIN_COLS`) and Zen 4 runs 512-bit operations at the 256-bit rate, so until
-/// measured there the default is Intel only. `RGEMMA_TWO_GROUPS=1` (or `0`) in the
-/// environment forces them on (off) for measuring; tests switch them with
+/// of two 256-bit ones there (× 8 columns in L1, one thread: 221 -> 341 Gop/s). Batched
+/// decode of the 2B Q4_0 file after a 2048-token prompt, one group -> two, alternating runs:
+/// 8 sequences 37.4 / 34.5 -> 40.6 / 40.7 t/s; 4 sequences 22.9 -> 32.6 in one pair of runs,
+/// 26.2 / 27.6 -> 25.4 / 29.4 in two later ones (the same within that VM's noise). With 2
+/// columns the second weight stream cost more than it saved (23 -> 13-21 GB/s), hence
+/// [`MIN_COLS`]. The K-quant kernels' pairs from 5 columns (instead of 17) were tried on the
+/// same VM and not kept (8 sequences of Q4_K_M: +5 % in one pair of rounds, -7 % in
+/// another). On AMD the two-group K-quant kernels measured slower than one group with few
+/// columns (Zen 5, see `tiles::PAIR_MIN_COLS`) and Zen 4 runs 512-bit operations at the
+/// 256-bit rate, so until measured there the default is Intel only. `RGEMMA_TWO_GROUPS=1`
+/// (or `0`) in the environment forces the pair on (off) for measuring; tests switch it with
 /// [`super::set_two_group_kernels`] (both give every row the same bits).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(super) mod two_groups {
     use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
 
