@@ -381,6 +381,7 @@ mod x86 {
         unsafe { vnni_body::<true, C>(n, w, act, act_stride, out, out_stride) }
     }
     tile_fn!(pub(super) tile_vnni, k_vnni, 1 2 3 4 5 6 7 8);
+    tile_fn!(avxvnni_tile, k_avxvnni, 2 3 4);
 
     /// As [`vnni_body`] on 512-bit registers for two groups at once (the second `w_stride`
     /// bytes after the first): lanes 0..8 are the first group's rows, 8..16 the second's, so
@@ -467,7 +468,6 @@ mod x86 {
         // SAFETY: the caller's pointer covers 4 bytes; the caller's CPU has AVX-512 F.
         unsafe { _mm512_set1_epi32((p as *const i32).read_unaligned()) }
     }
-    tile_fn!(avxvnni_tile, k_avxvnni, 2 3 4);
 
     /// The AVX-VNNI tile: one column (decode, bound by memory) runs the AVX2 kernel, several
     /// the VNNI one. With 16 registers the VNNI kernel's one-column loop gained nothing on
