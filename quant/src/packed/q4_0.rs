@@ -279,39 +279,205 @@ mod x86 {
         unsafe { _mm256_set1_ps((p as *const f32).read_unaligned()) }
     }
 
+    /// The registers a VNNI body runs on: [`Ymm`] holds the 8 rows of one group per register,
+    /// [`Zmm`] the 16 rows of two groups (`w_stride` bytes apart), so that one 512-bit
+    /// `vpdpbusd` does the work of two 256-bit ones. Every lane goes through the same
+    /// operations in the same order in both, so a row gets the same bits whichever runs it
+    /// (batch invariance).
+    ///
+    /// Safety (every method): the CPU has the features of the kernel the body is inlined
+    /// into; pointers cover what each method reads or writes.
+    trait Rows {
+        /// Groups per register.
+        const GROUPS: usize;
+        type I: Copy;
+        type F: Copy;
+        unsafe fn splat8(x: i8) -> Self::I;
+        unsafe fn zero_i() -> Self::I;
+        unsafe fn zero_f() -> Self::F;
+        /// 32 code bytes at `p` (and at `p + w_stride`).
+        unsafe fn codes(p: *const u8, w_stride: usize) -> Self::I;
+        /// 8 f16 scales at `p` (and at `p + w_stride`) as f32.
+        unsafe fn scales(p: *const u8, w_stride: usize) -> Self::F;
+        unsafe fn and(a: Self::I, b: Self::I) -> Self::I;
+        unsafe fn dpbusd(acc: Self::I, q: Self::I, a: Self::I) -> Self::I;
+        /// 4 activation bytes at `p` in every lane.
+        unsafe fn bcast4(p: *const u8) -> Self::I;
+        /// `acc + f32(lo + (hi >> 4))·(dw·d_a)`, `d_a` the f32 at `da`.
+        unsafe fn fold(
+            lo: Self::I,
+            hi: Self::I,
+            dw: Self::F,
+            da: *const u8,
+            acc: Self::F,
+        ) -> Self::F;
+        unsafe fn store(p: *mut f32, v: Self::F);
+    }
+
+    /// 8 rows of one group in 256-bit registers, EVEX (AVX-512 VNNI + VL) or VEX (AVX-VNNI)
+    /// `vpdpbusd` as `VEX` says.
+    struct Ymm<const VEX: bool>;
+
+    impl<const VEX: bool> Rows for Ymm<VEX> {
+        const GROUPS: usize = 1;
+        type I = __m256i;
+        type F = __m256;
+        #[inline(always)]
+        unsafe fn splat8(x: i8) -> __m256i {
+            unsafe { _mm256_set1_epi8(x) }
+        }
+        #[inline(always)]
+        unsafe fn zero_i() -> __m256i {
+            unsafe { _mm256_setzero_si256() }
+        }
+        #[inline(always)]
+        unsafe fn zero_f() -> __m256 {
+            unsafe { _mm256_setzero_ps() }
+        }
+        #[inline(always)]
+        unsafe fn codes(p: *const u8, _: usize) -> __m256i {
+            // SAFETY: the caller's bounds.
+            unsafe { _mm256_loadu_si256(p as *const __m256i) }
+        }
+        #[inline(always)]
+        unsafe fn scales(p: *const u8, _: usize) -> __m256 {
+            // SAFETY: the caller's bounds.
+            unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)) }
+        }
+        #[inline(always)]
+        unsafe fn and(a: __m256i, b: __m256i) -> __m256i {
+            unsafe { _mm256_and_si256(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn dpbusd(acc: __m256i, q: __m256i, a: __m256i) -> __m256i {
+            unsafe { dpbusd::<VEX>(acc, q, a) }
+        }
+        #[inline(always)]
+        unsafe fn bcast4(p: *const u8) -> __m256i {
+            // SAFETY: the caller's bounds.
+            unsafe { bcast4(p) }
+        }
+        #[inline(always)]
+        unsafe fn fold(lo: __m256i, hi: __m256i, dw: __m256, da: *const u8, acc: __m256) -> __m256 {
+            // SAFETY: the caller's bounds.
+            unsafe {
+                let s = _mm256_add_epi32(lo, _mm256_srai_epi32::<4>(hi));
+                let d = _mm256_mul_ps(dw, bcast_f32(da));
+                _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), d, acc)
+            }
+        }
+        #[inline(always)]
+        unsafe fn store(p: *mut f32, v: __m256) {
+            // SAFETY: the caller's bounds.
+            unsafe { _mm256_storeu_ps(p, v) }
+        }
+    }
+
+    /// 16 rows of two groups in 512-bit registers (AVX-512 F/BW/VNNI): lanes 0..8 the first
+    /// group's rows, 8..16 the second's.
+    struct Zmm;
+
+    impl Rows for Zmm {
+        const GROUPS: usize = 2;
+        type I = __m512i;
+        type F = __m512;
+        #[inline(always)]
+        unsafe fn splat8(x: i8) -> __m512i {
+            unsafe { _mm512_set1_epi8(x) }
+        }
+        #[inline(always)]
+        unsafe fn zero_i() -> __m512i {
+            unsafe { _mm512_setzero_si512() }
+        }
+        #[inline(always)]
+        unsafe fn zero_f() -> __m512 {
+            unsafe { _mm512_setzero_ps() }
+        }
+        #[inline(always)]
+        unsafe fn codes(p: *const u8, w_stride: usize) -> __m512i {
+            // SAFETY: the caller's bounds.
+            unsafe {
+                let lo = _mm256_loadu_si256(p as *const __m256i);
+                let hi = _mm256_loadu_si256(p.add(w_stride) as *const __m256i);
+                _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
+            }
+        }
+        #[inline(always)]
+        unsafe fn scales(p: *const u8, w_stride: usize) -> __m512 {
+            // SAFETY: the caller's bounds.
+            unsafe {
+                let lo = _mm_loadu_si128(p as *const __m128i);
+                let hi = _mm_loadu_si128(p.add(w_stride) as *const __m128i);
+                _mm512_cvtph_ps(_mm256_set_m128i(hi, lo))
+            }
+        }
+        #[inline(always)]
+        unsafe fn and(a: __m512i, b: __m512i) -> __m512i {
+            unsafe { _mm512_and_si512(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn dpbusd(acc: __m512i, q: __m512i, a: __m512i) -> __m512i {
+            unsafe { _mm512_dpbusd_epi32(acc, q, a) }
+        }
+        #[inline(always)]
+        unsafe fn bcast4(p: *const u8) -> __m512i {
+            // SAFETY: the caller's bounds.
+            unsafe { _mm512_set1_epi32((p as *const i32).read_unaligned()) }
+        }
+        #[inline(always)]
+        unsafe fn fold(lo: __m512i, hi: __m512i, dw: __m512, da: *const u8, acc: __m512) -> __m512 {
+            // SAFETY: the caller's bounds.
+            unsafe {
+                let s = _mm512_add_epi32(lo, _mm512_srai_epi32::<4>(hi));
+                let d = _mm512_mul_ps(dw, _mm512_set1_ps((da as *const f32).read_unaligned()));
+                _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), d, acc)
+            }
+        }
+        #[inline(always)]
+        unsafe fn store(p: *mut f32, v: __m512) {
+            // SAFETY: the caller's bounds.
+            unsafe { _mm512_storeu_ps(p, v) }
+        }
+    }
+
     /// Per block and column: 8 `vpdpbusd`, then one `vmulps` (the two scales) and one
     /// `vfmadd` into the f32 sums. On Zen 4 those share the two pipes that run
     /// `vpdpbusd`, so the prompt path tops out at 8/10 of the `vpdpbusd` peak (measured:
     /// ~320 of 453 Gop/s on one core); wide tiles (up to 8 columns) amortise the
     /// weight unpacking, which runs on the other pipes.
     ///
-    /// Safety: the CPU has what `k_vnni` (AVX-512 F/BW/VL/VNNI) or `k_avxvnni` (AVX-VNNI)
-    /// enable, whichever inlines this body (`VEX` says which); `TileFn` contract with `C`
-    /// columns.
+    /// Safety: the CPU has what the kernel this body is inlined into enables (`k_vnni`,
+    /// `k_vnni_pair`: AVX-512 F/BW/VL/VNNI; `k_avxvnni`: AVX-VNNI), matching `R`; `TileFn`
+    /// contract with `C` columns for each of `R::GROUPS` groups `w_stride` bytes apart, and
+    /// `8·R::GROUPS` floats per output column.
     #[inline(always)]
-    unsafe fn vnni_body<const VEX: bool, const C: usize>(
+    unsafe fn vnni_body<R: Rows, const C: usize>(
         n: usize,
         w: *const u8,
+        w_stride: usize,
         act: *const u8,
         act_stride: usize,
         out: *mut f32,
         out_stride: usize,
     ) {
-        let lo_mask = _mm256_set1_epi8(0x0F);
-        let hi_mask = _mm256_set1_epi8(0xF0u8 as i8);
-        let mut acc = [_mm256_setzero_ps(); C];
-        let nb = n / 32;
-        // Units of blocks (see the layout): base and size once per unit rather than
-        // `offsets` per block, whose arithmetic measurably slowed the 8-column tile.
-        let mut b0 = 0;
-        while b0 < nb {
-            let m = (nb - b0).min(UNIT_BLOCKS);
-            prefetch_unit::<C>(w, b0);
-            for r in 0..m {
-                let b = b0 + r;
-                // SAFETY: block b < n/32 of the group (unit at block b0, `m` blocks, as in
-                // `offsets`) and of each activation row.
-                unsafe {
+        // SAFETY (whole body): the caller's CPU and bounds, as each comment says.
+        unsafe {
+            let lo_mask = R::splat8(0x0F);
+            let hi_mask = R::splat8(0xF0u8 as i8);
+            let mut acc = [R::zero_f(); C];
+            let nb = n / 32;
+            // Units of blocks (see the layout): base and size once per unit rather than
+            // `offsets` per block, whose arithmetic measurably slowed the 8-column tile.
+            let mut b0 = 0;
+            while b0 < nb {
+                let m = (nb - b0).min(UNIT_BLOCKS);
+                for g in 0..R::GROUPS {
+                    prefetch_unit::<C>(w.wrapping_add(g * w_stride), b0);
+                }
+                for r in 0..m {
+                    let b = b0 + r;
+                    // Block b < n/32 of the group(s) (unit at block b0, `m` blocks, as in
+                    // `offsets`) and of each activation row.
                     let unit = w.add(b0 * (CODE_BYTES + SCALE_BYTES));
                     let (wp, sp) = (
                         unit.add(m * SCALE_BYTES + r * CODE_BYTES),
@@ -319,30 +485,28 @@ mod x86 {
                     );
                     let ap: [*const u8; C] =
                         std::array::from_fn(|c| act.add(c * act_stride + b * ABLK));
-                    let mut lo: [__m256i; C] = std::array::from_fn(|c| bcast4(ap[c].add(M8_OFF)));
-                    let mut hi = [_mm256_setzero_si256(); C];
+                    let mut lo: [R::I; C] = std::array::from_fn(|c| R::bcast4(ap[c].add(M8_OFF)));
+                    let mut hi = [R::zero_i(); C];
                     for k in 0..4 {
-                        let v = _mm256_loadu_si256(wp.add(32 * k) as *const __m256i);
-                        let l = _mm256_and_si256(v, lo_mask);
-                        let h = _mm256_and_si256(v, hi_mask);
+                        let v = R::codes(wp.add(32 * k), w_stride);
+                        let l = R::and(v, lo_mask);
+                        let h = R::and(v, hi_mask);
                         for c in 0..C {
-                            lo[c] = dpbusd::<VEX>(lo[c], l, bcast4(ap[c].add(4 * k)));
-                            hi[c] = dpbusd::<VEX>(hi[c], h, bcast4(ap[c].add(16 + 4 * k)));
+                            lo[c] = R::dpbusd(lo[c], l, R::bcast4(ap[c].add(4 * k)));
+                            hi[c] = R::dpbusd(hi[c], h, R::bcast4(ap[c].add(16 + 4 * k)));
                         }
                     }
-                    let dw = _mm256_cvtph_ps(_mm_loadu_si128(sp as *const __m128i));
+                    let dw = R::scales(sp, w_stride);
                     for c in 0..C {
-                        let s = _mm256_add_epi32(lo[c], _mm256_srai_epi32::<4>(hi[c]));
-                        let d = _mm256_mul_ps(dw, bcast_f32(ap[c].add(D_OFF)));
-                        acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), d, acc[c]);
+                        acc[c] = R::fold(lo[c], hi[c], dw, ap[c].add(D_OFF), acc[c]);
                     }
                 }
+                b0 += m;
             }
-            b0 += m;
-        }
-        for c in 0..C {
-            // SAFETY: 8 floats of output row c (TileFn contract).
-            unsafe { _mm256_storeu_ps(out.add(c * out_stride), acc[c]) };
+            for c in 0..C {
+                // 8·R::GROUPS floats of output row c.
+                R::store(out.add(c * out_stride), acc[c]);
+            }
         }
     }
 
@@ -360,7 +524,7 @@ mod x86 {
         out_stride: usize,
     ) {
         // SAFETY: forwarded.
-        unsafe { vnni_body::<false, C>(n, w, act, act_stride, out, out_stride) }
+        unsafe { vnni_body::<Ymm<false>, C>(n, w, 0, act, act_stride, out, out_stride) }
     }
 
     /// The kernel above with AVX-VNNI (VEX `vpdpbusd`; Alder Lake and later, Zen 5: 16
@@ -378,21 +542,17 @@ mod x86 {
         out_stride: usize,
     ) {
         // SAFETY: forwarded.
-        unsafe { vnni_body::<true, C>(n, w, act, act_stride, out, out_stride) }
+        unsafe { vnni_body::<Ymm<true>, C>(n, w, 0, act, act_stride, out, out_stride) }
     }
     tile_fn!(pub(super) tile_vnni, k_vnni, 1 2 3 4 5 6 7 8);
     tile_fn!(avxvnni_tile, k_avxvnni, 2 3 4);
 
-    /// As [`vnni_body`] on 512-bit registers for two groups at once (the second `w_stride`
-    /// bytes after the first): lanes 0..8 are the first group's rows, 8..16 the second's, so
-    /// one `vpdpbusd` against the same broadcast activation bytes does the work of two
-    /// 256-bit ones (the weight unpacking and the per-column scaling likewise). Every lane
-    /// performs `vnni_body`'s operations in the same order, so a row gets the same bits as
-    /// from the 8-row kernel (batch invariance).
+    /// The kernel above for two groups at once (the second `w_stride` bytes after the
+    /// first), 16 rows per 512-bit register (see [`Zmm`], `two_groups`).
     ///
     /// # Safety
-    /// `TileFn` contract with `C` columns for both groups, `out + c·out_stride + 0..16`
-    /// writable; the CPU has AVX-512 F/BW/VL/VNNI.
+    /// As the kernel for both groups, `out + c·out_stride + 0..16` writable; the CPU has
+    /// AVX-512 F/BW/VL/VNNI.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     unsafe fn k_vnni_pair<const C: usize>(
         n: usize,
@@ -403,71 +563,10 @@ mod x86 {
         out: *mut f32,
         out_stride: usize,
     ) {
-        let lo_mask = _mm512_set1_epi8(0x0F);
-        let hi_mask = _mm512_set1_epi8(0xF0u8 as i8);
-        let mut acc = [_mm512_setzero_ps(); C];
-        let nb = n / 32;
-        let mut b0 = 0;
-        while b0 < nb {
-            let m = (nb - b0).min(UNIT_BLOCKS);
-            prefetch_unit::<C>(w, b0);
-            prefetch_unit::<C>(w.wrapping_add(w_stride), b0);
-            for r in 0..m {
-                let b = b0 + r;
-                // SAFETY: block b < n/32 of both groups (unit at block b0, `m` blocks, as
-                // in `offsets`) and of each activation row.
-                unsafe {
-                    let unit = w.add(b0 * (CODE_BYTES + SCALE_BYTES));
-                    let (wp, sp) = (
-                        unit.add(m * SCALE_BYTES + r * CODE_BYTES),
-                        unit.add(r * SCALE_BYTES),
-                    );
-                    let ap: [*const u8; C] =
-                        std::array::from_fn(|c| act.add(c * act_stride + b * ABLK));
-                    let mut lo: [__m512i; C] =
-                        std::array::from_fn(|c| bcast4x16(ap[c].add(M8_OFF)));
-                    let mut hi = [_mm512_setzero_si512(); C];
-                    for k in 0..4 {
-                        let v = _mm512_inserti64x4::<1>(
-                            _mm512_castsi256_si512(_mm256_loadu_si256(
-                                wp.add(32 * k) as *const __m256i
-                            )),
-                            _mm256_loadu_si256(wp.add(w_stride + 32 * k) as *const __m256i),
-                        );
-                        let l = _mm512_and_si512(v, lo_mask);
-                        let h = _mm512_and_si512(v, hi_mask);
-                        for c in 0..C {
-                            lo[c] = _mm512_dpbusd_epi32(lo[c], l, bcast4x16(ap[c].add(4 * k)));
-                            hi[c] = _mm512_dpbusd_epi32(hi[c], h, bcast4x16(ap[c].add(16 + 4 * k)));
-                        }
-                    }
-                    let dw = _mm512_cvtph_ps(_mm256_set_m128i(
-                        _mm_loadu_si128(sp.add(w_stride) as *const __m128i),
-                        _mm_loadu_si128(sp as *const __m128i),
-                    ));
-                    for c in 0..C {
-                        let s = _mm512_add_epi32(lo[c], _mm512_srai_epi32::<4>(hi[c]));
-                        let da = _mm512_set1_ps((ap[c].add(D_OFF) as *const f32).read_unaligned());
-                        let d = _mm512_mul_ps(dw, da);
-                        acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), d, acc[c]);
-                    }
-                }
-            }
-            b0 += m;
-        }
-        for c in 0..C {
-            // SAFETY: 16 floats of output row c (the contract).
-            unsafe { _mm512_storeu_ps(out.add(c * out_stride), acc[c]) };
-        }
+        // SAFETY: forwarded.
+        unsafe { vnni_body::<Zmm, C>(n, w, w_stride, act, act_stride, out, out_stride) }
     }
     pair_fn!(pub(super) pair_vnni, k_vnni_pair, 1 2 3 4 5 6 7 8);
-
-    /// 4 activation bytes at `p` broadcast to every 32-bit lane of a zmm.
-    #[inline(always)]
-    unsafe fn bcast4x16(p: *const u8) -> __m512i {
-        // SAFETY: the caller's pointer covers 4 bytes; the caller's CPU has AVX-512 F.
-        unsafe { _mm512_set1_epi32((p as *const i32).read_unaligned()) }
-    }
 
     /// The AVX-VNNI tile: one column (decode, bound by memory) runs the AVX2 kernel, several
     /// the VNNI one. With 16 registers the VNNI kernel's one-column loop gained nothing on
