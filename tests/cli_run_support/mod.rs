@@ -67,6 +67,10 @@ pub fn scratch_dir() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = std::env::temp_dir().join(format!("rgemma-cli-run-{}", std::process::id()));
+        // A directory of this name left by an earlier process that had the same pid (and
+        // died before cleaning up) is stale: its files would make `rg-quantize` refuse to
+        // overwrite them.
+        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create scratch dir");
         dir
     })
