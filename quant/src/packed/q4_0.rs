@@ -256,8 +256,7 @@ mod x86 {
 
     use super::super::act_q8_0::{pair_fn, tile_fn};
     use super::super::act_q8_0::{BLOCK_BYTES as ABLK, D_OFF, M8_OFF};
-    use super::super::tiles::dpbusd;
-    use super::super::tiles::prefetch_ahead;
+    use super::super::tiles::{dpbusd, load2, prefetch_ahead};
     use super::{CODE_BYTES, SCALE_BYTES, UNIT_BLOCKS};
     use std::arch::x86_64::*;
 
@@ -396,11 +395,7 @@ mod x86 {
         #[inline(always)]
         unsafe fn codes(p: *const u8, w_stride: usize) -> __m512i {
             // SAFETY: the caller's bounds.
-            unsafe {
-                let lo = _mm256_loadu_si256(p as *const __m256i);
-                let hi = _mm256_loadu_si256(p.add(w_stride) as *const __m256i);
-                _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
-            }
+            unsafe { load2(p, w_stride) }
         }
         #[inline(always)]
         unsafe fn scales(p: *const u8, w_stride: usize) -> __m512 {

@@ -204,7 +204,9 @@ fn scalar_group(nsb: usize, w: &[u8], act: &[u8]) -> [f32; 8] {
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::super::tiles::{dpbusd, load_acc, load_acc16, prefetch_ahead, store, store16};
+    use super::super::tiles::{
+        dpbusd, load2, load_acc, load_acc16, prefetch_ahead, store, store16,
+    };
     use super::{ACT, CODES, DMIN, SB, SCALES};
 
     /// Reads 4 activation bytes as one i32 and broadcasts them to the 8 lanes.
@@ -511,16 +513,6 @@ mod x86 {
         }
         // SAFETY: forwarded.
         unsafe { store(&acc, out, out_stride) };
-    }
-
-    /// Two 32-byte loads, at `p` and `p + stride`, as the low and high halves of a zmm.
-    ///
-    /// # Safety
-    /// Both ranges readable; AVX-512 F.
-    #[inline(always)]
-    unsafe fn load2(p: *const u8, stride: usize) -> __m512i {
-        // SAFETY: forwarded.
-        unsafe { join(load(p), load(p.add(stride))) }
     }
 
     /// `lo` and `hi` as the two halves of a zmm.

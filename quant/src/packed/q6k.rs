@@ -290,7 +290,9 @@ fn scalar_group(nsb: usize, w: &[u8], act: &[u8]) -> [f32; 8] {
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::super::tiles::{dpbusd, load_acc, load_acc16, prefetch_ahead, store, store16};
+    use super::super::tiles::{
+        dpbusd, load2, load_acc, load_acc16, prefetch_ahead, store, store16,
+    };
     use super::{codes, head, ACT, SB, SCALES, UNIT};
 
     /// Reads 4 activation bytes as one i32 and broadcasts them to the 8 lanes.
@@ -512,20 +514,6 @@ mod x86 {
         }
         // SAFETY: forwarded.
         unsafe { store(&acc, out, out_stride) };
-    }
-
-    /// Two 32-byte loads, at `p` and `p + stride`, as the low and high halves of a zmm.
-    ///
-    /// # Safety
-    /// Both ranges readable; AVX-512 F.
-    #[inline(always)]
-    unsafe fn load2(p: *const u8, stride: usize) -> __m512i {
-        // SAFETY: forwarded.
-        unsafe {
-            let lo = _mm256_loadu_si256(p as *const __m256i);
-            let hi = _mm256_loadu_si256(p.add(stride) as *const __m256i);
-            _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
-        }
     }
 
     /// [`decode_unit`] of unit `unit` of two groups, `stride` bytes apart, lanes 0..8 the

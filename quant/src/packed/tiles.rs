@@ -95,6 +95,22 @@ pub(super) unsafe fn dpbusd<const VEX: bool>(acc: __m256i, a: __m256i, b: __m256
     }
 }
 
+/// Two 32-byte loads, at `p` and `p + stride`, as the low and high halves of a zmm: the same
+/// bytes of two packed groups, for the two-group (16-row) kernels.
+///
+/// # Safety
+/// Both ranges readable; AVX-512 F.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(super) unsafe fn load2(p: *const u8, stride: usize) -> __m512i {
+    // SAFETY: forwarded.
+    unsafe {
+        let lo = _mm256_loadu_si256(p as *const __m256i);
+        let hi = _mm256_loadu_si256(p.add(stride) as *const __m256i);
+        _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
+    }
+}
+
 /// For a K-quant kernel body `$body::<VEX, C, ADD>` (the [`Tile`] arguments, `vpdpbusd` through
 /// [`dpbusd`]) and the type's AVX2 kernel `$avx2::<C, ADD>`: the body compiled for AVX-512
 /// VNNI (`vnni`) and for AVX-VNNI (`avxvnni`), and their tiles `tile_vnni` (up to 8 columns,
