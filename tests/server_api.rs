@@ -175,6 +175,23 @@ fn models_health_metrics_and_chat_page() {
     server.post_ok("/v1/completions", &json!({"prompt": "A", "max_tokens": 4}));
     let line = server.wait_log("POST /v1/completions 200");
     assert!(line.contains("in=2 out=4"), "{line}");
+    // The engine's recent speed and its time counters moved with the request.
+    let text = server.get("/metrics").text();
+    let value = |name: &str| -> f64 {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"));
+        line[name.len() + 1..].parse().unwrap()
+    };
+    for name in [
+        "rgemma_tokens_per_second",
+        "rgemma_prompt_tokens_per_second",
+        "rgemma_generation_seconds_total",
+        "rgemma_prompt_seconds_total",
+    ] {
+        assert!(value(name) > 0.0, "{name} is not positive in\n{text}");
+    }
 }
 
 #[test]

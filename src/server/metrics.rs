@@ -7,6 +7,8 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 
+use super::engine::RECENT_STEPS;
+
 #[derive(Default)]
 pub struct Metrics {
     /// Finished HTTP requests by status code.
@@ -28,6 +30,10 @@ pub struct Metrics {
     pub mixed_steps: AtomicU64,
     pub prompt_ns: AtomicU64,
     pub generation_ns: AtomicU64,
+    /// Prompt tokens and generated tokens per second of the engine's recent steps that did
+    /// each (`engine::rates`), as `f64::to_bits`.
+    pub prompt_tokens_per_second_bits: AtomicU64,
+    pub tokens_per_second_bits: AtomicU64,
     /// The engine's measured nanoseconds per batch row (what `--max-step-ms` paces by).
     pub step_row_ns: AtomicU64,
     /// Requests waiting for a slot: counted up when a handler submits one and down when the
@@ -61,13 +67,8 @@ impl Metrics {
             let _ = writeln!(out, "rgemma_{name} {value}");
         };
         let get = |a: &AtomicU64| a.load(Relaxed);
-        let rate = |tokens: u64, ns: u64| {
-            if ns == 0 {
-                "0".to_string()
-            } else {
-                format!("{:.3}", tokens as f64 * 1e9 / ns as f64)
-            }
-        };
+        let rate = |bits: &AtomicU64| format!("{:.3}", f64::from_bits(bits.load(Relaxed)));
+        let seconds = |ns: &AtomicU64| format!("{:.3}", ns.load(Relaxed) as f64 * 1e-9);
         metric(
             "prompt_tokens_total",
             "counter",
@@ -95,14 +96,26 @@ impl Metrics {
         metric(
             "prompt_tokens_per_second",
             "gauge",
-            "Prompt tokens run per second of the decode steps that ran prompt rows (since start).",
-            rate(get(&self.prompt_tokens), get(&self.prompt_ns)),
+            &format!("Prompt tokens run per second of the last {RECENT_STEPS} decode steps that ran prompt rows."),
+            rate(&self.prompt_tokens_per_second_bits),
         );
         metric(
             "tokens_per_second",
             "gauge",
-            "Generated tokens per second of the decode steps that generated (since start).",
-            rate(get(&self.tokens_generated), get(&self.generation_ns)),
+            &format!("Generated tokens per second of the last {RECENT_STEPS} decode steps that generated."),
+            rate(&self.tokens_per_second_bits),
+        );
+        metric(
+            "prompt_seconds_total",
+            "counter",
+            "Seconds of decode steps that ran prompt rows.",
+            seconds(&self.prompt_ns),
+        );
+        metric(
+            "generation_seconds_total",
+            "counter",
+            "Seconds of decode steps that generated tokens.",
+            seconds(&self.generation_ns),
         );
         metric(
             "decode_steps_total",

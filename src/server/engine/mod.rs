@@ -14,6 +14,7 @@
 mod cache;
 mod logprobs;
 mod pacing;
+mod rates;
 mod scheduler;
 
 use std::sync::atomic::Ordering;
@@ -31,6 +32,8 @@ use crate::model::{BatchContext, ContextParams, Model};
 use crate::sampling::{SamplerParams, TokenPenalties};
 
 pub use logprobs::TokenLogprob;
+/// Decode steps the tokens-per-second gauges of `/metrics` cover.
+pub use rates::WINDOW as RECENT_STEPS;
 
 /// How a request's tokens are generated.
 #[derive(Clone, Debug)]

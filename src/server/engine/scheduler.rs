@@ -30,6 +30,7 @@ use std::time::Instant;
 use super::cache::PromptCache;
 use super::logprobs::LogprobScratch;
 use super::pacing::{BurstStep, Decision, PromptBursts, StepPacer};
+use super::rates::RecentRate;
 use super::{Event, FinishReason, Job, PromptKind, Shared, Usage};
 use crate::chat::ChatTemplate;
 use crate::generate::TextStream;
@@ -154,6 +155,9 @@ pub(super) struct Scheduler<'t> {
     pacer: StepPacer,
     /// `PromptPolicy::Bursts`' state; `None` when paced.
     bursts: Option<PromptBursts>,
+    /// Prompt tokens and generated tokens per second of the recent steps that did each.
+    prompt_rate: RecentRate,
+    generation_rate: RecentRate,
 }
 
 impl<'t> Scheduler<'t> {
@@ -201,6 +205,8 @@ impl<'t> Scheduler<'t> {
                 PromptPolicy::Bursts { interval } => Some(PromptBursts::new(interval)),
                 PromptPolicy::Paced { .. } => None,
             },
+            prompt_rate: RecentRate::new(),
+            generation_rate: RecentRate::new(),
         }
     }
 
@@ -248,6 +254,13 @@ impl<'t> Scheduler<'t> {
 
     /// One scheduling step: admit, expire, batch, decode, sample.
     fn step(&mut self) {
+        let m = &self.shared.metrics;
+        // This step's tokens, for the recent rates: the prompt rows are counted while the
+        // batch is built, the sampled tokens after the decode.
+        let (prompt0, generated0) = (
+            m.prompt_tokens.load(Relaxed),
+            m.tokens_generated.load(Relaxed),
+        );
         self.admit();
         self.expire();
         if !self.build_batch() {
@@ -275,7 +288,16 @@ impl<'t> Scheduler<'t> {
         match result {
             Ok(()) => {
                 self.pacer.record(gen_rows, other_rows, elapsed);
-                self.after_decode()
+                self.after_decode();
+                let m = &self.shared.metrics;
+                if other_rows > 0 {
+                    let prompt = m.prompt_tokens.load(Relaxed) - prompt0;
+                    self.prompt_rate.record(prompt, ns);
+                }
+                if gen_rows > 0 {
+                    let generated = m.tokens_generated.load(Relaxed) - generated0;
+                    self.generation_rate.record(generated, ns);
+                }
             }
             Err(e) => {
                 eprintln!("rg-server: decode failed: {e}");
@@ -903,6 +925,11 @@ impl<'t> Scheduler<'t> {
         m.cache_entries.store(self.cache.entries() as u64, Relaxed);
         let row_ns = self.pacer.secs_per_row().map_or(0.0, |s| s * 1e9);
         m.step_row_ns.store(row_ns as u64, Relaxed);
+        let recent = |r: &RecentRate| r.per_second().to_bits();
+        m.prompt_tokens_per_second_bits
+            .store(recent(&self.prompt_rate), Relaxed);
+        m.tokens_per_second_bits
+            .store(recent(&self.generation_rate), Relaxed);
     }
 }
 
