@@ -254,7 +254,9 @@ impl<'t> Scheduler<'t> {
 
     /// One scheduling step: admit, expire, batch, decode, sample.
     fn step(&mut self) {
-        let m = &self.shared.metrics;
+        // A copy of the shared reference: `m` does not hold a borrow of `self`.
+        let shared = self.shared;
+        let m = &shared.metrics;
         // This step's tokens, for the recent rates: the prompt rows are counted while the
         // batch is built, the sampled tokens after the decode.
         let (prompt0, generated0) = (
@@ -270,7 +272,6 @@ impl<'t> Scheduler<'t> {
         let result = self.ctx.decode(&self.rows);
         let elapsed = t0.elapsed();
         let ns = elapsed.as_nanos() as u64;
-        let m = &self.shared.metrics;
         m.decode_steps.fetch_add(1, Relaxed);
         let gen_rows = self
             .meta
@@ -289,7 +290,6 @@ impl<'t> Scheduler<'t> {
             Ok(()) => {
                 self.pacer.record(gen_rows, other_rows, elapsed);
                 self.after_decode();
-                let m = &self.shared.metrics;
                 if other_rows > 0 {
                     let prompt = m.prompt_tokens.load(Relaxed) - prompt0;
                     self.prompt_rate.record(prompt, ns);
