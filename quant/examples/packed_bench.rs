@@ -6,7 +6,11 @@
 //! and TYPE a ggml type name (`q4_0`, `q8_0`, `q4_K`, `q6_K`). Defaults: every section,
 //! every type with a packed layout. `COLS=N` makes the `cache` and `dram` sections
 //! multiply N columns (batched decoding of N sequences) instead of one; `RGEMMA_TWO_GROUPS=0`
-//! or `1` switches the two-group AVX-512 Q4_0 kernel off or on (`packed::q4_0`).
+//! or `1` switches the few-column two-group AVX-512 kernels off or on (`packed::tiles`).
+//! Section `ab` (AVX-512 only, not in the defaults) measures the one- and two-group kernels
+//! on the `dram` matrix with `COLS` columns, alternated within the process (`ROUNDS`,
+//! default 10), and prints the median of their per-round ratios: a shared machine's drift
+//! over seconds then cancels, which comparing two separate runs does not give.
 
 use rgemma_quant::dot::Backend;
 use rgemma_quant::packed::{self, bench};
@@ -17,7 +21,7 @@ fn main() {
     let mut sections: Vec<&str> = args
         .iter()
         .map(String::as_str)
-        .filter(|a| matches!(*a, "cache" | "dram" | "pp"))
+        .filter(|a| matches!(*a, "cache" | "dram" | "pp" | "ab"))
         .collect();
     if sections.is_empty() {
         sections = vec!["cache", "dram", "pp"];
@@ -56,6 +60,10 @@ fn main() {
     for ty in types {
         let rb = ty.row_size(n as u64).unwrap() as usize;
         for &section in &sections {
+            if section == "ab" {
+                alternate_two_groups(best, ty, n, (1 << 30) / rb, cols);
+                continue;
+            }
             let (rows, ncols, threads): (usize, usize, &[usize]) = match section {
                 "cache" => (64, cols, &[1]),
                 "dram" => ((1 << 30) / rb, cols, &[2]),
@@ -98,4 +106,39 @@ fn read_bandwidth(threads: usize) -> f64 {
             buf.len() as f64 / t.elapsed().as_secs_f64() / 1e9
         })
         .fold(0.0, f64::max)
+}
+
+/// The one-group and two-group kernels on the same matrix, alternated round by round; prints
+/// their mean GB/s and the median (and range) of the per-round ratios two / one.
+fn alternate_two_groups(best: Backend, ty: GgmlType, n: usize, rows: usize, cols: usize) {
+    if best != Backend::Avx512 {
+        println!("{ty} ab: needs AVX-512 (the two-group kernels' registers)");
+        return;
+    }
+    let rounds = match std::env::var("ROUNDS").map(|v| v.parse::<usize>()) {
+        Err(_) => 10,
+        Ok(Ok(r)) if r > 0 => r,
+        Ok(_) => {
+            eprintln!("packed_bench: ROUNDS must be a positive integer");
+            std::process::exit(2);
+        }
+    };
+    let res = bench::bench_packed_alternating(best, ty, n, rows, cols, 2, rounds, 2, |v| {
+        packed::set_two_group_kernels(Some(v == 1))
+    });
+    packed::set_two_group_kernels(None);
+    let gbps = |v: usize| res[v].iter().map(|t| t.gbps).collect::<Vec<f64>>();
+    let (one, two) = (gbps(0), gbps(1));
+    let mut ratios: Vec<f64> = one.iter().zip(&two).map(|(a, b)| b / a).collect();
+    ratios.sort_by(f64::total_cmp);
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    println!(
+        "{ty} ab rows={rows} n={n} ncols={cols} t=2, {rounds} rounds: one group {:.1} GB/s, \
+         two groups {:.1} GB/s, two / one median {:.3} (range {:.3}-{:.3})",
+        mean(&one),
+        mean(&two),
+        ratios[ratios.len() / 2],
+        ratios[0],
+        ratios[ratios.len() - 1]
+    );
 }

@@ -163,7 +163,11 @@ fn packed_gemm_matches_the_unpacked_kernels() {
                     ostride,
                 )
                 .unwrap();
-                for &b in &backends {
+                // On AVX-512 both kernels: one group per call, or two from 4 columns on
+                // (`packed::set_two_group_kernels`; above 16 columns always two).
+                let runs = backends.iter().flat_map(|&b| [(b, false), (b, true)]);
+                for (b, two_groups) in runs {
+                    packed::set_two_group_kernels(Some(two_groups));
                     let mut got = vec![f32::NAN; ncols * ostride];
                     packed::gemm(
                         b, ty, n, &wp, ngroups, &act, astride, ncols, &mut got, ostride,
@@ -176,8 +180,8 @@ fn packed_gemm_matches_the_unpacked_kernels() {
                             let tol = 1e-5 * abs_dot(ty, n, &wq[r * rb..(r + 1) * rb], a) + 1e-6;
                             assert!(
                                 ((g - w) as f64).abs() <= tol,
-                                "{ty} {b:?} n={n} groups={ngroups} cols={ncols} r={r} c={c}: \
-                                     {g} vs {w} (tol {tol})"
+                                "{ty} {b:?} (two groups: {two_groups}) n={n} groups={ngroups} \
+                                 cols={ncols} r={r} c={c}: {g} vs {w} (tol {tol})"
                             );
                         }
                         for pad in rows..ostride {
@@ -190,6 +194,7 @@ fn packed_gemm_matches_the_unpacked_kernels() {
             }
         }
     }
+    packed::set_two_group_kernels(None);
 }
 
 #[test]

@@ -1,15 +1,16 @@
 //! Load-time repacking of weight matrices into the row-interleaved layout of
-//! `rgemma_quant::packed` (8 rows per group), which the x86 kernels multiply several times
-//! faster than the stored GGUF layout (see that module for why).
+//! `rgemma_quant::packed` (8 rows per group), which the x86 and aarch64 dot-product kernels
+//! multiply several times faster than the stored GGUF layout (see that module for why).
 //!
 //! The packed copy lives in anonymous memory; the file pages of a packed tensor are handed
 //! back to the kernel (`GgufFile::release_pages`) so that resident memory stays near the
 //! file size instead of doubling. The memory map itself stays valid: the reference matmul
 //! path, the CUDA upload and the embedding lookup of an unpacked model read it as before.
 //!
-//! Repacking is used when the CPU has AVX2 and a packed layout exists for the tensor's type
-//! (Q4_0, Q8_0, Q4_K, Q6_K) and its rows are a multiple of 8; `RGEMMA_REPACK=0` turns it off
-//! (aarch64 keeps the stored layout and its NEON kernels).
+//! Repacking is used when the CPU's backend has a SIMD kernel for the tensor's packed layout
+//! (`packed::has_simd_kernel`: Q4_0, Q8_0, Q4_K, Q6_K with AVX2 or the aarch64 dot product;
+//! F16 / BF16 with AVX2 or NEON) and its rows are a multiple of 8; `RGEMMA_REPACK=0` turns
+//! it off (the stored layout and its kernels then serve every matrix).
 
 use std::fmt;
 

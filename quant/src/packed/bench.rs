@@ -138,49 +138,121 @@ pub fn bench_packed_with(
     threads: usize,
     reps: usize,
 ) -> Throughput {
-    let stored = random_matrix(ty, n, rows);
-    let rows = rows.div_ceil(GROUP_ROWS) * GROUP_ROWS;
-    let ngroups = rows / GROUP_ROWS;
-    let rb = stored.len() / rows;
-    let gb = super::group_bytes(ty, n).expect("packed layout for this type");
-    // Packed weights on a 64-byte boundary, as the engine should place them (see the
-    // type modules: the code loads are then cache-line friendly).
-    let mut buf = vec![0u8; ngroups * gb + 64];
-    let skew = buf.as_ptr().align_offset(64);
-    let w = &mut buf[skew..skew + ngroups * gb];
-    for (g, dst) in w.chunks_exact_mut(gb).enumerate() {
-        let src = &stored[g * GROUP_ROWS * rb..(g + 1) * GROUP_ROWS * rb];
-        super::pack_group(ty, n, src, rb, dst).expect("lengths");
-    }
-    drop(stored);
-    let x = random_activations(n, ncols);
-    let ab = super::activation_row_bytes(ty, n).expect("aligned n");
-    let mut act = vec![0u8; ncols * ab];
-    for (xr, ar) in x.chunks_exact(n).zip(act.chunks_exact_mut(ab)) {
-        super::quantize_activation(backend, ty, xr, ar).expect("lengths");
-    }
-    let mut out = vec![0.0f32; ncols * rows];
-    let op = OutPtr(out.as_mut_ptr());
-    let secs = measure(ngroups, threads, reps, op, |g0, ng, o| {
-        // SAFETY: groups g0..g0+ng write rows g0*8.. of every column, disjoint between
-        // threads and inside `out` (ncols × rows, stride rows).
-        unsafe {
-            super::gemm_to_ptr(
-                backend,
-                ty,
-                n,
-                &w[g0 * gb..(g0 + ng) * gb],
-                ng,
-                &act,
-                ab,
-                ncols,
-                o.0.add(g0 * GROUP_ROWS),
-                rows,
-            )
-            .expect("lengths");
+    let mut case = PackedCase::new(backend, ty, n, rows, ncols);
+    case.run(threads, reps)
+}
+
+/// The same packed product under several settings, measured alternately: `rounds` times,
+/// `set(v)` then one repetition for each variant `v < variants`. Drifts of a shared
+/// machine's speed over seconds then hit every variant alike, which separate runs do not
+/// give. Returns each variant's throughputs, round by round.
+#[allow(clippy::too_many_arguments)]
+pub fn bench_packed_alternating(
+    backend: Backend,
+    ty: GgmlType,
+    n: usize,
+    rows: usize,
+    ncols: usize,
+    threads: usize,
+    rounds: usize,
+    variants: usize,
+    set: impl Fn(usize),
+) -> Vec<Vec<Throughput>> {
+    let mut case = PackedCase::new(backend, ty, n, rows, ncols);
+    let mut res = vec![Vec::with_capacity(rounds); variants];
+    for _ in 0..rounds {
+        for (v, r) in res.iter_mut().enumerate() {
+            set(v);
+            r.push(case.run(threads, 1));
         }
-    });
-    throughput(w.len(), rows, n, ncols, secs)
+    }
+    res
+}
+
+/// A packed matrix with its activations and output, ready to be multiplied.
+struct PackedCase {
+    backend: Backend,
+    ty: GgmlType,
+    n: usize,
+    rows: usize,
+    ncols: usize,
+    buf: Vec<u8>,
+    skew: usize,
+    ngroups: usize,
+    gb: usize,
+    act: Vec<u8>,
+    ab: usize,
+    out: Vec<f32>,
+}
+
+impl PackedCase {
+    fn new(backend: Backend, ty: GgmlType, n: usize, rows: usize, ncols: usize) -> Self {
+        let stored = random_matrix(ty, n, rows);
+        let rows = rows.div_ceil(GROUP_ROWS) * GROUP_ROWS;
+        let ngroups = rows / GROUP_ROWS;
+        let rb = stored.len() / rows;
+        let gb = super::group_bytes(ty, n).expect("packed layout for this type");
+        // Packed weights on a 64-byte boundary, as the engine should place them (see the
+        // type modules: the code loads are then cache-line friendly).
+        let mut buf = vec![0u8; ngroups * gb + 64];
+        let skew = buf.as_ptr().align_offset(64);
+        let w = &mut buf[skew..skew + ngroups * gb];
+        for (g, dst) in w.chunks_exact_mut(gb).enumerate() {
+            let src = &stored[g * GROUP_ROWS * rb..(g + 1) * GROUP_ROWS * rb];
+            super::pack_group(ty, n, src, rb, dst).expect("lengths");
+        }
+        drop(stored);
+        let x = random_activations(n, ncols);
+        let ab = super::activation_row_bytes(ty, n).expect("aligned n");
+        let mut act = vec![0u8; ncols * ab];
+        for (xr, ar) in x.chunks_exact(n).zip(act.chunks_exact_mut(ab)) {
+            super::quantize_activation(backend, ty, xr, ar).expect("lengths");
+        }
+        let out = vec![0.0f32; ncols * rows];
+        Self {
+            backend,
+            ty,
+            n,
+            rows,
+            ncols,
+            buf,
+            skew,
+            ngroups,
+            gb,
+            act,
+            ab,
+            out,
+        }
+    }
+
+    /// The best of `reps` repetitions on `threads` threads.
+    fn run(&mut self, threads: usize, reps: usize) -> Throughput {
+        let (backend, ty, n, rows, ncols) = (self.backend, self.ty, self.n, self.rows, self.ncols);
+        let (gb, ab) = (self.gb, self.ab);
+        let w = &self.buf[self.skew..self.skew + self.ngroups * gb];
+        let act = &self.act;
+        let op = OutPtr(self.out.as_mut_ptr());
+        let secs = measure(self.ngroups, threads, reps, op, |g0, ng, o| {
+            // SAFETY: groups g0..g0+ng write rows g0*8.. of every column, disjoint between
+            // threads and inside `out` (ncols × rows, stride rows).
+            unsafe {
+                super::gemm_to_ptr(
+                    backend,
+                    ty,
+                    n,
+                    &w[g0 * gb..(g0 + ng) * gb],
+                    ng,
+                    act,
+                    ab,
+                    ncols,
+                    o.0.add(g0 * GROUP_ROWS),
+                    rows,
+                )
+                .expect("lengths");
+            }
+        });
+        throughput(w.len(), rows, n, ncols, secs)
+    }
 }
 
 /// The unpacked `dot::gemm` on the same kind of matrix and activations as

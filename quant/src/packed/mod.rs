@@ -47,12 +47,12 @@ use crate::{GgmlType, QuantError};
 /// Rows interleaved in one packed group.
 pub const GROUP_ROWS: usize = 8;
 
-/// Chooses whether the AVX-512 Q4_0 kernels take two groups per call when a call has
-/// enough columns: `None` the default for this CPU (see `q4_0::two_groups`), `Some` forces
-/// it. Both kernels give every row the same bits; tests use this to run both on any
-/// AVX-512 machine. Process-wide.
+/// Chooses whether the AVX-512 Q4_0, Q4_K and Q6_K kernels take two groups per call when a
+/// call has a few columns (4 to 16; the K-quants always do above that): `None` the default
+/// for this CPU (see `tiles::two_groups`), `Some` forces it. Both kernels give every row the
+/// same bits; tests use this to run both on any AVX-512 machine. Process-wide.
 pub fn set_two_group_kernels(choice: Option<bool>) {
-    q4_0::two_groups::set(choice);
+    tiles::two_groups::set(choice);
 }
 
 /// Whether a packed layout exists for weights of type `ty`.

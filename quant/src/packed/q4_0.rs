@@ -29,6 +29,8 @@
 //! with one `vcvtph2ps` and scale 8 rows' sums with one FMA: no horizontal reduction.
 
 use super::act_q8_0::{self as act, drive, PairFn, TileFn};
+#[cfg(target_arch = "x86_64")]
+use super::tiles::two_groups;
 use crate::dot::Backend;
 
 pub(super) const READY: bool = true;
@@ -106,7 +108,7 @@ pub(super) unsafe fn gemm(
     out: *mut f32,
     out_stride: usize,
 ) {
-    // AVX-512: two groups per call when the call has enough columns (`two_groups`).
+    // AVX-512: two groups per call when the call has enough columns (`tiles::two_groups`).
     #[cfg(target_arch = "x86_64")]
     let pair = (backend == Backend::Avx512 && two_groups::enabled())
         .then_some((x86::pair_vnni as PairFn, two_groups::MIN_COLS));
@@ -139,64 +141,6 @@ pub(super) unsafe fn gemm(
             out,
             out_stride,
         )
-    }
-}
-
-/// When the AVX-512 kernel takes two groups (16 rows, 512-bit registers) per call.
-///
-/// With several columns the one-group kernel is bound by its arithmetic, not by memory:
-/// on an Intel Xeon (family 6 model 207, 2 threads) packed Q4_0 × 4 columns streamed
-/// 13-16 GB/s from DRAM against 20-22 for one column, and 512-bit `vpdpbusd` does the work
-/// of two 256-bit ones there (× 8 columns in L1, one thread: 221 -> 341 Gop/s). Batched
-/// decode of the 2B Q4_0 file after a 2048-token prompt, one group -> two, alternating runs:
-/// 8 sequences 37.4 / 34.5 -> 40.6 / 40.7 t/s; 4 sequences 22.9 -> 32.6 in one pair of runs,
-/// 26.2 / 27.6 -> 25.4 / 29.4 in two later ones (the same within that VM's noise). With 2
-/// columns the second weight stream cost more than it saved (23 -> 13-21 GB/s), hence
-/// [`MIN_COLS`]. The K-quant kernels' pairs from 5 columns (instead of 17) were tried on the
-/// same VM and not kept (8 sequences of Q4_K_M: +5 % in one pair of rounds, -7 % in
-/// another). On AMD the two-group K-quant kernels measured slower than one group with few
-/// columns (Zen 5, see `tiles::PAIR_MIN_COLS`) and Zen 4 runs 512-bit operations at the
-/// 256-bit rate, so until measured there the default is Intel only. `RGEMMA_TWO_GROUPS=1`
-/// (or `0`) in the environment forces the pair on (off) for measuring; tests switch it with
-/// [`super::set_two_group_kernels`] (both give every row the same bits).
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-pub(super) mod two_groups {
-    use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
-
-    /// Fewest columns in a call for which the two-group kernel runs.
-    pub const MIN_COLS: usize = 4;
-
-    const AUTO: u8 = 0;
-    const ON: u8 = 1;
-    const OFF: u8 = 2;
-    static CHOICE: AtomicU8 = AtomicU8::new(AUTO);
-
-    pub fn set(choice: Option<bool>) {
-        CHOICE.store(
-            match choice {
-                None => AUTO,
-                Some(true) => ON,
-                Some(false) => OFF,
-            },
-            Relaxed,
-        );
-    }
-
-    pub fn enabled() -> bool {
-        match CHOICE.load(Relaxed) {
-            ON => true,
-            OFF => false,
-            _ => by_default(),
-        }
-    }
-
-    fn by_default() -> bool {
-        static DEFAULT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *DEFAULT.get_or_init(|| match std::env::var("RGEMMA_TWO_GROUPS").as_deref() {
-            Ok("1") => true,
-            Ok("0") => false,
-            _ => crate::dot::cpu_is_intel(),
-        })
     }
 }
 
@@ -543,7 +487,7 @@ mod x86 {
     tile_fn!(avxvnni_tile, k_avxvnni, 2 3 4);
 
     /// The kernel above for two groups at once (the second `w_stride` bytes after the
-    /// first), 16 rows per 512-bit register (see [`Zmm`], `two_groups`).
+    /// first), 16 rows per 512-bit register (see [`Zmm`], `tiles::two_groups`).
     ///
     /// # Safety
     /// As the kernel for both groups, `out + c·out_stride + 0..16` writable; the CPU has

@@ -142,7 +142,12 @@ pub(super) unsafe fn gemm(
     #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     if let Some((tile, width)) = simd_tile(backend) {
         #[cfg(target_arch = "x86_64")]
-        let pair = (backend == Backend::Avx512).then_some(x86::tile_vnni_pair as _);
+        let pair = (backend == Backend::Avx512).then(|| {
+            (
+                x86::tile_vnni_pair as _,
+                super::tiles::two_groups::kquant_min_cols(),
+            )
+        });
         #[cfg(not(target_arch = "x86_64"))]
         let pair = None;
         // SAFETY: the backend is usable (mod.rs maps others to Scalar), so the CPU has the

@@ -281,7 +281,8 @@ pub(super) use pair_tile_fn;
 /// do not (at n = 14336: 128 KiB of activations per tile, 64 KiB of Q4_K per group).
 const K_CHUNK: usize = 10;
 
-/// `run_tiles` uses a two-group kernel only with more columns than this. With few columns
+/// The K-quant two-group kernels take calls of more columns than this on every AVX-512 CPU
+/// (from [`two_groups::MIN_COLS`] where `two_groups` is on). With few columns
 /// the weights stream from DRAM and the two-group kernels, reading two streams, were
 /// slower on a Zen 5 VM (packed × 2560 from DRAM, one thread, GB/s of weights, 8-row tiles
 /// → pairs: Q4_K × 2 columns 27 / 20 → 13 / 18, Q6_K × 2 25 / 17 → 17 / 12, Q6_K × 8
@@ -290,6 +291,81 @@ const K_CHUNK: usize = 10;
 /// arithmetic, where 512-bit `vpdpbusd` pays (Q6_K × 32: 306 / 301 / 284 → 245 / 342 /
 /// 368 Gop/s; 512 columns: see `q4k` and `q6k`).
 const PAIR_MIN_COLS: usize = 16;
+
+/// When the AVX-512 kernels take two groups (16 rows, 512-bit registers) per call with few
+/// columns (batched decoding of a few sequences). Many columns (prompts) always take two
+/// groups in the K-quant kernels ([`PAIR_MIN_COLS`]); this is about 4 to 16.
+///
+/// With several columns the one-group kernels are bound by their arithmetic, not by
+/// memory: on an Intel Xeon (family 6 model 207, 2 threads) packed Q4_0 × 4 columns
+/// streamed 13-16 GB/s from DRAM against 20-22 for one column, and 512-bit `vpdpbusd` does
+/// the work of two 256-bit ones there (× 8 columns in L1, one thread: 221 -> 341 Gop/s).
+/// Batched decode of the 2B Q4_0 file after a 2048-token prompt, one group -> two,
+/// alternating runs: 8 sequences 37.4 / 34.5 -> 40.6 / 40.7 t/s; 4 sequences 22.9 -> 32.6
+/// in one pair of runs, 26.2 / 27.6 -> 25.4 / 29.4 in two later ones. With 2 columns the
+/// second Q4_0 weight stream cost more than it saved (23 -> 13-21 GB/s), hence
+/// [`MIN_COLS`]. The K-quant kernels, same VM, 1 GiB from DRAM on 2 threads, the two kernels
+/// alternated within one process (`packed_bench ab`, 10-15 rounds, median ratio two / one
+/// group): Q4_K 1.03 / 1.04 / 1.09 / 1.21 / 1.32 at 2 / 3 / 4 / 8 / 16 columns, Q6_K 1.05 /
+/// 0.97 / 1.05 / 1.10 / 1.23; in the engine (`examples/two_groups_ab.rs`: decode steps
+/// alternated between the two, median speed ratio) the 2B Q4_K_M file after 512 tokens
+/// decodes 4 / 8 / 16 sequences 1.07 / 1.15 / 1.18× as fast with two groups, Q4_0 4
+/// sequences 1.05× (separate runs of `rg-batched-bench` had not shown it through that VM's
+/// noise). On AMD the two-group K-quant kernels measured slower than one group with
+/// few columns (Zen 5, see [`PAIR_MIN_COLS`]) and Zen 4 runs 512-bit operations at the
+/// 256-bit rate, so until measured there the default is Intel only. `RGEMMA_TWO_GROUPS=1`
+/// (or `0`) in the environment forces the pair on (off) for measuring; tests switch it with
+/// [`super::set_two_group_kernels`] (both give every row the same bits).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+pub(super) mod two_groups {
+    use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
+
+    /// Fewest columns in a call for which the two-group kernels run.
+    pub const MIN_COLS: usize = 4;
+
+    const AUTO: u8 = 0;
+    const ON: u8 = 1;
+    const OFF: u8 = 2;
+    static CHOICE: AtomicU8 = AtomicU8::new(AUTO);
+
+    pub fn set(choice: Option<bool>) {
+        CHOICE.store(
+            match choice {
+                None => AUTO,
+                Some(true) => ON,
+                Some(false) => OFF,
+            },
+            Relaxed,
+        );
+    }
+
+    pub fn enabled() -> bool {
+        match CHOICE.load(Relaxed) {
+            ON => true,
+            OFF => false,
+            _ => by_default(),
+        }
+    }
+
+    fn by_default() -> bool {
+        static DEFAULT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *DEFAULT.get_or_init(|| match std::env::var("RGEMMA_TWO_GROUPS").as_deref() {
+            Ok("1") => true,
+            Ok("0") => false,
+            _ => crate::dot::cpu_is_intel(),
+        })
+    }
+
+    /// Fewest columns of a call that a K-quant two-group kernel takes: [`MIN_COLS`] where
+    /// few-column pairs are on, else more than [`super::PAIR_MIN_COLS`].
+    pub fn kquant_min_cols() -> usize {
+        if enabled() {
+            MIN_COLS
+        } else {
+            super::PAIR_MIN_COLS + 1
+        }
+    }
+}
 
 /// Weight bytes (of one pass) a block of groups may span: the block stays in L2 while all
 /// tiles of columns pass over it.
@@ -313,16 +389,16 @@ const GROUP_BLOCK_BYTES: usize = 256 * 1024;
 /// column blocks in L2 gave 272 / 228 at 2560 × 2560 and 232 / 158 at 4096 × 14336; passes
 /// of 10 give ~300 / ~270 at both. Passes of 6 or 14 measured the same within noise.
 ///
-/// With more than [`PAIR_MIN_COLS`] columns, `pair` (when given) takes the groups two at a
-/// time (a block's odd last group goes to `tile`); its rows must get the same bits as from
-/// `tile` (batch invariance, `packed` module doc), since fewer columns never use it.
+/// `pair`, when given with its fewest columns (a call with fewer never uses it), takes the
+/// groups two at a time (a block's odd last group goes to `tile`); its rows must get the
+/// same bits as from `tile` (batch invariance, `packed` module doc).
 ///
 /// # Safety
 /// As `packed::gemm_to_ptr` (extents checked there), and the CPU runs `tile` and `pair`.
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn run_tiles(
     tile: Tile,
-    pair: Option<PairTile>,
+    pair: Option<(PairTile, usize)>,
     width: usize,
     nsb: usize,
     sb_bytes: usize,
@@ -345,7 +421,7 @@ pub(super) unsafe fn run_tiles(
     while k0 < nsb {
         let ks = (nsb - k0).min(kc);
         let mut gblock = (GROUP_BLOCK_BYTES / (ks * sb_bytes)).max(1);
-        let pair = pair.filter(|_| ncols > PAIR_MIN_COLS);
+        let pair = pair.and_then(|(f, min_cols)| (ncols >= min_cols).then_some(f));
         if pair.is_some() {
             // Even, so that no block but the last has a group left over.
             gblock = (gblock & !1).max(2);
