@@ -410,11 +410,11 @@ mod x86 {
             let mut b0 = 0;
             while b0 < nb {
                 let m = (nb - b0).min(UNIT_BLOCKS);
-                for g in 0..R::GROUPS {
-                    prefetch_unit::<C>(w.wrapping_add(g * w_stride), b0);
-                }
                 for r in 0..m {
                     let b = b0 + r;
+                    for g in 0..R::GROUPS {
+                        prefetch_block::<C>(w.wrapping_add(g * w_stride), b);
+                    }
                     // Block b < n/32 of the group(s) (unit at block b0, `m` blocks, as in
                     // `offsets`) and of each activation row.
                     let unit = w.add(b0 * (CODE_BYTES + SCALE_BYTES));
@@ -532,12 +532,13 @@ mod x86 {
         }
     }
 
-    /// Few columns: asks for the weights of the unit after the one at block `b0` ahead of
-    /// their loads (see `tiles::prefetch_ahead`).
+    /// Few columns: asks for a block's share of the weight stream ahead of its loads (see
+    /// `tiles::prefetch_ahead`). Units of [`UNIT_BLOCKS`] interleave scales and codes, but
+    /// the stream up to block `b` holds `b` blocks' bytes.
     #[inline(always)]
-    fn prefetch_unit<const C: usize>(w: *const u8, b0: usize) {
-        let unit_bytes = UNIT_BLOCKS * (CODE_BYTES + SCALE_BYTES);
-        prefetch_ahead::<C>(w.wrapping_add(b0 * (CODE_BYTES + SCALE_BYTES)), unit_bytes);
+    fn prefetch_block<const C: usize>(w: *const u8, b: usize) {
+        let bytes = CODE_BYTES + SCALE_BYTES;
+        prefetch_ahead::<C>(w, b * bytes, (b + 1) * bytes);
     }
 
     /// Plain AVX2: `pmaddubsw` products of a whole block summed in i16 (8 pairs of at most
@@ -562,9 +563,9 @@ mod x86 {
         let mut b0 = 0;
         while b0 < nb {
             let m = (nb - b0).min(UNIT_BLOCKS);
-            prefetch_unit::<C>(w, b0);
             for r in 0..m {
                 let b = b0 + r;
+                prefetch_block::<C>(w, b);
                 // SAFETY: block b < n/32 of the group (unit at block b0, `m` blocks, as in
                 // `offsets`) and of each activation row.
                 unsafe {

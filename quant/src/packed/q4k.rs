@@ -385,7 +385,6 @@ mod x86 {
         // SAFETY: the output extent is the caller's contract.
         let mut acc = unsafe { load_acc::<C, ADD>(out, out_stride) };
         for b in 0..nsb {
-            prefetch_ahead::<C>(w.wrapping_add(b * SB), SB);
             // SAFETY: b < nsb keeps every pointer below inside its super-block / Q8_K block.
             unsafe {
                 let sb = w.add(b * SB);
@@ -398,6 +397,7 @@ mod x86 {
                 };
                 let mut tot = [_mm256_setzero_si256(); C];
                 for p in 0..4 {
+                    prefetch_ahead::<C>(sb, p * SB / 4, (p + 1) * SB / 4);
                     // One column: two accumulators per sub-block (t even / odd) halve the
                     // `vpdpbusd` dependency chains, which bound that case. Several columns
                     // have enough independent chains (and no registers to spare).
@@ -478,7 +478,6 @@ mod x86 {
         // SAFETY: the output extent is the caller's contract.
         let mut acc = unsafe { load_acc::<C, ADD>(out, out_stride) };
         for b in 0..nsb {
-            prefetch_ahead::<C>(w.wrapping_add(b * SB), SB);
             // SAFETY: as in `vnni`.
             unsafe {
                 let sb = w.add(b * SB);
@@ -487,6 +486,7 @@ mod x86 {
                 let mut tot = [_mm256_setzero_si256(); C];
                 let mins = mins_sums(&sc, &a);
                 for p in 0..4 {
+                    prefetch_ahead::<C>(sb, p * SB / 4, (p + 1) * SB / 4);
                     let (s_lo, s_hi) = (sc.s[2 * p], sc.s[2 * p + 1]);
                     // The scale in both i16 halves of each row's lane (it is below 64).
                     let s_lo = _mm256_or_si256(s_lo, _mm256_slli_epi32(s_lo, 16));
@@ -556,8 +556,6 @@ mod x86 {
         // SAFETY: the output extent is the caller's contract.
         let mut acc = unsafe { load_acc16::<C, ADD>(out, out_stride) };
         for b in 0..nsb {
-            prefetch_ahead::<C>(w.wrapping_add(b * SB), SB);
-            prefetch_ahead::<C>(w.wrapping_add(w_stride + b * SB), SB);
             // SAFETY: b < nsb keeps every pointer below inside its super-block (of either
             // group) or Q8_K block.
             unsafe {
@@ -566,6 +564,9 @@ mod x86 {
                 let (sc0, sc1) = (scales(sb), scales(sb.add(w_stride)));
                 let mut tot = [_mm512_setzero_si512(); C];
                 for p in 0..4 {
+                    let (from, to) = (p * SB / 4, (p + 1) * SB / 4);
+                    prefetch_ahead::<C>(sb, from, to);
+                    prefetch_ahead::<C>(sb.wrapping_add(w_stride), from, to);
                     let mut lo = [_mm512_setzero_si512(); C];
                     let mut hi = [_mm512_setzero_si512(); C];
                     for t in 0..8 {

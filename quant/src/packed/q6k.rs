@@ -401,8 +401,9 @@ mod x86 {
         let mut acc = unsafe { load_acc::<C, ADD>(out, out_stride) };
         for b in 0..nsb {
             // The group's super-blocks take SB bytes each, in order (pairs interleave codes
-            // and heads, but a pair spans its two super-blocks' bytes).
-            prefetch_ahead::<C>(w.wrapping_add(b * SB), SB);
+            // and heads, but a pair spans its two super-blocks' bytes): a unit's share of
+            // them is asked for as it is read.
+            let stream = w.wrapping_add(b * SB);
             // SAFETY: b < nsb keeps every pointer below inside its super-block / Q8_K block.
             unsafe {
                 let (sb, hd) = (w.add(codes(b)), w.add(head(b)));
@@ -410,6 +411,7 @@ mod x86 {
                 let mut tot = [_mm256_setzero_si256(); C];
                 let mut corr = [_mm256_setzero_si256(); C];
                 for u in 0..8 {
+                    prefetch_ahead::<C>(stream, u * SB / 8, (u + 1) * SB / 8);
                     let q = decode_unit(sb.add(UNIT * u));
                     let (s0, s1, pair) = unit_scales(hd, u);
                     for c in 0..C {
@@ -469,7 +471,7 @@ mod x86 {
         // SAFETY: the output extent is the caller's contract.
         let mut acc = unsafe { load_acc::<C, ADD>(out, out_stride) };
         for b in 0..nsb {
-            prefetch_ahead::<C>(w.wrapping_add(b * SB), SB);
+            let stream = w.wrapping_add(b * SB);
             // SAFETY: as in `vnni`.
             unsafe {
                 let (sb, hd) = (w.add(codes(b)), w.add(head(b)));
@@ -477,6 +479,7 @@ mod x86 {
                 let mut tot = [_mm256_setzero_si256(); C];
                 let mut corr = [_mm256_setzero_si256(); C];
                 for u in 0..8 {
+                    prefetch_ahead::<C>(stream, u * SB / 8, (u + 1) * SB / 8);
                     let q = decode_unit(sb.add(UNIT * u));
                     let (s0, s1, pair) = unit_scales(hd, u);
                     let dup0 = _mm256_blend_epi16(s0, _mm256_slli_epi32(s0, 16), 0xAA);
@@ -601,8 +604,7 @@ mod x86 {
         // SAFETY: the output extent is the caller's contract.
         let mut acc = unsafe { load_acc16::<C, ADD>(out, out_stride) };
         for b in 0..nsb {
-            prefetch_ahead::<C>(w.wrapping_add(b * SB), SB);
-            prefetch_ahead::<C>(w.wrapping_add(w_stride + b * SB), SB);
+            let stream = w.wrapping_add(b * SB);
             // SAFETY: b < nsb keeps every pointer below inside its super-block (of either
             // group) or Q8_K block.
             unsafe {
@@ -611,6 +613,9 @@ mod x86 {
                 let mut tot = [_mm512_setzero_si512(); C];
                 let mut corr = [_mm512_setzero_si512(); C];
                 for u in 0..8 {
+                    let (from, to) = (u * SB / 8, (u + 1) * SB / 8);
+                    prefetch_ahead::<C>(stream, from, to);
+                    prefetch_ahead::<C>(stream.wrapping_add(w_stride), from, to);
                     let q = decode_unit2(sb.add(UNIT * u), w_stride);
                     let (s0, s1, pair) = unit_scales2(hd, w_stride, u);
                     for c in 0..C {
