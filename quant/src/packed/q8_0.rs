@@ -190,7 +190,7 @@ mod x86 {
 
     use super::super::act_q8_0::tile_fn;
     use super::super::act_q8_0::{BLOCK_BYTES as ABLK, D_OFF, M128_OFF};
-    use super::super::tiles::dpbusd;
+    use super::super::tiles::{dpbusd, prefetch_ahead};
     use super::{CODE_BYTES, SCALE_BYTES, UNIT_BLOCKS};
     use std::arch::x86_64::*;
 
@@ -236,6 +236,7 @@ mod x86 {
             let m = (nb - b0).min(UNIT_BLOCKS);
             for r in 0..m {
                 let b = b0 + r;
+                prefetch_block::<C>(w, b);
                 // SAFETY: block b < n/32 of the group (unit at block b0, `m` blocks, as in
                 // `offsets`) and of each activation row.
                 unsafe {
@@ -270,6 +271,17 @@ mod x86 {
             // SAFETY: 8 floats of output row c (TileFn contract).
             unsafe { _mm256_storeu_ps(out.add(c * out_stride), acc[c]) };
         }
+    }
+
+    /// Few columns: asks for a block's share of the weight stream ahead of its loads (see
+    /// `tiles::prefetch_ahead`; the stream up to block `b` holds `b` blocks' bytes). Without
+    /// it the Q8_0 kernels waited on memory: Intel Xeon (family 6 model 207), 2 threads, decode
+    /// steps alternated in one process, the 2B Q8_0 file 1 / 4 sequences 1.08 / 1.32× as fast
+    /// with it, the AVX2 kernels 1.30 / 1.31×.
+    #[inline(always)]
+    fn prefetch_block<const C: usize>(w: *const u8, b: usize) {
+        let bytes = CODE_BYTES + SCALE_BYTES;
+        prefetch_ahead::<C>(w, b * bytes, (b + 1) * bytes);
     }
 
     /// The kernel above with AVX-512 VNNI (EVEX `vpdpbusd`, 32 registers: tiles up to 8 wide).
@@ -333,6 +345,7 @@ mod x86 {
             let m = (nb - b0).min(UNIT_BLOCKS);
             for r in 0..m {
                 let b = b0 + r;
+                prefetch_block::<C>(w, b);
                 // SAFETY: block b < n/32 of the group (unit at block b0, `m` blocks, as in
                 // `offsets`) and of each activation row.
                 unsafe {
