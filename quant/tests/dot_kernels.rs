@@ -378,18 +378,22 @@ fn f32_helpers_match_f64() {
     }
 }
 
-/// `f32_dots` (several rows against one shared vector) equals one f64 dot per row, for
-/// row counts around the 8-row register block and lengths around the 8-float chunk.
+/// `f32_dots` (several rows against one shared vector) equals one f64 dot per row on every
+/// backend, for row counts around the 8- and 16-row register blocks and lengths around the
+/// 8- and 16-float chunks.
 #[test]
 fn f32_dots_match_per_row_dots() {
     let mut rng = Rng(0x5eed);
-    for rows in 1..=11usize {
-        for n in [1usize, 7, 8, 16, 33, 256] {
+    for (backend, rows) in Backend::all_available()
+        .into_iter()
+        .flat_map(|b| (1..=18usize).map(move |r| (b, r)))
+    {
+        for n in [1usize, 7, 8, 16, 33, 48, 256] {
             let stride = n + 3;
             let a = rng.vec(rows * stride);
             let x = rng.vec(n);
             let mut out = vec![f32::NAN; rows];
-            dot::f32_dots(&a, stride, &x, &mut out);
+            dot::f32_dots_with(backend, &a, stride, &x, &mut out);
             for (j, &o) in out.iter().enumerate() {
                 let row = &a[j * stride..j * stride + n];
                 let want: f64 = row.iter().zip(&x).map(|(&p, &q)| p as f64 * q as f64).sum();
@@ -400,20 +404,24 @@ fn f32_dots_match_per_row_dots() {
                     .sum();
                 assert!(
                     (o as f64 - want).abs() <= 1e-6 * abs + 1e-7,
-                    "rows {rows} n {n} row {j}: {o} vs {want}"
+                    "{backend:?} rows {rows} n {n} row {j}: {o} vs {want}"
                 );
             }
         }
     }
 }
 
-/// `f32_axpy_many` equals the f64 sums `y[j] + Σ_i p[j][i]·x_i` for row counts around the
-/// 8-row block, widths around the 8-float chunk and several key counts.
+/// `f32_axpy_many` equals the f64 sums `y[j] + Σ_i p[j][i]·x_i` on every backend, for row
+/// counts around the 2- and 8-row blocks, widths around the 8- and 16-float chunks and the
+/// 128-float column block, and several key counts.
 #[test]
 fn f32_axpy_many_matches_f64_sums() {
     let mut rng = Rng(0xa11ce);
-    for rows in 1..=11usize {
-        for w in [1usize, 8, 13, 256] {
+    for (backend, rows) in Backend::all_available()
+        .into_iter()
+        .flat_map(|b| (1..=11usize).map(move |r| (b, r)))
+    {
+        for w in [1usize, 8, 13, 16, 48, 144, 256] {
             for nk in [1usize, 3, 8] {
                 let y0 = rng.vec(rows * w);
                 let p_stride = nk + 2;
@@ -421,7 +429,7 @@ fn f32_axpy_many_matches_f64_sums() {
                 let xs_data: Vec<Vec<f32>> = (0..nk).map(|_| rng.vec(w + 1)).collect();
                 let xs: Vec<&[f32]> = xs_data.iter().map(|v| v.as_slice()).collect();
                 let mut y = y0.clone();
-                dot::f32_axpy_many(&mut y, w, &p, p_stride, &xs);
+                dot::f32_axpy_many_with(backend, &mut y, w, &p, p_stride, &xs);
                 for j in 0..rows {
                     for k in 0..w {
                         let terms: Vec<f64> = (0..nk)
@@ -433,7 +441,7 @@ fn f32_axpy_many_matches_f64_sums() {
                         let got = y[j * w + k] as f64;
                         assert!(
                             (got - want).abs() <= 1e-6 * abs + 1e-7,
-                            "rows {rows} w {w} nk {nk} ({j},{k}): {got} vs {want}"
+                            "{backend:?} rows {rows} w {w} nk {nk} ({j},{k}): {got} vs {want}"
                         );
                     }
                 }

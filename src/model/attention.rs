@@ -93,6 +93,15 @@ pub fn attend_chunk<E: KvElem>(
             let qs = &q[t * qw + h0 * hd..t * qw + h1 * hd];
             let mut row_scores = [0.0f32; MAX_HEADS_PER_TASK];
             for i in 0..n_keys {
+                if i + KEY_PREFETCH < n_keys {
+                    prefetch_ring_row(
+                        lo + i + KEY_PREFETCH,
+                        col,
+                        first_pos,
+                        (kvw, win, hd),
+                        k_ring,
+                    );
+                }
                 let kr = kv_row(lo + i, col, first_pos, (kvw, win, hd), k, k_ring, row_tmp);
                 rgemma_quant::dot::f32_dots(qs, hd, kr, &mut row_scores[..nh]);
                 for j in 0..nh {
@@ -130,6 +139,9 @@ pub fn attend_chunk<E: KvElem>(
             let mut i0 = 0;
             while i0 < n_keys {
                 let nb = (n_keys - i0).min(VALUE_BLOCK);
+                for i in (i0 + VALUE_BLOCK..n_keys).take(VALUE_BLOCK) {
+                    prefetch_ring_row(lo + i, col, first_pos, (kvw, win, hd), v_ring);
+                }
                 let mut rows: [&[f32]; VALUE_BLOCK] = [&[]; VALUE_BLOCK];
                 let mut tmps = row_tmp.chunks_exact_mut(hd);
                 for (b, row) in rows[..nb].iter_mut().enumerate() {
@@ -148,6 +160,12 @@ const MAX_HEADS_PER_TASK: usize = 64;
 
 /// Value rows combined per `f32_axpy_many` call.
 const VALUE_BLOCK: usize = 16;
+
+/// How many key rows ahead of the one being scored the ring is prefetched (the value rows:
+/// one block ahead). The hardware prefetcher alone leaves the kernels waiting on memory:
+/// at 32 sequences × 2048 keys (`attn_bench`, Intel Xeon family 6 model 207, 2 threads,
+/// in-process medians) the rings are read 1.17× (AVX2) and 1.12× (AVX-512) faster.
+const KEY_PREFETCH: usize = 4;
 
 /// Floats of thread scratch [`attend_chunk`] needs: the score rows of up to `heads` query
 /// heads over `W + 1` keys, and `VALUE_BLOCK + 1` ring rows converted to f32.
@@ -174,6 +192,21 @@ fn kv_row<'a, E: KvElem>(
     } else {
         let r = (p % win) * kvw + col;
         E::load(&ring[r..r + hd], tmp)
+    }
+}
+
+/// Prefetches the ring row of position `p` (nothing for positions of the chunk itself,
+/// which were just written and are in cache).
+fn prefetch_ring_row<E: KvElem>(
+    p: usize,
+    col: usize,
+    first_pos: usize,
+    (kvw, win, hd): (usize, usize, usize),
+    ring: &[E],
+) {
+    if p < first_pos {
+        let r = (p % win) * kvw + col;
+        rgemma_quant::dot::prefetch_lines(&ring[r..r + hd]);
     }
 }
 

@@ -1114,6 +1114,158 @@ pub(super) unsafe fn f32_dots(a: &[f32], stride: usize, x: &[f32], out: &mut [f3
     }
 }
 
+/// [`f32_dots_rows`] on 512-bit registers for up to 16 rows (the query heads that share one
+/// key: all ten of the 2B model's in one pass over the key). Lengths must be whole
+/// 16-float chunks.
+///
+/// # Safety
+/// The CPU has AVX-512F; `x.len() % 16 == 0`; `a` holds `(R - 1) * stride + x.len()` floats.
+#[target_feature(enable = "avx2,fma,f16c,avx512f")]
+unsafe fn f32_dots_rows_avx512<const R: usize>(
+    a: &[f32],
+    stride: usize,
+    x: &[f32],
+    out: &mut [f32],
+) {
+    let n = x.len();
+    let (pa, px) = (a.as_ptr(), x.as_ptr());
+    let mut acc = [_mm512_setzero_ps(); R];
+    let mut i = 0;
+    // SAFETY (loads): i + 16 <= n, and row j < R spans a[j*stride .. j*stride + n].
+    unsafe {
+        while i < n {
+            let xv = _mm512_loadu_ps(px.add(i));
+            for (j, acc) in acc.iter_mut().enumerate() {
+                *acc = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(j * stride + i)), xv, *acc);
+            }
+            i += 16;
+        }
+    }
+    for (o, acc) in out.iter_mut().zip(acc) {
+        *o = _mm512_reduce_add_ps(acc);
+    }
+}
+
+/// [`f32_dots_rows_avx512`] for any number of rows (in runs of 16).
+///
+/// # Safety
+/// The CPU has AVX-512F; `x.len() % 16 == 0`; `a` holds `(out.len() - 1) * stride +
+/// x.len()` floats.
+pub(super) unsafe fn f32_dots_avx512(a: &[f32], stride: usize, x: &[f32], out: &mut [f32]) {
+    let mut j0 = 0;
+    while j0 < out.len() {
+        let r = (out.len() - j0).min(16);
+        let (a, o) = (&a[j0 * stride..], &mut out[j0..j0 + r]);
+        // SAFETY: forwarded; rows j0..j0+r lie inside `a`.
+        unsafe {
+            match r {
+                1 => f32_dots_rows_avx512::<1>(a, stride, x, o),
+                2 => f32_dots_rows_avx512::<2>(a, stride, x, o),
+                3 => f32_dots_rows_avx512::<3>(a, stride, x, o),
+                4 => f32_dots_rows_avx512::<4>(a, stride, x, o),
+                5 => f32_dots_rows_avx512::<5>(a, stride, x, o),
+                6 => f32_dots_rows_avx512::<6>(a, stride, x, o),
+                7 => f32_dots_rows_avx512::<7>(a, stride, x, o),
+                8 => f32_dots_rows_avx512::<8>(a, stride, x, o),
+                9 => f32_dots_rows_avx512::<9>(a, stride, x, o),
+                10 => f32_dots_rows_avx512::<10>(a, stride, x, o),
+                11 => f32_dots_rows_avx512::<11>(a, stride, x, o),
+                12 => f32_dots_rows_avx512::<12>(a, stride, x, o),
+                13 => f32_dots_rows_avx512::<13>(a, stride, x, o),
+                14 => f32_dots_rows_avx512::<14>(a, stride, x, o),
+                15 => f32_dots_rows_avx512::<15>(a, stride, x, o),
+                _ => f32_dots_rows_avx512::<16>(a, stride, x, o),
+            }
+        }
+        j0 += r;
+    }
+}
+
+/// `y[j·w + c0 ..][..16·V] += Σ_i p[j·p_stride + i] · xs[i][c0 ..][..16·V]` for `H` (1 or 2)
+/// rows of `y`: a tile of `H × V` (≤ 16) accumulators that stays in registers across all the
+/// `xs`, so each `xs[i]` chunk is loaded once per tile and each weight `p` broadcast once per
+/// tile (the AVX2 kernel broadcasts it once per 8-float chunk).
+///
+/// # Safety
+/// The CPU has AVX-512F; `y` holds `(H - 1) * w + c0 + 16 * V` floats, every `xs[i]` at
+/// least `c0 + 16 * V`, `p` holds `(H - 1) * p_stride + xs.len()`.
+#[target_feature(enable = "avx2,fma,f16c,avx512f")]
+unsafe fn f32_axpy_tile_avx512<const H: usize, const V: usize>(
+    y: &mut [f32],
+    w: usize,
+    c0: usize,
+    p: &[f32],
+    p_stride: usize,
+    xs: &[&[f32]],
+) {
+    let py = y.as_mut_ptr();
+    // SAFETY (pointer accesses): as the contract states.
+    unsafe {
+        let mut acc = [[_mm512_setzero_ps(); V]; H];
+        for (h, row) in acc.iter_mut().enumerate() {
+            for (v, a) in row.iter_mut().enumerate() {
+                *a = _mm512_loadu_ps(py.add(h * w + c0 + 16 * v));
+            }
+        }
+        for (i, x) in xs.iter().enumerate() {
+            let px = x.as_ptr().add(c0);
+            let weights: [__m512; H] =
+                std::array::from_fn(|h| _mm512_set1_ps(*p.get_unchecked(h * p_stride + i)));
+            for v in 0..V {
+                let xv = _mm512_loadu_ps(px.add(16 * v));
+                for h in 0..H {
+                    acc[h][v] = _mm512_fmadd_ps(weights[h], xv, acc[h][v]);
+                }
+            }
+        }
+        for (h, row) in acc.iter().enumerate() {
+            for (v, a) in row.iter().enumerate() {
+                _mm512_storeu_ps(py.add(h * w + c0 + 16 * v), *a);
+            }
+        }
+    }
+}
+
+/// [`f32_axpy_tile_avx512`] over the whole of `y`: rows in pairs, columns in blocks of
+/// 8 vectors (128 floats).
+///
+/// # Safety
+/// The CPU has AVX-512F; `w % 16 == 0`; as [`f32_axpy_rows`] with `R = y.len() / w`.
+pub(super) unsafe fn f32_axpy_many_avx512(
+    y: &mut [f32],
+    w: usize,
+    p: &[f32],
+    p_stride: usize,
+    xs: &[&[f32]],
+) {
+    let rows = y.len() / w;
+    let mut j0 = 0;
+    while j0 < rows {
+        let h = (rows - j0).min(2);
+        let (y, p) = (&mut y[j0 * w..(j0 + h) * w], &p[j0 * p_stride..]);
+        let mut c0 = 0;
+        while c0 < w {
+            let v = ((w - c0) / 16).min(8);
+            // SAFETY: forwarded; columns c0..c0 + 16v of rows j0..j0+h lie inside `y` and
+            // every `xs[i]`.
+            unsafe {
+                macro_rules! tile {
+                    ($($n:literal)*) => {
+                        match (h, v) {
+                            $((2, $n) => f32_axpy_tile_avx512::<2, $n>(y, w, c0, p, p_stride, xs),
+                              (1, $n) => f32_axpy_tile_avx512::<1, $n>(y, w, c0, p, p_stride, xs),)*
+                            _ => unreachable!("1 or 2 rows of 1 to 8 vectors"),
+                        }
+                    };
+                }
+                tile!(1 2 3 4 5 6 7 8);
+            }
+            c0 += 16 * v;
+        }
+        j0 += h;
+    }
+}
+
 /// `y[j·w ..][..w] += Σ_i p[j·p_stride + i] · xs[i][..w]` for `R` (≤ 8) rows of `y`: each
 /// chunk of every `xs[i]` is loaded once for all rows and the row sums stay in registers
 /// across the `xs` (attention: the weighted sum of value rows for several heads).
