@@ -8,7 +8,7 @@
 use super::team::{self, SharedMut};
 
 use super::matmul::ThreadScratch;
-use super::ops::exp_fast;
+use super::ops::softmax_in_place;
 use super::state::KvElem;
 
 /// Attention shape.
@@ -39,8 +39,9 @@ impl AttnGeom {
 /// walks the keys once for all its heads (with multi-query attention every head reads the
 /// same K/V rows, up to 2 × W × head_dim floats per layer, so reading them once per head
 /// group instead of once per head is what keeps long-context decode near its short-context
-/// speed). Each head's arithmetic is unchanged: scores in key order, max-subtracted `exp`,
-/// their sum, then `Σ_i (e_i / sum) · v_i` in key order.
+/// speed). Each head's arithmetic is that of one head alone: scores in key order,
+/// max-subtracted `exp` and their sum (`ops::softmax_in_place`), then `Σ_i (e_i / sum) · v_i`
+/// in key order.
 #[allow(clippy::too_many_arguments)]
 pub fn attend_chunk<E: KvElem>(
     g: AttnGeom,
@@ -108,20 +109,8 @@ pub fn attend_chunk<E: KvElem>(
                     scores[j * n_keys + i] = row_scores[j] * scale;
                 }
             }
-            let mut sums = [0.0f32; MAX_HEADS_PER_TASK];
-            for j in 0..nh {
-                let row = &mut scores[j * n_keys..(j + 1) * n_keys];
-                let max = row.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-                let mut sum = 0.0f32;
-                // libm-free exp so that this loop vectorises (2049 per head and token
-                // at full window).
-                for s in row.iter_mut() {
-                    *s = exp_fast(*s - max);
-                }
-                for s in row.iter() {
-                    sum += *s;
-                }
-                sums[j] = sum;
+            for row in scores.chunks_exact_mut(n_keys) {
+                softmax_in_place(row);
             }
             // SAFETY: heads h0..h1 of token t are written by this task only, and
             // t * qw + h1 * hd <= out.len().
@@ -129,11 +118,6 @@ pub fn attend_chunk<E: KvElem>(
                 std::slice::from_raw_parts_mut(out_ptr.ptr().add(t * qw + h0 * hd), nh * hd)
             };
             o.fill(0.0);
-            for j in 0..nh {
-                for p in &mut scores[j * n_keys..(j + 1) * n_keys] {
-                    *p /= sums[j];
-                }
-            }
             // Value rows in blocks: each row is read once for all the task's heads,
             // whose running sums stay in registers across the block.
             let mut i0 = 0;

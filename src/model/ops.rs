@@ -138,6 +138,41 @@ avx2_dispatch! {
 }
 
 avx2_dispatch! {
+    /// `values = softmax(values)`: `e_i = exp(v_i − max)`, then `e_i / Σ e`. The max and the
+    /// sum run over 8 interleaved partial lanes (combined in a fixed order), so that they
+    /// vectorise like the `exp` (attention: 2049 values per head and token at full window).
+    pub fn softmax_in_place(values: &mut [f32]) {
+        const LANES: usize = 8;
+        let mut lane_max = [f32::NEG_INFINITY; LANES];
+        let mut chunks = values.chunks_exact(LANES);
+        for c in &mut chunks {
+            for (m, &v) in lane_max.iter_mut().zip(c) {
+                *m = if v > *m { v } else { *m };
+            }
+        }
+        let max = chunks
+            .remainder()
+            .iter()
+            .chain(&lane_max)
+            .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+        for v in values.iter_mut() {
+            *v = exp_fast(*v - max);
+        }
+        let mut lane_sum = [0.0f32; LANES];
+        let mut chunks = values.chunks_exact(LANES);
+        for c in &mut chunks {
+            for (s, &v) in lane_sum.iter_mut().zip(c) {
+                *s += v;
+            }
+        }
+        let sum = lane_sum.iter().chain(chunks.remainder()).fold(0.0f32, |s, &v| s + v);
+        for v in values.iter_mut() {
+            *v /= sum;
+        }
+    }
+}
+
+avx2_dispatch! {
     /// `acc += x` elementwise.
     pub fn add_in_place(acc: &mut [f32], x: &[f32]) {
         for (a, v) in acc.iter_mut().zip(x) {
@@ -225,6 +260,7 @@ pub(super) mod tests {
         run(&|v| gelu_mul(v, &y));
         run(&|v| gelu_in_place(v));
         run(&|v| add_in_place(v, &y));
+        run(&|v| softmax_in_place(v));
         run(&|v| {
             let src = v.clone();
             rmsnorm_rows(&src[..1000], &y[..250], 1e-6, &mut v[..1000]);
@@ -264,6 +300,36 @@ pub(super) mod tests {
         assert_eq!(tanh_fast(0.0), 0.0);
         assert_eq!(tanh_fast(50.0), 1.0);
         assert_eq!(tanh_fast(-50.0), -1.0);
+    }
+
+    /// The softmax equals the f64 formula for lengths around the 8-lane chunks, with the
+    /// max anywhere (also in the remainder) and one value alone.
+    #[test]
+    fn softmax_matches_f64() {
+        for n in [1usize, 7, 8, 9, 16, 2049] {
+            for peak in [0, n / 2, n - 1] {
+                let x: Vec<f32> = (0..n)
+                    .map(|i| {
+                        if i == peak {
+                            9.0
+                        } else {
+                            ((i * 37 % 101) as f32) * 0.05 - 2.0
+                        }
+                    })
+                    .collect();
+                let mut got = x.clone();
+                softmax_in_place(&mut got);
+                let m = x.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
+                let z: f64 = x.iter().map(|&v| (v as f64 - m).exp()).sum();
+                for (i, (&g, &v)) in got.iter().zip(&x).enumerate() {
+                    let want = (v as f64 - m).exp() / z;
+                    assert!(
+                        (g as f64 - want).abs() <= 1e-6 * want + 1e-9,
+                        "n {n} peak {peak} [{i}]: {g} vs {want}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
