@@ -1057,6 +1057,17 @@ pub(super) unsafe fn f32_axpy(y: &mut [f32], alpha: f32, x: &[f32]) {
     }
 }
 
+/// `$f::<N>(args)` for the `N` of the list equal to `$n`, else `$f::<$last>`: picks the
+/// register-block size of a const-generic kernel at run time.
+macro_rules! by_count {
+    ($n:expr, $f:ident, $args:tt, [$($k:literal)*], $last:literal) => {
+        match $n {
+            $($k => $f::<$k> $args,)*
+            _ => $f::<$last> $args,
+        }
+    };
+}
+
 /// `out[j] = a[j·stride ..][..x.len()] · x` for up to 8 rows `j < R`: each 8-float chunk of
 /// `x` is loaded once for all rows (the query heads that share one key in multi-query
 /// attention), one accumulator per row.
@@ -1098,18 +1109,7 @@ pub(super) unsafe fn f32_dots(a: &[f32], stride: usize, x: &[f32], out: &mut [f3
         let r = (out.len() - j0).min(8);
         let (a, o) = (&a[j0 * stride..], &mut out[j0..j0 + r]);
         // SAFETY: forwarded; rows j0..j0+r lie inside `a`.
-        unsafe {
-            match r {
-                1 => f32_dots_rows::<1>(a, stride, x, o),
-                2 => f32_dots_rows::<2>(a, stride, x, o),
-                3 => f32_dots_rows::<3>(a, stride, x, o),
-                4 => f32_dots_rows::<4>(a, stride, x, o),
-                5 => f32_dots_rows::<5>(a, stride, x, o),
-                6 => f32_dots_rows::<6>(a, stride, x, o),
-                7 => f32_dots_rows::<7>(a, stride, x, o),
-                _ => f32_dots_rows::<8>(a, stride, x, o),
-            }
-        }
+        unsafe { by_count!(r, f32_dots_rows, (a, stride, x, o), [1 2 3 4 5 6 7], 8) }
         j0 += r;
     }
 }
@@ -1158,24 +1158,7 @@ pub(super) unsafe fn f32_dots_avx512(a: &[f32], stride: usize, x: &[f32], out: &
         let (a, o) = (&a[j0 * stride..], &mut out[j0..j0 + r]);
         // SAFETY: forwarded; rows j0..j0+r lie inside `a`.
         unsafe {
-            match r {
-                1 => f32_dots_rows_avx512::<1>(a, stride, x, o),
-                2 => f32_dots_rows_avx512::<2>(a, stride, x, o),
-                3 => f32_dots_rows_avx512::<3>(a, stride, x, o),
-                4 => f32_dots_rows_avx512::<4>(a, stride, x, o),
-                5 => f32_dots_rows_avx512::<5>(a, stride, x, o),
-                6 => f32_dots_rows_avx512::<6>(a, stride, x, o),
-                7 => f32_dots_rows_avx512::<7>(a, stride, x, o),
-                8 => f32_dots_rows_avx512::<8>(a, stride, x, o),
-                9 => f32_dots_rows_avx512::<9>(a, stride, x, o),
-                10 => f32_dots_rows_avx512::<10>(a, stride, x, o),
-                11 => f32_dots_rows_avx512::<11>(a, stride, x, o),
-                12 => f32_dots_rows_avx512::<12>(a, stride, x, o),
-                13 => f32_dots_rows_avx512::<13>(a, stride, x, o),
-                14 => f32_dots_rows_avx512::<14>(a, stride, x, o),
-                15 => f32_dots_rows_avx512::<15>(a, stride, x, o),
-                _ => f32_dots_rows_avx512::<16>(a, stride, x, o),
-            }
+            by_count!(r, f32_dots_rows_avx512, (a, stride, x, o), [1 2 3 4 5 6 7 8 9 10 11 12 13 14 15], 16)
         }
         j0 += r;
     }
@@ -1330,18 +1313,7 @@ pub(super) unsafe fn f32_axpy_many(
         let r = (rows - j0).min(8);
         let (y, p) = (&mut y[j0 * w..(j0 + r) * w], &p[j0 * p_stride..]);
         // SAFETY: forwarded for rows j0..j0+r.
-        unsafe {
-            match r {
-                1 => f32_axpy_rows::<1>(y, w, p, p_stride, xs),
-                2 => f32_axpy_rows::<2>(y, w, p, p_stride, xs),
-                3 => f32_axpy_rows::<3>(y, w, p, p_stride, xs),
-                4 => f32_axpy_rows::<4>(y, w, p, p_stride, xs),
-                5 => f32_axpy_rows::<5>(y, w, p, p_stride, xs),
-                6 => f32_axpy_rows::<6>(y, w, p, p_stride, xs),
-                7 => f32_axpy_rows::<7>(y, w, p, p_stride, xs),
-                _ => f32_axpy_rows::<8>(y, w, p, p_stride, xs),
-            }
-        }
+        unsafe { by_count!(r, f32_axpy_rows, (y, w, p, p_stride, xs), [1 2 3 4 5 6 7], 8) }
         j0 += r;
     }
 }
