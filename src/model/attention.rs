@@ -93,8 +93,11 @@ pub fn attend_chunk<E: KvElem>(
             // row computes all their scores.
             let qs = &q[t * qw + h0 * hd..t * qw + h1 * hd];
             let mut row_scores = [0.0f32; MAX_HEADS_PER_TASK];
+            // The chunk's first token streams the ring from memory; the later ones of a
+            // prompt chunk find its rows in cache, where prefetches only cost instructions.
+            let prefetch = t == 0;
             for i in 0..n_keys {
-                if i + KEY_PREFETCH < n_keys {
+                if prefetch && i + KEY_PREFETCH < n_keys {
                     prefetch_ring_row(
                         lo + i + KEY_PREFETCH,
                         col,
@@ -123,8 +126,10 @@ pub fn attend_chunk<E: KvElem>(
             let mut i0 = 0;
             while i0 < n_keys {
                 let nb = (n_keys - i0).min(VALUE_BLOCK);
-                for i in (i0 + VALUE_BLOCK..n_keys).take(VALUE_BLOCK) {
-                    prefetch_ring_row(lo + i, col, first_pos, (kvw, win, hd), v_ring);
+                if prefetch {
+                    for i in (i0 + VALUE_BLOCK..n_keys).take(VALUE_BLOCK) {
+                        prefetch_ring_row(lo + i, col, first_pos, (kvw, win, hd), v_ring);
+                    }
                 }
                 let mut rows: [&[f32]; VALUE_BLOCK] = [&[]; VALUE_BLOCK];
                 let mut tmps = row_tmp.chunks_exact_mut(hd);
