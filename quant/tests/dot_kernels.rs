@@ -412,8 +412,8 @@ fn f32_dots_match_per_row_dots() {
 }
 
 /// `f32_axpy_many` equals the f64 sums `y[j] + Σ_i p[j][i]·x_i` on every backend, for row
-/// counts around the 2- and 8-row blocks, widths around the 8- and 16-float chunks and the
-/// 128-float column block, and several key counts.
+/// counts around the 2- and 8-row blocks, widths around the 4-, 8- and 16-float chunks and
+/// the 32- and 128-float column blocks (NEON, AVX-512), and several key counts.
 #[test]
 fn f32_axpy_many_matches_f64_sums() {
     let mut rng = Rng(0xa11ce);
@@ -421,7 +421,7 @@ fn f32_axpy_many_matches_f64_sums() {
         .into_iter()
         .flat_map(|b| (1..=11usize).map(move |r| (b, r)))
     {
-        for w in [1usize, 8, 13, 16, 48, 144, 256] {
+        for w in [1usize, 8, 13, 16, 36, 48, 144, 256] {
             for nk in [1usize, 3, 8] {
                 let y0 = rng.vec(rows * w);
                 let p_stride = nk + 2;

@@ -465,6 +465,18 @@ macro_rules! tile_dispatch {
 }
 pub(crate) use tile_dispatch;
 
+/// `$f::<N>(args)` for the `N` of the list equal to `$n`, else `$f::<$last>`: picks the
+/// register-block size of a const-generic kernel at run time.
+macro_rules! by_count {
+    ($n:expr, $f:ident, $args:tt, [$($k:literal)*], $last:literal) => {
+        match $n {
+            $($k => $f::<$k> $args,)*
+            _ => $f::<$last> $args,
+        }
+    };
+}
+pub(crate) use by_count;
+
 /// `Σ a[i]·b[i]` over f32 slices of equal length (the shorter length is used), with the
 /// fastest kernel this CPU has (attention scores and similar small dots).
 pub fn f32_dot(a: &[f32], b: &[f32]) -> f32 {
@@ -511,6 +523,12 @@ fn f32_dots_on(backend: Backend, a: &[f32], stride: usize, x: &[f32], out: &mut 
         // was asserted above.
         #[cfg(target_arch = "x86_64")]
         b if b.has_avx2() => unsafe { x86::f32_dots(a, stride, x, out) },
+        // SAFETY: NEON is in every aarch64 CPU; whole 8-float steps; the extent of `a` was
+        // asserted above.
+        #[cfg(target_arch = "aarch64")]
+        b if b.has_neon() && x.len().is_multiple_of(8) => unsafe {
+            neon::f32_dots(a, stride, x, out)
+        },
         _ => {
             for (j, o) in out.iter_mut().enumerate() {
                 *o = scalar::f32_dot(&a[j * stride..j * stride + x.len()], x);
@@ -569,6 +587,12 @@ fn f32_axpy_many_on(
         // asserted above.
         #[cfg(target_arch = "x86_64")]
         b if b.has_avx2() => unsafe { x86::f32_axpy_many(y, w, p, p_stride, xs) },
+        // SAFETY: NEON is in every aarch64 CPU; whole 4-float vectors; the extents were
+        // asserted above.
+        #[cfg(target_arch = "aarch64")]
+        b if b.has_neon() && w.is_multiple_of(4) => unsafe {
+            neon::f32_axpy_many(y, w, p, p_stride, xs)
+        },
         _ => {
             for j in 0..rows {
                 for (i, x) in xs.iter().enumerate() {

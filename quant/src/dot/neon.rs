@@ -13,7 +13,7 @@
 
 use std::arch::aarch64::*;
 
-use super::{tile_dispatch, TileFn};
+use super::{by_count, tile_dispatch, TileFn};
 use crate::kquants::q3k_scale;
 use crate::GgmlType;
 
@@ -547,3 +547,134 @@ unsafe fn k_q6k<const C: usize>(n: usize, w: *const u8, a: *const u8, stride: us
     out
 }
 tile_dispatch!(tile_q6k, k_q6k);
+
+// ------------------------------------------------------------------ f32 helpers (attention)
+
+/// `out[j] = a[j·stride ..][..x.len()] · x` for `R` (≤ 8) rows (the query heads that share
+/// one key): each 8 floats of `x` are loaded once for all rows, with two accumulators per
+/// row so that consecutive `fmla` do not wait on each other.
+///
+/// # Safety
+/// `x.len() % 8 == 0`; `a` holds `(R - 1) * stride + x.len()` floats.
+unsafe fn f32_dots_rows<const R: usize>(a: &[f32], stride: usize, x: &[f32], out: &mut [f32]) {
+    let n = x.len();
+    let (pa, px) = (a.as_ptr(), x.as_ptr());
+    let mut acc0 = [vdupq_n_f32(0.0); R];
+    let mut acc1 = [vdupq_n_f32(0.0); R];
+    let mut i = 0;
+    // SAFETY (loads): i + 8 <= n, and row j < R spans a[j*stride .. j*stride + n].
+    unsafe {
+        while i < n {
+            let x0 = vld1q_f32(px.add(i));
+            let x1 = vld1q_f32(px.add(i + 4));
+            for j in 0..R {
+                let r = pa.add(j * stride + i);
+                acc0[j] = vfmaq_f32(acc0[j], vld1q_f32(r), x0);
+                acc1[j] = vfmaq_f32(acc1[j], vld1q_f32(r.add(4)), x1);
+            }
+            i += 8;
+        }
+    }
+    for j in 0..R {
+        out[j] = vaddvq_f32(vaddq_f32(acc0[j], acc1[j]));
+    }
+}
+
+/// [`f32_dots_rows`] for any number of rows (in runs of 8).
+///
+/// # Safety
+/// `x.len() % 8 == 0`; `a` holds `(out.len() - 1) * stride + x.len()` floats.
+pub(super) unsafe fn f32_dots(a: &[f32], stride: usize, x: &[f32], out: &mut [f32]) {
+    let mut j0 = 0;
+    while j0 < out.len() {
+        let r = (out.len() - j0).min(8);
+        let (a, o) = (&a[j0 * stride..], &mut out[j0..j0 + r]);
+        // SAFETY: forwarded; rows j0..j0+r lie inside `a`.
+        unsafe { by_count!(r, f32_dots_rows, (a, stride, x, o), [1 2 3 4 5 6 7], 8) }
+        j0 += r;
+    }
+}
+
+/// `y[j·w + c0 ..][..4·V] += Σ_i p[j·p_stride + i] · xs[i][c0 ..][..4·V]` for `H` (1 or 2)
+/// rows of `y`: `H × V` (≤ 16) accumulators stay in registers across all the `xs`, each
+/// `xs[i]` chunk is loaded once per tile and multiplied by each row's weight with `fmla`
+/// by element.
+///
+/// # Safety
+/// `y` holds `(H - 1) * w + c0 + 4 * V` floats, every `xs[i]` at least `c0 + 4 * V`, `p`
+/// holds `(H - 1) * p_stride + xs.len()`.
+unsafe fn f32_axpy_tile<const H: usize, const V: usize>(
+    y: &mut [f32],
+    w: usize,
+    c0: usize,
+    p: &[f32],
+    p_stride: usize,
+    xs: &[&[f32]],
+) {
+    let py = y.as_mut_ptr();
+    // SAFETY (pointer accesses): as the contract states.
+    unsafe {
+        let mut acc = [[vdupq_n_f32(0.0); V]; H];
+        for (h, row) in acc.iter_mut().enumerate() {
+            for (v, a) in row.iter_mut().enumerate() {
+                *a = vld1q_f32(py.add(h * w + c0 + 4 * v));
+            }
+        }
+        for (i, x) in xs.iter().enumerate() {
+            let px = x.as_ptr().add(c0);
+            let weights: [f32; H] = std::array::from_fn(|h| *p.get_unchecked(h * p_stride + i));
+            for v in 0..V {
+                let xv = vld1q_f32(px.add(4 * v));
+                for h in 0..H {
+                    acc[h][v] = vfmaq_n_f32(acc[h][v], xv, weights[h]);
+                }
+            }
+        }
+        for (h, row) in acc.iter().enumerate() {
+            for (v, a) in row.iter().enumerate() {
+                vst1q_f32(py.add(h * w + c0 + 4 * v), *a);
+            }
+        }
+    }
+}
+
+/// `y[j·w ..][..w] += Σ_i p[j·p_stride + i] · xs[i][..w]` for every row of `y`: rows in
+/// pairs, columns in blocks of 8 vectors (32 floats) through [`f32_axpy_tile`].
+///
+/// # Safety
+/// `w % 4 == 0`; `y` holds whole rows of `w`; `p` holds `(rows - 1) * p_stride + xs.len()`
+/// floats and every `xs[i]` at least `w`.
+pub(super) unsafe fn f32_axpy_many(
+    y: &mut [f32],
+    w: usize,
+    p: &[f32],
+    p_stride: usize,
+    xs: &[&[f32]],
+) {
+    let rows = y.len() / w;
+    let mut j0 = 0;
+    while j0 < rows {
+        let h = (rows - j0).min(2);
+        let (y, p) = (&mut y[j0 * w..(j0 + h) * w], &p[j0 * p_stride..]);
+        let mut c0 = 0;
+        while c0 < w {
+            let v = ((w - c0) / 4).min(8);
+            // SAFETY: forwarded; columns c0..c0 + 4v of rows j0..j0+h lie inside `y` and
+            // every `xs[i]`.
+            unsafe {
+                macro_rules! tile {
+                    ($($n:literal)*) => {
+                        match (h, v) {
+                            $((2, $n) => f32_axpy_tile::<2, $n>(y, w, c0, p, p_stride, xs),
+                              (1, $n) => f32_axpy_tile::<1, $n>(y, w, c0, p, p_stride, xs),)*
+                            _ => unreachable!("1 or 2 rows of 1 to 8 vectors"),
+                        }
+                    };
+                }
+                tile!(1 2 3 4 5 6 7 8);
+            }
+            c0 += 4 * v;
+        }
+        j0 += h;
+    }
+}

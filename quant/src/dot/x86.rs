@@ -14,7 +14,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{tile_dispatch, TileFn};
+use super::{by_count, tile_dispatch, TileFn};
 use crate::GgmlType;
 
 pub(super) fn tile_fn(ty: GgmlType) -> Option<TileFn> {
@@ -1055,17 +1055,6 @@ pub(super) unsafe fn f32_axpy(y: &mut [f32], alpha: f32, x: &[f32]) {
     for j in i..n {
         y[j] += alpha * x[j];
     }
-}
-
-/// `$f::<N>(args)` for the `N` of the list equal to `$n`, else `$f::<$last>`: picks the
-/// register-block size of a const-generic kernel at run time.
-macro_rules! by_count {
-    ($n:expr, $f:ident, $args:tt, [$($k:literal)*], $last:literal) => {
-        match $n {
-            $($k => $f::<$k> $args,)*
-            _ => $f::<$last> $args,
-        }
-    };
 }
 
 /// `out[j] = a[j·stride ..][..x.len()] · x` for up to 8 rows `j < R`: each 8-float chunk of
