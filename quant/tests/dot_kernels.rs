@@ -411,6 +411,36 @@ fn f32_dots_match_per_row_dots() {
     }
 }
 
+/// `f16_dots` (rows against one shared f16 row, widened inside the x86 kernels) equals one
+/// f64 dot per row on every backend, for the row counts and lengths of the f32 test.
+#[test]
+fn f16_dots_match_per_row_dots() {
+    let mut rng = Rng(0xf16);
+    for (backend, rows) in Backend::all_available()
+        .into_iter()
+        .flat_map(|b| (1..=18usize).map(move |r| (b, r)))
+    {
+        for n in [1usize, 7, 8, 16, 33, 48, 256] {
+            let stride = n + 3;
+            let a = rng.vec(rows * stride);
+            let x: Vec<half::f16> = rng.vec(n).into_iter().map(half::f16::from_f32).collect();
+            let mut tmp = vec![f32::NAN; n];
+            let mut out = vec![f32::NAN; rows];
+            dot::f16_dots_with(backend, &a, stride, &x, &mut tmp, &mut out);
+            for (j, &o) in out.iter().enumerate() {
+                let row = &a[j * stride..j * stride + n];
+                let terms = row.iter().zip(&x).map(|(&p, &q)| p as f64 * q.to_f64());
+                let want: f64 = terms.clone().sum();
+                let abs: f64 = terms.map(f64::abs).sum();
+                assert!(
+                    (o as f64 - want).abs() <= 1e-6 * abs + 1e-7,
+                    "{backend:?} rows {rows} n {n} row {j}: {o} vs {want}"
+                );
+            }
+        }
+    }
+}
+
 /// `f32_axpy_many` equals the f64 sums `y[j] + Σ_i p[j][i]·x_i` on every backend, for row
 /// counts around the 2- and 8-row blocks, widths around the 4-, 8- and 16-float chunks and
 /// the 32- and 128-float column blocks (NEON, AVX-512), and several key counts.

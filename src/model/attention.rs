@@ -106,8 +106,16 @@ pub fn attend_chunk<E: KvElem>(
                         k_ring,
                     );
                 }
-                let kr = kv_row(lo + i, col, first_pos, (kvw, win, hd), k, k_ring, row_tmp);
-                rgemma_quant::dot::f32_dots(qs, hd, kr, &mut row_scores[..nh]);
+                // Ring rows go to the kernels in their stored type (f16 is widened as it
+                // is loaded, where the CPU allows), the chunk's own rows as f32.
+                let p = lo + i;
+                if p >= first_pos {
+                    let r = (p - first_pos) * kvw + col;
+                    rgemma_quant::dot::f32_dots(qs, hd, &k[r..r + hd], &mut row_scores[..nh]);
+                } else {
+                    let r = (p % win) * kvw + col;
+                    E::dots(qs, hd, &k_ring[r..r + hd], row_tmp, &mut row_scores[..nh]);
+                }
                 for j in 0..nh {
                     scores[j * n_keys + i] = row_scores[j] * scale;
                 }
@@ -135,7 +143,7 @@ pub fn attend_chunk<E: KvElem>(
                 let mut tmps = row_tmp.chunks_exact_mut(hd);
                 for (b, row) in rows[..nb].iter_mut().enumerate() {
                     let tmp = tmps.next().expect("VALUE_BLOCK + 1 rows reserved");
-                    *row = kv_row(lo + i0 + b, col, first_pos, (kvw, win, hd), v, v_ring, tmp);
+                    *row = value_row(lo + i0 + b, col, first_pos, (kvw, win, hd), v, v_ring, tmp);
                 }
                 rgemma_quant::dot::f32_axpy_many(o, hd, &scores[i0..], n_keys, &rows[..nb]);
                 i0 += nb;
@@ -162,11 +170,11 @@ pub fn attention_scratch_len(g: AttnGeom, heads: usize) -> usize {
     heads.clamp(1, MAX_HEADS_PER_TASK) * (g.window + 1) + (VALUE_BLOCK + 1) * g.head_dim
 }
 
-/// Key/value row `[hd]` at column `col` of position `p`, as f32: from the chunk when
+/// Value row `[hd]` at column `col` of position `p`, as f32: from the chunk when
 /// `p >= first_pos`, else from the ring slot `p mod W` (converted into `tmp` when the ring
 /// is not f32).
 #[allow(clippy::too_many_arguments)]
-fn kv_row<'a, E: KvElem>(
+fn value_row<'a, E: KvElem>(
     p: usize,
     col: usize,
     first_pos: usize,

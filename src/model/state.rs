@@ -66,6 +66,9 @@ pub trait KvElem: Copy + Send + Sync + 'static {
     fn store(src: &[f32], dst: &mut [Self]);
     /// The row as f32: borrowed when the ring is f32, else converted into `tmp`.
     fn load<'a>(row: &'a [Self], tmp: &'a mut [f32]) -> &'a [f32];
+    /// `out[j] = qs[j·hd ..][..hd] · row` (attention scores of several heads against one ring
+    /// row; `tmp` is room for the row as f32 where the kernel cannot widen it itself).
+    fn dots(qs: &[f32], hd: usize, row: &[Self], tmp: &mut [f32], out: &mut [f32]);
 }
 
 impl KvElem for f32 {
@@ -74,6 +77,9 @@ impl KvElem for f32 {
     }
     fn load<'a>(row: &'a [f32], _tmp: &'a mut [f32]) -> &'a [f32] {
         row
+    }
+    fn dots(qs: &[f32], hd: usize, row: &[f32], _tmp: &mut [f32], out: &mut [f32]) {
+        rgemma_quant::dot::f32_dots(qs, hd, row, out)
     }
 }
 
@@ -85,6 +91,9 @@ impl KvElem for f16 {
         let tmp = &mut tmp[..row.len()];
         row.convert_to_f32_slice(tmp);
         tmp
+    }
+    fn dots(qs: &[f32], hd: usize, row: &[f16], tmp: &mut [f32], out: &mut [f32]) {
+        rgemma_quant::dot::f16_dots(qs, hd, row, tmp, out)
     }
 }
 

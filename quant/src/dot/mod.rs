@@ -465,13 +465,19 @@ macro_rules! tile_dispatch {
 }
 pub(crate) use tile_dispatch;
 
-/// `$f::<N>(args)` for the `N` of the list equal to `$n`, else `$f::<$last>`: picks the
-/// register-block size of a const-generic kernel at run time.
+/// `$f::<N>(args)` (or `$f::<N, G>` for `$f<G>`) for the `N` of the list equal to `$n`, else
+/// `$f::<$last>`: picks the register-block size of a const-generic kernel at run time.
 macro_rules! by_count {
     ($n:expr, $f:ident, $args:tt, [$($k:literal)*], $last:literal) => {
         match $n {
             $($k => $f::<$k> $args,)*
             _ => $f::<$last> $args,
+        }
+    };
+    ($n:expr, $f:ident<$g:ty>, $args:tt, [$($k:literal)*], $last:literal) => {
+        match $n {
+            $($k => $f::<$k, $g> $args,)*
+            _ => $f::<$last, $g> $args,
         }
     };
 }
@@ -533,6 +539,63 @@ fn f32_dots_on(backend: Backend, a: &[f32], stride: usize, x: &[f32], out: &mut 
             for (j, o) in out.iter_mut().enumerate() {
                 *o = scalar::f32_dot(&a[j * stride..j * stride + x.len()], x);
             }
+        }
+    }
+}
+
+/// [`f32_dots`] against a shared row stored in f16 (attention's f16 rings): on x86 the kernels
+/// widen it as they load it; elsewhere it is converted into `tmp` (at least `x.len()`
+/// floats) first. Panics if `a` or `tmp` is too short.
+pub fn f16_dots(a: &[f32], stride: usize, x: &[half::f16], tmp: &mut [f32], out: &mut [f32]) {
+    f16_dots_on(Backend::detect(), a, stride, x, tmp, out)
+}
+
+/// [`f16_dots`] with the kernels of `backend` (the scalar ones if this CPU lacks it).
+pub fn f16_dots_with(
+    backend: Backend,
+    a: &[f32],
+    stride: usize,
+    x: &[half::f16],
+    tmp: &mut [f32],
+    out: &mut [f32],
+) {
+    f16_dots_on(usable(backend), a, stride, x, tmp, out)
+}
+
+/// [`f16_dots`] on a backend this CPU has.
+fn f16_dots_on(
+    backend: Backend,
+    a: &[f32],
+    stride: usize,
+    x: &[half::f16],
+    tmp: &mut [f32],
+    out: &mut [f32],
+) {
+    if out.is_empty() {
+        return;
+    }
+    assert!(
+        stride >= x.len() && a.len() >= (out.len() - 1) * stride + x.len(),
+        "f16_dots: {} rows of {} (stride {stride}) do not fit {} floats",
+        out.len(),
+        x.len(),
+        a.len()
+    );
+    match backend {
+        // SAFETY: the CPU has AVX-512F (`_on` takes usable backends); whole 16-element
+        // chunks; the extent of `a` was asserted above.
+        #[cfg(target_arch = "x86_64")]
+        Backend::Avx512 if x.len().is_multiple_of(16) => unsafe {
+            x86::f32_dots_avx512(a, stride, x, out)
+        },
+        // SAFETY: the CPU has AVX2/FMA/F16C (`_on` takes usable backends); the extent of
+        // `a` was asserted above.
+        #[cfg(target_arch = "x86_64")]
+        b if b.has_avx2() => unsafe { x86::f32_dots(a, stride, x, out) },
+        _ => {
+            let row = &mut tmp[..x.len()];
+            half::slice::HalfFloatSliceExt::convert_to_f32_slice(x, row);
+            f32_dots_on(backend, a, stride, row, out)
         }
     }
 }

@@ -1057,6 +1057,57 @@ pub(super) unsafe fn f32_axpy(y: &mut [f32], alpha: f32, x: &[f32]) {
     }
 }
 
+/// The element type of the shared row of the score kernels: f32, or f16 (attention's f16
+/// rings) widened inside the kernel with `vcvtph2ps`, so that no converted copy of the row
+/// is written and read back.
+pub(super) trait KeyElem: Copy {
+    fn to_f32(self) -> f32;
+    /// 8 elements at `p` as f32.
+    ///
+    /// # Safety
+    /// 8 elements readable at `p`; the CPU has AVX2/F16C.
+    unsafe fn load8(p: *const Self) -> __m256;
+    /// 16 elements at `p` as f32.
+    ///
+    /// # Safety
+    /// 16 elements readable at `p`; the CPU has AVX-512F.
+    unsafe fn load16(p: *const Self) -> __m512;
+}
+
+impl KeyElem for f32 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+    #[inline(always)]
+    unsafe fn load8(p: *const f32) -> __m256 {
+        // SAFETY: forwarded.
+        unsafe { _mm256_loadu_ps(p) }
+    }
+    #[inline(always)]
+    unsafe fn load16(p: *const f32) -> __m512 {
+        // SAFETY: forwarded.
+        unsafe { _mm512_loadu_ps(p) }
+    }
+}
+
+impl KeyElem for half::f16 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self.to_f32()
+    }
+    #[inline(always)]
+    unsafe fn load8(p: *const half::f16) -> __m256 {
+        // SAFETY: forwarded (16 bytes).
+        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)) }
+    }
+    #[inline(always)]
+    unsafe fn load16(p: *const half::f16) -> __m512 {
+        // SAFETY: forwarded (32 bytes).
+        unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i)) }
+    }
+}
+
 /// `out[j] = a[j·stride ..][..x.len()] · x` for up to 8 rows `j < R`: each 8-float chunk of
 /// `x` is loaded once for all rows (the query heads that share one key in multi-query
 /// attention), one accumulator per row.
@@ -1064,7 +1115,12 @@ pub(super) unsafe fn f32_axpy(y: &mut [f32], alpha: f32, x: &[f32]) {
 /// # Safety
 /// The CPU has AVX2/FMA; `a` holds `(R - 1) * stride + x.len()` floats.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn f32_dots_rows<const R: usize>(a: &[f32], stride: usize, x: &[f32], out: &mut [f32]) {
+unsafe fn f32_dots_rows<const R: usize, X: KeyElem>(
+    a: &[f32],
+    stride: usize,
+    x: &[X],
+    out: &mut [f32],
+) {
     let n = x.len();
     let (pa, px) = (a.as_ptr(), x.as_ptr());
     let mut acc = [_mm256_setzero_ps(); R];
@@ -1072,7 +1128,7 @@ unsafe fn f32_dots_rows<const R: usize>(a: &[f32], stride: usize, x: &[f32], out
     // SAFETY (loads): i + 8 <= n, and row j < R spans a[j*stride .. j*stride + n].
     unsafe {
         while i + 8 <= n {
-            let xv = _mm256_loadu_ps(px.add(i));
+            let xv = X::load8(px.add(i));
             for j in 0..R {
                 acc[j] = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(j * stride + i)), xv, acc[j]);
             }
@@ -1082,7 +1138,7 @@ unsafe fn f32_dots_rows<const R: usize>(a: &[f32], stride: usize, x: &[f32], out
     for j in 0..R {
         let mut sum = hsum_ps(acc[j]);
         for k in i..n {
-            sum += a[j * stride + k] * x[k];
+            sum += a[j * stride + k] * x[k].to_f32();
         }
         out[j] = sum;
     }
@@ -1092,13 +1148,13 @@ unsafe fn f32_dots_rows<const R: usize>(a: &[f32], stride: usize, x: &[f32], out
 ///
 /// # Safety
 /// The CPU has AVX2/FMA; `a` holds `(out.len() - 1) * stride + x.len()` floats.
-pub(super) unsafe fn f32_dots(a: &[f32], stride: usize, x: &[f32], out: &mut [f32]) {
+pub(super) unsafe fn f32_dots<X: KeyElem>(a: &[f32], stride: usize, x: &[X], out: &mut [f32]) {
     let mut j0 = 0;
     while j0 < out.len() {
         let r = (out.len() - j0).min(8);
         let (a, o) = (&a[j0 * stride..], &mut out[j0..j0 + r]);
         // SAFETY: forwarded; rows j0..j0+r lie inside `a`.
-        unsafe { by_count!(r, f32_dots_rows, (a, stride, x, o), [1 2 3 4 5 6 7], 8) }
+        unsafe { by_count!(r, f32_dots_rows<X>, (a, stride, x, o), [1 2 3 4 5 6 7], 8) }
         j0 += r;
     }
 }
@@ -1110,10 +1166,10 @@ pub(super) unsafe fn f32_dots(a: &[f32], stride: usize, x: &[f32], out: &mut [f3
 /// # Safety
 /// The CPU has AVX-512F; `x.len() % 16 == 0`; `a` holds `(R - 1) * stride + x.len()` floats.
 #[target_feature(enable = "avx2,fma,f16c,avx512f")]
-unsafe fn f32_dots_rows_avx512<const R: usize>(
+unsafe fn f32_dots_rows_avx512<const R: usize, X: KeyElem>(
     a: &[f32],
     stride: usize,
-    x: &[f32],
+    x: &[X],
     out: &mut [f32],
 ) {
     let n = x.len();
@@ -1123,7 +1179,7 @@ unsafe fn f32_dots_rows_avx512<const R: usize>(
     // SAFETY (loads): i + 16 <= n, and row j < R spans a[j*stride .. j*stride + n].
     unsafe {
         while i < n {
-            let xv = _mm512_loadu_ps(px.add(i));
+            let xv = X::load16(px.add(i));
             for (j, acc) in acc.iter_mut().enumerate() {
                 *acc = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(j * stride + i)), xv, *acc);
             }
@@ -1140,14 +1196,19 @@ unsafe fn f32_dots_rows_avx512<const R: usize>(
 /// # Safety
 /// The CPU has AVX-512F; `x.len() % 16 == 0`; `a` holds `(out.len() - 1) * stride +
 /// x.len()` floats.
-pub(super) unsafe fn f32_dots_avx512(a: &[f32], stride: usize, x: &[f32], out: &mut [f32]) {
+pub(super) unsafe fn f32_dots_avx512<X: KeyElem>(
+    a: &[f32],
+    stride: usize,
+    x: &[X],
+    out: &mut [f32],
+) {
     let mut j0 = 0;
     while j0 < out.len() {
         let r = (out.len() - j0).min(16);
         let (a, o) = (&a[j0 * stride..], &mut out[j0..j0 + r]);
         // SAFETY: forwarded; rows j0..j0+r lie inside `a`.
         unsafe {
-            by_count!(r, f32_dots_rows_avx512, (a, stride, x, o), [1 2 3 4 5 6 7 8 9 10 11 12 13 14 15], 16)
+            by_count!(r, f32_dots_rows_avx512<X>, (a, stride, x, o), [1 2 3 4 5 6 7 8 9 10 11 12 13 14 15], 16)
         }
         j0 += r;
     }
