@@ -383,39 +383,31 @@ fn f32_helpers_match_f64() {
 /// 8- and 16-float chunks.
 #[test]
 fn f32_dots_match_per_row_dots() {
-    let mut rng = Rng(0x5eed);
-    for (backend, rows) in Backend::all_available()
-        .into_iter()
-        .flat_map(|b| (1..=18usize).map(move |r| (b, r)))
-    {
-        for n in [1usize, 7, 8, 16, 33, 48, 256] {
-            let stride = n + 3;
-            let a = rng.vec(rows * stride);
-            let x = rng.vec(n);
-            let mut out = vec![f32::NAN; rows];
-            dot::f32_dots_with(backend, &a, stride, &x, &mut out);
-            for (j, &o) in out.iter().enumerate() {
-                let row = &a[j * stride..j * stride + n];
-                let want: f64 = row.iter().zip(&x).map(|(&p, &q)| p as f64 * q as f64).sum();
-                let abs: f64 = row
-                    .iter()
-                    .zip(&x)
-                    .map(|(&p, &q)| (p as f64 * q as f64).abs())
-                    .sum();
-                assert!(
-                    (o as f64 - want).abs() <= 1e-6 * abs + 1e-7,
-                    "{backend:?} rows {rows} n {n} row {j}: {o} vs {want}"
-                );
-            }
-        }
-    }
+    check_dots(0x5eed, |x| x, dot::f32_dots_with);
 }
 
 /// `f16_dots` (rows against one shared f16 row, widened inside the x86 kernels) equals one
 /// f64 dot per row on every backend, for the row counts and lengths of the f32 test.
 #[test]
 fn f16_dots_match_per_row_dots() {
-    let mut rng = Rng(0xf16);
+    check_dots(
+        0xf16,
+        |x| x.into_iter().map(half::f16::from_f32).collect::<Vec<_>>(),
+        |backend, a, stride, x: &[half::f16], out| {
+            let mut tmp = vec![f32::NAN; x.len()];
+            dot::f16_dots_with(backend, a, stride, x, &mut tmp, out)
+        },
+    );
+}
+
+/// Runs `dots` (rows of `a` against one shared row of element type `X`, made from f32 by
+/// `to_row`) for every backend, row count and length of the score tests, against f64 dots.
+fn check_dots<X: Copy + Into<f64>>(
+    seed: u32,
+    to_row: impl Fn(Vec<f32>) -> Vec<X>,
+    dots: impl Fn(Backend, &[f32], usize, &[X], &mut [f32]),
+) {
+    let mut rng = Rng(seed);
     for (backend, rows) in Backend::all_available()
         .into_iter()
         .flat_map(|b| (1..=18usize).map(move |r| (b, r)))
@@ -423,13 +415,12 @@ fn f16_dots_match_per_row_dots() {
         for n in [1usize, 7, 8, 16, 33, 48, 256] {
             let stride = n + 3;
             let a = rng.vec(rows * stride);
-            let x: Vec<half::f16> = rng.vec(n).into_iter().map(half::f16::from_f32).collect();
-            let mut tmp = vec![f32::NAN; n];
+            let x = to_row(rng.vec(n));
             let mut out = vec![f32::NAN; rows];
-            dot::f16_dots_with(backend, &a, stride, &x, &mut tmp, &mut out);
+            dots(backend, &a, stride, &x, &mut out);
             for (j, &o) in out.iter().enumerate() {
                 let row = &a[j * stride..j * stride + n];
-                let terms = row.iter().zip(&x).map(|(&p, &q)| p as f64 * q.to_f64());
+                let terms = row.iter().zip(&x).map(|(&p, &q)| p as f64 * q.into());
                 let want: f64 = terms.clone().sum();
                 let abs: f64 = terms.map(f64::abs).sum();
                 assert!(

@@ -498,76 +498,49 @@ pub fn f32_dot(a: &[f32], b: &[f32]) -> f32 {
 /// `out[j] = a[j·stride .. j·stride + x.len()] · x` for every `j < out.len()`, loading `x`
 /// once for all rows (several query heads against one key). Panics if `a` is too short.
 pub fn f32_dots(a: &[f32], stride: usize, x: &[f32], out: &mut [f32]) {
-    f32_dots_on(Backend::detect(), a, stride, x, out)
+    dots_on(Backend::detect(), a, stride, x, &mut [], out)
 }
 
 /// [`f32_dots`] with the kernels of `backend` (the scalar ones if this CPU lacks it).
 pub fn f32_dots_with(backend: Backend, a: &[f32], stride: usize, x: &[f32], out: &mut [f32]) {
-    f32_dots_on(usable(backend), a, stride, x, out)
+    dots_on(usable(backend), a, stride, x, &mut [], out)
 }
 
-/// [`f32_dots`] on a backend this CPU has (checking that per call costs 1 % of attention).
-fn f32_dots_on(backend: Backend, a: &[f32], stride: usize, x: &[f32], out: &mut [f32]) {
-    if out.is_empty() {
-        return;
-    }
-    assert!(
-        stride >= x.len() && a.len() >= (out.len() - 1) * stride + x.len(),
-        "f32_dots: {} rows of {} (stride {stride}) do not fit {} floats",
-        out.len(),
-        x.len(),
-        a.len()
-    );
-    match backend {
-        // SAFETY: the CPU has AVX-512F (`_on` takes usable backends); whole 16-float
-        // chunks; the extent of `a` was asserted above.
-        #[cfg(target_arch = "x86_64")]
-        Backend::Avx512 if x.len().is_multiple_of(16) => unsafe {
-            x86::f32_dots_avx512(a, stride, x, out)
-        },
-        // SAFETY: the CPU has AVX2/FMA (`_on` takes usable backends); the extent of `a`
-        // was asserted above.
-        #[cfg(target_arch = "x86_64")]
-        b if b.has_avx2() => unsafe { x86::f32_dots(a, stride, x, out) },
-        // SAFETY: NEON is in every aarch64 CPU; whole 8-float steps; the extent of `a` was
-        // asserted above.
-        #[cfg(target_arch = "aarch64")]
-        b if b.has_neon() && x.len().is_multiple_of(8) => unsafe {
-            neon::f32_dots(a, stride, x, out)
-        },
-        _ => {
-            for (j, o) in out.iter_mut().enumerate() {
-                *o = scalar::f32_dot(&a[j * stride..j * stride + x.len()], x);
-            }
-        }
+/// The element type of the shared row of [`f32_dots`] / [`f16_dots`]. The x86 kernels
+/// widen it as they load it (`x86::KeyElem`); the others take it as f32.
+trait RowElem: Copy + RowElemArch {
+    /// The row as f32: itself, or converted into `tmp` (at least `x.len()` floats).
+    fn as_f32<'a>(x: &'a [Self], tmp: &'a mut [f32]) -> &'a [f32];
+}
+
+#[cfg(target_arch = "x86_64")]
+use x86::KeyElem as RowElemArch;
+#[cfg(not(target_arch = "x86_64"))]
+trait RowElemArch {}
+#[cfg(not(target_arch = "x86_64"))]
+impl<T> RowElemArch for T {}
+
+impl RowElem for f32 {
+    fn as_f32<'a>(x: &'a [f32], _tmp: &'a mut [f32]) -> &'a [f32] {
+        x
     }
 }
 
-/// [`f32_dots`] against a shared row stored in f16 (attention's f16 rings): on x86 the kernels
-/// widen it as they load it; elsewhere it is converted into `tmp` (at least `x.len()`
-/// floats) first. Panics if `a` or `tmp` is too short.
-pub fn f16_dots(a: &[f32], stride: usize, x: &[half::f16], tmp: &mut [f32], out: &mut [f32]) {
-    f16_dots_on(Backend::detect(), a, stride, x, tmp, out)
+impl RowElem for half::f16 {
+    fn as_f32<'a>(x: &'a [half::f16], tmp: &'a mut [f32]) -> &'a [f32] {
+        let row = &mut tmp[..x.len()];
+        half::slice::HalfFloatSliceExt::convert_to_f32_slice(x, row);
+        row
+    }
 }
 
-/// [`f16_dots`] with the kernels of `backend` (the scalar ones if this CPU lacks it).
-pub fn f16_dots_with(
+/// [`f32_dots`] / [`f16_dots`] on a backend this CPU has (checking that per call costs 1 %
+/// of attention).
+fn dots_on<X: RowElem>(
     backend: Backend,
     a: &[f32],
     stride: usize,
-    x: &[half::f16],
-    tmp: &mut [f32],
-    out: &mut [f32],
-) {
-    f16_dots_on(usable(backend), a, stride, x, tmp, out)
-}
-
-/// [`f16_dots`] on a backend this CPU has.
-fn f16_dots_on(
-    backend: Backend,
-    a: &[f32],
-    stride: usize,
-    x: &[half::f16],
+    x: &[X],
     tmp: &mut [f32],
     out: &mut [f32],
 ) {
@@ -576,7 +549,7 @@ fn f16_dots_on(
     }
     assert!(
         stride >= x.len() && a.len() >= (out.len() - 1) * stride + x.len(),
-        "f16_dots: {} rows of {} (stride {stride}) do not fit {} floats",
+        "dots: {} rows of {} (stride {stride}) do not fit {} floats",
         out.len(),
         x.len(),
         a.len()
@@ -593,11 +566,41 @@ fn f16_dots_on(
         #[cfg(target_arch = "x86_64")]
         b if b.has_avx2() => unsafe { x86::f32_dots(a, stride, x, out) },
         _ => {
-            let row = &mut tmp[..x.len()];
-            half::slice::HalfFloatSliceExt::convert_to_f32_slice(x, row);
-            f32_dots_on(backend, a, stride, row, out)
+            let x = X::as_f32(x, tmp);
+            match backend {
+                // SAFETY: NEON is in every aarch64 CPU; whole 8-float steps; the extent of
+                // `a` was asserted above.
+                #[cfg(target_arch = "aarch64")]
+                b if b.has_neon() && x.len().is_multiple_of(8) => unsafe {
+                    neon::f32_dots(a, stride, x, out)
+                },
+                _ => {
+                    for (j, o) in out.iter_mut().enumerate() {
+                        *o = scalar::f32_dot(&a[j * stride..j * stride + x.len()], x);
+                    }
+                }
+            }
         }
     }
+}
+
+/// [`f32_dots`] against a shared row stored in f16 (attention's f16 rings): on x86 the kernels
+/// widen it as they load it; elsewhere it is converted into `tmp` (at least `x.len()`
+/// floats) first. Panics if `a` or `tmp` is too short.
+pub fn f16_dots(a: &[f32], stride: usize, x: &[half::f16], tmp: &mut [f32], out: &mut [f32]) {
+    dots_on(Backend::detect(), a, stride, x, tmp, out)
+}
+
+/// [`f16_dots`] with the kernels of `backend` (the scalar ones if this CPU lacks it).
+pub fn f16_dots_with(
+    backend: Backend,
+    a: &[f32],
+    stride: usize,
+    x: &[half::f16],
+    tmp: &mut [f32],
+    out: &mut [f32],
+) {
+    dots_on(usable(backend), a, stride, x, tmp, out)
 }
 
 /// `y[j·w .. (j+1)·w] += Σ_i p[j·p_stride + i] · xs[i][..w]` for every row `j` of `y`
