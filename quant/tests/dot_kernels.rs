@@ -432,6 +432,41 @@ fn check_dots<X: Copy + Into<f64>>(
     }
 }
 
+/// `widen_f16` gives every one of the 65536 f16 values exactly (NaNs as NaNs: hardware
+/// conversion quiets signalling ones) on every backend, also at lengths and offsets that
+/// leave tails after the 4-, 8- and 16-value steps.
+#[test]
+fn widen_f16_is_exact() {
+    let all: Vec<half::f16> = (0..=u16::MAX).map(half::f16::from_bits).collect();
+    let same = |got: f32, h: half::f16| {
+        let want = rgemma_quant::f16_to_f32(h.to_bits());
+        if want.is_nan() {
+            got.is_nan()
+        } else {
+            got.to_bits() == want.to_bits()
+        }
+    };
+    for backend in Backend::all_available() {
+        let mut out = vec![f32::NAN; all.len() + 1];
+        dot::widen_f16_with(backend, &all, &mut out);
+        for (i, (&got, &h)) in out.iter().zip(&all).enumerate() {
+            assert!(same(got, h), "{backend:?} bits {i:#06x}: {got}");
+        }
+        for start in 0..3 {
+            for len in 0..40 {
+                let src = &all[0x3c00 + start..0x3c00 + start + len];
+                let mut out = vec![f32::NAN; len + 2];
+                dot::widen_f16_with(backend, src, &mut out);
+                assert!(
+                    out[..len].iter().zip(src).all(|(&g, &h)| same(g, h)),
+                    "{backend:?} start {start} len {len}"
+                );
+                assert!(out[len..].iter().all(|v| v.is_nan()), "wrote past the end");
+            }
+        }
+    }
+}
+
 /// `f32_axpy_many` equals the f64 sums `y[j] + Σ_i p[j][i]·x_i` on every backend, for row
 /// counts around the 2- and 8-row blocks, widths around the 4-, 8- and 16-float chunks and
 /// the 32- and 128-float column blocks (NEON, AVX-512), and several key counts.

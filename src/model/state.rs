@@ -89,7 +89,7 @@ impl KvElem for f16 {
     }
     fn load<'a>(row: &'a [f16], tmp: &'a mut [f32]) -> &'a [f32] {
         let tmp = &mut tmp[..row.len()];
-        row.convert_to_f32_slice(tmp);
+        rgemma_quant::dot::widen_f16(row, tmp);
         tmp
     }
     fn dots(qs: &[f32], hd: usize, row: &[f16], tmp: &mut [f32], out: &mut [f32]) {
@@ -130,7 +130,7 @@ impl Ring {
         match (self, src) {
             (Ring::F32(d), Ring::F32(s)) => d.copy_from_slice(s),
             (Ring::F16(d), Ring::F16(s)) => d.copy_from_slice(s),
-            (Ring::F32(d), Ring::F16(s)) => s.convert_to_f32_slice(d),
+            (Ring::F32(d), Ring::F16(s)) => rgemma_quant::dot::widen_f16(s, d),
             (Ring::F16(d), Ring::F32(s)) => d.convert_from_f32_slice(s),
         }
     }

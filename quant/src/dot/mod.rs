@@ -529,7 +529,7 @@ impl RowElem for f32 {
 impl RowElem for half::f16 {
     fn as_f32<'a>(x: &'a [half::f16], tmp: &'a mut [f32]) -> &'a [f32] {
         let row = &mut tmp[..x.len()];
-        half::slice::HalfFloatSliceExt::convert_to_f32_slice(x, row);
+        widen_f16(x, row);
         row
     }
 }
@@ -601,6 +601,38 @@ pub fn f16_dots_with(
     out: &mut [f32],
 ) {
     dots_on(usable(backend), a, stride, x, tmp, out)
+}
+
+/// `dst[i] = src[i]` as f32 (exact) for every `i < src.len()`, with the fastest kernel this
+/// CPU has (attention's f16 ring rows before the value kernel). Panics if `dst` is shorter.
+pub fn widen_f16(src: &[half::f16], dst: &mut [f32]) {
+    widen_f16_with(Backend::detect(), src, dst)
+}
+
+/// [`widen_f16`] with the kernels of `backend` (the scalar ones if this CPU lacks it).
+pub fn widen_f16_with(backend: Backend, src: &[half::f16], dst: &mut [f32]) {
+    assert!(
+        dst.len() >= src.len(),
+        "widen_f16: {} values into {}",
+        src.len(),
+        dst.len()
+    );
+    match usable(backend) {
+        // SAFETY: the CPU has AVX-512F (`usable`); `dst` is long enough (asserted).
+        #[cfg(target_arch = "x86_64")]
+        Backend::Avx512 => unsafe { x86::widen_f16_avx512(src, dst) },
+        // SAFETY: the CPU has AVX2/F16C (`usable`); `dst` is long enough (asserted).
+        #[cfg(target_arch = "x86_64")]
+        b if b.has_avx2() => unsafe { x86::widen_f16(src, dst) },
+        // SAFETY: NEON is in every aarch64 CPU; `dst` is long enough (asserted).
+        #[cfg(target_arch = "aarch64")]
+        b if b.has_neon() => unsafe { neon::widen_f16(src, dst) },
+        _ => {
+            for (d, s) in dst.iter_mut().zip(src) {
+                *d = crate::f16_to_f32(s.to_bits());
+            }
+        }
+    }
 }
 
 /// `y[j·w .. (j+1)·w] += Σ_i p[j·p_stride + i] · xs[i][..w]` for every row `j` of `y`

@@ -138,6 +138,24 @@ unsafe fn f16x4_to_f32(p: *const u8) -> float32x4_t {
     }
 }
 
+/// `dst[i] = src[i]` widened from f16 (exact), 4 values per step.
+///
+/// # Safety
+/// `dst.len() >= src.len()` (NEON is in every aarch64 CPU).
+pub(super) unsafe fn widen_f16(src: &[half::f16], dst: &mut [f32]) {
+    let n = src.len();
+    let (s, d) = (src.as_ptr() as *const u8, dst.as_mut_ptr());
+    let mut i = 0;
+    while i + 4 <= n {
+        // SAFETY: values i..i + 4 lie inside both slices (`dst` is at least as long).
+        unsafe { vst1q_f32(d.add(i), f16x4_to_f32(s.add(2 * i))) };
+        i += 4;
+    }
+    for j in i..n {
+        dst[j] = crate::f16_to_f32(src[j].to_bits());
+    }
+}
+
 #[inline]
 unsafe fn f32x4(p: *const u8) -> float32x4_t {
     // SAFETY: 16 readable bytes.

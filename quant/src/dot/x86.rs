@@ -1057,6 +1057,43 @@ pub(super) unsafe fn f32_axpy(y: &mut [f32], alpha: f32, x: &[f32]) {
     }
 }
 
+/// `dst[i] = src[i]` widened from f16 (exact), 8 values per `vcvtph2ps`.
+///
+/// # Safety
+/// The CPU has AVX2/F16C; `dst.len() >= src.len()`.
+#[target_feature(enable = "avx2,f16c")]
+pub(super) unsafe fn widen_f16(src: &[half::f16], dst: &mut [f32]) {
+    let n = src.len();
+    let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
+    let mut i = 0;
+    while i + 8 <= n {
+        // SAFETY: values i..i + 8 lie inside both slices (`dst` is at least as long).
+        unsafe { _mm256_storeu_ps(d.add(i), <half::f16 as KeyElem>::load8(s.add(i))) };
+        i += 8;
+    }
+    for j in i..n {
+        dst[j] = src[j].to_f32();
+    }
+}
+
+/// [`widen_f16`], 16 values per `vcvtph2ps`.
+///
+/// # Safety
+/// The CPU has AVX-512F (and so AVX2/F16C); `dst.len() >= src.len()`.
+#[target_feature(enable = "avx512f,avx2,f16c")]
+pub(super) unsafe fn widen_f16_avx512(src: &[half::f16], dst: &mut [f32]) {
+    let n = src.len();
+    let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
+    let mut i = 0;
+    while i + 16 <= n {
+        // SAFETY: values i..i + 16 lie inside both slices (`dst` is at least as long).
+        unsafe { _mm512_storeu_ps(d.add(i), <half::f16 as KeyElem>::load16(s.add(i))) };
+        i += 16;
+    }
+    // SAFETY: forwarded; the CPU has AVX2/F16C.
+    unsafe { widen_f16(&src[i..], &mut dst[i..]) }
+}
+
 /// The element type of the shared row of the score kernels: f32, or f16 (attention's f16
 /// rings) widened inside the kernel with `vcvtph2ps`, so that no converted copy of the row
 /// is written and read back.
