@@ -509,8 +509,9 @@ pub fn f32_dots_with(backend: Backend, a: &[f32], stride: usize, x: &[f32], out:
 /// The element type of the shared row of [`f32_dots`] / [`f16_dots`]. The x86 kernels
 /// widen it as they load it (`x86::KeyElem`); the others take it as f32.
 trait RowElem: Copy + RowElemArch {
-    /// The row as f32: itself, or converted into `tmp` (at least `x.len()` floats).
-    fn as_f32<'a>(x: &'a [Self], tmp: &'a mut [f32]) -> &'a [f32];
+    /// The row as f32: itself, or converted into `tmp` (at least `x.len()` floats) with the
+    /// kernels of `backend`.
+    fn as_f32<'a>(backend: Backend, x: &'a [Self], tmp: &'a mut [f32]) -> &'a [f32];
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -521,15 +522,15 @@ trait RowElemArch {}
 impl<T> RowElemArch for T {}
 
 impl RowElem for f32 {
-    fn as_f32<'a>(x: &'a [f32], _tmp: &'a mut [f32]) -> &'a [f32] {
+    fn as_f32<'a>(_: Backend, x: &'a [f32], _tmp: &'a mut [f32]) -> &'a [f32] {
         x
     }
 }
 
 impl RowElem for half::f16 {
-    fn as_f32<'a>(x: &'a [half::f16], tmp: &'a mut [f32]) -> &'a [f32] {
+    fn as_f32<'a>(backend: Backend, x: &'a [half::f16], tmp: &'a mut [f32]) -> &'a [f32] {
         let row = &mut tmp[..x.len()];
-        widen_f16(x, row);
+        widen_f16_with(backend, x, row);
         row
     }
 }
@@ -566,7 +567,7 @@ fn dots_on<X: RowElem>(
         #[cfg(target_arch = "x86_64")]
         b if b.has_avx2() => unsafe { x86::f32_dots(a, stride, x, out) },
         _ => {
-            let x = X::as_f32(x, tmp);
+            let x = X::as_f32(backend, x, tmp);
             match backend {
                 // SAFETY: NEON is in every aarch64 CPU; whole 8-float steps; the extent of
                 // `a` was asserted above.

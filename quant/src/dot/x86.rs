@@ -1072,7 +1072,7 @@ pub(super) unsafe fn widen_f16(src: &[half::f16], dst: &mut [f32]) {
         i += 8;
     }
     for j in i..n {
-        dst[j] = src[j].to_f32();
+        dst[j] = crate::f16_to_f32(src[j].to_bits());
     }
 }
 
