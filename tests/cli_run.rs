@@ -255,6 +255,29 @@ fn errors_are_one_line_and_non_zero() {
         "penalty",
     );
     assert_one_line_error(&["-m", model, "--prompt-ids", "2", "-n", "-5"], "n-predict");
+    assert_one_line_error(
+        &["-m", model, "--prompt-ids", "2", "-ctk", "q8", "-ctv", "q8"],
+        "--cache-type-k 'q8': expected f32 or f16",
+    );
+    assert_one_line_error(
+        &["-m", model, "--prompt-ids", "2", "-ctk", "f16"],
+        "must be the same",
+    );
+    assert_one_line_error(
+        &[
+            "-m",
+            model,
+            "--prompt-ids",
+            "2",
+            "-ctk",
+            "f16",
+            "-ctv",
+            "f16",
+            "-ngl",
+            "99",
+        ],
+        "runs on the CPU only",
+    );
     // Text needs a tokenizer, which the converted tiny model does not carry.
     assert_one_line_error(&["-m", model, "-p", "hello"], "tokenizer");
     assert_one_line_error(

@@ -194,6 +194,64 @@ fn sampled_continuation_i_is_the_single_run_with_seed_plus_i() {
     );
 }
 
+/// `-ctk f16 -ctv f16`: the printed state per sequence shrinks (the rings are most of it), and
+/// continuation i of `-np 3` is still exactly the single run with the same rings and seed:
+/// forking and batching do not depend on the ring type.
+#[test]
+fn f16_rings_shrink_the_state_and_keep_continuations_exact() {
+    let f16 = ["-ctk", "f16", "-ctv", "f16"];
+    let common = ["-p", PROMPT, "-n", "24", "--temp", "0.9"];
+    let par = run_ok(
+        "f16-np3",
+        &[&common[..], &f16, &["-np", "3", "--seed", "21"]].concat(),
+    );
+    let (_, printed) = parse_parallel(&par.stdout, 3);
+    for (i, seed) in (21u64..24).enumerate() {
+        let single = run_ok(
+            &format!("f16-seed{seed}"),
+            &[
+                &common[..],
+                &f16,
+                &["--seed", &seed.to_string(), "--no-display-prompt"],
+            ]
+            .concat(),
+        );
+        assert_same_as_single(&par, &printed, i, &single, "f16 rings");
+        if i == 0 {
+            let f32 = run_ok(
+                "f32-seed21",
+                &[&common[..], &["--seed", "21", "--no-display-prompt"]].concat(),
+            );
+            let (half, full) = (state_mib(&single.stderr), state_mib(&f32.stderr));
+            assert!(
+                half > 0.0 && half < 0.6 * full,
+                "state with f16 rings {half} MiB, with f32 {full} MiB"
+            );
+            // The parallel run's slots have f16 rings too (its line is the sum of 3).
+            let per_seq = state_mib(&par.stderr) / 3.0;
+            assert!(
+                (per_seq - half).abs() < 0.01,
+                "-np 3 state {per_seq} MiB per sequence, single run {half} MiB"
+            );
+        }
+    }
+}
+
+/// The MiB of rg-run's `state memory = X MiB` timing line.
+fn state_mib(stderr: &str) -> f64 {
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("state memory"))
+        .unwrap_or_else(|| panic!("no state memory line in:\n{stderr}"));
+    let value = line
+        .split('=')
+        .nth(1)
+        .and_then(|v| v.split_whitespace().next());
+    value
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("unreadable state memory line {line:?}"))
+}
+
 #[test]
 fn a_stop_string_ends_one_sequence_while_the_others_continue() {
     // The fortunes are separated by "%" lines, so "%" ends some continuations early.

@@ -31,7 +31,7 @@ use rgemma::generate::{
     feed_prompt, generate, generate_after_prompt, GenerateOptions, GenerateSink, Generation, Next,
     StopReason, TokenLoop,
 };
-use rgemma::model::{BatchContext, BatchRow, Context, ContextParams, LoadOptions, Model};
+use rgemma::model::{BatchContext, BatchRow, Context, ContextParams, KvType, LoadOptions, Model};
 use rgemma::prompt_cache::SavedPrompt;
 use rgemma::sampling::{Sampler, SamplerParams};
 use rgemma::tokenizer::{Tokenizer, TokenizerSource};
@@ -52,7 +52,8 @@ const MAX_PARALLEL: i64 = 256;
     version,
     about = "Generate text with a RecurrentGemma GGUF model",
     after_help = "As in llama.cpp, -cnv means --conversation, -sp means --special, -np means \
-                  --parallel and -sys means --system-prompt.\n\n\
+                  --parallel, -sys means --system-prompt, -ctk --cache-type-k and -ctv \
+                  --cache-type-v.\n\n\
                   In a conversation, a line /save FILE writes the conversation's state (a few \
                   tens of MB whatever its length) and /load FILE resumes one saved by this \
                   model.\n\n\
@@ -211,6 +212,15 @@ struct Args {
     #[arg(long = "ids-out", value_name = "FILE.json")]
     ids_out: Option<PathBuf>,
 
+    /// Element type of the attention K/V rings: f32 (exact, the default) or f16 (half the
+    /// state per sequence, logits within a few 1e-3); must equal --cache-type-v.
+    #[arg(long = "cache-type-k", value_name = "TYPE", default_value = "f32")]
+    cache_type_k: String,
+
+    /// Element type of the attention K/V rings (must equal --cache-type-k).
+    #[arg(long = "cache-type-v", value_name = "TYPE", default_value = "f32")]
+    cache_type_v: String,
+
     /// Layers to run on the GPU (llama.cpp's -ngl): any value > 0 runs the whole model with
     /// CUDA (there is no partial offload); falls back to the CPU with a message when no GPU
     /// (or no `cuda` feature in this build) is there.
@@ -256,6 +266,8 @@ fn main() -> ExitCode {
         Some("-ngl") => "--n-gpu-layers".into(),
         Some("-np") => "--parallel".into(),
         Some("-sys") => "--system-prompt".into(),
+        Some("-ctk") => "--cache-type-k".into(),
+        Some("-ctv") => "--cache-type-v".into(),
         _ => a,
     });
     let args = Args::parse_from(argv);
@@ -334,6 +346,7 @@ fn run(args: &Args) -> CliResult<()> {
         }
     }
     let n_parallel = parallel_count(args)?;
+    let kv_type = KvType::from_flags(&args.cache_type_k, &args.cache_type_v)?;
     let prompt_ids_arg = args.prompt_ids.as_deref().map(parse_ids).transpose()?;
     let prompt_text = match (&args.prompt, &args.file) {
         (Some(p), _) => Some(p.clone()),
@@ -374,6 +387,13 @@ fn run(args: &Args) -> CliResult<()> {
              -ngl / --device cuda",
         );
     }
+    if want_gpu && kv_type != KvType::F32 {
+        return fail(format!(
+            "--cache-type-k {} runs on the CPU only (the GPU backend keeps f32 rings); drop \
+             -ngl / --device cuda",
+            kv_type.name()
+        ));
+    }
     if want_gpu && n_parallel > 1 {
         return fail(
             "--parallel > 1 runs on the CPU only (the GPU backend decodes one sequence); \
@@ -396,6 +416,7 @@ fn run(args: &Args) -> CliResult<()> {
         let setup = ParallelSetup {
             n_seq: n_parallel,
             n_threads,
+            kv_type,
             t_load,
             max_tokens,
             sampler_params,
@@ -409,6 +430,7 @@ fn run(args: &Args) -> CliResult<()> {
         ContextParams {
             batch_size: args.batch_size as usize,
             n_threads,
+            kv_type,
             ..Default::default()
         },
     )?;
@@ -824,6 +846,7 @@ fn run_chat_command(
 struct ParallelSetup {
     n_seq: usize,
     n_threads: usize,
+    kv_type: KvType,
     t_load: Instant,
     max_tokens: Option<usize>,
     sampler_params: SamplerParams,
@@ -849,7 +872,7 @@ fn run_parallel(args: &Args, model: Arc<Model>, setup: ParallelSetup) -> CliResu
             batch_size: prompt_batch.max(n_seq),
             n_threads: setup.n_threads,
             n_seq_max: n_seq,
-            ..Default::default()
+            kv_type: setup.kv_type,
         },
     )?;
     let load_time = setup.t_load.elapsed();

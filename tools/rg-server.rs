@@ -170,16 +170,8 @@ fn config(args: &Args) -> Result<ServerConfig, String> {
     if args.batch_size == 0 {
         return Err("--batch-size must be at least 1".into());
     }
-    let k = KvType::parse(&args.cache_type_k).map_err(|e| format!("--cache-type-k: {e}"))?;
-    let v = KvType::parse(&args.cache_type_v).map_err(|e| format!("--cache-type-v: {e}"))?;
-    if k != v {
-        return Err(format!(
-            "--cache-type-k ({}) and --cache-type-v ({}) must be the same: the K and V rings \
-             share one element type",
-            k.name(),
-            v.name()
-        ));
-    }
+    let kv_type =
+        KvType::from_flags(&args.cache_type_k, &args.cache_type_v).map_err(|e| e.to_string())?;
     if args
         .api_key
         .as_deref()
@@ -206,7 +198,7 @@ fn config(args: &Args) -> Result<ServerConfig, String> {
             interval: args.burst_interval,
         }
     };
-    config.kv_type = k;
+    config.kv_type = kv_type;
     config.api_key = args.api_key.clone();
     config.metrics_no_auth = args.metrics_no_auth;
     config.timeout = (args.timeout > 0).then(|| Duration::from_secs(args.timeout));

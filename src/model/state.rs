@@ -45,6 +45,25 @@ impl KvType {
         }
     }
 
+    /// The ring type from llama.cpp's pair of flags `--cache-type-k K --cache-type-v V`:
+    /// both must name the same type, since the K and V rings share one element type.
+    pub fn from_flags(k: &str, v: &str) -> Result<KvType> {
+        let flag = |name: &str, s: &str| {
+            KvType::parse(s)
+                .map_err(|_| Error::InvalidArgument(format!("--{name} '{s}': expected f32 or f16")))
+        };
+        let (k, v) = (flag("cache-type-k", k)?, flag("cache-type-v", v)?);
+        if k != v {
+            return Err(Error::InvalidArgument(format!(
+                "--cache-type-k ({}) and --cache-type-v ({}) must be the same: the K and V \
+                 rings share one element type",
+                k.name(),
+                v.name()
+            )));
+        }
+        Ok(k)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             KvType::F32 => "f32",
