@@ -27,7 +27,7 @@
 mod act;
 pub mod membw;
 #[cfg(target_arch = "aarch64")]
-mod neon;
+pub(crate) mod neon;
 mod scalar;
 #[cfg(target_arch = "x86_64")]
 mod x86;

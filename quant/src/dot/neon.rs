@@ -120,8 +120,8 @@ unsafe fn to_signed(u: [uint8x16_t; 2], offset: i8) -> Codes {
 
 /// 4 f16 values (bits) to f32, exactly (`fcvtl`: half-precision conversion is in the aarch64
 /// baseline; the Rust intrinsic needs the unstable f16 vector types, hence `asm!`).
-#[inline]
-unsafe fn f16x4_to_f32(p: *const u8) -> float32x4_t {
+#[inline(always)]
+pub(crate) unsafe fn f16x4_to_f32(p: *const u8) -> float32x4_t {
     // SAFETY: 8 readable bytes; the conversion is register-only.
     unsafe {
         let h = vld1_u16(p as *const u16);
@@ -134,6 +134,15 @@ unsafe fn f16x4_to_f32(p: *const u8) -> float32x4_t {
         );
         f
     }
+}
+
+/// The 8 f16 values at `p` as two f32x4 (the packed kernels' per-row scales).
+///
+/// Safety: 16 readable bytes at `p`.
+#[inline(always)]
+pub(crate) unsafe fn f16x8_to_f32(p: *const u8) -> [float32x4_t; 2] {
+    // SAFETY: forwarded (8 bytes each).
+    unsafe { [f16x4_to_f32(p), f16x4_to_f32(p.add(8))] }
 }
 
 /// `dst[i] = src[i]` widened from f16 (exact), 4 values per step.

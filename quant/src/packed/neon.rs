@@ -1,8 +1,8 @@
 //! aarch64 instructions the packed kernels need whose Rust intrinsics are not stable yet
-//! (`vdotq_laneq_s32` is behind `stdarch_neon_dotprod`, the f16 vector types behind
-//! `f16`): one-instruction `asm!` blocks. Each is `pure, nomem, nostack`: it reads only
-//! its register operands and writes only its output, so the compiler may schedule it like
-//! an intrinsic.
+//! (`vdotq_laneq_s32` is behind `stdarch_neon_dotprod`): a one-instruction `asm!` block
+//! (the f16 conversion is `dot::neon`'s). It is `pure, nomem, nostack`: it reads only its
+//! register operands and writes only its output, so the compiler may schedule it like an
+//! intrinsic.
 #![cfg(target_arch = "aarch64")]
 
 use std::arch::aarch64::*;
@@ -34,27 +34,8 @@ pub(super) unsafe fn sdot_lane<const LANE: i32>(
     acc
 }
 
-/// The 8 f16 values at `p` as two f32x4 (`fcvtl`, `fcvtl2`).
-///
-/// Safety: 16 readable bytes at `p`.
-#[inline(always)]
-pub(super) unsafe fn f16x8_to_f32(p: *const u8) -> [float32x4_t; 2] {
-    // SAFETY: the caller guarantees 16 bytes; the conversions are register-only
-    // (fp16 conversions are part of the aarch64 baseline).
-    unsafe {
-        let h = vld1q_u16(p as *const u16);
-        let (lo, hi): (float32x4_t, float32x4_t);
-        asm!(
-            "fcvtl {lo:v}.4s, {h:v}.4h",
-            "fcvtl2 {hi:v}.4s, {h:v}.8h",
-            h = in(vreg) h,
-            lo = out(vreg) lo,
-            hi = out(vreg) hi,
-            options(pure, nomem, nostack, preserves_flags)
-        );
-        [lo, hi]
-    }
-}
+/// f16 scales to f32 (`fcvtl`), shared with the dot kernels.
+pub(super) use crate::dot::neon::f16x8_to_f32;
 
 /// The f32 accumulators of `C` columns (8 rows each, as two f32x4): zero, or the partial
 /// sums already in `out` when `ADD` (a later pass over the reduction, see
