@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Instructions per 32 weights in the hot loop of the packed Q4_0 / Q8_0 kernels, read off
-the compiled code (objdump), for comparing the aarch64 and x86 paths.
+the compiled code (objdump), for comparing the aarch64 and x86 paths (and, on aarch64, the
+`sdot` kernels with the i8mm `usmmla` ones).
 
     scripts/kernel-insns.py BINARY [--objdump OBJDUMP]
 
@@ -63,6 +64,21 @@ def hot_loop(body, dot):
     return best
 
 
+def loop_body(body, dot):
+    """The instructions of the loop `hot_loop` picks."""
+    best = None
+    for i, (addr, mnem, ops) in enumerate(body):
+        if not (mnem.startswith("b") or mnem.startswith("j")):
+            continue
+        m = re.search(r"\b([0-9a-f]{4,})\b", ops)
+        if not m or int(m.group(1), 16) >= addr:
+            continue
+        loop = [b for b in body if int(m.group(1), 16) <= b[0] <= addr]
+        if any(b[1] == dot for b in loop) and (best is None or len(loop) < len(best)):
+            best = loop
+    return best
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("binary")
@@ -77,6 +93,17 @@ def main():
                     n, dots = loop
                     cols = max(1, dots // per_col)
                     rows[path].append((cols, n))
+        # The i8mm kernel (`packed::mmla::kernel`, generic over the type, so the symbol does
+        # not name it): one pass handles half a block (4 rows x 32 values) for each column
+        # pair with 8 `usmmla`; the Q4_0 instance splits nibbles (`ushr`), the Q8_0 one not.
+        if re.search(r"packed::mmla::kernel$", name.split("<")[0].strip()) or name.endswith("mmla::kernel"):
+            loop = hot_loop(body, "usmmla")
+            if loop:
+                n, dots = loop
+                lines = loop_body(body, "usmmla")
+                ty = "q4_0" if any(b[1] == "ushr" for b in lines) else "q8_0"
+                # Per block of 8 rows: two passes of half a block.
+                rows[f"{ty}::mmla"].append((dots // 4, 2 * n))
     print("| kernel | columns | hot-loop instructions per block (8 rows x 32) | per 32 weights and column |")
     print("| --- | ---: | ---: | ---: |")
     for path in sorted(rows):

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The kernel tests (rgemma-quant) and the engine's in-process fixture tests, cross-compiled
 # for aarch64 and run under qemu-user twice: `-cpu max` (NEON with the dot product and i8mm:
-# the packed `sdot` kernels) and `-cpu cortex-a72` (plain NEON: the fallback). Tests that
+# the packed `sdot` and `usmmla` kernels) and `-cpu cortex-a72` (plain NEON: the fallback). Tests that
 # start the CLI programs are left out: qemu-user does not follow exec.
 #
 # Needs the Rust target's standard library (`rustup target add aarch64-unknown-linux-gnu`)
@@ -28,7 +28,8 @@ for cpu in max cortex-a72; do
     gemm_matches_the_unpacked_kernels -- --nocapture 2>&1 | grep "backends under test")
   echo "aarch64 -cpu $cpu: $backends"
   case "$cpu:$backends" in
-    max:*NeonDot*) ;;
+    max:*NeonDot*NeonI8mm*) ;;
+    cortex-a72:*NeonI8mm*) echo "error: NeonI8mm selected on a core without i8mm" >&2; exit 1 ;;
     cortex-a72:*NeonDot*) echo "error: NeonDot selected on a core without the dot product" >&2; exit 1 ;;
     cortex-a72:*Neon*) ;;
     *) echo "error: unexpected backends for -cpu $cpu" >&2; exit 1 ;;

@@ -468,7 +468,11 @@ fn main() -> ExitCode {
         eprintln!("error: -r, -t and -b must be at least 1");
         return ExitCode::from(2);
     }
-    eprintln!("rg-bench: kernels {}", Backend::detect().name());
+    eprintln!(
+        "rg-bench: kernels {} (CPU extensions: {})",
+        Backend::detect().name(),
+        dot::cpu_extensions().join(" ")
+    );
     if let Ok(s) = std::fs::read_to_string("/proc/loadavg") {
         eprintln!("rg-bench: load average at start: {}", s.trim());
     }

@@ -548,3 +548,35 @@ fn kquant_decode_speed() {
         );
     }
 }
+
+/// The extensions `rg-bench` reports agree with the backend the detection picked: each
+/// backend's instructions are listed, and a CPU listing i8mm with the dot product gets the
+/// i8mm backend (under qemu: `-cpu max` has both, `-cpu cortex-a72` neither).
+#[test]
+fn reported_extensions_match_the_detected_backend() {
+    let ext = rgemma_quant::dot::cpu_extensions();
+    let best = Backend::best_available();
+    let needs: &[&str] = match best {
+        Backend::Scalar => &[],
+        Backend::Avx2 => &["avx2", "fma", "f16c"],
+        Backend::AvxVnni => &["avx2", "fma", "f16c", "avxvnni"],
+        Backend::Avx512 => &["avx2", "avx512f", "avx512bw", "avx512vl", "avx512vnni"],
+        Backend::Neon => &["neon"],
+        Backend::NeonDot => &["neon", "dotprod"],
+        Backend::NeonI8mm => &["neon", "dotprod", "i8mm"],
+    };
+    for f in needs {
+        assert!(ext.contains(f), "{best:?} without {f} in {ext:?}");
+    }
+    if ext.contains(&"dotprod") {
+        assert!(best.has_dotprod(), "dotprod listed, backend {best:?}");
+        assert_eq!(
+            ext.contains(&"i8mm"),
+            best == Backend::NeonI8mm,
+            "{ext:?} {best:?}"
+        );
+    }
+    if ext.contains(&"avx512vnni") && ext.contains(&"avx512bw") && ext.contains(&"avx512vl") {
+        assert_eq!(best, Backend::Avx512);
+    }
+}

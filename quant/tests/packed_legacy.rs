@@ -188,7 +188,7 @@ fn gemm_matches_the_unpacked_kernels() {
     for ty in TYPES {
         for n in [32, 96, 192, 2560, 7680] {
             for ngroups in [1, 3] {
-                for ncols in [1, 2, 3, 4, 5, 7, 9, 17] {
+                for ncols in [1, 2, 3, 4, 5, 7, 9, 11, 17] {
                     check_gemm(&mut rng, ty, n, ngroups, ncols, false);
                 }
             }

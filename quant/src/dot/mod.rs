@@ -16,13 +16,13 @@
 //!
 //! [`Backend`] is the instruction set the kernels use. [`Backend::detect`] checks the CPU
 //! once at run time (AVX2+FMA+F16C, then AVX-512 VNNI, on x86-64; NEON, then the dot-product
-//! extension, on aarch64) and caches the answer, so one binary runs on any CPU of its
+//! extension, then the int8 matrix multiply, on aarch64) and caches the answer, so one binary runs on any CPU of its
 //! architecture; [`Backend::Scalar`] is the portable fallback and the reference the SIMD
 //! kernels are tested against. Setting the environment variable `RGEMMA_SIMD=0` before the
 //! first call forces the scalar kernels, `RGEMMA_SIMD=avx2` the AVX2 ones on a CPU with
 //! AVX-512 or AVX-VNNI, `RGEMMA_SIMD=avxvnni` the AVX-VNNI ones on a CPU with AVX-512 and
 //! AVX-VNNI (what a laptop runs), `RGEMMA_SIMD=neon` plain NEON on a CPU with the dot product (to measure what an
-//! older machine runs).
+//! older machine runs), `RGEMMA_SIMD=neondot` the dot-product kernels on a CPU with i8mm.
 
 mod act;
 pub mod membw;
@@ -61,6 +61,11 @@ pub enum Backend {
     /// M-series and Neoverse core): the packed kernels advance 4 rows by 4 values per
     /// instruction; the rest is the NEON code.
     NeonDot,
+    /// [`Backend::NeonDot`] plus the int8 matrix multiply (`usmmla`; Armv8.6 i8mm: Apple M2
+    /// and later, Neoverse V1/N2/V2, Cortex-A510/A710 and later): packed Q4_0 and Q8_0
+    /// calls of two or more columns (prompts, batched decoding) multiply 2 rows × 2 tokens
+    /// × 8 values per instruction; everything else is the NeonDot code.
+    NeonI8mm,
 }
 
 impl Backend {
@@ -76,7 +81,8 @@ impl Backend {
                 Ok("0") => Backend::Scalar,
                 Ok("avx2") if best == Backend::Avx512 || best == Backend::AvxVnni => Backend::Avx2,
                 Ok("avxvnni") if best == Backend::Avx512 && has_avx_vnni() => Backend::AvxVnni,
-                Ok("neon") if best == Backend::NeonDot => Backend::Neon,
+                Ok("neon") if best.has_dotprod() => Backend::Neon,
+                Ok("neondot") if best == Backend::NeonI8mm => Backend::NeonDot,
                 _ => best,
             }
         })
@@ -107,6 +113,9 @@ impl Backend {
         {
             if std::arch::is_aarch64_feature_detected!("neon") {
                 if std::arch::is_aarch64_feature_detected!("dotprod") {
+                    if std::arch::is_aarch64_feature_detected!("i8mm") {
+                        return Backend::NeonI8mm;
+                    }
                     return Backend::NeonDot;
                 }
                 return Backend::Neon;
@@ -126,6 +135,7 @@ impl Backend {
             Backend::Avx512 => v.extend([Backend::Avx2, Backend::Avx512]),
             Backend::AvxVnni => v.extend([Backend::Avx2, Backend::AvxVnni]),
             Backend::NeonDot => v.extend([Backend::Neon, Backend::NeonDot]),
+            Backend::NeonI8mm => v.extend([Backend::Neon, Backend::NeonDot, Backend::NeonI8mm]),
             best => v.push(best),
         }
         v
@@ -138,7 +148,12 @@ impl Backend {
 
     /// Whether this backend runs the NEON kernels (aarch64).
     pub fn has_neon(self) -> bool {
-        matches!(self, Backend::Neon | Backend::NeonDot)
+        matches!(self, Backend::Neon | Backend::NeonDot | Backend::NeonI8mm)
+    }
+
+    /// Whether this backend runs the dot-product (`sdot`) kernels (aarch64).
+    pub fn has_dotprod(self) -> bool {
+        matches!(self, Backend::NeonDot | Backend::NeonI8mm)
     }
 
     /// A short name for logs and benchmark tables.
@@ -150,6 +165,7 @@ impl Backend {
             Backend::Avx512 => "avx512",
             Backend::Neon => "neon",
             Backend::NeonDot => "neon-dotprod",
+            Backend::NeonI8mm => "neon-i8mm",
         }
     }
 
@@ -161,9 +177,52 @@ impl Backend {
             Backend::Avx2 => best.has_avx2(),
             Backend::AvxVnni => best.has_avx2() && has_avx_vnni(),
             Backend::Neon => best.has_neon(),
-            Backend::Avx512 | Backend::NeonDot => best == self,
+            Backend::NeonDot => best.has_dotprod(),
+            Backend::Avx512 | Backend::NeonI8mm => best == self,
         }
     }
+}
+
+/// The instruction-set extensions this CPU reports that the kernels know of, for logs and
+/// benchmark headers (`rg-bench` prints them beside the backend). On aarch64 `fp16` and
+/// `bf16` are listed but no kernel uses them: half-precision arithmetic would round
+/// differently from the f32 reference, and F16 / BF16 weights are widened exactly with
+/// base-NEON instructions instead.
+pub fn cpu_extensions() -> Vec<&'static str> {
+    #[allow(unused_mut)]
+    let mut found = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        macro_rules! check {
+            ($($f:tt),*) => {$(
+                if is_x86_feature_detected!($f) {
+                    found.push($f);
+                }
+            )*};
+        }
+        check!(
+            "avx2",
+            "fma",
+            "f16c",
+            "avx512f",
+            "avx512bw",
+            "avx512vl",
+            "avx512vnni",
+            "avxvnni"
+        );
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        macro_rules! check {
+            ($($f:tt),*) => {$(
+                if std::arch::is_aarch64_feature_detected!($f) {
+                    found.push($f);
+                }
+            )*};
+        }
+        check!("neon", "dotprod", "i8mm", "fp16", "bf16");
+    }
+    found
 }
 
 /// Whether the CPU's vendor is Intel (`GenuineIntel`): some kernel choices were measured to
@@ -417,7 +476,7 @@ fn tile_fn(backend: Backend, ty: GgmlType) -> Option<TileFn> {
         #[cfg(target_arch = "x86_64")]
         Backend::Avx2 | Backend::AvxVnni => x86::tile_fn(ty),
         #[cfg(target_arch = "aarch64")]
-        Backend::Neon | Backend::NeonDot => neon::tile_fn(ty),
+        Backend::Neon | Backend::NeonDot | Backend::NeonI8mm => neon::tile_fn(ty),
         #[allow(unreachable_patterns)]
         _ => scalar::tile_fn(ty),
     }

@@ -189,8 +189,100 @@ pub(super) unsafe fn drive(
     }
 }
 
-/// Expands a const-generic kernel `$k::<C>(n, w, act, act_stride, out, out_stride)` into a
-/// [`TileFn`] that picks `C` (one of the listed widths) from `ncols`.
+/// Where an aarch64 `sdot` kernel reads column `c`'s block `b`: rows in the format above
+/// ([`Rows`]), or the column pairs of the i8mm kernels (`mmla::Pairs`), so that the last
+/// 1-3 columns of an i8mm call run the `sdot` kernel on the pairs already built.
+#[cfg(target_arch = "aarch64")]
+pub(super) trait ActBlocks {
+    /// The 32 codes: values `0..16` and `16..32`.
+    ///
+    /// # Safety
+    /// Column `c`, block `b` lies inside the activations at `act` (`act_stride` apart).
+    unsafe fn codes(
+        act: *const u8,
+        act_stride: usize,
+        c: usize,
+        b: usize,
+    ) -> [std::arch::aarch64::int8x16_t; 2];
+    /// The f32 scale `d`, in every lane.
+    ///
+    /// # Safety
+    /// As [`Self::codes`].
+    unsafe fn scale(
+        act: *const u8,
+        act_stride: usize,
+        c: usize,
+        b: usize,
+    ) -> std::arch::aarch64::float32x4_t;
+    /// The offset correction at `field` ([`M8_OFF`] or [`M128_OFF`]), in every lane.
+    ///
+    /// # Safety
+    /// As [`Self::codes`].
+    unsafe fn correction(
+        act: *const u8,
+        act_stride: usize,
+        c: usize,
+        b: usize,
+        field: usize,
+    ) -> std::arch::aarch64::int32x4_t;
+}
+
+/// Activation rows in this module's format.
+#[cfg(target_arch = "aarch64")]
+pub(super) struct Rows;
+
+#[cfg(target_arch = "aarch64")]
+impl ActBlocks for Rows {
+    #[inline(always)]
+    unsafe fn codes(
+        act: *const u8,
+        act_stride: usize,
+        c: usize,
+        b: usize,
+    ) -> [std::arch::aarch64::int8x16_t; 2] {
+        use std::arch::aarch64::vld1q_s8;
+        // SAFETY: the block's 32 codes (caller).
+        unsafe {
+            let p = act.add(c * act_stride + b * BLOCK_BYTES) as *const i8;
+            [vld1q_s8(p), vld1q_s8(p.add(16))]
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn scale(
+        act: *const u8,
+        act_stride: usize,
+        c: usize,
+        b: usize,
+    ) -> std::arch::aarch64::float32x4_t {
+        // SAFETY: the block's scale (caller).
+        unsafe {
+            std::arch::aarch64::vld1q_dup_f32(
+                act.add(c * act_stride + b * BLOCK_BYTES + D_OFF) as *const f32
+            )
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn correction(
+        act: *const u8,
+        act_stride: usize,
+        c: usize,
+        b: usize,
+        field: usize,
+    ) -> std::arch::aarch64::int32x4_t {
+        // SAFETY: the block's field (caller).
+        unsafe {
+            std::arch::aarch64::vld1q_dup_s32(
+                act.add(c * act_stride + b * BLOCK_BYTES + field) as *const i32
+            )
+        }
+    }
+}
+
+/// Expands a const-generic kernel `$k::<C>(n, w, act, act_stride, out, out_stride)` (or
+/// `$k::<A, C>` for `$k::<A>`) into a [`TileFn`] that picks `C` (one of the listed widths)
+/// from `ncols`.
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 macro_rules! tile_fn {
     ($vis:vis $name:ident, $k:ident, $($c:literal)+) => {
@@ -207,6 +299,25 @@ macro_rules! tile_fn {
             unsafe {
                 match ncols {
                     $($c => $k::<$c>(n, w, act, act_stride, out, out_stride),)+
+                    _ => unreachable!("tile width checked by drive"),
+                }
+            }
+        }
+    };
+    ($vis:vis $name:ident, $k:ident::<$a:ty>, $($c:literal)+) => {
+        $vis unsafe fn $name(
+            n: usize,
+            w: *const u8,
+            act: *const u8,
+            act_stride: usize,
+            ncols: usize,
+            out: *mut f32,
+            out_stride: usize,
+        ) {
+            // SAFETY: forwarded from the TileFn contract (which bounds `ncols`).
+            unsafe {
+                match ncols {
+                    $($c => $k::<$a, $c>(n, w, act, act_stride, out, out_stride),)+
                     _ => unreachable!("tile width checked by drive"),
                 }
             }

@@ -34,6 +34,7 @@
 mod act_q8_0;
 pub mod bench;
 mod float16;
+mod mmla;
 mod neon;
 mod q4_0;
 mod q4k;
@@ -69,15 +70,15 @@ pub fn supports(ty: GgmlType) -> bool {
 
 /// Whether `backend` has a SIMD kernel for the packed layout of `ty` (every type may also
 /// run the scalar reference kernel, but packing pays only with a SIMD one). x86-64: every
-/// packed type with AVX2; aarch64: every packed type with the dot product, F16 and BF16
-/// with plain NEON.
+/// packed type with AVX2; aarch64: every packed type with the dot product (Q4_0 and Q8_0
+/// with several columns on `usmmla` where the CPU has i8mm), F16 and BF16 with plain NEON.
 pub fn has_simd_kernel(backend: Backend, ty: GgmlType) -> bool {
     if !supports(ty) {
         return false;
     }
     match backend {
         Backend::Avx2 | Backend::AvxVnni | Backend::Avx512 => true,
-        Backend::NeonDot => true,
+        Backend::NeonDot | Backend::NeonI8mm => true,
         // F16 / BF16 need only NEON (f32 multiply-adds).
         Backend::Neon => matches!(ty, GgmlType::F16 | GgmlType::BF16),
         Backend::Scalar => false,

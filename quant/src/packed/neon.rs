@@ -1,8 +1,8 @@
 //! aarch64 instructions the packed kernels need whose Rust intrinsics are not stable yet
-//! (`vdotq_laneq_s32` is behind `stdarch_neon_dotprod`): a one-instruction `asm!` block
-//! (the f16 conversion is `dot::neon`'s). It is `pure, nomem, nostack`: it reads only its
-//! register operands and writes only its output, so the compiler may schedule it like an
-//! intrinsic.
+//! (`vdotq_laneq_s32` is behind `stdarch_neon_dotprod`, `vusmmlaq_s32` behind
+//! `stdarch_neon_i8mm`): one-instruction `asm!` blocks (the f16 conversion is `dot::neon`'s).
+//! They are `pure, nomem, nostack`: each reads only its register operands and writes only
+//! its output, so the compiler may schedule it like an intrinsic.
 #![cfg(target_arch = "aarch64")]
 
 use std::arch::aarch64::*;
@@ -28,6 +28,27 @@ pub(super) unsafe fn sdot_lane<const LANE: i32>(
             w = in(vreg) w,
             a = in(vreg) a,
             lane = const LANE,
+            options(pure, nomem, nostack, preserves_flags)
+        );
+    }
+    acc
+}
+
+/// `acc += w · aᵀ` for `w` as 2 rows × 8 unsigned bytes and `a` as 2 rows × 8 signed bytes
+/// (`usmmla`, i8mm): `acc = [w0·a0, w0·a1, w1·a0, w1·a1]` + the 2 × 2 products, 32
+/// multiply-adds in one instruction (`vusmmlaq_s32` is behind `stdarch_neon_i8mm`).
+///
+/// Safety: the CPU has the int8 matrix multiply (`Backend::NeonI8mm`).
+#[inline(always)]
+pub(super) unsafe fn usmmla(mut acc: int32x4_t, w: uint8x16_t, a: int8x16_t) -> int32x4_t {
+    // SAFETY: register-only; the caller guarantees the instruction exists.
+    unsafe {
+        asm!(
+            ".arch_extension i8mm",
+            "usmmla {acc:v}.4s, {w:v}.16b, {a:v}.16b",
+            acc = inout(vreg) acc,
+            w = in(vreg) w,
+            a = in(vreg) a,
             options(pure, nomem, nostack, preserves_flags)
         );
     }

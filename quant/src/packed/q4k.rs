@@ -119,8 +119,9 @@ fn simd_tile(backend: Backend) -> Option<(super::tiles::Tile, usize)> {
         _ => None,
     };
     #[cfg(target_arch = "aarch64")]
-    let tile: Option<(super::tiles::Tile, usize)> =
-        (backend == Backend::NeonDot).then_some((arm::tile_dot, arm::DOT_COLS));
+    let tile: Option<(super::tiles::Tile, usize)> = backend
+        .has_dotprod()
+        .then_some((arm::tile_dot, arm::DOT_COLS));
     tile
 }
 

@@ -114,9 +114,17 @@ pub(super) unsafe fn gemm(
         #[cfg(target_arch = "x86_64")]
         Backend::AvxVnni => (x86::tile_avxvnni, x86::AVX2_COLS),
         #[cfg(target_arch = "aarch64")]
-        Backend::NeonDot => (arm::tile_dot, arm::DOT_COLS),
+        Backend::NeonDot | Backend::NeonI8mm => (arm::tile_dot, arm::DOT_COLS),
         _ => (tile_scalar, 4),
     };
+    #[cfg(target_arch = "aarch64")]
+    if backend == Backend::NeonI8mm && ncols >= super::mmla::MIN_COLS {
+        // SAFETY: forwarded; the CPU has i8mm (`packed::gemm_to_ptr` mapped the backend).
+        unsafe {
+            super::mmla::gemm::<arm::Mmla>(n, w, ngroups, act, act_stride, ncols, out, out_stride)
+        };
+        return;
+    }
     // SAFETY: forwarded; `backend` is usable on this CPU (`packed::gemm_to_ptr` mapped it).
     unsafe {
         drive(
@@ -395,8 +403,8 @@ mod arm {
     // The kernels index several per-column arrays with the same column index.
     #![allow(clippy::needless_range_loop)]
 
-    use super::super::act_q8_0::tile_fn;
-    use super::super::act_q8_0::{BLOCK_BYTES as ABLK, D_OFF};
+    use super::super::act_q8_0::{tile_fn, ActBlocks, Rows};
+    use super::super::mmla::Pairs;
     use super::super::neon::{f16x8_to_f32, sdot_lane};
     use super::{CODE_BYTES, SCALE_BYTES, UNIT_BLOCKS};
     use std::arch::aarch64::*;
@@ -431,7 +439,7 @@ mod arm {
 
     /// Safety: the CPU has the dot-product extension; `TileFn` contract with `C` columns.
     #[target_feature(enable = "dotprod")]
-    unsafe fn k_dot<const C: usize>(
+    unsafe fn k_dot<A: ActBlocks, const C: usize>(
         n: usize,
         w: *const u8,
         act: *const u8,
@@ -454,14 +462,8 @@ mod arm {
                         unit.add(m * SCALE_BYTES + r * CODE_BYTES),
                         unit.add(r * SCALE_BYTES),
                     );
-                    let ap: [*const u8; C] =
-                        std::array::from_fn(|c| act.add(c * act_stride + b * ABLK));
-                    let a: [[int8x16_t; 2]; C] = std::array::from_fn(|c| {
-                        [
-                            vld1q_s8(ap[c] as *const i8),
-                            vld1q_s8(ap[c].add(16) as *const i8),
-                        ]
-                    });
+                    let a: [[int8x16_t; 2]; C] =
+                        std::array::from_fn(|c| A::codes(act, act_stride, c, b));
                     let mut s = [[vdupq_n_s32(0); 2]; C];
                     chunks::<0, C>(wp, &a, &mut s);
                     chunks::<1, C>(wp, &a, &mut s);
@@ -469,7 +471,7 @@ mod arm {
                     chunks::<3, C>(wp, &a, &mut s);
                     let dw = f16x8_to_f32(sp);
                     for c in 0..C {
-                        let da = vld1q_dup_f32(ap[c].add(D_OFF) as *const f32);
+                        let da = A::scale(act, act_stride, c, b);
                         for h in 0..2 {
                             let d = vmulq_f32(dw[h], da);
                             acc[c][h] = vfmaq_f32(acc[c][h], vcvtq_f32_s32(s[c][h]), d);
@@ -487,5 +489,40 @@ mod arm {
             }
         }
     }
-    tile_fn!(pub(super) tile_dot, k_dot, 1 2 3 4);
+    tile_fn!(pub(super) tile_dot, k_dot::<Rows>, 1 2 3 4);
+    // The last 1-3 columns of an i8mm call, on its column pairs (`packed::mmla`).
+    tile_fn!(tile_dot_pairs, k_dot::<Pairs>, 1 2 3);
+
+    /// The layout as `usmmla` operands (`packed::mmla`). Half `h` of chunk `k` (16 bytes at
+    /// `32k + 16h`) holds values `4k..4k + 4` of rows `4h..4h + 4`; zipping the 32-bit lanes
+    /// of chunks `2g` and `2g + 1` gives values `8g..8g + 8` of rows `4h`, `4h + 1`
+    /// (`zip1`) or `4h + 2`, `4h + 3` (`zip2`). The codes stay `q + 128`, unsigned, against
+    /// the activation's `−128·Σa`.
+    pub(super) struct Mmla;
+
+    impl super::super::mmla::MmlaWeights for Mmla {
+        const CODE_BYTES: usize = CODE_BYTES;
+        const SCALE_BYTES: usize = SCALE_BYTES;
+        const UNIT_BLOCKS: usize = UNIT_BLOCKS;
+        const PAIR_DOT: super::super::act_q8_0::TileFn = tile_dot_pairs;
+        const SEED: usize = super::super::act_q8_0::M128_OFF;
+
+        #[inline(always)]
+        unsafe fn operands(wp: *const u8, h: usize) -> [[uint8x16_t; 4]; 2] {
+            // SAFETY: the block's 256 code bytes (caller).
+            let c: [uint32x4_t; 8] = std::array::from_fn(|k| unsafe {
+                vld1q_u32(wp.add(32 * k + 16 * h) as *const u32)
+            });
+            std::array::from_fn(|q| {
+                std::array::from_fn(|g| {
+                    let (x, y) = (c[2 * g], c[2 * g + 1]);
+                    vreinterpretq_u8_u32(if q == 0 {
+                        vzip1q_u32(x, y)
+                    } else {
+                        vzip2q_u32(x, y)
+                    })
+                })
+            })
+        }
+    }
 }
