@@ -244,6 +244,7 @@ fn bad_lengths_are_errors() {
 fn extreme_codes_do_not_overflow() {
     let mut rng = Rng(0x5EED_0004);
     let n = 512;
+    const COLS: usize = 5;
     for ty in TYPES.into_iter().filter(|&t| ready(t)) {
         let rb = row_bytes(ty, n);
         let bb = ty.type_size();
@@ -266,12 +267,19 @@ fn extreme_codes_do_not_overflow() {
         }
         let wp = pack(ty, n, &wq);
         let ab = packed::activation_row_bytes(ty, n).unwrap();
-        let mut act = vec![0u8; 3 * ab];
-        let xs = [vec![1.0f32; n], vec![-1.0f32; n], rng.vec(n)];
+        let mut act = vec![0u8; COLS * ab];
+        // Five columns: the i8mm kernels take calls of 4 or more.
+        let xs = [
+            vec![1.0f32; n],
+            vec![-1.0f32; n],
+            rng.vec(n),
+            vec![-1.0f32; n],
+            vec![1.0f32; n],
+        ];
         for (x, dst) in xs.iter().zip(act.chunks_exact_mut(ab)) {
             packed::quantize_activation(Backend::Scalar, ty, x, dst).unwrap();
         }
-        let mut want = vec![0.0f32; 3 * GROUP_ROWS];
+        let mut want = vec![0.0f32; COLS * GROUP_ROWS];
         dot::gemm(
             Backend::Scalar,
             ty,
@@ -281,15 +289,15 @@ fn extreme_codes_do_not_overflow() {
             GROUP_ROWS,
             &act,
             ab,
-            3,
+            COLS,
             &mut want,
             GROUP_ROWS,
         )
         .unwrap();
         for b in Backend::all_available() {
-            let mut got = vec![0.0f32; 3 * GROUP_ROWS];
-            packed::gemm(b, ty, n, &wp, 1, &act, ab, 3, &mut got, GROUP_ROWS).unwrap();
-            for c in 0..3 {
+            let mut got = vec![0.0f32; COLS * GROUP_ROWS];
+            packed::gemm(b, ty, n, &wp, 1, &act, ab, COLS, &mut got, GROUP_ROWS).unwrap();
+            for c in 0..COLS {
                 for r in 0..GROUP_ROWS {
                     let a = &act[c * ab..(c + 1) * ab];
                     let tol = 1e-5 * abs_dot(ty, n, &wq[r * rb..(r + 1) * rb], a) + 1e-6;

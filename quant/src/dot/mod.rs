@@ -62,9 +62,10 @@ pub enum Backend {
     /// instruction; the rest is the NEON code.
     NeonDot,
     /// [`Backend::NeonDot`] plus the int8 matrix multiply (`usmmla`; Armv8.6 i8mm: Apple M2
-    /// and later, Neoverse V1/N2/V2, Cortex-A510/A710 and later): packed Q4_0 and Q8_0
-    /// calls of two or more columns (prompts, batched decoding) multiply 2 rows × 2 tokens
-    /// × 8 values per instruction; everything else is the NeonDot code.
+    /// and later, Neoverse V1/N2/V2, Cortex-A510/A710 and later): packed Q4_0, Q8_0, Q4_K
+    /// and Q6_K calls of four or more columns (prompts, batched decoding) multiply 2 rows ×
+    /// 2 tokens × 8 values per instruction (`packed::mmla`); everything else is the NeonDot
+    /// code.
     NeonI8mm,
 }
 

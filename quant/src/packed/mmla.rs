@@ -1,4 +1,4 @@
-//! The int8 matrix-multiply (i8mm) kernels of packed Q4_0 and Q8_0 on aarch64, for calls of
+//! The int8 matrix-multiply (i8mm) kernels of the packed types on aarch64, for calls of
 //! [`MIN_COLS`] or more columns (prompts, batched decoding). Fewer columns (decoding one
 //! sequence, or a few) stay on the `sdot` kernels: per column, the weight operands cost the
 //! `usmmla` kernel more than the multiplies it saves (see [`MIN_COLS`]).
@@ -9,29 +9,31 @@
 //! 8-byte half:
 //! - weights: the packed layouts keep 4 values per row in 32-bit lanes (the layout the x86
 //!   and `sdot` kernels read, so one packed matrix serves every backend); `zip1`/`zip2` on
-//!   the 32-bit lanes of two chunks give a row pair's 8 values ([`MmlaWeights::operands`];
-//!   for Q4_0 before the nibbles are split, so one zip serves two operands).
-//! - activations: [`gemm`] first interleaves the call's columns in pairs into a per-thread
-//!   buffer, once per call (every group then reuses it). A pair block ([`PAIR_BLOCK`]
-//!   bytes) holds, for columns `a` and `b` of one 32-value block:
+//!   the 32-bit lanes of two chunks give a row pair's 8 values (for the 4-bit types before
+//!   the nibbles are split, so one zip serves two operands).
+//! - activations: each call first interleaves its columns in pairs into a per-thread buffer
+//!   (every group then reuses it): [`gemm`] for the Q8_0 activations of Q4_0 and Q8_0 (a
+//!   pair block of [`PAIR_BLOCK`] bytes per 32 values, below), [`gemm_kquant`] for the Q8_K
+//!   activations of Q4_K and Q6_K ([`KPAIR_BLOCK`] bytes per 256 values). An odd last
+//!   column is paired with itself; its twin's results are not stored.
 //!
-//! | offset | size | content                                                             |
+//! | offset | size | content of a Q8_0 pair block (columns `a`, `b`)                      |
 //! |--------|------|---------------------------------------------------------------------|
 //! | 16g    | 16   | codes `a[8g..8g+8]`, then `b[8g..8g+8]` (g < 4)                      |
 //! | 64     | 16   | the f32 scales `[d_a, d_b, d_a, d_b]`                               |
 //! | 80     | 16   | the type's offset correction (`act_q8_0`) `[s_a, s_b, s_a, s_b]`     |
 //!
-//!   An odd last column is paired with itself; its twin's results are not stored.
+//! Every kernel takes half a group (rows `4h..4h+4`, two row pairs) against up to 4 column
+//! pairs over the whole row (or pass), then the other half: 8 f32 accumulators in the
+//! 2 × 2 order ([`load_pairs`]), 8 weight operands per 32 values, and per 32 values and
+//! column pair 8 `usmmla`. The results are transposed to rows once, at the store
+//! ([`store_pairs`]). The Q4_0 / Q8_0 kernel is here (generic over [`MmlaWeights`]); the
+//! K-quant ones (`k_mmla` in `q4k` and `q6k`) follow their `sdot` kernels' arithmetic.
 //!
-//! The kernel takes half a group (rows `4h..4h+4`, two row pairs) against up to
-//! [`MAX_PAIRS`] column pairs over the whole row, then the other half: 8 f32 accumulators
-//! in the 2 × 2 order, 8 weight operands per block, and per block and column pair 8
-//! `usmmla`, 6 loads and 6 float operations. Its results are transposed to rows once, at
-//! the store.
-//!
-//! Bits: the integer sums are exact whichever instruction forms them, and each block adds
-//! `fma(acc, f32(sum), d_w · d_a)` exactly as the `sdot` kernels do, so every column gets
-//! the bits the one-column call gives it (batch invariance, `packed` module doc).
+//! Bits: the integer sums are exact whichever instruction forms them, and each block (or
+//! super-block) applies the same f32 operations to them as the `sdot` kernels, so every
+//! column gets the bits the one-column call gives it (batch invariance, `packed` module
+//! doc).
 #![cfg(target_arch = "aarch64")]
 
 use std::arch::aarch64::*;
@@ -47,14 +49,18 @@ pub(super) const PAIR_BLOCK: usize = 96;
 const D_PAIR: usize = 64;
 const SEED_PAIR: usize = 80;
 /// Column pairs per kernel call (8 columns). Read off the compiled code (aarch64, rustc
-/// 1.95), hot-loop instructions per half block (4 rows × 32 values): 51 / 62 / 81 / 99 for 1
-/// to 4 pairs, 140 for 5 (its 10 accumulators, 8 weight and 4 activation operands no longer
-/// fit the 32 registers without spills); from 6 pairs on the compiler loops over the pairs.
+/// 1.95), Q4_0 / Q8_0 hot-loop instructions per half block (4 rows × 32 values): 51 / 62 /
+/// 81 / 99 for 1 to 4 pairs, 140 for 5 (its 10 accumulators, 8 weight and 4 activation
+/// operands no longer fit the 32 registers without spills); from 6 pairs on the compiler
+/// loops over the pairs. The K-quant kernels, whose integer sums per pair also stay in
+/// registers across a super-block, fit 4 pairs without spills.
 pub(super) const MAX_PAIRS: usize = 4;
-/// Fewest columns a call (or a call's last tile) gives the `usmmla` kernel; fewer run the
-/// `sdot` kernel ([`MmlaWeights::PAIR_DOT`] on the pairs). Per 32 weights and column, compiled
-/// hot loops: 2 columns `usmmla` 6.4 against `sdot` 5.3, 3 (one pair half empty) 5.2
-/// against 4.7, 4 3.9 against 4.4, 8 3.1.
+/// Fewest columns a call gives the `usmmla` kernels. Q4_0 / Q8_0, per 32 weights and
+/// column in the compiled hot loops: 2 columns `usmmla` 6.4 against `sdot` 5.3, 3 (one
+/// pair half empty) 5.2 against 4.7, 4 3.9 against 4.4, 8 3.1; their last 1-3 columns of a
+/// call run the `sdot` kernel on the pairs ([`MmlaWeights::PAIR_DOT`]). The K-quant
+/// `sdot` kernels cost more per column (7.3 for Q4_K, 9.0 for Q6_K at 4 columns), so there
+/// a last tile of 1-3 columns stays on `usmmla`.
 pub(super) const MIN_COLS: usize = 4;
 
 /// What the kernel needs from a packed weight type: the unit layout it shares with the
@@ -215,9 +221,7 @@ unsafe fn kernel<W: MmlaWeights, const P: usize>(
                     let unit = w.add(b0 * block_bytes);
                     let wp = unit.add(m * W::SCALE_BYTES + r * W::CODE_BYTES);
                     let ops = W::operands(wp, h);
-                    // Rows 4h..4h + 4 as [d0, d0, d1, d1], [d2, d2, d3, d3].
-                    let dw = f16x4_to_f32(unit.add(r * W::SCALE_BYTES + 8 * h));
-                    let drow = [vzip1q_f32(dw, dw), vzip2q_f32(dw, dw)];
+                    let drow = row_pairs_f16(unit.add(r * W::SCALE_BYTES), h);
                     for (p, acc) in acc.iter_mut().enumerate() {
                         let ab = pairs.add(p * pair_stride + b * PAIR_BLOCK);
                         let a: [int8x16_t; 4] =
@@ -237,19 +241,266 @@ unsafe fn kernel<W: MmlaWeights, const P: usize>(
             }
             b0 += m;
         }
-        for (p, acc) in acc.iter().enumerate() {
-            // [r0, r1, r2, r3] of column 2p (even lanes) and of column 2p + 1 (odd lanes).
-            let (ca, cb) = (vuzp1q_f32(acc[0], acc[1]), vuzp2q_f32(acc[0], acc[1]));
-            // SAFETY: rows 4h..4h + 4 of output columns 2p and (when it exists) 2p + 1.
-            unsafe {
-                vst1q_f32(out.add(2 * p * out_stride + 4 * h), ca);
-                if 2 * p + 1 < ncols {
-                    vst1q_f32(out.add((2 * p + 1) * out_stride + 4 * h), cb);
+        // SAFETY: the tile's output (caller).
+        unsafe { store_pairs(&acc, out, out_stride, ncols, h) };
+    }
+}
+
+/// The f32 accumulators of `P` column pairs for rows `4h..4h + 4`, in the 2 × 2 order
+/// (`acc[p][q]`: rows `4h + 2q`, `4h + 2q + 1` × columns `2p`, `2p + 1`): zero, or with
+/// `ADD` the partial sums already in `out` (a later pass over the reduction, see
+/// `tiles::run_tiles`); a missing last column reads its twin.
+///
+/// # Safety
+/// Rows `4h..4h + 4` of the `ncols` output columns readable when `ADD`.
+#[inline(always)]
+pub(super) unsafe fn load_pairs<const P: usize, const ADD: bool>(
+    out: *const f32,
+    out_stride: usize,
+    ncols: usize,
+    h: usize,
+) -> [[float32x4_t; 2]; P] {
+    std::array::from_fn(|p| {
+        if !ADD {
+            return [vdupq_n_f32(0.0); 2];
+        }
+        let cb = (2 * p + 1).min(ncols - 1);
+        // SAFETY: rows 4h..4h + 4 of columns 2p and cb < ncols (caller).
+        let (a, b) = unsafe {
+            (
+                vld1q_f32(out.add(2 * p * out_stride + 4 * h)),
+                vld1q_f32(out.add(cb * out_stride + 4 * h)),
+            )
+        };
+        [vzip1q_f32(a, b), vzip2q_f32(a, b)]
+    })
+}
+
+/// Writes the accumulators of [`load_pairs`] back as rows `4h..4h + 4` of columns `2p`
+/// and (when it exists) `2p + 1`.
+///
+/// # Safety
+/// Those output floats writable.
+#[inline(always)]
+pub(super) unsafe fn store_pairs<const P: usize>(
+    acc: &[[float32x4_t; 2]; P],
+    out: *mut f32,
+    out_stride: usize,
+    ncols: usize,
+    h: usize,
+) {
+    for (p, acc) in acc.iter().enumerate() {
+        // [r0, r1, r2, r3] of column 2p (even lanes) and of column 2p + 1 (odd lanes).
+        let (ca, cb) = (vuzp1q_f32(acc[0], acc[1]), vuzp2q_f32(acc[0], acc[1]));
+        // SAFETY: rows 4h..4h + 4 of output columns 2p and (when it exists) 2p + 1.
+        unsafe {
+            vst1q_f32(out.add(2 * p * out_stride + 4 * h), ca);
+            if 2 * p + 1 < ncols {
+                vst1q_f32(out.add((2 * p + 1) * out_stride + 4 * h), cb);
+            }
+        }
+    }
+}
+
+/// Rows `4h..4h + 4` of 8 per-row values (`v`: rows 0..8, one f16 each at `p`) as the two
+/// row-pair vectors `[x0, x0, x1, x1]`, `[x2, x2, x3, x3]`: the weight scales in the 2 × 2
+/// order.
+///
+/// # Safety
+/// 16 readable bytes at `p`.
+#[inline(always)]
+pub(super) unsafe fn row_pairs_f16(p: *const u8, h: usize) -> [float32x4_t; 2] {
+    // SAFETY: bytes 8h..8h + 8 (caller).
+    let x = unsafe { f16x4_to_f32(p.add(8 * h)) };
+    [vzip1q_f32(x, x), vzip2q_f32(x, x)]
+}
+
+/// As [`row_pairs_f16`] for 8 per-row bytes (rows 0..8), unsigned, widened to i32.
+#[inline(always)]
+pub(super) fn row_pairs_u8(v: uint8x8_t, h: usize) -> [int32x4_t; 2] {
+    // SAFETY: register-only NEON arithmetic (NEON is in every aarch64 CPU).
+    unsafe {
+        let w = vmovl_u8(v);
+        let r = if h == 0 {
+            vget_low_u16(w)
+        } else {
+            vget_high_u16(w)
+        };
+        let x = vreinterpretq_s32_u32(vmovl_u16(r));
+        [vzip1q_s32(x, x), vzip2q_s32(x, x)]
+    }
+}
+
+/// As [`row_pairs_u8`] for signed bytes.
+#[inline(always)]
+pub(super) fn row_pairs_i8(v: int8x8_t, h: usize) -> [int32x4_t; 2] {
+    // SAFETY: register-only NEON arithmetic (NEON is in every aarch64 CPU).
+    unsafe {
+        let w = vmovl_s8(v);
+        let r = if h == 0 {
+            vget_low_s16(w)
+        } else {
+            vget_high_s16(w)
+        };
+        let x = vmovl_s16(r);
+        [vzip1q_s32(x, x), vzip2q_s32(x, x)]
+    }
+}
+
+// ------------------------------------------------------------ K-quants: Q8_K column pairs
+
+/// Bytes of one Q8_K pair block (two columns `a`, `b` of one 256-value super-block):
+///
+/// | offset | size | content                                                         |
+/// |--------|------|-----------------------------------------------------------------|
+/// | 16v    | 16   | codes `a[8v..8v+8]`, then `b[8v..8v+8]` (v < 32)                 |
+/// | 512    | 16   | the f32 scales `[d_a, d_b, d_a, d_b]`                           |
+/// | 528+16k| 16   | `f·Σ` of sub-block `k`'s codes as i32 `[s_a, s_b, s_a, s_b]`   |
+///
+/// The sums cover the type's sub-blocks, times its factor `f`: values `16k..16k + 16` times
+/// −32 for Q6_K (`k` < 16: the correction of its code offset, ready to seed a sub-block's
+/// sum), `32k..32k + 32` times 1 for Q4_K (`k` < 8, the rest of the field unused: its mins
+/// term), so that the kernels load each sub-block's term ready-made.
+pub(super) const KPAIR_BLOCK: usize = 784;
+/// Offset of the scales in a Q8_K pair block.
+pub(super) const KPAIR_D: usize = 512;
+/// Offset of the block sums in a Q8_K pair block.
+pub(super) const KPAIR_BSUMS: usize = 528;
+/// The Q8_K activation block (`dot::quantize_activation`): f32 `d`, 256 codes, 16 i16 sums.
+const Q8K_BYTES: usize = 292;
+const Q8K_CODES: usize = 4;
+const Q8K_BSUMS: usize = 260;
+
+/// Writes the Q8_K pair blocks of `ncols` activation rows (`nsb` blocks each, `act_stride`
+/// bytes apart) into `dst`, pair `p` at `p · nsb · KPAIR_BLOCK`, with sums over `sub_block`
+/// (16 or 32) values times `factor`.
+fn interleave_q8k(
+    act: &[u8],
+    act_stride: usize,
+    ncols: usize,
+    nsb: usize,
+    (sub_block, factor): (usize, i32),
+    dst: &mut [u8],
+) {
+    for (p, pair) in dst.chunks_exact_mut(nsb * KPAIR_BLOCK).enumerate() {
+        let (ca, cb) = (2 * p, (2 * p + 1).min(ncols - 1));
+        let (ra, rb) = (&act[ca * act_stride..], &act[cb * act_stride..]);
+        for (b, out) in pair.chunks_exact_mut(KPAIR_BLOCK).enumerate() {
+            let (xa, xb) = (&ra[b * Q8K_BYTES..], &rb[b * Q8K_BYTES..]);
+            for v in 0..32 {
+                let src = Q8K_CODES + 8 * v;
+                out[16 * v..16 * v + 8].copy_from_slice(&xa[src..src + 8]);
+                out[16 * v + 8..16 * v + 16].copy_from_slice(&xb[src..src + 8]);
+            }
+            for (i, x) in [xa, xb, xa, xb].into_iter().enumerate() {
+                out[KPAIR_D + 4 * i..KPAIR_D + 4 * i + 4].copy_from_slice(&x[..4]);
+            }
+            for k in 0..256 / sub_block {
+                // Q8_K keeps one i16 sum per 16 values.
+                let sum = |x: &[u8]| -> i32 {
+                    (0..sub_block / 16)
+                        .map(|i| {
+                            let o = Q8K_BSUMS + 2 * (k * sub_block / 16 + i);
+                            i16::from_le_bytes([x[o], x[o + 1]]) as i32
+                        })
+                        .sum()
+                };
+                for (i, x) in [xa, xb, xa, xb].into_iter().enumerate() {
+                    let o = KPAIR_BSUMS + 16 * k + 4 * i;
+                    out[o..o + 4].copy_from_slice(&(factor * sum(x)).to_le_bytes());
                 }
             }
         }
     }
 }
+
+/// `packed::gemm_to_ptr` for a K-quant with at least [`MIN_COLS`] columns on an i8mm CPU:
+/// interleaves the columns, then walks the matrix with `tiles::run_tiles` and `tile` (see
+/// [`kquant_tile`]), whose column tiles of `2·MAX_PAIRS` start at pair boundaries; a last
+/// tile of one column runs with its twin (whose results are not stored).
+///
+/// # Safety
+/// As `packed::gemm_to_ptr` (extents checked there); the CPU has i8mm and the dot product;
+/// `sb_bytes` is the type's packed super-block (8 rows), `sums` its sub-block (the values
+/// each activation sum covers) and the factor the kernel wants the sums times.
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn gemm_kquant(
+    tile: super::tiles::Tile,
+    sb_bytes: usize,
+    sums: (usize, i32),
+    n: usize,
+    w: &[u8],
+    ngroups: usize,
+    act: &[u8],
+    act_stride: usize,
+    ncols: usize,
+    out: *mut f32,
+    out_stride: usize,
+) {
+    let nsb = n / 256;
+    PAIRS.with_borrow_mut(|pairs| {
+        pairs.resize(ncols.div_ceil(2) * nsb * KPAIR_BLOCK, 0);
+        interleave_q8k(act, act_stride, ncols, nsb, sums, pairs);
+        // SAFETY: forwarded; the driver's activation "rows" are half pairs, so the even
+        // column c of a tile starts pair c / 2, and super-block k of a pass is KPAIR_BLOCK
+        // further on per block, all inside `pairs`.
+        unsafe {
+            super::tiles::run_tiles(
+                tile,
+                None,
+                2 * MAX_PAIRS,
+                nsb,
+                sb_bytes,
+                KPAIR_BLOCK,
+                w,
+                ngroups,
+                &pairs[..],
+                nsb * KPAIR_BLOCK / 2,
+                ncols,
+                out,
+                out_stride,
+            )
+        }
+    });
+}
+
+/// Expands a K-quant i8mm kernel `$k::<P, ADD>(nsb, w, pairs, pair_stride, ncols, out,
+/// out_stride)` (`P` ≤ [`MAX_PAIRS`] column pairs) into a `tiles::Tile` over the pair
+/// rows [`gemm_kquant`] hands the driver.
+macro_rules! kquant_tile {
+    ($name:ident, $k:ident) => {
+        /// # Safety
+        /// See `tiles::Tile` (activations: Q8_K pairs); the CPU has i8mm.
+        #[allow(clippy::too_many_arguments)]
+        pub(super) unsafe fn $name(
+            nsb: usize,
+            w: *const u8,
+            act: *const u8,
+            act_stride: usize,
+            ncols: usize,
+            out: *mut f32,
+            out_stride: usize,
+            add: bool,
+        ) {
+            let s = 2 * act_stride;
+            // SAFETY: forwarded from the Tile contract.
+            unsafe {
+                match (ncols.div_ceil(2), add) {
+                    (1, false) => $k::<1, false>(nsb, w, act, s, ncols, out, out_stride),
+                    (2, false) => $k::<2, false>(nsb, w, act, s, ncols, out, out_stride),
+                    (3, false) => $k::<3, false>(nsb, w, act, s, ncols, out, out_stride),
+                    (4, false) => $k::<4, false>(nsb, w, act, s, ncols, out, out_stride),
+                    (1, true) => $k::<1, true>(nsb, w, act, s, ncols, out, out_stride),
+                    (2, true) => $k::<2, true>(nsb, w, act, s, ncols, out, out_stride),
+                    (3, true) => $k::<3, true>(nsb, w, act, s, ncols, out, out_stride),
+                    (4, true) => $k::<4, true>(nsb, w, act, s, ncols, out, out_stride),
+                    _ => unreachable!("tile width checked by run_tiles"),
+                }
+            }
+        }
+    };
+}
+pub(super) use kquant_tile;
 
 /// The pair blocks as an `sdot` kernel's activations (`act_q8_0::ActBlocks`): `act_stride`
 /// is half a pair row, as [`gemm`] hands it to the driver.

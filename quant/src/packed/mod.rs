@@ -70,8 +70,9 @@ pub fn supports(ty: GgmlType) -> bool {
 
 /// Whether `backend` has a SIMD kernel for the packed layout of `ty` (every type may also
 /// run the scalar reference kernel, but packing pays only with a SIMD one). x86-64: every
-/// packed type with AVX2; aarch64: every packed type with the dot product (Q4_0 and Q8_0
-/// with several columns on `usmmla` where the CPU has i8mm), F16 and BF16 with plain NEON.
+/// packed type with AVX2; aarch64: every packed type with the dot product (the quantized
+/// ones with several columns on `usmmla` where the CPU has i8mm, see `mmla`), F16 and BF16
+/// with plain NEON.
 pub fn has_simd_kernel(backend: Backend, ty: GgmlType) -> bool {
     if !supports(ty) {
         return false;

@@ -32,7 +32,9 @@
 //! × up to 8 columns (VNNI) or 4 (AVX2), driven by `tiles::run_tiles`. With AVX-512 and
 //! many columns (a prompt) `run_tiles` hands two groups at once to `vnni_pair`, the VNNI
 //! kernel on 512-bit registers with 16 rows per `vpdpbusd` (4096 × 14336 × 512 tokens, one
-//! thread, Zen 5 VM, 3 alternated runs: 296-364 → 492-584 Gop/s).
+//! thread, Zen 5 VM, 3 alternated runs: 296-364 → 492-584 Gop/s). On aarch64 the `sdot`
+//! kernel takes up to 4 columns, and with i8mm calls of 4 or more columns go to `k_mmla`
+//! (`usmmla`, half a group against up to 8 columns: see `packed::mmla`).
 
 use crate::dot::Backend;
 use crate::GgmlType;
@@ -140,6 +142,26 @@ pub(super) unsafe fn gemm(
     out_stride: usize,
 ) {
     let nsb = n / QK;
+    #[cfg(target_arch = "aarch64")]
+    if backend == Backend::NeonI8mm && ncols >= super::mmla::MIN_COLS {
+        // SAFETY: forwarded; the CPU has i8mm (`packed::gemm_to_ptr` mapped the backend).
+        unsafe {
+            super::mmla::gemm_kquant(
+                arm::tile_mmla,
+                SB,
+                (32, 1),
+                n,
+                w,
+                ngroups,
+                act,
+                act_stride,
+                ncols,
+                out,
+                out_stride,
+            )
+        };
+        return;
+    }
     #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     if let Some((tile, width)) = simd_tile(backend) {
         #[cfg(target_arch = "x86_64")]
@@ -647,7 +669,11 @@ mod arm {
     // The kernels index several per-column arrays with the same column index.
     #![allow(clippy::needless_range_loop)]
 
-    use super::super::neon::{f16x8_to_f32, load_acc, sdot_lane, store};
+    use super::super::mmla::{
+        kquant_tile, load_pairs, row_pairs_f16, row_pairs_u8, store_pairs, KPAIR_BLOCK,
+        KPAIR_BSUMS, KPAIR_D,
+    };
+    use super::super::neon::{f16x8_to_f32, load_acc, sdot_lane, store, usmmla};
     use super::{ACT, CODES, DMIN, SB, SCALES};
     use std::arch::aarch64::*;
 
@@ -809,4 +835,113 @@ mod arm {
         unsafe { store(&acc, out, out_stride) };
     }
     super::super::tiles::tile_fn!(tile_dot, k_dot);
+
+    /// The i8mm kernel (`packed::mmla`): rows `4h..4h + 4` of the group against `P` column
+    /// pairs (Q8_K pair blocks, `pair_stride` bytes apart), then the other half. Zipping the
+    /// 32-bit lanes of code vectors `(c, 2g)` and `(c, 2g + 1)` (their 16-byte halves `h`)
+    /// gives a row pair's stored bytes `8g..8g + 8` of sub-block pair `c`: values `8g..` of
+    /// sub-block `2c` in the low nibbles, of `2c + 1` in the high ones. Each sub-block's
+    /// 2 × 2 sums are multiplied by the rows' scales in i32, the mins term comes from the
+    /// pairs' block sums, and the super-block converts to f32 as `k_dot` does (the same
+    /// integers, the same float operations: the same bits).
+    ///
+    /// Safety: the CPU has i8mm; `Tile` contract on pair rows, `ncols` ∈ `2P − 1..=2P`.
+    #[target_feature(enable = "dotprod,i8mm")]
+    unsafe fn k_mmla<const P: usize, const ADD: bool>(
+        nsb: usize,
+        w: *const u8,
+        pairs: *const u8,
+        pair_stride: usize,
+        ncols: usize,
+        out: *mut f32,
+        out_stride: usize,
+    ) {
+        let m15 = vdupq_n_u8(15);
+        for h in 0..2 {
+            // SAFETY: the output extent is the caller's contract.
+            let mut acc = unsafe { load_pairs::<P, ADD>(out, out_stride, ncols, h) };
+            for b in 0..nsb {
+                // SAFETY: b < nsb keeps every pointer inside its super-block / pair block.
+                unsafe {
+                    let sb = w.add(b * SB);
+                    let ab: [*const u8; P] =
+                        std::array::from_fn(|p| pairs.add(p * pair_stride + b * KPAIR_BLOCK));
+                    let (s, m) = scales_mins(sb);
+                    let mut tot = [[vdupq_n_s32(0); 2]; P];
+                    for c in 0..4 {
+                        let codes = sb.add(CODES + 256 * c + 16 * h);
+                        // Operands of sub-block 2c + sub, value groups g < 4, row pairs q.
+                        let operands = |sub: usize| -> [[uint8x16_t; 2]; 4] {
+                            std::array::from_fn(|g| {
+                                let x = vld1q_u32(codes.add(64 * g) as *const u32);
+                                let y = vld1q_u32(codes.add(64 * g + 32) as *const u32);
+                                let pair = [vzip1q_u32(x, y), vzip2q_u32(x, y)];
+                                pair.map(|v| {
+                                    let v = vreinterpretq_u8_u32(v);
+                                    if sub == 0 {
+                                        vandq_u8(v, m15)
+                                    } else {
+                                        vshrq_n_u8::<4>(v)
+                                    }
+                                })
+                            })
+                        };
+                        for sub in 0..2 {
+                            let wq = operands(sub);
+                            let sc = if sub == 0 {
+                                row_pairs_u8(vget_low_u8(s[c]), h)
+                            } else {
+                                row_pairs_u8(vget_high_u8(s[c]), h)
+                            };
+                            for p in 0..P {
+                                let a: [int8x16_t; 4] = std::array::from_fn(|g| {
+                                    vld1q_s8(ab[p].add(16 * (8 * c + 4 * sub + g)) as *const i8)
+                                });
+                                for q in 0..2 {
+                                    let mut x = vdupq_n_s32(0);
+                                    for g in 0..4 {
+                                        x = usmmla(x, wq[g][q], a[g]);
+                                    }
+                                    tot[p][q] = vmlaq_s32(tot[p][q], x, sc[q]);
+                                }
+                            }
+                        }
+                    }
+                    // Σ_j m_j · bsum_j over the 32-value sub-blocks.
+                    let mut mins = [[vdupq_n_s32(0); 2]; P];
+                    for c in 0..4 {
+                        let (m_lo, m_hi) = (
+                            row_pairs_u8(vget_low_u8(m[c]), h),
+                            row_pairs_u8(vget_high_u8(m[c]), h),
+                        );
+                        for p in 0..P {
+                            // The pairs' sums over sub-blocks 2c and 2c + 1.
+                            let bs =
+                                |j: usize| vld1q_s32(ab[p].add(KPAIR_BSUMS + 16 * j) as *const i32);
+                            let (b_lo, b_hi) = (bs(2 * c), bs(2 * c + 1));
+                            for q in 0..2 {
+                                mins[p][q] = vmlaq_s32(mins[p][q], m_lo[q], b_lo);
+                                mins[p][q] = vmlaq_s32(mins[p][q], m_hi[q], b_hi);
+                            }
+                        }
+                    }
+                    // acc += d_a·(d·Σ s·(q·a) − dmin·Σ m·bsum), as in `k_dot`.
+                    let d = row_pairs_f16(sb, h);
+                    let dmin = row_pairs_f16(sb.add(DMIN), h);
+                    for p in 0..P {
+                        let da = vld1q_f32(ab[p].add(KPAIR_D) as *const f32);
+                        for q in 0..2 {
+                            let x =
+                                vfmaq_f32(acc[p][q], vcvtq_f32_s32(tot[p][q]), vmulq_f32(d[q], da));
+                            acc[p][q] =
+                                vfmsq_f32(x, vcvtq_f32_s32(mins[p][q]), vmulq_f32(dmin[q], da));
+                        }
+                    }
+                }
+            }
+            // SAFETY: the tile's output (caller).
+            unsafe { store_pairs(&acc, out, out_stride, ncols, h) };
+        }
+    }
+    kquant_tile!(tile_mmla, k_mmla);
 }

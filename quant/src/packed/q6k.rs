@@ -47,7 +47,9 @@
 //! and many columns (a prompt) it hands two groups at once to `vnni_pair`, the VNNI kernel
 //! on 512-bit registers with 16 rows per `vpdpbusd` and one unit decode for both groups
 //! (4096 × 14336 × 512 tokens, one thread, Zen 5 VM, 3 alternated runs: 260-291 → 354-480
-//! Gop/s).
+//! Gop/s). On aarch64 the `sdot` kernel takes up to 4 columns, and with i8mm calls of 4 or
+//! more columns go to `k_mmla` (`usmmla`, half a group against up to 8 columns, each
+//! sub-block's sum seeded with the pairs' `−32·Σa`: see `packed::mmla`).
 
 use crate::dot::Backend;
 use crate::GgmlType;
@@ -228,6 +230,26 @@ pub(super) unsafe fn gemm(
     out_stride: usize,
 ) {
     let nsb = n / QK;
+    #[cfg(target_arch = "aarch64")]
+    if backend == Backend::NeonI8mm && ncols >= super::mmla::MIN_COLS {
+        // SAFETY: forwarded; the CPU has i8mm (`packed::gemm_to_ptr` mapped the backend).
+        unsafe {
+            super::mmla::gemm_kquant(
+                arm::tile_mmla,
+                SB,
+                (16, -32),
+                n,
+                w,
+                ngroups,
+                act,
+                act_stride,
+                ncols,
+                out,
+                out_stride,
+            )
+        };
+        return;
+    }
     #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     if let Some((tile, width)) = simd_tile(backend) {
         #[cfg(target_arch = "x86_64")]
@@ -667,7 +689,11 @@ mod arm {
     // The kernels index several per-column arrays with the same column index.
     #![allow(clippy::needless_range_loop)]
 
-    use super::super::neon::{f16x8_to_f32, load_acc, sdot_lane, store};
+    use super::super::mmla::{
+        kquant_tile, load_pairs, row_pairs_f16, row_pairs_i8, store_pairs, KPAIR_BLOCK,
+        KPAIR_BSUMS, KPAIR_D,
+    };
+    use super::super::neon::{f16x8_to_f32, load_acc, sdot_lane, store, usmmla};
     use super::{codes, head, ACT, SCALES, UNIT};
     use std::arch::aarch64::*;
 
@@ -788,4 +814,111 @@ mod arm {
         unsafe { store(&acc, out, out_stride) };
     }
     super::super::tiles::tile_fn!(tile_dot, k_dot);
+
+    /// The 6-bit codes of chunks `(0, t)` and `(1, t)` (`t` < 4) of rows `4h..4h + 4` of the
+    /// unit at `unit`: [`chunk_pair`] for one 16-byte half.
+    ///
+    /// Safety: the unit's 192 bytes at `unit`.
+    #[inline(always)]
+    unsafe fn chunk_pair_half(unit: *const u8, t: usize, h: usize) -> [uint8x16_t; 2] {
+        // SAFETY: bytes 32t + 16h.. and the high-bit vector t / 2 (caller).
+        unsafe {
+            let (m15, m30) = (vdupq_n_u8(15), vdupq_n_u8(0x30));
+            let l = vld1q_u8(unit.add(32 * t + 16 * h));
+            let hb = vld1q_u8(unit.add(128 + 32 * (t / 2) + 16 * h));
+            let (top0, top1) = if t.is_multiple_of(2) {
+                (vshlq_n_u8::<4>(hb), hb)
+            } else {
+                (vshlq_n_u8::<2>(hb), vshrq_n_u8::<2>(hb))
+            };
+            [
+                vorrq_u8(vandq_u8(l, m15), vandq_u8(top0, m30)),
+                vorrq_u8(vshrq_n_u8::<4>(l), vandq_u8(top1, m30)),
+            ]
+        }
+    }
+
+    /// The i8mm kernel (`packed::mmla`): rows `4h..4h + 4` of the group against `P` column
+    /// pairs (Q8_K pair blocks, `pair_stride` bytes apart), then the other half. Per unit,
+    /// zipping the 32-bit lanes of chunks `(s, 2v)` and `(s, 2v + 1)` gives a row pair's
+    /// values `8v..8v + 8` of sub-block `2u + s`. Each sub-block's 2 × 2 sums start from the
+    /// pairs' `−32·Σa` (the code offset), are multiplied by the rows' scales in i32, and the
+    /// super-block converts to f32 as `k_dot` does (the same integers, the same float
+    /// operations: the same bits).
+    ///
+    /// Safety: the CPU has i8mm; `Tile` contract on pair rows, `ncols` ∈ `2P − 1..=2P`.
+    #[target_feature(enable = "dotprod,i8mm")]
+    unsafe fn k_mmla<const P: usize, const ADD: bool>(
+        nsb: usize,
+        w: *const u8,
+        pairs: *const u8,
+        pair_stride: usize,
+        ncols: usize,
+        out: *mut f32,
+        out_stride: usize,
+    ) {
+        for h in 0..2 {
+            // SAFETY: the output extent is the caller's contract.
+            let mut acc = unsafe { load_pairs::<P, ADD>(out, out_stride, ncols, h) };
+            for b in 0..nsb {
+                // SAFETY: b < nsb keeps every pointer inside its super-block / pair block.
+                unsafe {
+                    let (sb, hd) = (w.add(codes(b)), w.add(head(b)));
+                    let ab: [*const u8; P] =
+                        std::array::from_fn(|p| pairs.add(p * pair_stride + b * KPAIR_BLOCK));
+                    let mut tot = [[vdupq_n_s32(0); 2]; P];
+                    for u in 0..8 {
+                        let unit = sb.add(UNIT * u);
+                        // q6[t][s]: chunk (s, t); wq[s][v][q]: sub-block 2u + s, values
+                        // 8v..8v + 8, row pair q.
+                        let q6: [[uint8x16_t; 2]; 4] =
+                            std::array::from_fn(|t| chunk_pair_half(unit, t, h));
+                        let wq: [[[uint8x16_t; 2]; 2]; 2] = std::array::from_fn(|s| {
+                            std::array::from_fn(|v| {
+                                let (x, y) = (
+                                    vreinterpretq_u32_u8(q6[2 * v][s]),
+                                    vreinterpretq_u32_u8(q6[2 * v + 1][s]),
+                                );
+                                [
+                                    vreinterpretq_u8_u32(vzip1q_u32(x, y)),
+                                    vreinterpretq_u8_u32(vzip2q_u32(x, y)),
+                                ]
+                            })
+                        });
+                        let sc: [[int32x4_t; 2]; 2] = std::array::from_fn(|s| {
+                            row_pairs_i8(vld1_s8(hd.add(SCALES + 16 * u + 8 * s) as *const i8), h)
+                        });
+                        for p in 0..P {
+                            for s in 0..2 {
+                                let j = 2 * u + s;
+                                let a0 = vld1q_s8(ab[p].add(32 * j) as *const i8);
+                                let a1 = vld1q_s8(ab[p].add(32 * j + 16) as *const i8);
+                                let seed = vld1q_s32(ab[p].add(KPAIR_BSUMS + 16 * j) as *const i32);
+                                for q in 0..2 {
+                                    let x = usmmla(seed, wq[s][0][q], a0);
+                                    let x = usmmla(x, wq[s][1][q], a1);
+                                    tot[p][q] = vmlaq_s32(tot[p][q], x, sc[s][q]);
+                                }
+                            }
+                        }
+                    }
+                    // acc += d·d_a·Σ s·(q·a − 32·bsum), as in `k_dot`.
+                    let dw = row_pairs_f16(hd, h);
+                    for p in 0..P {
+                        let da = vld1q_f32(ab[p].add(KPAIR_D) as *const f32);
+                        for q in 0..2 {
+                            acc[p][q] = vfmaq_f32(
+                                acc[p][q],
+                                vcvtq_f32_s32(tot[p][q]),
+                                vmulq_f32(dw[q], da),
+                            );
+                        }
+                    }
+                }
+            }
+            // SAFETY: the tile's output (caller).
+            unsafe { store_pairs(&acc, out, out_stride, ncols, h) };
+        }
+    }
+    kquant_tile!(tile_mmla, k_mmla);
 }
