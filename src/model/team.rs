@@ -22,7 +22,7 @@
 use std::any::Any;
 use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -284,8 +284,10 @@ impl Team {
     /// Runs this helper's part of the posted job, if it is still posted and not yet seen.
     fn take_part(&self, seen: &mut usize) -> bool {
         // SeqCst on `users` and `job` (both sides): either the lead sees this helper in
-        // `users` after unposting, or this helper sees the job unposted.
+        // `users` after unposting, or this helper sees the job unposted. The fences make the
+        // store-then-load order explicit (see `dispatch`).
         self.users.fetch_add(1, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
         let p = self.job.load(Ordering::SeqCst);
         let mut ran = false;
         if !p.is_null() {
@@ -332,6 +334,12 @@ impl Team {
             }
         }
         self.job.store(std::ptr::null_mut(), Ordering::SeqCst);
+        // A SeqCst store then a SeqCst load of another atomic are ordered by the language
+        // (aarch64: `stlr` then `ldar`), yet under qemu-user (aarch64 on an x86 host) about
+        // 1 run in 12 of the engine tests died in `Job::work` on a finished job's reused
+        // stack slot, which is what the load passing the store would allow; with the fences
+        // (`dmb ish` / `mfence`, once per loop and helper) 0 runs in 45 did.
+        fence(Ordering::SeqCst);
         while self.users.load(Ordering::SeqCst) != 0 {
             std::hint::spin_loop();
         }
