@@ -286,25 +286,13 @@ impl ActBlocks for Rows {
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 macro_rules! tile_fn {
     ($vis:vis $name:ident, $k:ident, $($c:literal)+) => {
-        $vis unsafe fn $name(
-            n: usize,
-            w: *const u8,
-            act: *const u8,
-            act_stride: usize,
-            ncols: usize,
-            out: *mut f32,
-            out_stride: usize,
-        ) {
-            // SAFETY: forwarded from the TileFn contract (which bounds `ncols`).
-            unsafe {
-                match ncols {
-                    $($c => $k::<$c>(n, w, act, act_stride, out, out_stride),)+
-                    _ => unreachable!("tile width checked by drive"),
-                }
-            }
-        }
+        $crate::packed::act_q8_0::tile_fn!(@emit $vis $name, $k [], $($c)+);
     };
     ($vis:vis $name:ident, $k:ident::<$a:ty>, $($c:literal)+) => {
+        $crate::packed::act_q8_0::tile_fn!(@emit $vis $name, $k [$a], $($c)+);
+    };
+    // `$args` is `[]` or `[A]`: one token tree, so it may stand inside the `$c` repetition.
+    (@emit $vis:vis $name:ident, $k:ident $args:tt, $($c:literal)+) => {
         $vis unsafe fn $name(
             n: usize,
             w: *const u8,
@@ -317,12 +305,16 @@ macro_rules! tile_fn {
             // SAFETY: forwarded from the TileFn contract (which bounds `ncols`).
             unsafe {
                 match ncols {
-                    $($c => $k::<$a, $c>(n, w, act, act_stride, out, out_stride),)+
+                    $($c => $crate::packed::act_q8_0::tile_fn!(@kernel $k $args $c)(
+                        n, w, act, act_stride, out, out_stride
+                    ),)+
                     _ => unreachable!("tile width checked by drive"),
                 }
             }
         }
     };
+    (@kernel $k:ident [] $c:literal) => { $k::<$c> };
+    (@kernel $k:ident [$a:ty] $c:literal) => { $k::<$a, $c> };
 }
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 pub(super) use tile_fn;

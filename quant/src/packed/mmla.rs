@@ -315,34 +315,17 @@ pub(super) unsafe fn row_pairs_f16(p: *const u8, h: usize) -> [float32x4_t; 2] {
     [vzip1q_f32(x, x), vzip2q_f32(x, x)]
 }
 
-/// As [`row_pairs_f16`] for 8 per-row bytes (rows 0..8), unsigned, widened to i32.
+/// As [`row_pairs_f16`] for 8 per-row integers (rows 0..8, widened to i16: `vmovl_u8` or
+/// `vmovl_s8` of the bytes), as i32.
 #[inline(always)]
-pub(super) fn row_pairs_u8(v: uint8x8_t, h: usize) -> [int32x4_t; 2] {
+pub(super) fn row_pairs_i16(v: int16x8_t, h: usize) -> [int32x4_t; 2] {
     // SAFETY: register-only NEON arithmetic (NEON is in every aarch64 CPU).
     unsafe {
-        let w = vmovl_u8(v);
-        let r = if h == 0 {
-            vget_low_u16(w)
+        let x = vmovl_s16(if h == 0 {
+            vget_low_s16(v)
         } else {
-            vget_high_u16(w)
-        };
-        let x = vreinterpretq_s32_u32(vmovl_u16(r));
-        [vzip1q_s32(x, x), vzip2q_s32(x, x)]
-    }
-}
-
-/// As [`row_pairs_u8`] for signed bytes.
-#[inline(always)]
-pub(super) fn row_pairs_i8(v: int8x8_t, h: usize) -> [int32x4_t; 2] {
-    // SAFETY: register-only NEON arithmetic (NEON is in every aarch64 CPU).
-    unsafe {
-        let w = vmovl_s8(v);
-        let r = if h == 0 {
-            vget_low_s16(w)
-        } else {
-            vget_high_s16(w)
-        };
-        let x = vmovl_s16(r);
+            vget_high_s16(v)
+        });
         [vzip1q_s32(x, x), vzip2q_s32(x, x)]
     }
 }

@@ -670,7 +670,7 @@ mod arm {
     #![allow(clippy::needless_range_loop)]
 
     use super::super::mmla::{
-        kquant_tile, load_pairs, row_pairs_f16, row_pairs_u8, store_pairs, KPAIR_BLOCK,
+        kquant_tile, load_pairs, row_pairs_f16, row_pairs_i16, store_pairs, KPAIR_BLOCK,
         KPAIR_BSUMS, KPAIR_D,
     };
     use super::super::neon::{f16x8_to_f32, load_acc, sdot_lane, store, usmmla};
@@ -889,9 +889,9 @@ mod arm {
                         for sub in 0..2 {
                             let wq = operands(sub);
                             let sc = if sub == 0 {
-                                row_pairs_u8(vget_low_u8(s[c]), h)
+                                row_pairs_i16(vreinterpretq_s16_u16(vmovl_u8(vget_low_u8(s[c]))), h)
                             } else {
-                                row_pairs_u8(vget_high_u8(s[c]), h)
+                                row_pairs_i16(vreinterpretq_s16_u16(vmovl_high_u8(s[c])), h)
                             };
                             for p in 0..P {
                                 let a: [int8x16_t; 4] = std::array::from_fn(|g| {
@@ -911,8 +911,8 @@ mod arm {
                     let mut mins = [[vdupq_n_s32(0); 2]; P];
                     for c in 0..4 {
                         let (m_lo, m_hi) = (
-                            row_pairs_u8(vget_low_u8(m[c]), h),
-                            row_pairs_u8(vget_high_u8(m[c]), h),
+                            row_pairs_i16(vreinterpretq_s16_u16(vmovl_u8(vget_low_u8(m[c]))), h),
+                            row_pairs_i16(vreinterpretq_s16_u16(vmovl_high_u8(m[c])), h),
                         );
                         for p in 0..P {
                             // The pairs' sums over sub-blocks 2c and 2c + 1.

@@ -690,7 +690,7 @@ mod arm {
     #![allow(clippy::needless_range_loop)]
 
     use super::super::mmla::{
-        kquant_tile, load_pairs, row_pairs_f16, row_pairs_i8, store_pairs, KPAIR_BLOCK,
+        kquant_tile, load_pairs, row_pairs_f16, row_pairs_i16, store_pairs, KPAIR_BLOCK,
         KPAIR_BSUMS, KPAIR_D,
     };
     use super::super::neon::{f16x8_to_f32, load_acc, sdot_lane, store, usmmla};
@@ -886,7 +886,10 @@ mod arm {
                             })
                         });
                         let sc: [[int32x4_t; 2]; 2] = std::array::from_fn(|s| {
-                            row_pairs_i8(vld1_s8(hd.add(SCALES + 16 * u + 8 * s) as *const i8), h)
+                            row_pairs_i16(
+                                vmovl_s8(vld1_s8(hd.add(SCALES + 16 * u + 8 * s) as *const i8)),
+                                h,
+                            )
                         });
                         for p in 0..P {
                             for s in 0..2 {
