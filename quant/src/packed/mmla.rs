@@ -97,21 +97,31 @@ thread_local! {
 
 /// Writes the pair blocks of `ncols` activation rows (`nb` blocks each, `act_stride` bytes
 /// apart) into `dst`: pair `p` (columns `2p`, `2p + 1`) at `p · nb · PAIR_BLOCK`, its
-/// correction field read from offset `seed` of each activation block.
+/// correction field read from offset `seed` of each activation block. NEON: it runs once per
+/// call, i.e. per matmul task, so its cost counts against as few as 8-10 groups' products on
+/// a many-core machine (zips and stores instead of sixteen small copies per pair block).
 fn interleave(act: &[u8], act_stride: usize, ncols: usize, nb: usize, seed: usize, dst: &mut [u8]) {
-    for (p, pair) in dst.chunks_exact_mut(nb * PAIR_BLOCK).enumerate() {
+    assert!(ncols > 0 && act.len() >= (ncols - 1) * act_stride + nb * act::BLOCK_BYTES);
+    assert_eq!(dst.len(), ncols.div_ceil(2) * nb * PAIR_BLOCK);
+    for p in 0..ncols.div_ceil(2) {
         let (ca, cb) = (2 * p, (2 * p + 1).min(ncols - 1));
-        let (ra, rb) = (&act[ca * act_stride..], &act[cb * act_stride..]);
-        for (b, out) in pair.chunks_exact_mut(PAIR_BLOCK).enumerate() {
-            let (xa, xb) = (&ra[b * act::BLOCK_BYTES..], &rb[b * act::BLOCK_BYTES..]);
-            for g in 0..4 {
-                out[16 * g..16 * g + 8].copy_from_slice(&xa[8 * g..8 * g + 8]);
-                out[16 * g + 8..16 * g + 16].copy_from_slice(&xb[8 * g..8 * g + 8]);
-            }
-            for (o, field) in [(D_PAIR, act::D_OFF), (SEED_PAIR, seed)] {
-                let (fa, fb) = (&xa[field..field + 4], &xb[field..field + 4]);
-                for (i, f) in [fa, fb, fa, fb].into_iter().enumerate() {
-                    out[o + 4 * i..o + 4 * i + 4].copy_from_slice(f);
+        for b in 0..nb {
+            // SAFETY: blocks b < nb of columns ca, cb < ncols lie in `act`, pair block (p, b)
+            // in `dst` (both asserted above); NEON is in every aarch64 CPU.
+            unsafe {
+                let xa = act.as_ptr().add(ca * act_stride + b * act::BLOCK_BYTES);
+                let xb = act.as_ptr().add(cb * act_stride + b * act::BLOCK_BYTES);
+                let out = dst.as_mut_ptr().add((p * nb + b) * PAIR_BLOCK);
+                for h in 0..2 {
+                    let a = vld1q_u64(xa.add(16 * h) as *const u64);
+                    let c = vld1q_u64(xb.add(16 * h) as *const u64);
+                    vst1q_u64(out.add(32 * h) as *mut u64, vzip1q_u64(a, c));
+                    vst1q_u64(out.add(32 * h + 16) as *mut u64, vzip2q_u64(a, c));
+                }
+                for (o, field) in [(D_PAIR, act::D_OFF), (SEED_PAIR, seed)] {
+                    let fa = vld1q_dup_u32(xa.add(field) as *const u32);
+                    let fb = vld1q_dup_u32(xb.add(field) as *const u32);
+                    vst1q_u32(out.add(o) as *mut u32, vzip1q_u32(fa, fb));
                 }
             }
         }
@@ -365,32 +375,65 @@ fn interleave_q8k(
     (sub_block, factor): (usize, i32),
     dst: &mut [u8],
 ) {
-    for (p, pair) in dst.chunks_exact_mut(nsb * KPAIR_BLOCK).enumerate() {
+    assert!(ncols > 0 && act.len() >= (ncols - 1) * act_stride + nsb * Q8K_BYTES);
+    assert_eq!(dst.len(), ncols.div_ceil(2) * nsb * KPAIR_BLOCK);
+    assert!(sub_block == 16 || sub_block == 32);
+    for p in 0..ncols.div_ceil(2) {
         let (ca, cb) = (2 * p, (2 * p + 1).min(ncols - 1));
-        let (ra, rb) = (&act[ca * act_stride..], &act[cb * act_stride..]);
-        for (b, out) in pair.chunks_exact_mut(KPAIR_BLOCK).enumerate() {
-            let (xa, xb) = (&ra[b * Q8K_BYTES..], &rb[b * Q8K_BYTES..]);
-            for v in 0..32 {
-                let src = Q8K_CODES + 8 * v;
-                out[16 * v..16 * v + 8].copy_from_slice(&xa[src..src + 8]);
-                out[16 * v + 8..16 * v + 16].copy_from_slice(&xb[src..src + 8]);
-            }
-            for (i, x) in [xa, xb, xa, xb].into_iter().enumerate() {
-                out[KPAIR_D + 4 * i..KPAIR_D + 4 * i + 4].copy_from_slice(&x[..4]);
-            }
-            for k in 0..256 / sub_block {
-                // Q8_K keeps one i16 sum per 16 values.
-                let sum = |x: &[u8]| -> i32 {
-                    (0..sub_block / 16)
-                        .map(|i| {
-                            let o = Q8K_BSUMS + 2 * (k * sub_block / 16 + i);
-                            i16::from_le_bytes([x[o], x[o + 1]]) as i32
-                        })
-                        .sum()
+        for b in 0..nsb {
+            // SAFETY: super-blocks b < nsb of columns ca, cb < ncols lie in `act`, pair block
+            // (p, b) in `dst` (asserted above); NEON is in every aarch64 CPU.
+            unsafe {
+                let xa = act.as_ptr().add(ca * act_stride + b * Q8K_BYTES);
+                let xb = act.as_ptr().add(cb * act_stride + b * Q8K_BYTES);
+                let out = dst.as_mut_ptr().add((p * nsb + b) * KPAIR_BLOCK);
+                for h in 0..16 {
+                    let a = vld1q_u64(xa.add(Q8K_CODES + 16 * h) as *const u64);
+                    let c = vld1q_u64(xb.add(Q8K_CODES + 16 * h) as *const u64);
+                    vst1q_u64(out.add(32 * h) as *mut u64, vzip1q_u64(a, c));
+                    vst1q_u64(out.add(32 * h + 16) as *mut u64, vzip2q_u64(a, c));
+                }
+                let (da, db) = (
+                    vld1q_dup_u32(xa as *const u32),
+                    vld1q_dup_u32(xb as *const u32),
+                );
+                vst1q_u32(out.add(KPAIR_D) as *mut u32, vzip1q_u32(da, db));
+                // The sums of each column as i32 times `factor`, 4 per register: the 16
+                // stored i16 sums widened, or (32-value sub-blocks) added in pairs.
+                let sums = |x: *const u8| -> [int32x4_t; 4] {
+                    let lo = vld1q_s16(x.add(Q8K_BSUMS) as *const i16);
+                    let hi = vld1q_s16(x.add(Q8K_BSUMS + 16) as *const i16);
+                    let v = if sub_block == 16 {
+                        [
+                            vmovl_s16(vget_low_s16(lo)),
+                            vmovl_high_s16(lo),
+                            vmovl_s16(vget_low_s16(hi)),
+                            vmovl_high_s16(hi),
+                        ]
+                    } else {
+                        let z = vdupq_n_s32(0);
+                        [vpaddlq_s16(lo), vpaddlq_s16(hi), z, z]
+                    };
+                    v.map(|v| vmulq_n_s32(v, factor))
                 };
-                for (i, x) in [xa, xb, xa, xb].into_iter().enumerate() {
-                    let o = KPAIR_BSUMS + 16 * k + 4 * i;
-                    out[o..o + 4].copy_from_slice(&(factor * sum(x)).to_le_bytes());
+                let (sa, sb) = (sums(xa), sums(xb));
+                for r in 0..256 / sub_block / 4 {
+                    // [a0, b0, a1, b1] and [a2, b2, a3, b3]: each 64-bit half is one pair.
+                    let x = [
+                        vreinterpretq_u64_s32(vzip1q_s32(sa[r], sb[r])),
+                        vreinterpretq_u64_s32(vzip2q_s32(sa[r], sb[r])),
+                    ];
+                    for (k, v) in [
+                        vdupq_laneq_u64::<0>(x[0]),
+                        vdupq_laneq_u64::<1>(x[0]),
+                        vdupq_laneq_u64::<0>(x[1]),
+                        vdupq_laneq_u64::<1>(x[1]),
+                    ]
+                    .into_iter()
+                    .enumerate()
+                    {
+                        vst1q_u64(out.add(KPAIR_BSUMS + 16 * (4 * r + k)) as *mut u64, v);
+                    }
                 }
             }
         }
