@@ -45,29 +45,10 @@ def functions(binary, objdump):
         yield name, body
 
 
-def hot_loop(body, dot):
-    """Instructions and dot count of the smallest backward-branch loop containing a dot."""
-    best = None
-    for i, (addr, mnem, ops) in enumerate(body):
-        if not (mnem.startswith("b") or mnem.startswith("j")):
-            continue
-        m = re.search(r"\b([0-9a-f]{4,})\b", ops)
-        if not m:
-            continue
-        target = int(m.group(1), 16)
-        if target >= addr:
-            continue
-        loop = [b for b in body if target <= b[0] <= addr]
-        dots = sum(1 for b in loop if b[1] == dot)
-        if dots and (best is None or len(loop) < best[0]):
-            best = (len(loop), dots)
-    return best
-
-
 def loop_body(body, dot):
-    """The instructions of the loop `hot_loop` picks."""
+    """The instructions of the smallest backward-branch loop containing a `dot`, or None."""
     best = None
-    for i, (addr, mnem, ops) in enumerate(body):
+    for addr, mnem, ops in body:
         if not (mnem.startswith("b") or mnem.startswith("j")):
             continue
         m = re.search(r"\b([0-9a-f]{4,})\b", ops)
@@ -77,6 +58,12 @@ def loop_body(body, dot):
         if any(b[1] == dot for b in loop) and (best is None or len(loop) < len(best)):
             best = loop
     return best
+
+
+def hot_loop(body, dot):
+    """Instructions and dot count of `loop_body`'s loop, or None."""
+    loop = loop_body(body, dot)
+    return loop and (len(loop), sum(1 for b in loop if b[1] == dot))
 
 
 def main():
@@ -97,10 +84,9 @@ def main():
         # not name it): one pass handles half a block (4 rows x 32 values) for each column
         # pair with 8 `usmmla`; the Q4_0 instance splits nibbles (`ushr`), the Q8_0 one not.
         if re.search(r"packed::mmla::kernel$", name.split("<")[0].strip()) or name.endswith("mmla::kernel"):
-            loop = hot_loop(body, "usmmla")
-            if loop:
-                n, dots = loop
-                lines = loop_body(body, "usmmla")
+            lines = loop_body(body, "usmmla")
+            if lines:
+                n, dots = hot_loop(body, "usmmla")
                 ty = "q4_0" if any(b[1] == "ushr" for b in lines) else "q8_0"
                 # Per block of 8 rows: two passes of half a block.
                 rows[f"{ty}::mmla"].append((dots // 4, 2 * n))

@@ -718,27 +718,10 @@ mod arm {
     /// Safety: the unit's 192 bytes at `unit`.
     #[inline(always)]
     unsafe fn chunk_pair<const T: usize>(unit: *const u8) -> [int8x16_t; 4] {
-        // SAFETY: bytes 32T..32T + 32 and the high-bit vector T / 2 of the unit (caller).
-        unsafe {
-            let m15 = vdupq_n_u8(15);
-            let m30 = vdupq_n_u8(0x30);
-            let mut out = [vdupq_n_s8(0); 4];
-            for half in 0..2 {
-                let l = vld1q_u8(unit.add(32 * T + 16 * half));
-                let h = vld1q_u8(unit.add(128 + 32 * (T / 2) + 16 * half));
-                // Top bits of chunk (0, T) at bits 2(T % 2), of chunk (1, T) at 4 + 2(T % 2).
-                let (top0, top1) = if T.is_multiple_of(2) {
-                    (vshlq_n_u8::<4>(h), h)
-                } else {
-                    (vshlq_n_u8::<2>(h), vshrq_n_u8::<2>(h))
-                };
-                let q0 = vorrq_u8(vandq_u8(l, m15), vandq_u8(top0, m30));
-                let q1 = vorrq_u8(vshrq_n_u8::<4>(l), vandq_u8(top1, m30));
-                out[half] = vreinterpretq_s8_u8(q0);
-                out[2 + half] = vreinterpretq_s8_u8(q1);
-            }
-            out
-        }
+        // SAFETY: the unit's bytes (caller).
+        let [lo, hi] = [0, 1].map(|half| unsafe { chunk_pair_half(unit, T, half) });
+        // SAFETY: register-only reinterpretation.
+        [lo[0], hi[0], lo[1], hi[1]].map(|v| unsafe { vreinterpretq_s8_u8(v) })
     }
 
     /// Safety: the CPU has the dot-product extension; `Tile` contract with `C` columns.
@@ -816,7 +799,7 @@ mod arm {
     super::super::tiles::tile_fn!(tile_dot, k_dot);
 
     /// The 6-bit codes of chunks `(0, t)` and `(1, t)` (`t` < 4) of rows `4h..4h + 4` of the
-    /// unit at `unit`: [`chunk_pair`] for one 16-byte half.
+    /// unit at `unit` (one 16-byte half of [`chunk_pair`]'s vectors).
     ///
     /// Safety: the unit's 192 bytes at `unit`.
     #[inline(always)]
@@ -826,6 +809,7 @@ mod arm {
             let (m15, m30) = (vdupq_n_u8(15), vdupq_n_u8(0x30));
             let l = vld1q_u8(unit.add(32 * t + 16 * h));
             let hb = vld1q_u8(unit.add(128 + 32 * (t / 2) + 16 * h));
+            // Top bits of chunk (0, t) at bits 2(t % 2), of chunk (1, t) at 4 + 2(t % 2).
             let (top0, top1) = if t.is_multiple_of(2) {
                 (vshlq_n_u8::<4>(hb), hb)
             } else {
