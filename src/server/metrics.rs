@@ -68,7 +68,9 @@ impl Metrics {
         };
         let get = |a: &AtomicU64| a.load(Relaxed);
         let rate = |bits: &AtomicU64| format!("{:.3}", f64::from_bits(bits.load(Relaxed)));
-        let seconds = |ns: &AtomicU64| format!("{:.3}", ns.load(Relaxed) as f64 * 1e-9);
+        // Nanosecond precision: a counter rounded to milliseconds reads 0 after a short step
+        // on a fast machine, and a rate taken from it would be wrong for minutes.
+        let seconds = |ns: &AtomicU64| format!("{:.9}", ns.load(Relaxed) as f64 * 1e-9);
         metric(
             "prompt_tokens_total",
             "counter",
@@ -206,5 +208,30 @@ impl Metrics {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(text: &str, name: &str) -> f64 {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("rgemma_{name} ")))
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"));
+        line[name.len() + 8..].parse().unwrap()
+    }
+
+    /// A fast machine runs a short prompt in well under a millisecond: its seconds must not
+    /// round to zero (CI once read `rgemma_prompt_seconds_total 0.000` after a 2-token prompt).
+    #[test]
+    fn short_steps_keep_their_seconds() {
+        let m = Metrics::default();
+        m.prompt_ns.store(1_234, Relaxed);
+        m.generation_ns.store(2_000_000_001, Relaxed);
+        let text = m.render();
+        assert_eq!(sample(&text, "prompt_seconds_total"), 1.234e-6);
+        assert_eq!(sample(&text, "generation_seconds_total"), 2.000000001);
     }
 }
