@@ -11,7 +11,8 @@ packed kernel (`packed::{q4_0,q8_0}::{arm,x86}::k_*`, one per column count) the 
 the innermost backward branch that contains the kernel's dot instruction (`sdot`,
 `vpdpbusd`, `vpmaddubsw`); one pass of it handles one block: 8 rows x 32 values for each
 column. The column count is the dot instructions per pass divided by those one column
-needs.
+needs. For aarch64, `scripts/kernel-insns-qemu.py` counts what the kernels execute instead
+(every type, everything outside the hot loop included).
 """
 import argparse
 import re
