@@ -59,7 +59,7 @@ pub(super) const MAX_PAIRS: usize = 4;
 /// column in the compiled hot loops: 2 columns `usmmla` 6.4 against `sdot` 5.3, 3 (one
 /// pair half empty) 5.2 against 4.7, 4 3.9 against 4.4, 8 3.1; their last 1-3 columns of a
 /// call run the `sdot` kernel on the pairs ([`MmlaWeights::PAIR_DOT`]). The K-quant
-/// `sdot` kernels cost more per column (5.7 for Q4_K, 8.8 for Q6_K at 4 columns, executed:
+/// `sdot` kernels cost more per column (5.7 for Q4_K, 7.6 for Q6_K at 4 columns, executed:
 /// `scripts/kernel-insns-qemu.py`), so there a last tile of 1-3 columns stays on `usmmla`.
 pub(super) const MIN_COLS: usize = 4;
 
