@@ -32,7 +32,7 @@ def executed(args, cmd):
     """Instructions qemu executed running `cmd` (lines of its exec log)."""
     with tempfile.TemporaryDirectory() as tmp:
         log = os.path.join(tmp, "exec.log")
-        qemu = [args.qemu, "-L", args.sysroot, "-cpu", args.cpu, one_insn_flag(args.qemu),
+        qemu = [args.qemu, "-L", args.sysroot, "-cpu", args.cpu, args.one_insn_flag,
                 "-d", "exec,nochain", "-D", log]
         subprocess.run(qemu + cmd, check=True, stdout=subprocess.DEVNULL)
         with open(log, "rb") as f:
@@ -49,6 +49,7 @@ def main():
     p.add_argument("--qemu", default="qemu-aarch64")
     p.add_argument("--sysroot", default="/usr/aarch64-linux-gnu")
     args = p.parse_args()
+    args.one_insn_flag = one_insn_flag(args.qemu)
     simd = os.environ.get("RGEMMA_SIMD", "")
     print(f"qemu -cpu {args.cpu}" + (f", RGEMMA_SIMD={simd}" if simd else ""))
     print("| type | columns | instructions per call | per 32 weights and column |")

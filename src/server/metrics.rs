@@ -215,12 +215,14 @@ impl Metrics {
 mod tests {
     use super::*;
 
+    /// The value of the sample `rgemma_{name}` in the exposition `text`.
     fn sample(text: &str, name: &str) -> f64 {
-        let line = text
+        let prefix = format!("rgemma_{name} ");
+        let value = text
             .lines()
-            .find(|l| l.starts_with(&format!("rgemma_{name} ")))
+            .find_map(|l| l.strip_prefix(&prefix))
             .unwrap_or_else(|| panic!("no {name} in\n{text}"));
-        line[name.len() + 8..].parse().unwrap()
+        value.parse().unwrap()
     }
 
     /// A fast machine runs a short prompt in well under a millisecond: its seconds must not

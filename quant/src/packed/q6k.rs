@@ -743,21 +743,24 @@ mod arm {
                     // Chunks t = 2s, 2s + 1 (sdot lane t), both 8-row halves: q[h][i][k] is
                     // chunk (k, 2s + i), rows 4h..4h + 4.
                     macro_rules! steps {
-                        ($s:literal, $t0:literal, $t1:literal) => {{
+                        ($s:literal) => {{
                             let q = [chunk_quad_half(unit, $s, 0), chunk_quad_half(unit, $s, 1)];
                             let v = |h: usize, i: usize, k: usize| vreinterpretq_s8_u8(q[h][i][k]);
                             for c in 0..C {
                                 for h in 0..2 {
-                                    d0[c][h] = sdot_lane::<$t0>(d0[c][h], v(h, 0, 0), alo[c]);
-                                    d1[c][h] = sdot_lane::<$t0>(d1[c][h], v(h, 0, 1), ahi[c]);
-                                    d0[c][h] = sdot_lane::<$t1>(d0[c][h], v(h, 1, 0), alo[c]);
-                                    d1[c][h] = sdot_lane::<$t1>(d1[c][h], v(h, 1, 1), ahi[c]);
+                                    let (a0, a1) = (alo[c], ahi[c]);
+                                    d0[c][h] = sdot_lane::<{ 2 * $s }>(d0[c][h], v(h, 0, 0), a0);
+                                    d1[c][h] = sdot_lane::<{ 2 * $s }>(d1[c][h], v(h, 0, 1), a1);
+                                    d0[c][h] =
+                                        sdot_lane::<{ 2 * $s + 1 }>(d0[c][h], v(h, 1, 0), a0);
+                                    d1[c][h] =
+                                        sdot_lane::<{ 2 * $s + 1 }>(d1[c][h], v(h, 1, 1), a1);
                                 }
                             }
                         }};
                     }
-                    steps!(0, 0, 1);
-                    steps!(1, 2, 3);
+                    steps!(0);
+                    steps!(1);
                     let s0 = scales8(hd.add(SCALES + 16 * u));
                     let s1 = scales8(hd.add(SCALES + 16 * u + 8));
                     for c in 0..C {
@@ -857,15 +860,14 @@ mod arm {
                     let mut tot = [[vdupq_n_s32(0); 2]; P];
                     for u in 0..8 {
                         let unit = sb.add(UNIT * u);
-                        // q6[t][s]: chunk (s, t); wq[s][v][q]: sub-block 2u + s, values
-                        // 8v..8v + 8, row pair q.
-                        let (q01, q23) = (chunk_quad_half(unit, 0, h), chunk_quad_half(unit, 1, h));
-                        let q6 = [q01[0], q01[1], q23[0], q23[1]];
+                        // q6[v][i][s]: chunk (s, 2v + i); wq[s][v][q]: sub-block 2u + s,
+                        // values 8v..8v + 8, row pair q.
+                        let q6 = [chunk_quad_half(unit, 0, h), chunk_quad_half(unit, 1, h)];
                         let wq: [[[uint8x16_t; 2]; 2]; 2] = std::array::from_fn(|s| {
                             std::array::from_fn(|v| {
                                 let (x, y) = (
-                                    vreinterpretq_u32_u8(q6[2 * v][s]),
-                                    vreinterpretq_u32_u8(q6[2 * v + 1][s]),
+                                    vreinterpretq_u32_u8(q6[v][0][s]),
+                                    vreinterpretq_u32_u8(q6[v][1][s]),
                                 );
                                 [
                                     vreinterpretq_u8_u32(vzip1q_u32(x, y)),
